@@ -1,0 +1,58 @@
+"""The policy config contract shared by the sidecar and the operator.
+
+Why a package of its own: the operator renders and validates PolicyPacks, the sidecar loads the
+rendered config, and `packgate policy lint` checks files offline. All three must agree on one
+model, and none of them should drag in aiohttp or kopf to get it. This package depends on pydantic
+and pyyaml only.
+"""
+
+from .loading import (
+    ConfigError,
+    ConfigIssue,
+    LoadedConfig,
+    canonical_dict,
+    config_hash,
+    dump_yaml,
+    load_file,
+    load_mapping,
+    load_text,
+)
+from .models import (
+    CONTENT_CATEGORIES,
+    PII_ENTITIES,
+    POLICY_KINDS,
+    AuditLogger,
+    ContentFilter,
+    CostAttribution,
+    PiiDetector,
+    PolicyBlock,
+    PolicyConfig,
+    PromptInjection,
+    Target,
+)
+from .secrets import key_env_name, secret_env_name
+
+__all__ = [
+    "CONTENT_CATEGORIES",
+    "PII_ENTITIES",
+    "POLICY_KINDS",
+    "AuditLogger",
+    "ConfigError",
+    "ConfigIssue",
+    "ContentFilter",
+    "CostAttribution",
+    "LoadedConfig",
+    "PiiDetector",
+    "PolicyBlock",
+    "PolicyConfig",
+    "PromptInjection",
+    "Target",
+    "canonical_dict",
+    "config_hash",
+    "dump_yaml",
+    "key_env_name",
+    "load_file",
+    "load_mapping",
+    "load_text",
+    "secret_env_name",
+]

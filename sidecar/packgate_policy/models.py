@@ -1,0 +1,372 @@
+"""Pydantic models of the policy config: the one document every part of packgate shares.
+
+A `PolicyPack.spec` *is* this document, and `packgate gateway run --policy-config FILE` loads the
+same shape. Models are strict (unknown keys are errors), frozen (a loaded config is a value the
+sidecar can swap atomically) and every field carries a description, because the CRD schema and
+`kubectl explain` text are generated from them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, get_args
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PolicyKind = Literal[
+    "prompt-injection", "pii-detector", "content-filter", "audit-logger", "cost-attribution"
+]
+POLICY_KINDS: tuple[str, ...] = get_args(PolicyKind)
+
+PiiEntity = Literal["EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS"]
+PII_ENTITIES: tuple[str, ...] = get_args(PiiEntity)
+
+ContentCategory = Literal["violence", "self-harm", "hate", "sexual", "weapons", "illegal-drugs"]
+CONTENT_CATEGORIES: tuple[str, ...] = get_args(ContentCategory)
+
+ProviderName = Literal["openai"]
+PROVIDERS: tuple[str, ...] = get_args(ProviderName)
+
+DEFAULT_BASE_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1"}
+
+# SemVer 2.0.0, from semver.org.
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENTITY_LABEL = r"^[A-Z][A-Z0-9_]*$"
+TAG_KEY = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors and loaded values never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- pack and providers ---------------------------------------------------------------------
+
+
+class Pack(Strict):
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
+        description="Name of the policy pack (a DNS label); shown in audit records and metrics."
+    )
+    version: str = Field(description="Version of the pack, SemVer 2.0.0 (for example 1.0.0).")
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "When false the gateway refuses all traffic with 503 pack_disabled instead of "
+            "forwarding it ungoverned."
+        ),
+    )
+    description: str | None = Field(default=None, description="Free text for people.")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _semver(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a SemVer string such as 1.0.0 (quote it), got {value!r}")
+        if not _SEMVER.match(value):
+            raise ValueError(f'"{value}" is not SemVer; expected MAJOR.MINOR.PATCH such as 1.0.0')
+        return value
+
+
+class SecretRef(Strict):
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
+        description="Name of a Secret in the PolicyPack's namespace."
+    )
+    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$")] = Field(
+        description="Key inside the Secret whose value is the provider API key."
+    )
+
+
+class SecretKeyRef(Strict):
+    """Where the provider key comes from: exactly one of an env var or a Kubernetes Secret."""
+
+    env: Annotated[str, Field(pattern=ENV_NAME)] | None = Field(
+        default=None, description="Environment variable of the sidecar holding the API key."
+    )
+    secret: SecretRef | None = Field(
+        default=None,
+        description="Kubernetes Secret holding the API key; injected as env on the sidecar only.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretKeyRef:
+        if (self.env is None) == (self.secret is None):
+            raise ValueError("set exactly one of env or secret")
+        return self
+
+
+class Target(Strict):
+    id: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
+        description="Unique id of the target; used in metrics, audit records and logs."
+    )
+    provider: ProviderName = Field(
+        description=(
+            "Provider API. Accepts `openai`, `openai:MODEL` or `openai:chat:MODEL`; the model "
+            "part is moved into `model`."
+        )
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Model sent upstream, replacing the client's choice; when unset the client's model "
+            "is forwarded."
+        ),
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL of the provider API (http or https); defaults to the provider's.",
+    )
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Where the provider API key comes from; unset sends no Authorization header.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_provider(cls, data: object) -> object:
+        if not isinstance(data, dict) or not isinstance(data.get("provider"), str):
+            return data
+        parts = data["provider"].split(":")
+        if len(parts) == 1:
+            return data
+        if len(parts) == 3 and parts[1] != "chat":
+            raise ValueError(
+                f'provider "{data["provider"]}": the API part must be "chat" '
+                "(expected openai, openai:MODEL or openai:chat:MODEL)"
+            )
+        if len(parts) > 3 or not parts[-1]:
+            raise ValueError(
+                f'provider "{data["provider"]}" is not one of openai, openai:MODEL, '
+                "openai:chat:MODEL"
+            )
+        model = parts[-1]
+        if data.get("model") not in (None, model):
+            raise ValueError(
+                f'provider names model "{model}" but model is "{data["model"]}"; set one of them'
+            )
+        return {**data, "provider": parts[0], "model": model}
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f'"{value}" is not an http(s) URL')
+        if parts.query or parts.fragment:
+            raise ValueError(f'"{value}" must not have a query or fragment')
+        return value.rstrip("/")
+
+    @property
+    def effective_base_url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URLS[self.provider]
+
+
+class Providers(Strict):
+    targets: list[Target] = Field(
+        min_length=1,
+        description="Provider targets tried in order: the first is primary, the rest fallbacks.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_ids(cls, targets: list[Target]) -> list[Target]:
+        seen: set[str] = set()
+        for target in targets:
+            if target.id in seen:
+                raise ValueError(f'target id "{target.id}" is used more than once')
+            seen.add(target.id)
+        return targets
+
+
+class Policies(Strict):
+    chain: list[PolicyKind] = Field(
+        default_factory=list,
+        description="Policies to run, in order, on every request and response.",
+    )
+
+    @field_validator("chain")
+    @classmethod
+    def _no_repeats(cls, chain: list[PolicyKind]) -> list[PolicyKind]:
+        repeated = sorted({kind for kind in chain if chain.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"policy kinds listed more than once: {', '.join(repeated)}")
+        return chain
+
+
+# --- policy blocks --------------------------------------------------------------------------
+
+
+class PolicyBlock(Strict):
+    """Settings every policy has: how it fails and how long it may take."""
+
+    fail_open: bool = Field(
+        default=False,
+        description=(
+            "When the policy raises or overruns timeout_ms: false blocks the request (fail "
+            "closed), true lets it pass and counts the fail-open in metrics."
+        ),
+    )
+    timeout_ms: int = Field(
+        default=200, ge=1, le=60000, description="Time budget of the policy per request, in ms."
+    )
+
+
+class PromptInjection(PolicyBlock):
+    threshold: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="Score in [0, 1] at or above which it acts."
+    )
+    action: Literal["block", "log"] = Field(
+        default="block", description="block rejects the request with 403; log only records it."
+    )
+
+
+class DetectPattern(Strict):
+    label: Annotated[str, Field(pattern=ENTITY_LABEL)] = Field(
+        description="Entity name reported and used in markers, e.g. EMPLOYEE_ID -> <EMPLOYEE_ID>."
+    )
+    regex: str = Field(min_length=1, description="Python regular expression to detect.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class PiiDetector(PolicyBlock):
+    action: Literal["redact", "mask", "hash", "block"] = Field(
+        default="redact",
+        description=(
+            "redact replaces each entity with a typed marker such as <EMAIL>; mask replaces its "
+            "characters with *; hash replaces it with a SHA-256 digest; block rejects with 403."
+        ),
+    )
+    entities: list[PiiEntity] = Field(
+        default_factory=lambda: list(get_args(PiiEntity)),
+        description="Built-in entities to detect (default: all).",
+    )
+    detect_patterns: list[DetectPattern] = Field(
+        default_factory=list, description="Custom entities detected by regular expression."
+    )
+    scan_responses: bool = Field(
+        default=True, description="Also apply the action to responses, streamed ones included."
+    )
+
+
+class ContentFilter(PolicyBlock):
+    action: Literal["block", "log"] = Field(
+        default="block", description="block rejects with 403; log only records the match."
+    )
+    categories: list[ContentCategory] = Field(
+        default_factory=lambda: list(get_args(ContentCategory)),
+        description="Built-in term lists to apply (default: all).",
+    )
+    terms: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Extra terms, matched case-insensitively on word edges."
+    )
+    patterns: list[str] = Field(
+        default_factory=list, description="Extra Python regular expressions."
+    )
+    scan_responses: bool = Field(default=True, description="Also filter responses.")
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns[{index}]: invalid regular expression: {exc}") from None
+        return patterns
+
+
+class AuditLogger(PolicyBlock):
+    immutable: bool = Field(
+        default=True,
+        description="Write an append-only hash chain with a keyed MAC per record.",
+    )
+    retention_days: int = Field(
+        default=365, ge=1, le=36500, description="Whole segments older than this are pruned."
+    )
+    log_all_access: bool = Field(
+        default=True,
+        description="One record per request; when false, only requests a policy acted on.",
+    )
+    stdout: bool = Field(default=True, description="Also write each record to stdout.")
+
+
+class Price(Strict):
+    input_per_1m: float = Field(ge=0, description="Price of one million input tokens.")
+    output_per_1m: float = Field(ge=0, description="Price of one million output tokens.")
+
+
+class CostAttribution(PolicyBlock):
+    tags: dict[Annotated[str, Field(pattern=TAG_KEY)], str] = Field(
+        default_factory=dict, description="Tags attached to every request's cost."
+    )
+    pod_labels: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Pod labels copied into the tags (label key = tag)."
+    )
+    header_tags: list[Annotated[str, Field(pattern=TAG_KEY)]] = Field(
+        default_factory=list,
+        description="Tags a client may set with an x-packgate-tag-<name> request header.",
+    )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Price per model, overriding the built-in table (USD per 1M tokens).",
+    )
+
+
+class PolicyBlocks(Strict):
+    prompt_injection: PromptInjection | None = Field(
+        default=None, alias="prompt-injection", description="Prompt-injection blocking."
+    )
+    pii_detector: PiiDetector | None = Field(
+        default=None, alias="pii-detector", description="PII detection and redaction."
+    )
+    content_filter: ContentFilter | None = Field(
+        default=None, alias="content-filter", description="Content filtering by category."
+    )
+    audit_logger: AuditLogger | None = Field(
+        default=None, alias="audit-logger", description="Tamper-evident audit logging."
+    )
+    cost_attribution: CostAttribution | None = Field(
+        default=None, alias="cost-attribution", description="Token cost attribution by tag."
+    )
+
+
+BLOCK_TYPES: dict[str, type[PolicyBlock]] = {
+    "prompt-injection": PromptInjection,
+    "pii-detector": PiiDetector,
+    "content-filter": ContentFilter,
+    "audit-logger": AuditLogger,
+    "cost-attribution": CostAttribution,
+}
+
+
+class PolicyConfig(Strict):
+    pack: Pack = Field(description="Identity of the policy pack.")
+    providers: Providers = Field(description="Upstream provider targets.")
+    policies: Policies = Field(default_factory=Policies, description="Which policies run.")
+    policy: PolicyBlocks = Field(
+        default_factory=PolicyBlocks, description="Settings of each policy kind, by kind."
+    )
+
+    def block(self, kind: str) -> PolicyBlock:
+        """The settings of `kind`, or its documented defaults when the config has no block."""
+        configured = getattr(self.policy, kind.replace("-", "_"))
+        return configured if configured is not None else BLOCK_TYPES[kind]()
