@@ -1,0 +1,55 @@
+# packgate: the README's two commands are `make demo` and `make test`; everything they need is
+# installed by the targets below (a virtualenv in .venv, Kubernetes binaries built once into
+# ~/.cache/packgate and reused by every clone).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help demo test check lint format tools crds bench clean
+
+help:
+	@echo "make demo   - run the packgate story on a local control plane"
+	@echo "make test   - lint, type-check and run every test (builds what it needs)"
+	@echo "make check  - ruff and mypy only"
+	@echo "make tools  - build or reuse etcd, kube-apiserver, kube-controller-manager, kubectl, helm"
+	@echo "make crds   - regenerate crds/ and the chart's copy from the models"
+	@echo "make bench  - long performance measurements (not part of make test)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+tools:
+	bash cluster/build-tools.sh >/dev/null
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy sidecar/packgate_policy sidecar/packgate_sidecar operator/packgate_operator cluster/localcluster.py
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) tools check
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+crds: $(STAMP)
+	$(BIN)/packgate crd --output crds/policypacks.yaml
+	cp crds/policypacks.yaml helm/packgate/crds/policypacks.yaml
+
+demo: $(STAMP) tools
+	$(BIN)/python demo/run.py
+
+bench: $(STAMP) tools
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

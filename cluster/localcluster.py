@@ -1,0 +1,488 @@
+"""A real Kubernetes control plane on loopback, for tests and the demo.
+
+Why: packgate's operator, webhook and CRD must be proven against the real kube-apiserver, not a
+mock. This starts etcd, kube-apiserver and kube-controller-manager (built from pinned Go modules
+by build-tools.sh) the way controller-runtime's envtest does: a generated CA, client-certificate
+auth with an admin in system:masters, RBAC, service-account signing, and a controller-manager so
+that garbage collection, ReplicaSets and default service accounts work. There is no kubelet or
+scheduler: pods are stored and mutated by admission but never run.
+
+Every run gets its own temporary directory and free ports, so runs never collide, and every
+process is stopped on exit, on failure, and (through PR_SET_PDEATHSIG) when the parent dies.
+
+    python cluster/localcluster.py up      # start, print KUBECONFIG, wait for Ctrl-C
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+HERE = Path(__file__).resolve().parent
+SERVICE_CIDR = "10.96.0.0/24"
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be built or started; the message says which part and why."""
+
+
+def build_tools() -> Path:
+    """Build (or reuse from the cache) the Kubernetes binaries; return their directory."""
+    result = subprocess.run(
+        ["bash", str(HERE / "build-tools.sh")], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"cluster/build-tools.sh failed with exit code {result.returncode}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_ca(common_name: str = "packgate-local-ca") -> KeyPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def issue_cert(
+    ca: KeyPair,
+    common_name: str,
+    *,
+    organizations: Sequence[str] = (),
+    dns_names: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    server: bool = False,
+) -> KeyPair:
+    """A leaf certificate signed by `ca`: a client cert, or a server cert when `server`."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
+    now = dt.datetime.now(dt.UTC)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+    text = f"""apiVersion: v1
+kind: Config
+clusters:
+- name: packgate-local
+  cluster: {{server: "{server}", certificate-authority: "{ca}"}}
+users:
+- name: {user}
+  user: {{client-certificate: "{cert}", client-key: "{key}"}}
+contexts:
+- name: {user}@packgate-local
+  context: {{cluster: packgate-local, user: {user}, namespace: default}}
+current-context: {user}@packgate-local
+"""
+    return _write(path, text.encode())
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # Linux only: the child gets SIGTERM when the process that started it dies, so a crashed
+    # test run never leaves an apiserver behind.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+@dataclass
+class LocalCluster:
+    """A running control plane; use as a context manager or call start() and stop()."""
+
+    bin_dir: Path
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="packgate-k8s-")))
+    with_controller_manager: bool = True
+    keep_workdir: bool = False
+    server: str = ""
+    kubeconfig: Path = Path()
+    ca: KeyPair | None = None
+    started_in: float = 0.0
+    _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    # -- lifecycle --
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 90.0) -> None:
+        began = time.monotonic()
+        try:
+            self._prepare_pki()
+            etcd_url = self._start_etcd()
+            self._start_apiserver(etcd_url)
+            self._wait_ready(timeout)
+            if self.with_controller_manager:
+                self._start_controller_manager()
+                self._wait_default_service_account(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - began
+
+    def stop(self) -> None:
+        for _, proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in reversed(self._procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- setup steps --
+
+    def _prepare_pki(self) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        self.ca = ca = make_ca()
+        _write(pki / "ca.crt", ca.cert_pem, 0o644)
+        _write(pki / "ca.key", ca.key_pem)
+        service_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
+        serving = issue_cert(
+            ca,
+            "kube-apiserver",
+            dns_names=[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            ips=["127.0.0.1", service_ip],
+            server=True,
+        )
+        _write(pki / "apiserver.crt", serving.cert_pem, 0o644)
+        _write(pki / "apiserver.key", serving.key_pem)
+        sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _write(pki / "sa.key", _key_pem(sa_key))
+        _write(
+            pki / "sa.pub",
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            0o644,
+        )
+        self.apiserver_port = free_port()
+        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.kubeconfig = self.user_kubeconfig("admin", ["system:masters"], name="admin")
+        self.kcm_kubeconfig = self.user_kubeconfig(
+            "system:kube-controller-manager", [], name="controller-manager"
+        )
+
+    def user_kubeconfig(self, user: str, groups: Sequence[str], name: str | None = None) -> Path:
+        """A kubeconfig for `user` in `groups`, authenticated by a client certificate."""
+        assert self.ca is not None
+        name = name or user.replace(":", "-")
+        pki = self.workdir / "pki"
+        pair = issue_cert(self.ca, user, organizations=groups)
+        cert = _write(pki / f"{name}.crt", pair.cert_pem, 0o644)
+        key = _write(pki / f"{name}.key", pair.key_pem)
+        return write_kubeconfig(
+            self.workdir / f"{name}.kubeconfig", self.server, pki / "ca.crt", cert, key, user
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        self._procs.append((name, proc))
+        return proc
+
+    def _start_etcd(self) -> str:
+        client, peer = free_port(), free_port()
+        url = f"http://127.0.0.1:{client}"
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--name=packgate",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={url}",
+                f"--advertise-client-urls={url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=packgate=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        return url
+
+    def _start_apiserver(self, etcd_url: str) -> None:
+        pki = self.workdir / "pki"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_controller_manager(self) -> None:
+        pki = self.workdir / "pki"
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={self.kcm_kubeconfig}",
+                f"--authentication-kubeconfig={self.kcm_kubeconfig}",
+                f"--authorization-kubeconfig={self.kcm_kubeconfig}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--v=1",
+            ],
+        )
+
+    # -- readiness --
+
+    def _check_alive(self) -> None:
+        for name, proc in self._procs:
+            if proc.poll() is not None:
+                raise ClusterError(
+                    f"{name} exited with code {proc.returncode}:\n{self.log_tail(name)}"
+                )
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        pki = self.workdir / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        return ctx
+
+    def get_raw(self, path: str) -> tuple[int, bytes]:
+        """GET a raw API path as the admin user; returns (status, body)."""
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - loopback https only
+                self.server + path, context=self._ssl_context(), timeout=5
+            ) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(OSError):
+                status, _ = self.get_raw("/readyz")
+                if status == 200:
+                    return
+            time.sleep(0.2)
+        raise ClusterError(
+            f"kube-apiserver not ready after {timeout}s:\n{self.log_tail('kube-apiserver')}"
+        )
+
+    def _wait_default_service_account(self, timeout: float) -> None:
+        # Pods are rejected until the controller-manager has made the namespace's default
+        # service account, so "started" means that has happened.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            status, _ = self.get_raw("/api/v1/namespaces/default/serviceaccounts/default")
+            if status == 200:
+                return
+            time.sleep(0.2)
+        raise ClusterError(
+            "default service account not created after "
+            f"{timeout}s:\n{self.log_tail('kube-controller-manager')}"
+        )
+
+    # -- conveniences for tests and the demo --
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}:{os.environ['PATH']}",
+        }
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(self.bin_dir / "kubectl"),
+            f"--kubeconfig={kubeconfig or self.kubeconfig}",
+            *args,
+        ]
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, check=False, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for tool, flag in (
+            ("etcd", "--version"),
+            ("kube-apiserver", "--version"),
+            ("kubectl", "version --client"),
+            ("helm", "version --short"),
+        ):
+            path = self.bin_dir / tool
+            if path.exists():
+                result = subprocess.run(
+                    [str(path), *flag.split()], capture_output=True, text=True, check=False
+                )
+                out[tool] = (result.stdout or result.stderr).strip().splitlines()[0]
+        return out
+
+
+@contextlib.contextmanager
+def running_cluster(**kwargs: object) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(bin_dir=build_tools(), **kwargs)  # type: ignore[arg-type]
+    with cluster:
+        yield cluster
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in ("up", "build"):
+        print(__doc__)
+        return 2
+    bin_dir = build_tools()
+    if argv[0] == "build":
+        return 0
+    cluster = LocalCluster(bin_dir=bin_dir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with cluster:
+        print(f"control plane ready in {cluster.started_in:.1f}s at {cluster.server}")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        print(f"export PATH={bin_dir}:$PATH")
+        print("Ctrl-C stops it and removes its files.")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
