@@ -315,6 +315,9 @@ class LocalCluster:
                 f"--etcd-servers={etcd_url}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # Loopback may not be published as the kubernetes Service endpoint; nothing
+                # in-cluster needs that Service here.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
