@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import NoReturn, Protocol, cast
 
 # (group, command, module, help). A group of None makes a top-level command.
 COMMANDS: list[tuple[str | None, str, str, str]] = [
@@ -31,8 +31,19 @@ class _Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="packgate", description=__doc__.splitlines()[0])
+class _Incomplete(Exception):
+    """The command line names no complete command yet."""
+
+
+class _ProbeParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Incomplete(message)
+
+
+def _build_parser(
+    cls: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    parser = cls(prog="packgate", description=__doc__.splitlines()[0])
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for group, name, module, help_text in COMMANDS:
@@ -51,7 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     # Parse once to find the command, then let its module add its own arguments and parse again.
-    known, _ = parser.parse_known_args(argv)
+    # --help is held back from the first pass so that it lists the command's own arguments.
+    probe = [arg for arg in argv if arg not in ("-h", "--help")]
+    try:
+        known, _ = _build_parser(_ProbeParser).parse_known_args(probe)
+    except _Incomplete:
+        parser.parse_args(argv)  # prints the help or the usage error of the incomplete line
+        return 2
     command = cast(_Command, importlib.import_module(known._module))
     sub = _find_subparser(parser, known)
     command.add_arguments(sub)

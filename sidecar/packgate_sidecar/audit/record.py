@@ -1,0 +1,222 @@
+"""The body of one audit record, built through a typed, validating constructor.
+
+Why it exists: an audit log must never hold prompt text, completions or secrets, and the easiest
+way to leak them is a free-form field that someone fills with "the thing that got blocked". So
+there is none. Every string field is a short *token* (no whitespace, quotes or braces, at most
+128 characters): identities, model and target ids, policy kinds, decisions and reason codes such
+as ``pii:EMAIL,PHONE`` or ``score=0.93``. A value that does not fit is refused with ``ValueError``
+at the call site instead of being written. Values that come from the client (``model``, a
+client-sent request id) go through :func:`client_token`, which replaces anything that is not a
+token with a digest, so a prompt pasted into the ``model`` field still cannot reach the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from packgate_sidecar.audit.chain import JSONValue
+
+_TOKEN = re.compile(r"[A-Za-z0-9_.:/@+=,%\-]{1,128}")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_MAX_DECISIONS = 32
+_MAX_TAGS = 32
+
+
+def utc_time(epoch: float) -> str:
+    """RFC 3339 UTC time with milliseconds, the form every audit timestamp uses."""
+    moment = datetime.fromtimestamp(epoch, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def client_token(value: str | None) -> str | None:
+    """Make an untrusted client-provided string safe to audit.
+
+    A valid token is kept as is; anything else (free text, an over-long string) is replaced by
+    ``sha256:<16 hex>`` so records stay correlatable without storing what the client sent.
+    """
+    if value is None or _TOKEN.fullmatch(value):
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _token(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(
+            f"audit field {name}: must be a short token (letters, digits, _.:/@+=,%-; "
+            "at most 128 characters, no whitespace); free text is never audited"
+        )
+    return value
+
+
+def _opt_token(name: str, value: str | None) -> str | None:
+    return None if value is None else _token(name, value)
+
+
+def _number(name: str, value: float | None, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"audit field {name}: must be a finite number")
+    if value < 0:
+        raise ValueError(f"audit field {name}: must not be negative")
+
+
+def _count(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"audit field {name}: must be a non-negative integer")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """What one policy of the chain decided; ``reason`` is a policy-provided code, not text."""
+
+    policy: str
+    decision: str
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _token("decisions.policy", self.policy)
+        _token("decisions.decision", self.decision)
+        _opt_token("decisions.reason", self.reason)
+
+    def to_json(self) -> dict[str, JSONValue]:
+        return {"policy": self.policy, "decision": self.decision, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        _count("usage.prompt_tokens", self.prompt_tokens)
+        _count("usage.completion_tokens", self.completion_tokens)
+        _count("usage.total_tokens", self.total_tokens)
+
+    def to_json(self) -> dict[str, JSONValue]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One proxied request, as the audit log sees it (see the module docstring for the rules).
+
+    ``time`` is RFC 3339 UTC (use :func:`utc_time`); ``endpoint`` names the API operation
+    (``chat.completions``, ``embeddings``, ...); ``status`` is the HTTP status returned to the app.
+    """
+
+    time: str
+    request_id: str
+    endpoint: str
+    status: int
+    latency_ms: float
+    pod: str | None = None
+    namespace: str | None = None
+    pack: str | None = None
+    pack_version: str | None = None
+    config_hash: str | None = None
+    model: str | None = None
+    target: str | None = None
+    streamed: bool = False
+    decisions: tuple[PolicyDecision, ...] = ()
+    usage: TokenUsage | None = None
+    cost_usd: float | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.time, str) or not _TIME.fullmatch(self.time):
+            raise ValueError("audit field time: must be RFC 3339 UTC like 2025-01-31T12:00:00.000Z")
+        _token("request_id", self.request_id)
+        _token("endpoint", self.endpoint)
+        for name in ("pod", "namespace", "pack", "pack_version", "config_hash", "model", "target"):
+            _opt_token(name, getattr(self, name))
+        if isinstance(self.status, bool) or not isinstance(self.status, int):
+            raise ValueError("audit field status: must be an HTTP status code")
+        if not 100 <= self.status <= 599:
+            raise ValueError("audit field status: must be an HTTP status code")
+        _number("latency_ms", self.latency_ms, optional=False)
+        _number("cost_usd", self.cost_usd)
+        if not isinstance(self.streamed, bool):
+            raise ValueError("audit field streamed: must be a boolean")
+        if len(self.decisions) > _MAX_DECISIONS or not all(
+            isinstance(d, PolicyDecision) for d in self.decisions
+        ):
+            raise ValueError(f"audit field decisions: at most {_MAX_DECISIONS} PolicyDecision")
+        if self.usage is not None and not isinstance(self.usage, TokenUsage):
+            raise ValueError("audit field usage: must be a TokenUsage")
+        if len(self.tags) > _MAX_TAGS:
+            raise ValueError(f"audit field tags: at most {_MAX_TAGS} tags")
+        for key, value in self.tags.items():
+            _token("tags key", key)
+            _token(f"tags.{key}", value)
+
+    def to_body(self) -> dict[str, JSONValue]:
+        """The JSON object sealed into the chain (all fields present, ``None`` as null)."""
+        return {
+            "time": self.time,
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "pod": self.pod,
+            "namespace": self.namespace,
+            "pack": self.pack,
+            "pack_version": self.pack_version,
+            "config_hash": self.config_hash,
+            "model": self.model,
+            "target": self.target,
+            "streamed": self.streamed,
+            "decisions": [d.to_json() for d in self.decisions],
+            "usage": None if self.usage is None else self.usage.to_json(),
+            "cost_usd": self.cost_usd,
+            "tags": dict(sorted(self.tags.items())),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, object]) -> AuditRecord:
+        """Validate a plain mapping (as produced by :meth:`to_body`); unknown keys are errors."""
+        unknown = sorted(set(body) - _FIELDS)
+        if unknown:
+            raise ValueError(f"audit record: unknown field(s) {', '.join(unknown)}")
+        data = dict(body)
+        raw_decisions = data.pop("decisions", ())
+        raw_usage = data.pop("usage", None)
+        raw_tags = data.pop("tags", None) or {}
+        if not isinstance(raw_decisions, list | tuple) or not isinstance(raw_tags, Mapping):
+            raise ValueError("audit record: decisions must be a list and tags a mapping")
+        decisions = tuple(_decision(d) for d in raw_decisions)
+        usage = None
+        if raw_usage is not None:
+            if not isinstance(raw_usage, Mapping) or set(raw_usage) - _USAGE_FIELDS:
+                raise ValueError("audit field usage: unknown or malformed usage")
+            usage = TokenUsage(**{str(k): v for k, v in raw_usage.items()})
+        try:
+            return cls(decisions=decisions, usage=usage, tags=dict(raw_tags), **data)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ValueError(f"audit record: {exc}") from None
+
+
+def _decision(raw: object) -> PolicyDecision:
+    if isinstance(raw, PolicyDecision):
+        return raw
+    if not isinstance(raw, Mapping) or set(raw) - {"policy", "decision", "reason"}:
+        raise ValueError("audit field decisions: each must be {policy, decision, reason}")
+    return PolicyDecision(
+        policy=raw.get("policy"),  # type: ignore[arg-type]
+        decision=raw.get("decision"),  # type: ignore[arg-type]
+        reason=raw.get("reason"),
+    )
+
+
+_FIELDS = frozenset(AuditRecord.__dataclass_fields__)
+_USAGE_FIELDS = frozenset(TokenUsage.__dataclass_fields__)

@@ -1,0 +1,86 @@
+"""``packgate audit verify PATH``: tell an operator whether an audit log was tampered with.
+
+Why it exists: tamper evidence is only useful if checking it is one command with a clear answer.
+Every problem is printed as ``SEGMENT:LINE: KIND: detail`` (or as JSON with ``--json``); the exit
+status is 0 when the log is intact, 1 when anything was found, 2 when the command could not run
+(no such path, no segments, unreadable key). Without a key (``--key-file`` or the sidecar's
+``PACKGATE_AUDIT_KEY_FILE``/``PACKGATE_AUDIT_KEY``) only the hash chain is checked, and a note says
+so. Pass ``--key-file`` more than once to verify across a key rotation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from packgate_sidecar.audit.keys import AuditKeyError, configured_key, read_key_file
+from packgate_sidecar.audit.verify import AuditPathError, verify_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "path",
+        metavar="PATH",
+        help="segment directory, one segment file, or a saved copy of the sidecar's stdout "
+        "audit lines (keep only those lines, e.g. grep '^{\"body\"')",
+    )
+    parser.add_argument(
+        "--key-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="audit key (hex or raw); repeatable. Default: $PACKGATE_AUDIT_KEY_FILE or "
+        "$PACKGATE_AUDIT_KEY; without any key only the hash chain is checked",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        keys = [read_key_file(path) for path in args.key_file]
+        if not keys and (env_key := configured_key()) is not None:
+            keys.append(env_key)
+        result = verify_path(args.path, keys)
+    except (AuditKeyError, AuditPathError) as exc:
+        print(f"packgate audit verify: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        report = {
+            "ok": result.ok,
+            "records": result.records,
+            "segments": result.segments,
+            "mac_checked": result.mac_checked,
+            "head": None
+            if result.head is None
+            else {"seq": result.head.seq - 1, "hash": result.head.prev},
+            "findings": [
+                {
+                    "kind": f.kind,
+                    "segment": f.segment,
+                    "line": f.line,
+                    "seq": f.seq,
+                    "detail": f.detail,
+                }
+                for f in result.findings
+            ],
+            "notes": list(result.notes),
+        }
+        print(json.dumps(report, indent=2))
+        return 0 if result.ok else 1
+    for finding in result.findings:
+        print(finding)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    checked = "hash chain and MACs" if result.mac_checked else "hash chain"
+    scope = f"{result.records} records in {result.segments} segment(s)"
+    if result.ok:
+        head = (
+            ""
+            if result.head is None
+            else (f"; last record seq {result.head.seq - 1} hash {result.head.prev}")
+        )
+        print(f"OK: {scope}, {checked} intact{head}")
+        return 0
+    print(f"TAMPERED: {len(result.findings)} problem(s) in {scope}")
+    return 1
