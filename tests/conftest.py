@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from localcluster import LocalCluster, build_tools
@@ -17,8 +18,14 @@ _started: list[LocalCluster] = []
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(bin_dir=build_tools()) as running:
+def bin_dir() -> Path:
+    """Where etcd, kube-apiserver, kubectl and helm are (built once, cached across clones)."""
+    return build_tools()
+
+
+@pytest.fixture(scope="session")
+def cluster(bin_dir: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(bin_dir=bin_dir) as running:
         _started.append(running)
         yield running
 
