@@ -1,0 +1,106 @@
+"""StreamRedactor: chunked output equals redacting the whole text, and memory stays bounded."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from packgate_sidecar.detect.anonymize import Action, anonymize
+from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
+from packgate_sidecar.detect.pii_stream import StreamRedactor
+
+DET = PiiDetector(BUILTIN_ENTITIES)
+
+
+def stream(redactor: StreamRedactor, chunks: list[str]) -> str:
+    return "".join(redactor.feed(c) for c in chunks) + redactor.flush()
+
+
+def test_entity_split_across_deltas_is_redacted() -> None:
+    chunks = ["Sure! Call me at +1 650 2", "53 00", "00 or mail ja", "ne@exam", "ple.com today."]
+    out = stream(StreamRedactor(DET, "redact"), chunks)
+    assert out == "Sure! Call me at <PHONE> or mail <EMAIL> today."
+
+
+def test_trailing_context_word_in_a_later_delta() -> None:
+    # "416 60 039" is only a phone number because "office" follows it.
+    out = stream(StreamRedactor(DET, "redact"), ["Numbers: 416 60 039", " office, 12 000 visitors"])
+    assert out == "Numbers: <PHONE> office, 12 000 visitors"
+
+
+def test_releases_text_while_streaming() -> None:
+    r = StreamRedactor(DET, "redact", holdback=64)
+    released = r.feed("The quick brown fox jumps over the lazy dog. " * 10)
+    assert len(released) >= 450 - 64
+    more = r.feed("x")
+    assert len(more) == 1  # one more character in, one character out
+    assert released + more + r.flush() == "The quick brown fox jumps over the lazy dog. " * 10 + "x"
+
+
+def test_flush_resets_for_reuse() -> None:
+    r = StreamRedactor(DET, "mask")
+    assert stream(r, ["id a@b.io"]) == "id ******"
+    assert stream(r, ["no pii"]) == "no pii"
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="holdback"):
+        StreamRedactor(DET, "redact", holdback=8)
+    with pytest.raises(ValueError, match="unknown PII action"):
+        StreamRedactor(DET, "erase")  # type: ignore[arg-type]
+
+
+def test_memory_is_bounded_even_when_a_match_never_ends() -> None:
+    # A custom pattern that keeps matching as long as letters arrive would hold everything back
+    # if the redactor waited for the candidate to end.
+    det = PiiDetector([], custom_patterns=[("WORDS", r"[a-z]{8,}")])
+    r = StreamRedactor(det, "mask", holdback=32, max_pending=512)  # mask keeps lengths
+    fed = out = 0
+    for _ in range(400):
+        fed += 20
+        released = r.feed("abcdefghij" * 2)
+        assert set(released) <= {"*"}
+        out += len(released)
+        assert fed - out <= 512 + 20
+    assert set(r.flush()) <= {"*"}
+
+
+PII = [
+    "jane.doe@example.com", "+44 20 7946 0958", "415-555-2671", "(415) 555-2671",
+    "416 60 039 office", "Phone: 0490 75 40 81", "call me at 9472 7916", "078-05-1120",
+    "4111 1111 1111 1111", "5555555555554444", "GB82 WEST 1234 5698 7654 32",
+    "DE89370400440532013000", "10.1.2.3", "2001:db8::8a2e:370:7334", "+1-903-140-4508x769",
+]  # fmt: skip
+FILLER = [
+    "Hello", "the order 12345678", "in 2023", "at $1,299.99", "see RFC 2616", "on 2024-03-15",
+    "ok", "Fax:", "office", "call", "x", "12", "a@", "::", "3.14",
+]  # fmt: skip
+SEPARATORS = [" ", ", ", ". ", "\n", " and "]
+
+
+@st.composite
+def texts_and_chunks(draw: st.DrawFn) -> tuple[str, list[str]]:
+    parts = draw(st.lists(st.sampled_from(PII + FILLER), min_size=1, max_size=25))
+    seps = draw(st.lists(st.sampled_from(SEPARATORS), min_size=len(parts), max_size=len(parts)))
+    text = "".join(p + s for p, s in zip(parts, seps, strict=True))
+    sizes = draw(st.lists(st.integers(1, 24), min_size=1, max_size=len(text)))
+    chunks, i, k = [], 0, 0
+    while i < len(text):
+        n = sizes[k % len(sizes)]
+        chunks.append(text[i : i + n])
+        i, k = i + n, k + 1
+    return text, chunks
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts_and_chunks(),
+    st.sampled_from(["redact", "mask", "hash"]),
+    st.sampled_from([32, 48, 64, 100]),
+)
+def test_chunked_output_equals_whole_text_redaction(
+    case: tuple[str, list[str]], action: Action, holdback: int
+) -> None:
+    text, chunks = case
+    expected = anonymize(text, DET.find(text), action)
+    assert stream(StreamRedactor(DET, action, holdback=holdback), chunks) == expected
