@@ -6,6 +6,8 @@ model, and none of them should drag in aiohttp or kopf to get it. This package d
 and pyyaml only.
 """
 
+from .crd import build_crd, crd_yaml
+from .lint import LintResult, lint_text
 from .loading import (
     ConfigError,
     ConfigIssue,
@@ -41,16 +43,20 @@ __all__ = [
     "ConfigIssue",
     "ContentFilter",
     "CostAttribution",
+    "LintResult",
     "LoadedConfig",
     "PiiDetector",
     "PolicyBlock",
     "PolicyConfig",
     "PromptInjection",
     "Target",
+    "build_crd",
     "canonical_dict",
     "config_hash",
+    "crd_yaml",
     "dump_yaml",
     "key_env_name",
+    "lint_text",
     "load_file",
     "load_mapping",
     "load_text",

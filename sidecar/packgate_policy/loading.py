@@ -19,9 +19,10 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from .messages import Loc, message_for, shown
 from .models import POLICY_KINDS, PolicyConfig
 
-Path_ = tuple[str | int, ...]
+Path_ = Loc
 
 
 @dataclass(frozen=True)
@@ -57,45 +58,89 @@ class LoadedConfig:
 
 def parse_yaml(text: str, source: str = "<config>") -> tuple[Any, dict[Path_, int]]:
     """Parse exactly one YAML document; return it and a map from path to 1-based line."""
+    documents = parse_yaml_documents(text, source)
+    if len(documents) > 1:
+        second_line = documents[1][1].get(())
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "",
+                    f"found {len(documents)} YAML documents; put one policy config per file",
+                    second_line,
+                )
+            ],
+            source,
+        )
+    return documents[0]
+
+
+def parse_yaml_documents(text: str, source: str = "<config>") -> list[tuple[Any, dict[Path_, int]]]:
+    """Parse every non-empty YAML document, each with its path -> line map (lines of the file).
+
+    Empty documents (a trailing `---`) are skipped, as kubectl skips them; a stream with none
+    left is an error, so callers always get at least one document.
+    """
     loader = yaml.SafeLoader(text)
+    documents: list[tuple[Any, dict[Path_, int]]] = []
     try:
         nodes: list[yaml.Node] = []
         while loader.check_node():
             node = loader.get_node()
-            if node is not None:
+            if node is not None and not _is_empty(node):
                 nodes.append(node)
         if not nodes:
             raise ConfigError(
                 [ConfigIssue("", "the file is empty; expected a policy config")], source
             )
-        if len(nodes) > 1:
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        "",
-                        f"found {len(nodes)} YAML documents; put one policy config per file",
-                        nodes[1].start_mark.line + 1,
-                    )
-                ],
-                source,
-            )
-        lines: dict[Path_, int] = {}
-        _index_lines(nodes[0], (), lines, source)
-        data = loader.construct_document(nodes[0])
+        for node in nodes:
+            lines: dict[Path_, int] = {}
+            _index_lines(node, (), lines, source, set())
+            documents.append((loader.construct_document(node), lines))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        message = f"YAML syntax error: {exc.problem or exc.context}"
+        kind = (
+            "YAML error"
+            if isinstance(exc, yaml.constructor.ConstructorError)
+            else "YAML syntax error"
+        )
+        message = f"{kind}: {exc.problem or exc.context}"
+        start = exc.context_mark.line + 1 if exc.context_mark else line
+        if exc.problem and exc.context and start != line:
+            # "expected ']'" is noticed lines after the '[' that was never closed: say where.
+            message += f" ({exc.context} started on line {start})"
+        if "\\t" in message:
+            message += " (YAML does not allow tabs for indentation; use spaces)"
         raise ConfigError([ConfigIssue("", message, line)], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue("", f"YAML error: {exc}")], source) from None
     finally:
         loader.dispose()
-    return data, lines
+    return documents
 
 
-def _index_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str) -> None:
+def _is_empty(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null") and node.value == ""
+
+
+# Aliases let a tiny file expand into a huge tree ("billion laughs"); stop indexing long before.
+_MAX_NODES = 100_000
+
+
+def _index_lines(
+    node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str, active: set[int]
+) -> None:
+    if id(node) in active:
+        raise ConfigError(
+            [ConfigIssue(_format_path(path), "recursive YAML alias", node.start_mark.line + 1)],
+            source,
+        )
+    if len(lines) >= _MAX_NODES:
+        raise ConfigError(
+            [ConfigIssue("", f"the document expands to more than {_MAX_NODES} values")], source
+        )
     lines[path] = node.start_mark.line + 1
+    active.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -106,10 +151,13 @@ def _index_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: 
                 )
                 raise ConfigError([issue], source)
             seen.add(key)
-            _index_lines(value_node, (*path, key), lines, source)
+            _index_lines(value_node, (*path, key), lines, source, active)
+            # A problem with a whole block is reported where its key is, not at its first child.
+            lines[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _index_lines(item, (*path, index), lines, source)
+            _index_lines(item, (*path, index), lines, source, active)
+    active.discard(id(node))
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -121,7 +169,7 @@ def load_mapping(
     """Validate a parsed document (a dict, e.g. a PolicyPack's spec) into a config."""
     lines = lines or {}
     if not isinstance(data, Mapping):
-        kind = "nothing" if data is None else type(data).__name__
+        kind = "nothing" if data is None else shown(data)
         raise ConfigError(
             [
                 ConfigIssue(
@@ -154,6 +202,9 @@ def load_file(path: str | Path) -> LoadedConfig:
     return load_text(text, str(path))
 
 
+NOT_IN_CHAIN = "configured but not listed in policies.chain, so it does not run"
+
+
 def _warnings(config: PolicyConfig, lines: Mapping[Path_, int]) -> list[ConfigIssue]:
     warnings = []
     for kind in POLICY_KINDS:
@@ -164,7 +215,7 @@ def _warnings(config: PolicyConfig, lines: Mapping[Path_, int]) -> list[ConfigIs
             warnings.append(
                 ConfigIssue(
                     f"policy.{kind}",
-                    "configured but not listed in policies.chain, so it does not run",
+                    NOT_IN_CHAIN,
                     lines.get(("policy", kind)),
                     "warning",
                 )
@@ -181,51 +232,13 @@ def _warnings(config: PolicyConfig, lines: Mapping[Path_, int]) -> list[ConfigIs
     return warnings
 
 
-# Which word names the thing a bad enum value was meant to be, by the field that holds it.
-_NOUNS = {
-    "entities": "entity",
-    "chain": "policy kind",
-    "categories": "category",
-    "action": "action",
-    "provider": "provider",
-}
-_PATTERNS = {
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": "must be a DNS label: lowercase letters, digits and '-'",
-    r"^[A-Za-z_][A-Za-z0-9_]*$": "must be an environment variable name",
-    r"^[A-Z][A-Z0-9_]*$": "must be UPPER_SNAKE_CASE, like EMPLOYEE_ID",
-    r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$": "must be letters, digits, '-', '_' or '.'",
-}
-
-
 def _issue_from(error: ErrorDetails, lines: Mapping[Path_, int]) -> ConfigIssue:
     loc = tuple(error["loc"])
     is_key = bool(loc) and loc[-1] == "[key]"
     if is_key:
         loc = loc[:-1]
     path = _format_path(loc) + (" (key)" if is_key else "")
-    return ConfigIssue(path, _message(error, loc), _nearest_line(loc, lines))
-
-
-def _message(error: ErrorDetails, loc: Path_) -> str:
-    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "literal_error":
-        field_name = next((part for part in reversed(loc) if isinstance(part, str)), "")
-        noun = _NOUNS.get(field_name, "value")
-        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
-        return f'unknown {noun} "{value}"; expected one of {expected}'
-    if kind == "value_error":
-        return str(error["msg"]).removeprefix("Value error, ")
-    if kind == "string_pattern_mismatch":
-        rule = _PATTERNS.get(str(ctx.get("pattern")), f"must match {ctx.get('pattern')}")
-        return f'"{value}" {rule}'
-    message = str(error["msg"]).replace("Input should", "should")
-    if isinstance(value, str | int | float | bool) or value is None:
-        message += f", got {json.dumps(value)}"
-    return message
+    return ConfigIssue(path, message_for(error, loc), _nearest_line(loc, lines))
 
 
 def _format_path(loc: Path_) -> str:

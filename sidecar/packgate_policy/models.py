@@ -12,7 +12,16 @@ import re
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
 
 PolicyKind = Literal[
     "prompt-injection", "pii-detector", "content-filter", "audit-logger", "cost-attribution"
@@ -41,12 +50,63 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENTITY_LABEL = r"^[A-Z][A-Z0-9_]*$"
 TAG_KEY = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A key of a Secret or ConfigMap, as Kubernetes allows it.
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+# What `provider` may say before normalisation; the CRD carries it as a pattern because the
+# apiserver sees the user's spelling, not the normalised one.
+PROVIDER_FORM = r"^(" + "|".join(PROVIDERS) + r")(:chat)?(:[^:]+)?$"
+# http(s)://host[:port][/path], no query or fragment. The CRD uses the same expression, so the
+# apiserver and `packgate policy lint` accept the same URLs.
+HTTP_URL = r"^https?://([^\s/?#:@\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s?#]*)?$"
+MAX_TARGETS = 16
+MAX_MODEL_LENGTH = 256
+MAX_TAGS = 64
+
+
+def _cel(
+    rule: str, message: str | None = None, *, message_expression: str | None = None
+) -> JsonDict:
+    """A CEL rule for the CRD schema, kept beside the Python check it mirrors."""
+    entry: JsonDict = {"rule": rule}
+    if message is not None:
+        entry["message"] = message
+    if message_expression is not None:
+        entry["messageExpression"] = message_expression
+    return {"x-kubernetes-validations": [entry]}
+
+
+def _cel_match(pattern: str, problem: str) -> JsonDict:
+    """A pattern as a CEL rule instead of `pattern`: the apiserver's error then quotes the value
+    and says what is wrong, where a failed `pattern` prints the regular expression."""
+    return _cel(f"self.matches(r'{pattern}')", message_expression=f"'\"' + self + '\" {problem}'")
+
+
+def _provider_parts(value: str) -> tuple[str, str | None] | None:
+    """(provider, model) of a well-formed provider string, or None when it is malformed."""
+    parts = value.split(":")
+    if len(parts) == 1:
+        return parts[0], None
+    if len(parts) == 2 and parts[1]:
+        return parts[0], parts[1]
+    if len(parts) == 3 and parts[1] == "chat" and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+def _compiled(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return pattern
 
 
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors and loaded values never change."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: a quoted "yes" is not a boolean and "0.8" is not a number. The apiserver rejects
+    # them by type, so lint must too, or a file that lints clean fails at kubectl apply.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 # --- pack and providers ---------------------------------------------------------------------
@@ -56,7 +116,13 @@ class Pack(Strict):
     name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
         description="Name of the policy pack (a DNS label); shown in audit records and metrics."
     )
-    version: str = Field(description="Version of the pack, SemVer 2.0.0 (for example 1.0.0).")
+    version: str = Field(
+        max_length=128,
+        description="Version of the pack, SemVer 2.0.0 (for example 1.0.0).",
+        json_schema_extra=_cel_match(
+            _SEMVER.pattern, "is not SemVer; expected MAJOR.MINOR.PATCH such as 1.0.0"
+        ),
+    )
     enabled: bool = Field(
         default=True,
         description=(
@@ -80,13 +146,19 @@ class SecretRef(Strict):
     name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
         description="Name of a Secret in the PolicyPack's namespace."
     )
-    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$")] = Field(
+    key: Annotated[str, Field(pattern=CONFIG_KEY, max_length=253)] = Field(
         description="Key inside the Secret whose value is the provider API key."
     )
 
 
 class SecretKeyRef(Strict):
     """Where the provider key comes from: exactly one of an env var or a Kubernetes Secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            "has(self.env) != has(self.secret)", "set exactly one of env or secret"
+        )
+    )
 
     env: Annotated[str, Field(pattern=ENV_NAME)] | None = Field(
         default=None, description="Environment variable of the sidecar holding the API key."
@@ -104,10 +176,29 @@ class SecretKeyRef(Strict):
 
 
 class Target(Strict):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            "!has(self.model) || !self.provider.contains(':') "
+            "|| self.provider.endsWith(':' + self.model)",
+            "provider names a different model than model; set one of them",
+        )
+    )
+
     id: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = Field(
         description="Unique id of the target; used in metrics, audit records and logs."
     )
-    provider: ProviderName = Field(
+    provider: Annotated[
+        ProviderName,
+        WithJsonSchema(
+            {
+                "type": "string",
+                "maxLength": len("openai:chat:") + MAX_MODEL_LENGTH,
+                **_cel_match(
+                    PROVIDER_FORM, "is not one of openai, openai:MODEL, openai:chat:MODEL"
+                ),
+            }
+        ),
+    ] = Field(
         description=(
             "Provider API. Accepts `openai`, `openai:MODEL` or `openai:chat:MODEL`; the model "
             "part is moved into `model`."
@@ -116,6 +207,7 @@ class Target(Strict):
     model: str | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_MODEL_LENGTH,
         description=(
             "Model sent upstream, replacing the client's choice; when unset the client's model "
             "is forwarded."
@@ -123,7 +215,11 @@ class Target(Strict):
     )
     base_url: str | None = Field(
         default=None,
+        max_length=2048,
         description="Base URL of the provider API (http or https); defaults to the provider's.",
+        json_schema_extra=_cel_match(
+            HTTP_URL, "is not an http(s) URL (http(s)://host[:port][/path], no query or fragment)"
+        ),
     )
     secret_key_ref: SecretKeyRef | None = Field(
         default=None,
@@ -135,25 +231,29 @@ class Target(Strict):
     def _split_provider(cls, data: object) -> object:
         if not isinstance(data, dict) or not isinstance(data.get("provider"), str):
             return data
-        parts = data["provider"].split(":")
-        if len(parts) == 1:
+        parts = _provider_parts(data["provider"])
+        if parts is None or parts[1] is None:
+            # Malformed strings are left for the field validator, so the error names `provider`.
             return data
-        if len(parts) == 3 and parts[1] != "chat":
-            raise ValueError(
-                f'provider "{data["provider"]}": the API part must be "chat" '
-                "(expected openai, openai:MODEL or openai:chat:MODEL)"
-            )
-        if len(parts) > 3 or not parts[-1]:
-            raise ValueError(
-                f'provider "{data["provider"]}" is not one of openai, openai:MODEL, '
-                "openai:chat:MODEL"
-            )
-        model = parts[-1]
+        name, model = parts
         if data.get("model") not in (None, model):
             raise ValueError(
                 f'provider names model "{model}" but model is "{data["model"]}"; set one of them'
             )
-        return {**data, "provider": parts[0], "model": model}
+        return {**data, "provider": name, "model": model}
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _provider_form(cls, value: object) -> object:
+        if isinstance(value, str) and ":" in value:
+            parts = value.split(":")
+            if len(parts) == 3 and parts[1] != "chat":
+                raise ValueError(
+                    f'"{value}": the API part must be "chat" '
+                    "(expected openai, openai:MODEL or openai:chat:MODEL)"
+                )
+            raise ValueError(f'"{value}" is not one of openai, openai:MODEL, openai:chat:MODEL')
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -165,6 +265,8 @@ class Target(Strict):
             raise ValueError(f'"{value}" is not an http(s) URL')
         if parts.query or parts.fragment:
             raise ValueError(f'"{value}" must not have a query or fragment')
+        if not re.match(HTTP_URL, value):
+            raise ValueError(f'"{value}" is not a valid http(s) URL (http(s)://host[:port][/path])')
         return value.rstrip("/")
 
     @property
@@ -175,17 +277,26 @@ class Target(Strict):
 class Providers(Strict):
     targets: list[Target] = Field(
         min_length=1,
+        # Bounded so the CRD's uniqueness rule stays within the apiserver's CEL cost budget.
+        max_length=MAX_TARGETS,
         description="Provider targets tried in order: the first is primary, the rest fallbacks.",
+        # A static message: naming the id costs more than the apiserver allows a message.
+        json_schema_extra=_cel(
+            "self.all(t, self.exists_one(u, u.id == t.id))", "target ids must be unique"
+        ),
     )
 
     @field_validator("targets")
     @classmethod
     def _unique_ids(cls, targets: list[Target]) -> list[Target]:
-        seen: set[str] = set()
-        for target in targets:
-            if target.id in seen:
-                raise ValueError(f'target id "{target.id}" is used more than once')
-            seen.add(target.id)
+        first: dict[str, int] = {}
+        for index, target in enumerate(targets):
+            if target.id in first:
+                raise ValueError(
+                    f'target id "{target.id}" is used by targets[{first[target.id]}] and '
+                    f"targets[{index}]; ids must be unique"
+                )
+            first[target.id] = index
         return targets
 
 
@@ -193,14 +304,29 @@ class Policies(Strict):
     chain: list[PolicyKind] = Field(
         default_factory=list,
         description="Policies to run, in order, on every request and response.",
+        # No max_length here: a longer chain must repeat a kind, and the repeat is the clearer
+        # message. The CRD needs the bound for the cost of its uniqueness rule.
+        json_schema_extra={
+            "maxItems": len(POLICY_KINDS),
+            **_cel(
+                "self.all(k, self.exists_one(j, j == k))",
+                message_expression=(
+                    "'policy kind \"' + self.filter(k, !self.exists_one(j, j == k))[0]"
+                    " + '\" is listed more than once'"
+                ),
+            ),
+        },
     )
 
     @field_validator("chain")
     @classmethod
     def _no_repeats(cls, chain: list[PolicyKind]) -> list[PolicyKind]:
-        repeated = sorted({kind for kind in chain if chain.count(kind) > 1})
+        repeated = list(dict.fromkeys(kind for kind in chain if chain.count(kind) > 1))
+        if len(repeated) == 1:
+            raise ValueError(f'policy kind "{repeated[0]}" is listed more than once')
         if repeated:
-            raise ValueError(f"policy kinds listed more than once: {', '.join(repeated)}")
+            names = ", ".join(f'"{kind}"' for kind in repeated)
+            raise ValueError(f"policy kinds {names} are listed more than once")
         return chain
 
 
@@ -240,11 +366,7 @@ class DetectPattern(Strict):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression: {exc}") from None
-        return value
+        return _compiled(value)
 
 
 class PiiDetector(PolicyBlock):
@@ -257,7 +379,7 @@ class PiiDetector(PolicyBlock):
     )
     entities: list[PiiEntity] = Field(
         default_factory=lambda: list(get_args(PiiEntity)),
-        description="Built-in entities to detect (default: all).",
+        description="Built-in entities to detect.",
     )
     detect_patterns: list[DetectPattern] = Field(
         default_factory=list, description="Custom entities detected by regular expression."
@@ -273,25 +395,15 @@ class ContentFilter(PolicyBlock):
     )
     categories: list[ContentCategory] = Field(
         default_factory=lambda: list(get_args(ContentCategory)),
-        description="Built-in term lists to apply (default: all).",
+        description="Built-in term lists to apply.",
     )
     terms: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Extra terms, matched case-insensitively on word edges."
     )
-    patterns: list[str] = Field(
+    patterns: list[Annotated[str, Field(min_length=1), AfterValidator(_compiled)]] = Field(
         default_factory=list, description="Extra Python regular expressions."
     )
     scan_responses: bool = Field(default=True, description="Also filter responses.")
-
-    @field_validator("patterns")
-    @classmethod
-    def _compile(cls, patterns: list[str]) -> list[str]:
-        for index, pattern in enumerate(patterns):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"patterns[{index}]: invalid regular expression: {exc}") from None
-        return patterns
 
 
 class AuditLogger(PolicyBlock):
@@ -315,8 +427,17 @@ class Price(Strict):
 
 
 class CostAttribution(PolicyBlock):
-    tags: dict[Annotated[str, Field(pattern=TAG_KEY)], str] = Field(
-        default_factory=dict, description="Tags attached to every request's cost."
+    tags: dict[Annotated[str, Field(pattern=TAG_KEY, max_length=63)], str] = Field(
+        default_factory=dict,
+        max_length=MAX_TAGS,
+        description="Tags attached to every request's cost.",
+        json_schema_extra=_cel(
+            f"self.all(k, k.size() <= 63 && k.matches(r'{TAG_KEY}'))",
+            message_expression=(
+                f"'tag key \"' + self.filter(k, !(k.size() <= 63 && k.matches(r'{TAG_KEY}')))[0]"
+                " + '\" must be letters, digits, -, _ or . (at most 63)'"
+            ),
+        ),
     )
     pod_labels: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Pod labels copied into the tags (label key = tag)."
@@ -333,19 +454,44 @@ class CostAttribution(PolicyBlock):
 
 class PolicyBlocks(Strict):
     prompt_injection: PromptInjection | None = Field(
-        default=None, alias="prompt-injection", description="Prompt-injection blocking."
+        default=None,
+        alias="prompt-injection",
+        description=(
+            "Scores each request's prompt for injection attempts (instructions that try to "
+            "override the system prompt or policies) and blocks or logs it at the threshold."
+        ),
     )
     pii_detector: PiiDetector | None = Field(
-        default=None, alias="pii-detector", description="PII detection and redaction."
+        default=None,
+        alias="pii-detector",
+        description=(
+            "Finds personal data (emails, phone numbers, SSNs, card numbers, ...) in requests "
+            "and responses and redacts, masks, hashes or blocks it."
+        ),
     )
     content_filter: ContentFilter | None = Field(
-        default=None, alias="content-filter", description="Content filtering by category."
+        default=None,
+        alias="content-filter",
+        description=(
+            "Matches requests and responses against term lists by category and against "
+            "custom terms and patterns; blocks or logs a match."
+        ),
     )
     audit_logger: AuditLogger | None = Field(
-        default=None, alias="audit-logger", description="Tamper-evident audit logging."
+        default=None,
+        alias="audit-logger",
+        description=(
+            "Writes a tamper-evident audit record of each request and of what the policies "
+            "did; secrets never appear in it."
+        ),
     )
     cost_attribution: CostAttribution | None = Field(
-        default=None, alias="cost-attribution", description="Token cost attribution by tag."
+        default=None,
+        alias="cost-attribution",
+        description=(
+            "Counts the tokens and cost of each request and attributes them to tags (team, "
+            "project, pod labels)."
+        ),
     )
 
 
@@ -363,7 +509,11 @@ class PolicyConfig(Strict):
     providers: Providers = Field(description="Upstream provider targets.")
     policies: Policies = Field(default_factory=Policies, description="Which policies run.")
     policy: PolicyBlocks = Field(
-        default_factory=PolicyBlocks, description="Settings of each policy kind, by kind."
+        default_factory=PolicyBlocks,
+        description=(
+            "Settings of each policy kind, by kind. A kind in policies.chain without a block "
+            "here runs with its defaults; a block whose kind is not in the chain does not run."
+        ),
     )
 
     def block(self, kind: str) -> PolicyBlock:
