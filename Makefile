@@ -42,8 +42,7 @@ test: $(STAMP) tools check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 crds: $(STAMP)
-	$(BIN)/packgate crd --output crds/policypacks.yaml
-	cp crds/policypacks.yaml helm/packgate/crds/policypacks.yaml
+	$(BIN)/packgate crd --output crds/policypacks.yaml --output helm/packgate/crds/policypacks.yaml
 
 demo: $(STAMP) tools
 	$(BIN)/python demo/run.py
