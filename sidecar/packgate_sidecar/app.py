@@ -1,0 +1,339 @@
+"""HTTP wiring of the sidecar: the OpenAI-compatible API app and the admin app.
+
+Why it exists: it is the front door, and its job is to make sure nothing gets past the chain.
+Every path goes through one dispatcher: the five governed endpoints are handled, any other path
+gets an OpenAI-style 404 (never forwarded), a wrong method gets 405. Each request takes the
+config in force once (atomic reloads), gets a request id that every response carries, is parsed
+and checked (400, 413), runs the request phase of the chain (403 on a block), and is forwarded.
+Afterwards the request is counted, logged as one JSON line without any text, and handed to the
+policies' `on_finish` hooks off the response path.
+
+The admin app (a separate port) serves `/healthz`, `/readyz` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from logging import INFO
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .errors import (
+    REQUEST_ID_HEADER,
+    ApiError,
+    invalid_request,
+    method_not_allowed,
+    not_found,
+    policy_blocked,
+    too_large,
+)
+from .forward import Forwarder
+from .logs import get_logger, log
+from .metrics import Metrics
+from .policy import PolicyRuntime, RequestContext
+from .reload import Active, ConfigHolder
+from .shapes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, ShapeError, request_texts
+
+MODELS = "/v1/models"
+ROUTE_METHODS = {
+    CHAT: "POST",
+    COMPLETIONS: "POST",
+    EMBEDDINGS: "POST",
+    RESPONSES: "POST",
+    MODELS: "GET",
+}
+_log = get_logger("access")
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    max_body_bytes: int = 8 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    # Bound on waiting for on_finish hooks (audit records) at shutdown.
+    finish_grace: float = 5.0
+
+
+class Gateway:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        metrics: Metrics,
+        runtime: PolicyRuntime,
+        options: GatewayOptions | None = None,
+    ) -> None:
+        self.holder = holder
+        self.metrics = metrics
+        self.runtime = runtime
+        self.options = options or GatewayOptions()
+        self.draining = False
+        self._forwarder: Forwarder | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    # --- apps --------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _start(self, _app: web.Application) -> None:
+        # One pooled session for the process: connection reuse is most of the added latency.
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
+        self._forwarder = Forwarder(
+            session, self.metrics, self.options.connect_timeout, self.options.read_timeout
+        )
+
+    async def _stop(self, _app: web.Application) -> None:
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=self.options.finish_grace)
+        if self._forwarder is not None:
+            await self._forwarder.session.close()
+
+    # --- the API -----------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        request_id = os.urandom(16).hex()
+        route = request.path
+        active = self.holder.current
+        ctx: RequestContext | None = None
+        response: web.StreamResponse | None = None
+        if active is not None:
+            self.holder.enter(active)
+        self.metrics.inflight_count += 1
+        try:
+            try:
+                expected = ROUTE_METHODS.get(route)
+                if expected is None:
+                    response = self._unrouted(request, active, request_id)
+                elif request.method != expected:
+                    raise method_not_allowed(request.method, route, [expected])
+                elif active is None:
+                    raise ApiError(503, "not_ready", self.holder.not_ready_message())
+                elif not active.config.pack.enabled:
+                    raise _pack_disabled(active)
+                elif route == MODELS:
+                    response = _json(_models(active), request_id)
+                else:
+                    ctx = self._context(request, request_id, route, active)
+                    response = await self._proxy(request, ctx, active)
+            except ApiError as error:
+                if ctx is not None:
+                    ctx.error_code = error.code
+                    ctx.outcome = "blocked" if error.status == 403 else "error"
+                response = error.response(request_id)
+        except asyncio.CancelledError:
+            if ctx is not None:
+                ctx.outcome = "client_disconnected"
+            raise
+        finally:
+            self._done(route, request, response, ctx, active)
+        return response
+
+    def _context(
+        self, request: web.Request, request_id: str, route: str, active: Active
+    ) -> RequestContext:
+        config = active.config
+        headers = {
+            name.lower(): value
+            for name, value in request.headers.items()
+            if name.lower().startswith("x-packgate-")
+        }
+        return RequestContext(
+            request_id,
+            route,
+            pack=config.pack.name,
+            pack_version=config.pack.version,
+            config_hash=active.hash,
+            pod=self.runtime.pod,
+            headers=headers,
+        )
+
+    async def _proxy(
+        self, request: web.Request, ctx: RequestContext, active: Active
+    ) -> web.StreamResponse:
+        raw = await self._read_body(request)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise invalid_request(
+                "The request body is not valid JSON", code="invalid_json"
+            ) from None
+        if not isinstance(body, dict):
+            raise invalid_request("The request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise invalid_request("model is required and must be a string", "model")
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise invalid_request("stream must be a boolean", "stream")
+        ctx.model = model
+        ctx.stream = bool(stream) and ctx.route != EMBEDDINGS
+        try:
+            slots = request_texts(ctx.route, body)
+        except ShapeError as exc:
+            raise invalid_request(str(exc), exc.param) from None
+        ctx.input_chars = sum(len(slot.get()) for slot in slots)
+        blocked = await active.chain.run_request(ctx, slots)
+        if blocked is not None:
+            raise policy_blocked("request", blocked.kind, blocked.reason)
+        rewritten = any(record.action == "rewrite" for record in ctx.decisions)
+        assert self._forwarder is not None, "the app has started"
+        return await self._forwarder.forward(
+            request,
+            active.upstreams,
+            active.chain,
+            ctx.route,
+            body,
+            None if rewritten else raw,
+            ctx,
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.options.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large(limit)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large(limit) from None
+
+    def _unrouted(
+        self, request: web.Request, active: Active | None, request_id: str
+    ) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(MODELS + "/") and len(path) > len(MODELS) + 1:
+            if request.method != "GET":
+                raise method_not_allowed(request.method, path, ["GET"])
+            if active is None:
+                raise ApiError(503, "not_ready", self.holder.not_ready_message())
+            if not active.config.pack.enabled:
+                raise _pack_disabled(active)
+            wanted = path[len(MODELS) + 1 :]
+            for model in _models(active)["data"]:
+                if model["id"] == wanted:
+                    return _json(model, request_id)
+            raise ApiError(
+                404, "model_not_found", f"The model '{wanted}' is not served by this gateway"
+            )
+        raise not_found(request.method, path)
+
+    def _done(
+        self,
+        route: str,
+        request: web.Request,
+        response: web.StreamResponse | None,
+        ctx: RequestContext | None,
+        active: Active | None,
+    ) -> None:
+        """Count, log and hand the request to the finish hooks; runs for every request."""
+        self.metrics.inflight_count -= 1
+        # 499: the client went away before an answer existed (nginx's convention).
+        status = response.status if response is not None else 499
+        route_label = route if route in ROUTE_METHODS else "other"
+        if ctx is None:
+            self.metrics.request_done(route_label, status, "none", None)
+            if active is not None:
+                self.holder.leave(active)
+            log(_log, INFO, "request", method=request.method, route=route_label, status=status)
+            return
+        duration = time.perf_counter() - ctx.started
+        self.metrics.request_done(route_label, status, ctx.target or "none", duration)
+        ctx.status = status
+        ctx.latency_ms = round(duration * 1000, 3)
+        if _log.isEnabledFor(INFO):
+            log(
+                _log,
+                INFO,
+                "request",
+                request_id=ctx.request_id,
+                route=route_label,
+                status=status,
+                target=ctx.target,
+                model=ctx.upstream_model,
+                stream=ctx.stream,
+                outcome=ctx.outcome,
+                code=ctx.error_code,
+                latency_ms=ctx.latency_ms,
+                upstream_ms=ctx.upstream_latency_ms,
+                attempts=ctx.attempts,
+                decisions=[f"{d.kind}:{d.phase}:{d.action}" for d in ctx.decisions],
+            )
+        assert active is not None
+        if not active.chain.finish_entries:
+            self.holder.leave(active)
+            return
+        # Off the response path: the client has its answer; audit and cost run afterwards.
+        task = asyncio.get_running_loop().create_task(active.chain.finish(ctx))
+        self._finishing.add(task)
+
+        def _finished(done: asyncio.Task[None], active: Active = active) -> None:
+            self._finishing.discard(done)
+            self.holder.leave(active)
+
+        task.add_done_callback(_finished)
+
+    # --- admin -------------------------------------------------------------------------------
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ready, detail = self.holder.readiness()
+        if self.draining:
+            ready = False
+            detail.update(ready=False, reason="draining: the gateway is shutting down")
+        return web.json_response(detail, status=200 if ready else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+
+def _json(body: Any, request_id: str) -> web.Response:
+    return web.Response(
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+def _pack_disabled(active: Active) -> ApiError:
+    return ApiError(
+        503,
+        "pack_disabled",
+        f'The policy pack "{active.config.pack.name}" is disabled, so this gateway refuses '
+        "all traffic",
+    )
+
+
+def _models(active: Active) -> dict[str, Any]:
+    """The models the configured targets serve; a target that forwards the client's model
+    choice unchanged names no model and is not listed."""
+    seen: dict[str, dict[str, Any]] = {}
+    for target in active.config.providers.targets:
+        if target.model and target.model not in seen:
+            seen[target.model] = {
+                "id": target.model,
+                "object": "model",
+                "created": 0,
+                "owned_by": target.provider,
+            }
+    return {"object": "list", "data": list(seen.values())}

@@ -1,0 +1,320 @@
+"""The hot path to the providers: try the targets in order, relay the answer.
+
+Why it exists: this is where a request leaves the pod, so it holds the rules that keep that safe
+and predictable. The provider key comes from the sidecar's environment (the client's
+Authorization header is never forwarded) and the URL from the config (the client cannot choose
+it). Targets are tried in config order; a 429, a 5xx, a connection error or a timeout falls back
+to the next target, but only while nothing has reached the client yet: a stream that has started
+is never retried elsewhere. Streams are relayed as they arrive, through the chain's stream
+filters; an upstream that breaks mid-stream ends the client's stream with an error event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from packgate_policy import ConfigError, ConfigIssue, PolicyConfig, key_env_name
+from yarl import URL
+
+from .chain import Chain, StreamBlocked
+from .errors import REQUEST_ID_HEADER, ApiError, policy_blocked, sse_error_event
+from .logs import get_logger, log
+from .metrics import Metrics
+from .policy import RequestContext
+from .shapes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, response_texts
+from .sse import StreamRewriter, UnreadableEvent
+from .stream_shapes import STREAM_SHAPES
+
+_log = get_logger("forward")
+API_ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+USER_AGENT = "packgate-sidecar/0.1"
+# Upstream response headers worth passing on: request ids, rate limits, retry hints.
+_PASS_PREFIXES = ("x-request-id", "openai-", "x-ratelimit-", "retry-after")
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One provider target, resolved: URLs per route and the headers carrying its key."""
+
+    id: str
+    model: str | None
+    urls: Mapping[str, URL]
+    headers: Mapping[str, str] = field(repr=False)
+
+
+def resolve_upstreams(config: PolicyConfig, environ: Mapping[str, str]) -> list[Upstream]:
+    """Targets with their keys read from the environment; a missing key is a ConfigError."""
+    upstreams: list[Upstream] = []
+    issues: list[ConfigIssue] = []
+    for index, target in enumerate(config.providers.targets):
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        env = key_env_name(target)
+        if env is not None:
+            key = environ.get(env)
+            if not key:
+                issues.append(
+                    ConfigIssue(
+                        f"providers.targets[{index}].secret_key_ref",
+                        f'environment variable {env} (the API key of target "{target.id}") '
+                        "is not set in the sidecar",
+                    )
+                )
+                continue
+            headers["Authorization"] = f"Bearer {key}"
+        base = target.effective_base_url
+        urls = {route: URL(base + route.removeprefix("/v1")) for route in API_ROUTES}
+        upstreams.append(Upstream(target.id, target.model, urls, headers))
+    if issues:
+        raise ConfigError(issues)
+    return upstreams
+
+
+def _broken(ctx: RequestContext, timed_out: bool) -> ApiError:
+    return ApiError(
+        504 if timed_out else 502,
+        "upstream_timeout" if timed_out else "upstream_stream_broken",
+        f'Provider target "{ctx.target}" '
+        + ("stopped sending" if timed_out else "broke off the stream")
+        + " before the response was complete",
+    )
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _passed_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {REQUEST_ID_HEADER: request_id}
+    for name, value in upstream.headers.items():
+        if name.lower().startswith(_PASS_PREFIXES):
+            headers[name] = value
+    return headers
+
+
+class Forwarder:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self.session = session
+        self.metrics = metrics
+        # The read timeout limits silence: before the answer starts and between its chunks.
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+
+    async def forward(
+        self,
+        request: web.Request,
+        upstreams: Sequence[Upstream],
+        chain: Chain,
+        route: str,
+        body: dict[str, Any],
+        raw: bytes | None,
+        ctx: RequestContext,
+    ) -> web.StreamResponse:
+        """Send to the first target that answers; `raw` is the client's body when unchanged."""
+        failure: ApiError | web.Response | None = None
+        for upstream in upstreams:
+            model = upstream.model or ctx.model
+            if upstream.model is not None and body.get("model") != upstream.model:
+                payload = _dumps({**body, "model": upstream.model})
+            else:
+                payload = raw if raw is not None else _dumps(body)
+            ctx.target, ctx.upstream_model = upstream.id, model
+            started = time.perf_counter()
+            try:
+                async with self.session.post(
+                    upstream.urls[route],
+                    data=payload,
+                    headers=upstream.headers,
+                    timeout=self.timeout,
+                ) as answer:
+                    elapsed = time.perf_counter() - started
+                    ctx.upstream_latency_ms = round(elapsed * 1000, 3)
+                    self.metrics.upstream_answered(upstream.id, route, elapsed)
+                    if answer.status == 429 or answer.status >= 500:
+                        reason = "status_429" if answer.status == 429 else "status_5xx"
+                        failure = await self._failed_answer(answer, ctx)
+                        self._attempt_failed(ctx, upstream.id, reason, str(answer.status))
+                        continue
+                    ctx.attempts.append((upstream.id, str(answer.status)))
+                    streamed = answer.status == 200 and answer.content_type == "text/event-stream"
+                    if ctx.stream and streamed:
+                        return await self._relay(request, answer, chain, route, ctx)
+                    return await self._whole(answer, chain, route, ctx)
+            except TimeoutError:
+                failure = ApiError(
+                    504,
+                    "upstream_timeout",
+                    f'Provider target "{upstream.id}" did not answer in time',
+                )
+                self._attempt_failed(ctx, upstream.id, "timeout", "timeout")
+            except aiohttp.ClientError as exc:
+                failure = ApiError(
+                    502,
+                    "upstream_unreachable",
+                    f'Provider target "{upstream.id}" could not be reached ({type(exc).__name__})',
+                )
+                self._attempt_failed(ctx, upstream.id, "connect", "unreachable")
+        if isinstance(failure, ApiError):
+            if len(upstreams) > 1:
+                failure.message = f"All {len(upstreams)} provider targets failed; last: " + (
+                    failure.message
+                )
+            raise failure
+        assert failure is not None, "a config always has at least one target"
+        return failure
+
+    def _attempt_failed(self, ctx: RequestContext, target: str, reason: str, what: str) -> None:
+        ctx.attempts.append((target, what))
+        self.metrics.upstream_failures.labels(target, reason).inc()
+        log(
+            _log,
+            30,
+            "upstream attempt failed",
+            request_id=ctx.request_id,
+            target=target,
+            reason=reason,
+        )
+
+    async def _failed_answer(
+        self, answer: aiohttp.ClientResponse, ctx: RequestContext
+    ) -> web.Response:
+        """The provider's own error answer, kept to pass on if no other target does better."""
+        body = await answer.content.read(_ERROR_BODY_LIMIT)
+        return web.Response(
+            status=answer.status,
+            body=body,
+            headers={
+                **_passed_headers(answer, ctx.request_id),
+                "Content-Type": answer.headers.get("Content-Type", "application/json"),
+            },
+        )
+
+    async def _whole(
+        self, answer: aiohttp.ClientResponse, chain: Chain, route: str, ctx: RequestContext
+    ) -> web.Response:
+        raw = await answer.read()
+        headers = _passed_headers(answer, ctx.request_id)
+        headers["Content-Type"] = answer.headers.get("Content-Type", "application/json")
+        if 200 <= answer.status < 300 and (chain.response_entries or chain.finish_entries):
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                if chain.response_entries:
+                    raise ApiError(
+                        502,
+                        "bad_upstream_response",
+                        "The provider's response is not a JSON object, so the policy chain "
+                        "could not check it",
+                    )
+                return web.Response(status=answer.status, body=raw, headers=headers)
+            if isinstance(body.get("usage"), dict):
+                ctx.usage = body["usage"]
+            slots = response_texts(route, body)
+            before = [slot.get() for slot in slots]
+            blocked = await chain.run_response(ctx, slots)
+            if blocked is not None:
+                raise policy_blocked("response", blocked.kind, blocked.reason)
+            after = [slot.get() for slot in slots]
+            ctx.output_chars = sum(map(len, after))
+            if after != before:
+                raw = _dumps(body)
+        return web.Response(status=answer.status, body=raw, headers=headers)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        answer: aiohttp.ClientResponse,
+        chain: Chain,
+        route: str,
+        ctx: RequestContext,
+    ) -> web.StreamResponse:
+        """Relay a stream chunk by chunk. The client has bytes from here on, so this never
+        raises (a raise would look like a target failure and trigger a fallback)."""
+        headers = _passed_headers(answer, ctx.request_id)
+        headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        policies = chain.open_stream(ctx)
+        rewriter = (
+            StreamRewriter(STREAM_SHAPES[route], policies, ctx)
+            if policies is not None or chain.finish_entries
+            else None
+        )
+        allowed = b""  # what may still go out before the error event
+        try:
+            await response.prepare(request)
+            while True:
+                try:
+                    chunk = await answer.content.readany()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    reason, error = "upstream_error", _broken(ctx, isinstance(exc, TimeoutError))
+                    break
+                if not chunk:
+                    if rewriter is not None:
+                        tail = rewriter.end()
+                        if tail:
+                            await response.write(tail)
+                    await response.write_eof()
+                    return response
+                out = rewriter.feed(chunk) if rewriter is not None else chunk
+                if out:
+                    await response.write(out)
+        except StreamBlocked as blocked:
+            allowed = blocked.partial
+            reason, error = "blocked", policy_blocked("response", blocked.kind, blocked.reason)
+        except UnreadableEvent as exc:
+            reason, error = "upstream_error", ApiError(502, "bad_upstream_response", str(exc))
+        except ConnectionResetError:
+            self._client_gone(ctx, route)
+            return response
+        finally:
+            if policies is not None:
+                policies.close()
+        try:
+            if allowed:
+                await response.write(allowed)
+            await self._abort(response, ctx, route, reason, error)
+        except ConnectionResetError:
+            self._client_gone(ctx, route)
+        return response
+
+    def _client_gone(self, ctx: RequestContext, route: str) -> None:
+        ctx.outcome = "client_disconnected"
+        self.metrics.stream_aborts.labels(route, "client_disconnected").inc()
+
+    async def _abort(
+        self,
+        response: web.StreamResponse,
+        ctx: RequestContext,
+        route: str,
+        reason: str,
+        error: ApiError,
+    ) -> None:
+        ctx.outcome = "blocked" if reason == "blocked" else "upstream_error"
+        ctx.error_code = error.code
+        self.metrics.stream_aborts.labels(route, reason).inc()
+        log(
+            _log,
+            30,
+            "stream aborted",
+            request_id=ctx.request_id,
+            target=ctx.target,
+            reason=reason,
+            code=error.code,
+        )
+        await response.write(sse_error_event(error))
+        await response.write_eof()

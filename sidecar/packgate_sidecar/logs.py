@@ -1,0 +1,71 @@
+"""Structured JSON logs for the sidecar: one object per line on stderr.
+
+Why it exists: sidecar logs are read by machines (Loki, Cloud Logging) and by people grepping for
+a request id, and they must never carry prompt text or secrets. Every call site passes explicit,
+named fields (ids, statuses, counts, policy kinds), never message bodies; exceptions are reduced
+to their type and code location because an exception *message* may quote the text that caused it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+LOGGER_NAME = "packgate"
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = describe_exception(record.exc_info[1])
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def _iso(epoch: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{seconds}.{int(epoch % 1 * 1000):03d}Z"
+
+
+def describe_exception(exc: BaseException | None) -> str:
+    """`TypeName at file.py:123`: enough to find the bug, without the message's content."""
+    if exc is None:
+        return "unknown"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+
+
+def log(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields})
+
+
+def configure(level: str = "info", stream: Any = None) -> None:
+    """Send packgate's logs as JSON lines to stderr (or `stream`); idempotent."""
+    root = logging.getLogger(LOGGER_NAME)
+    root.setLevel(level.upper())
+    root.propagate = False
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)

@@ -1,0 +1,179 @@
+"""Prometheus metrics of the sidecar, on a registry of its own.
+
+Why it exists: operators need to see, per pod, what the gateway forwards, what it blocks, how slow
+the providers are, whether a policy is failing open, and which config is in force (the operator's
+convergence check compares `packgate_config_info{hash}` with the pack's hash). A registry per
+sidecar instance (not prometheus_client's global one) keeps tests and several gateways in one
+process independent, and `counter`/`histogram`/`gauge` give policies get-or-create access so a
+policy rebuilt on reload does not register its metrics twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
+POLICY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._own: dict[str, MetricWrapperBase] = {}
+        self.requests = self.counter(
+            "packgate_requests_total",
+            "Requests answered by the gateway, by route, HTTP status and provider target.",
+            ("route", "status", "target"),
+        )
+        self.request_duration = self.histogram(
+            "packgate_request_duration_seconds",
+            "Time from receiving a request to its last response byte, by route.",
+            ("route",),
+            LATENCY_BUCKETS,
+        )
+        self.upstream_latency = self.histogram(
+            "packgate_upstream_latency_seconds",
+            "Time from sending a request to a provider target until its response headers.",
+            ("target", "route"),
+            LATENCY_BUCKETS,
+        )
+        self.upstream_failures = self.counter(
+            "packgate_upstream_failures_total",
+            "Failed attempts at a provider target (status_429, status_5xx, connect, timeout); "
+            "each one falls back to the next target when there is one.",
+            ("target", "reason"),
+        )
+        self.stream_aborts = self.counter(
+            "packgate_stream_aborts_total",
+            "Streams that did not end normally: upstream_error, blocked or client_disconnected.",
+            ("route", "reason"),
+        )
+        self.inflight = self.gauge("packgate_inflight_requests", "Requests being handled now.")
+        # The hot path bumps a plain int; the gauge reads it only when scraped.
+        self.inflight_count = 0
+        self.inflight.set_function(lambda: self.inflight_count)
+        # Labelled children by label values: `labels()` costs more than the increment itself.
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self.policy_decisions = self.counter(
+            "packgate_policy_decisions_total",
+            "Policy decisions by policy kind, phase (request, response, stream) and decision.",
+            ("kind", "phase", "decision"),
+        )
+        self.policy_duration = self.histogram(
+            "packgate_policy_duration_seconds",
+            "Time a policy took per request phase.",
+            ("kind", "phase"),
+            POLICY_BUCKETS,
+        )
+        self.policy_failures = self.counter(
+            "packgate_policy_failures_total",
+            "Policies that raised (error) or overran timeout_ms (timeout).",
+            ("kind", "phase", "reason"),
+        )
+        self.policy_fail_open = self.counter(
+            "packgate_policy_fail_open_total",
+            "Policy failures let through because the policy is configured with fail_open.",
+            ("kind", "phase"),
+        )
+        self.config_info = self.gauge(
+            "packgate_config_info",
+            "The policy config in force (value 1), labelled with its hash, pack and version.",
+            ("hash", "pack", "version"),
+        )
+        self.config_ready = self.gauge(
+            "packgate_config_ready", "1 when a valid policy config is loaded, else 0."
+        )
+        self.reloads = self.counter(
+            "packgate_config_reloads_total",
+            "Config loads by source (file, push) and result (success, failure, unchanged).",
+            ("source", "result"),
+        )
+        self.last_reload = self.gauge(
+            "packgate_config_last_reload_timestamp_seconds",
+            "Unix time of the last config load attempt, by result.",
+            ("result",),
+        )
+
+    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def request_done(self, route: str, status: int, target: str, seconds: float | None) -> None:
+        self._child(self.requests, route, str(status), target).inc()
+        if seconds is not None:
+            self._child(self.request_duration, route).observe(seconds)
+
+    def upstream_answered(self, target: str, route: str, seconds: float) -> None:
+        self._child(self.upstream_latency, target, route).observe(seconds)
+
+    def _get(self, cls: type[_M], name: str) -> _M | None:
+        existing = self._own.get(name)
+        if existing is None:
+            return None
+        if not isinstance(existing, cls):
+            raise ValueError(f"metric {name} already exists as {type(existing).__name__}")
+        return existing
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        found = self._get(Counter, name)
+        if found is None:
+            found = Counter(name, documentation, labels, registry=self.registry)
+            self._own[name] = found
+        return found
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        found = self._get(Gauge, name)
+        if found is None:
+            found = Gauge(name, documentation, labels, registry=self.registry)
+            self._own[name] = found
+        return found
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> Histogram:
+        found = self._get(Histogram, name)
+        if found is None:
+            found = Histogram(name, documentation, labels, registry=self.registry, buckets=buckets)
+            self._own[name] = found
+        return found
+
+    def set_config(self, config_hash: str | None, pack: str = "", version: str = "") -> None:
+        self.config_info.clear()
+        if config_hash is None:
+            self.config_ready.set(0)
+            return
+        self.config_info.labels(config_hash, pack, version).set(1)
+        self.config_ready.set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,221 @@
+"""`packgate gateway run`: start the sidecar, serve until SIGTERM, then drain.
+
+Why it exists: the same program runs on a laptop (`packgate gateway run --listen 0.0.0.0:41002
+--policy-config policy-config.yaml`, the seed document's command) and as the injected sidecar. It
+loads and watches the config, serves the API and the admin port, and on SIGTERM or SIGINT stops
+accepting connections, lets in-flight requests finish for up to `--drain-seconds`, then exits 0.
+A config that is invalid at start does not stop the process: the sidecar stays up, not ready
+(every request gets 503 with the reason), and picks up the file as soon as it is fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .app import Gateway, GatewayOptions
+from .chain import builtin_registry
+from .logs import configure, get_logger, log
+from .metrics import Metrics
+from .policy import PodIdentity, PolicyRuntime
+from .reload import ConfigHolder, FileWatcher
+
+_log = get_logger("run")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "KI": 1024,
+    "MI": 1024**2,
+    "GI": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """`8MiB`, `8M`, `8388608` -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 8MiB)")
+    unit = (match.group(2) or "").upper().removesuffix("B")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit ":port" asks for it
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=parse_address,
+        default="127.0.0.1:41002",
+        metavar="HOST:PORT",
+        help="API address (default 127.0.0.1:41002)",
+    )
+    parser.add_argument(
+        "--policy-config",
+        required=True,
+        metavar="FILE",
+        help="policy config file; watched and reloaded when it changes",
+    )
+    parser.add_argument(
+        "--admin-listen",
+        type=parse_address,
+        default="127.0.0.1:41003",
+        metavar="HOST:PORT",
+        help="/healthz, /readyz and /metrics address (default 127.0.0.1:41003)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="timeout to connect to a provider target (default 10)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest silence from a provider target before it counts as timed "
+        "out, also between streamed chunks (default 300)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=parse_size,
+        default=8 * 1024 * 1024,
+        metavar="SIZE",
+        help="largest request body accepted (default 8MiB)",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=25.0,
+        metavar="SECONDS",
+        help="how long in-flight requests may finish after SIGTERM (default 25)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how often the config file is checked for changes (default 0.5)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("PACKGATE_DATA_DIR"),
+        metavar="DIR",
+        help="where policies keep files such as the audit log",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(args: argparse.Namespace) -> int:
+    configure(args.log_level)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(args))
+
+
+async def start_site(
+    app: web.Application, address: tuple[str, int], drain: float, cancel_on_disconnect: bool
+) -> web.AppRunner:
+    """Serve `app` on `address` (port 0 picks a free one; see `runner.addresses`)."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=drain,
+        handler_cancellation=cancel_on_disconnect,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, address[0], address[1], backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def serve(args: argparse.Namespace) -> int:
+    metrics = Metrics()
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    runtime = PolicyRuntime(PodIdentity.from_env(), metrics, data_dir)
+    holder = ConfigHolder(builtin_registry(), runtime, metrics)
+    watcher = FileWatcher(args.policy_config, holder, args.poll_interval)
+    watcher.check()
+    gateway = Gateway(
+        holder,
+        metrics,
+        runtime,
+        GatewayOptions(args.max_body_bytes, args.connect_timeout, args.read_timeout),
+    )
+    try:
+        # The API cancels a handler when its client disconnects, so the upstream call stops too.
+        api = await start_site(gateway.app(), args.listen, args.drain_seconds, True)
+        admin = await start_site(gateway.admin_app(), args.admin_listen, 1.0, False)
+    except OSError as exc:
+        log(_log, 50, "cannot listen", error=str(exc))
+        return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watch = loop.create_task(watcher.run())
+    ready, _ = holder.readiness()
+    log(
+        _log,
+        20,
+        "listening",
+        api=f"http://{_show(args.listen)}/v1",
+        admin=f"http://{_show(args.admin_listen)}",
+        ready=ready,
+        config=str(args.policy_config),
+    )
+    await stop.wait()
+    log(_log, 20, "draining", seconds=args.drain_seconds)
+    gateway.draining = True
+    watch.cancel()
+    await _quietly(api.cleanup())
+    await _quietly(holder.close())
+    await _quietly(admin.cleanup())
+    log(_log, 20, "stopped")
+    return 0
+
+
+def _show(address: tuple[str, int]) -> str:
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"{host}:{address[1]}"
+
+
+async def _quietly(step: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await step
+    except Exception as exc:
+        log(_log, 40, "shutdown step failed", error=type(exc).__name__)

@@ -1,0 +1,261 @@
+"""Where the text is in streamed responses: chat, completions and Responses API events.
+
+Why it exists: a streamed answer spreads each text over many events, in per-endpoint layouts,
+and the Responses API repeats whole texts in `.done` events and in its final snapshot. The
+stream rewriter (sse.py) needs, for each event, which text deltas it carries and on which
+channel, which channels it ends, and which snapshot texts must match what was streamed; and it
+needs to make a new event of the right kind to flush text a policy held back. This module answers
+exactly that per endpoint, and nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from .shapes import CHAT, COMPLETIONS, RESPONSES, Channel, Json, TextSlot, choices_of
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """What one parsed stream event means for the chain."""
+
+    deltas: list[tuple[Channel, TextSlot]]
+    # Channels that end with this event (by prefix): their held-back text must go out first.
+    closes: list[Channel]
+    # Texts that repeat a whole channel (the Responses API's `.done` events and final snapshot).
+    snapshots: list[tuple[Channel, TextSlot]]
+    usage: Json | None = None
+
+
+class StreamShape:
+    """How one endpoint's stream carries text. Subclasses override `parse` and `synthesize`."""
+
+    has_snapshots = False
+
+    def parse(self, event: str | None, data: Json) -> StreamEvent:
+        raise NotImplementedError
+
+    def synthesize(self, channel: Channel, template: Json, text: str) -> Json:
+        """A new event carrying `text` for `channel`, modelled on the channel's last event."""
+        raise NotImplementedError
+
+
+def _usage(data: Json) -> Json | None:
+    usage = data.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+class ChatStream(StreamShape):
+    _FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+
+    def parse(self, event: str | None, data: Json) -> StreamEvent:
+        deltas: list[tuple[Channel, TextSlot]] = []
+        closes: list[Channel] = []
+        for position, choice in choices_of(data):
+            index = choice.get("index", position)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for key in self._FIELDS:
+                    if isinstance(delta.get(key), str):
+                        deltas.append(((index, key), TextSlot(delta, key, "assistant", key)))
+                calls = delta.get("tool_calls")
+                if isinstance(calls, list):
+                    for number, call in enumerate(calls):
+                        function = call.get("function") if isinstance(call, dict) else None
+                        if isinstance(function, dict) and isinstance(
+                            function.get("arguments"), str
+                        ):
+                            channel = (index, "tool", call.get("index", number))
+                            slot = TextSlot(function, "arguments", "assistant", "arguments")
+                            deltas.append((channel, slot))
+                function_call = delta.get("function_call")
+                if isinstance(function_call, dict) and isinstance(
+                    function_call.get("arguments"), str
+                ):
+                    slot = TextSlot(function_call, "arguments", "assistant", "arguments")
+                    deltas.append(((index, "function_call"), slot))
+            if choice.get("finish_reason") is not None:
+                closes.append((index,))
+        return StreamEvent(deltas, closes, [], _usage(data))
+
+    def synthesize(self, channel: Channel, template: Json, text: str) -> Json:
+        index, kind = channel[0], channel[1]
+        delta: Json
+        if kind == "tool":
+            delta = {"tool_calls": [{"index": channel[2], "function": {"arguments": text}}]}
+        elif kind == "function_call":
+            delta = {"function_call": {"arguments": text}}
+        else:
+            delta = {kind: text}
+        event = {k: v for k, v in template.items() if k not in ("choices", "usage")}
+        event["choices"] = [
+            {"index": index, "delta": delta, "finish_reason": None, "logprobs": None}
+        ]
+        return event
+
+
+class CompletionsStream(StreamShape):
+    def parse(self, event: str | None, data: Json) -> StreamEvent:
+        deltas: list[tuple[Channel, TextSlot]] = []
+        closes: list[Channel] = []
+        for position, choice in choices_of(data):
+            index = choice.get("index", position)
+            if isinstance(choice.get("text"), str):
+                deltas.append(((index, "text"), TextSlot(choice, "text", "assistant", "text")))
+            if choice.get("finish_reason") is not None:
+                closes.append((index,))
+        return StreamEvent(deltas, closes, [], _usage(data))
+
+    def synthesize(self, channel: Channel, template: Json, text: str) -> Json:
+        event = {k: v for k, v in template.items() if k not in ("choices", "usage")}
+        event["choices"] = [
+            {"index": channel[0], "text": text, "finish_reason": None, "logprobs": None}
+        ]
+        return event
+
+
+def _int(data: Json, key: str) -> int:
+    value = data.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _item_channels(output_index: int, item: Any) -> list[tuple[Channel, TextSlot]]:
+    """The channels a whole Responses output item repeats, so snapshots match what streamed."""
+    out: list[tuple[Channel, TextSlot]] = []
+    if not isinstance(item, dict):
+        return out
+    kind = item.get("type")
+    if kind == "message" and isinstance(item.get("content"), list):
+        for index, part in enumerate(item["content"]):
+            if isinstance(part, dict):
+                for field, name in (("text", "text"), ("refusal", "refusal")):
+                    if isinstance(part.get(field), str):
+                        out.append(
+                            ((output_index, index, name), TextSlot(part, field, "assistant", ""))
+                        )
+    elif kind in ("function_call", "mcp_call", "mcp_approval_request"):
+        if isinstance(item.get("arguments"), str):
+            out.append(((output_index, "args"), TextSlot(item, "arguments", "assistant", "")))
+        if isinstance(item.get("output"), str):
+            out.append(((output_index, "output"), TextSlot(item, "output", "assistant", "")))
+    elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+        out.append(((output_index, "input"), TextSlot(item, "input", "assistant", "")))
+    elif kind == "code_interpreter_call" and isinstance(item.get("code"), str):
+        out.append(((output_index, "code"), TextSlot(item, "code", "assistant", "")))
+    elif kind == "reasoning":
+        for field, name in (("summary", "summary"), ("content", "reasoning")):
+            parts = item.get(field)
+            if isinstance(parts, list):
+                for index, part in enumerate(parts):
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        out.append(
+                            ((output_index, name, index), TextSlot(part, "text", "assistant", ""))
+                        )
+    return out
+
+
+class ResponsesStream(StreamShape):
+    has_snapshots = True
+
+    # delta event -> (channel builder, key of the whole text in the matching `.done` event)
+    _DELTAS: dict[str, tuple[str, str]] = {
+        "response.output_text": ("text", "text"),
+        "response.refusal": ("refusal", "refusal"),
+        "response.function_call_arguments": ("args", "arguments"),
+        "response.mcp_call_arguments": ("args", "arguments"),
+        "response.custom_tool_call_input": ("input", "input"),
+        "response.code_interpreter_call_code": ("code", "code"),
+        "response.reasoning_summary_text": ("summary", "text"),
+        "response.reasoning_text": ("reasoning", "text"),
+    }
+    _WHOLE = frozenset(
+        {
+            "response.created",
+            "response.in_progress",
+            "response.queued",
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        }
+    )
+
+    @staticmethod
+    def _channel(name: str, data: Json) -> Channel:
+        output = _int(data, "output_index")
+        if name in ("text", "refusal"):
+            return (output, _int(data, "content_index"), name)
+        if name == "summary":
+            return (output, "summary", _int(data, "summary_index"))
+        if name == "reasoning":
+            return (output, "reasoning", _int(data, "content_index"))
+        return (output, name)
+
+    def parse(self, event: str | None, data: Json) -> StreamEvent:
+        kind = data.get("type")
+        if not isinstance(kind, str):
+            kind = event or ""
+        base, _, suffix = kind.rpartition(".")
+        known = self._DELTAS.get(base)
+        if known is not None:
+            name, whole_key = known
+            channel = self._channel(name, data)
+            if suffix == "delta" and isinstance(data.get("delta"), str):
+                return StreamEvent([(channel, TextSlot(data, "delta", "assistant", ""))], [], [])
+            if suffix == "done":
+                snapshots = []
+                if isinstance(data.get(whole_key), str):
+                    snapshots.append((channel, TextSlot(data, whole_key, "assistant", "")))
+                return StreamEvent([], [channel], snapshots)
+        if kind in ("response.content_part.added", "response.content_part.done"):
+            output, index = _int(data, "output_index"), _int(data, "content_index")
+            part = data.get("part")
+            snaps: list[tuple[Channel, TextSlot]] = []
+            if isinstance(part, dict):
+                for field in ("text", "refusal"):
+                    if isinstance(part.get(field), str):
+                        slot = TextSlot(part, field, "assistant", "")
+                        snaps.append(((output, index, field), slot))
+            closes: list[Channel] = [(output, index)] if kind.endswith("done") else []
+            return StreamEvent([], closes, snaps)
+        if kind.startswith("response.reasoning_summary_part."):
+            output, index = _int(data, "output_index"), _int(data, "summary_index")
+            part = data.get("part")
+            snaps = []
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                snaps.append(((output, "summary", index), TextSlot(part, "text", "assistant", "")))
+            closes = [(output, "summary", index)] if kind.endswith("done") else []
+            return StreamEvent([], closes, snaps)
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            output = _int(data, "output_index")
+            closes = [(output,)] if kind.endswith("done") else []
+            return StreamEvent([], closes, _item_channels(output, data.get("item")))
+        if kind in self._WHOLE:
+            response = data.get("response")
+            snaps = []
+            usage = None
+            if isinstance(response, dict):
+                items = response.get("output")
+                if isinstance(items, list):
+                    for position, item in enumerate(items):
+                        snaps.extend(_item_channels(position, item))
+                usage = _usage(response)
+            # Only a finished response ends every channel; created/in_progress come first.
+            final = kind in ("response.completed", "response.incomplete", "response.failed")
+            return StreamEvent([], [()] if final else [], snaps, usage)
+        return StreamEvent([], [], [])
+
+    def synthesize(self, channel: Channel, template: Json, text: str) -> Json:
+        event = copy.copy(template)
+        event["delta"] = text
+        if "logprobs" in event:
+            event["logprobs"] = []
+        return event
+
+
+STREAM_SHAPES: dict[str, StreamShape] = {
+    CHAT: ChatStream(),
+    COMPLETIONS: CompletionsStream(),
+    RESPONSES: ResponsesStream(),
+}
