@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from localcluster import LocalCluster, build_tools
 
+ROOT = Path(__file__).resolve().parents[1]
 _started: list[LocalCluster] = []
 
 
@@ -26,6 +27,12 @@ def bin_dir() -> Path:
 @pytest.fixture(scope="session")
 def cluster(bin_dir: Path) -> Iterator[LocalCluster]:
     with LocalCluster(bin_dir=bin_dir) as running:
+        # The PolicyPack CRD goes in first: the garbage collector only learns about a new kind
+        # at its next resync (30 s), and packs' ConfigMaps must be collected in tests.
+        running.kubectl("apply", "-f", str(ROOT / "crds" / "policypacks.yaml"))
+        running.kubectl(
+            "wait", "--for=condition=Established", "crd/policypacks.packgate.dev", "--timeout=60s"
+        )
         _started.append(running)
         yield running
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import subscribe
 from .app import Gateway, GatewayOptions
 from .chain import builtin_registry
 from .logs import configure, get_logger, log
@@ -188,6 +189,16 @@ async def serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     watch = loop.create_task(watcher.run())
+    try:
+        # Pushes from the operator, when the injector configured a subscription; the mounted
+        # file stays the durable source either way.
+        subscription = subscribe.start(holder)
+    except subscribe.SubscribeConfigError as exc:
+        log(_log, 50, "bad subscription settings", error=str(exc))
+        watch.cancel()
+        await _quietly(api.cleanup())
+        await _quietly(admin.cleanup())
+        return 2
     ready, _ = holder.readiness()
     log(
         _log,
@@ -202,6 +213,8 @@ async def serve(args: argparse.Namespace) -> int:
     log(_log, 20, "draining", seconds=args.drain_seconds)
     gateway.draining = True
     watch.cancel()
+    if subscription is not None:
+        subscription.cancel()
     await _quietly(api.cleanup())
     await _quietly(holder.close())
     await _quietly(admin.cleanup())

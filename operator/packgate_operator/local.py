@@ -1,0 +1,228 @@
+"""Run the operator as a local process against a control plane: for `make demo` and the tests.
+
+Why it exists: in a cluster the Helm chart deploys the operator and creates the webhook
+configuration; on a laptop (or in the test suite's loopback control plane) the operator is a
+process on 127.0.0.1, and something must register its webhook with the apiserver, pointing at
+that address with the operator's CA. The webhook configuration built here is the same shape the
+chart renders (matchConditions on the opt-in annotation, failurePolicy Fail, reinvocation
+IfNeeded, sideEffects None, 5 s timeout), so tests exercise what production runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .annotations import INJECT
+from .webhook import WEBHOOK_ID
+
+WEBHOOK_NAME = "inject.packgate.dev"
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when its parent dies (Linux), so a crashed test or
+    demo never leaves an operator running."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def webhook_configuration(
+    name: str,
+    url: str,
+    ca_pem: str,
+    *,
+    namespace_selector: Mapping[str, Any] | None = None,
+    failure_policy: str = "Fail",
+) -> dict[str, Any]:
+    """A MutatingWebhookConfiguration that sends opted-in pod creations to `url`."""
+    selector = (
+        dict(namespace_selector)
+        if namespace_selector is not None
+        else {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn",
+                    "values": ["kube-system", "kube-public", "kube-node-lease"],
+                }
+            ]
+        }
+    )
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "packgate"}},
+        "webhooks": [
+            {
+                "name": WEBHOOK_NAME,
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "url": f"{url.rstrip('/')}/{WEBHOOK_ID}",
+                    "caBundle": base64.b64encode(ca_pem.encode()).decode(),
+                },
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                # Only pods carrying the opt-in annotation (any value: a malformed one must be
+                # rejected by the webhook, not waved through) ever reach the operator.
+                "matchConditions": [
+                    {
+                        "name": "opted-in",
+                        "expression": "has(object.metadata.annotations) && "
+                        f"'{INJECT}' in object.metadata.annotations",
+                    }
+                ],
+                "namespaceSelector": selector,
+                "failurePolicy": failure_policy,
+                "sideEffects": "None",
+                "timeoutSeconds": 5,
+                "reinvocationPolicy": "IfNeeded",
+            }
+        ],
+    }
+
+
+@dataclass
+class OperatorProcess:
+    """`packgate operator run` as a child process on loopback ports; a context manager."""
+
+    kubeconfig: Path
+    workdir: Path
+    namespaces: Sequence[str] = ()
+    extra_args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    webhook_port: int = field(default_factory=free_port)
+    subscribe_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def webhook_url(self) -> str:
+        return f"https://127.0.0.1:{self.webhook_port}"
+
+    @property
+    def subscribe_url(self) -> str:
+        return f"https://127.0.0.1:{self.subscribe_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.workdir / "tls"
+
+    @property
+    def ca_pem(self) -> str:
+        return (self.tls_dir / "ca.crt").read_text()
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "operator.log"
+
+    def argv(self) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "packgate_sidecar.cli",
+            "operator",
+            "run",
+            f"--kubeconfig={self.kubeconfig}",
+            "--webhook-host=127.0.0.1",
+            f"--webhook-port={self.webhook_port}",
+            "--subscribe-host=127.0.0.1",
+            f"--subscribe-port={self.subscribe_port}",
+            f"--subscribe-url={self.subscribe_url}",
+            "--admin-host=127.0.0.1",
+            f"--admin-port={self.admin_port}",
+            f"--tls-dir={self.tls_dir}",
+            "--tls-sans=localhost,127.0.0.1",
+        ]
+        if self.namespaces:
+            args.append("--namespaces=" + ",".join(self.namespaces))
+        return args + list(self.extra_args)
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env},
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the operator exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the operator was not ready after {timeout}s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as response:  # noqa: S310 - loopback
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:  # noqa: S310 - loopback
+            return str(response.read().decode())
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_operator(**kwargs: Any) -> Iterator[OperatorProcess]:
+    with OperatorProcess(**kwargs) as operator:
+        yield operator

@@ -1,0 +1,225 @@
+"""The sidecar end of the operator's push channel: subscribe, apply each new config, report back.
+
+Why: the mounted ConfigMap is the durable source, but the kubelet refreshes it only every minute
+or so; a PolicyPack edit must be enforced within about a second. So the injected sidecar also
+holds a long poll open to the operator (see packgate_operator/propagate.py for the protocol),
+presenting its pod's projected service-account token, and hands every config it receives to
+`ConfigHolder.apply`. The hash it sends on each poll is the one it enforces, which is how the
+PolicyPack status counts converged sidecars.
+
+Only the operator can push: the client connects out to the URL it was started with, verifies the
+operator's certificate against the CA it was started with (never the system trust store), and
+listens on nothing. It reconnects with jittered exponential backoff, so a restarted operator is
+not stormed and a sidecar started while the operator is down runs on the mounted file and
+catches up when the operator returns.
+
+Environment (set by the injector): PACKGATE_OPERATOR_URL, PACKGATE_OPERATOR_CA (PEM) or
+PACKGATE_OPERATOR_CA_FILE, PACKGATE_TOKEN_FILE, POD_NAME, POD_NAMESPACE. `start(holder)` returns
+None when PACKGATE_OPERATOR_URL is unset (outside Kubernetes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from .logs import describe_exception, get_logger, log
+
+_log = get_logger("subscribe")
+
+
+class SubscribeConfigError(ValueError):
+    """The subscription environment is incomplete or unsafe; the message says which variable."""
+
+
+class _Result(Protocol):
+    ok: bool
+    hash: str | None
+
+    def describe(self) -> str: ...
+
+
+class _Holder(Protocol):
+    def apply(self, document: str, source: str = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SubscribeSettings:
+    url: str
+    namespace: str
+    pod: str
+    token_file: Path
+    ca_pem: str | None = None
+    ca_file: str | None = None
+    wait_seconds: float = 25.0
+    max_backoff: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SubscribeSettings | None:
+        url = environ.get("PACKGATE_OPERATOR_URL", "").strip()
+        if not url:
+            return None
+        if urlsplit(url).scheme != "https":
+            raise SubscribeConfigError(
+                f"PACKGATE_OPERATOR_URL={url!r}: must be https:// (config is accepted only from "
+                "an operator whose certificate verifies)"
+            )
+        missing = [
+            name
+            for name in ("POD_NAME", "POD_NAMESPACE", "PACKGATE_TOKEN_FILE")
+            if not environ.get(name)
+        ]
+        ca_pem = environ.get("PACKGATE_OPERATOR_CA") or None
+        ca_file = environ.get("PACKGATE_OPERATOR_CA_FILE") or None
+        if not (ca_pem or ca_file):
+            missing.append("PACKGATE_OPERATOR_CA or PACKGATE_OPERATOR_CA_FILE")
+        if missing:
+            raise SubscribeConfigError(
+                "PACKGATE_OPERATOR_URL is set but these are not: " + ", ".join(missing)
+            )
+        wait = float(environ.get("PACKGATE_SUBSCRIBE_WAIT_SECONDS", "25"))
+        return cls(
+            url=url.rstrip("/"),
+            namespace=environ["POD_NAMESPACE"],
+            pod=environ["POD_NAME"],
+            token_file=Path(environ["PACKGATE_TOKEN_FILE"]),
+            ca_pem=ca_pem,
+            ca_file=ca_file,
+            wait_seconds=wait,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return (
+            f"{self.url}/v1/namespaces/{quote(self.namespace, safe='')}"
+            f"/pods/{quote(self.pod, safe='')}/config"
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        # Only the operator's CA: a certificate from any public CA must not be able to push.
+        return ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_pem)
+
+
+class Subscriber:
+    """One long poll at a time against the operator; forever, until cancelled."""
+
+    def __init__(
+        self,
+        settings: SubscribeSettings,
+        apply: Callable[[str, str], _Result],
+        running_hash: Callable[[], str | None],
+    ) -> None:
+        self.settings = settings
+        self._apply = apply
+        self._running_hash = running_hash
+        # The last hash received that the holder refused: not asked for again. A hash that was
+        # applied is not remembered here, so if the mounted file later puts an older config in
+        # force, the running hash differs from the operator's and the current one is re-sent.
+        self._refused: str | None = None
+        self._backoff = 0.5
+        self.received = 0
+        self.connected = False
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(ssl=self.settings.ssl_context(), limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while True:
+                try:
+                    delay = await self.poll_once(session)
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                    self.connected = False
+                    retry_in = self._next_backoff()
+                    log(_log, 30, "subscription failed", url=self.settings.url,
+                        error=describe_exception(exc), retry_in=round(retry_in, 2))  # fmt: skip
+                    delay = retry_in
+                if delay:
+                    await asyncio.sleep(delay)
+
+    def _next_backoff(self) -> float:
+        delay = self._backoff * random.uniform(0.5, 1.5)
+        self._backoff = min(self._backoff * 2, self.settings.max_backoff)
+        return delay
+
+    async def poll_once(self, session: aiohttp.ClientSession) -> float:
+        """One request; returns how long to wait before the next one."""
+        token = self.settings.token_file.read_text(encoding="utf-8").strip()
+        params = {"wait": str(self.settings.wait_seconds)}
+        running = self._running_hash()
+        if running:
+            params["running"] = running
+        if self._refused:
+            params["seen"] = self._refused
+        timeout = aiohttp.ClientTimeout(total=self.settings.wait_seconds + 15, connect=10)
+        async with session.get(
+            self.settings.endpoint,
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            allow_redirects=False,
+        ) as response:
+            if response.status == 304:
+                self._connected()
+                return 0.0
+            if response.status != 200:
+                body = (await response.text())[:500]
+                retry_in = self._next_backoff()
+                log(_log, 40, "subscription refused", status=response.status, detail=body,
+                    retry_in=round(retry_in, 2))  # fmt: skip
+                return retry_in
+            message = await response.json()
+        self._connected()
+        self._receive(message)
+        return 0.0
+
+    def _connected(self) -> None:
+        if not self.connected:
+            log(_log, 20, "subscribed", url=self.settings.url)
+        self.connected = True
+        self._backoff = 0.5
+
+    def _receive(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("config"), str):
+            raise ValueError("the operator sent a message without a config")
+        if (message.get("namespace"), message.get("pod")) != (
+            self.settings.namespace,
+            self.settings.pod,
+        ):
+            raise ValueError("the operator sent a config addressed to another pod")
+        self.received += 1
+        started = time.monotonic()
+        result = self._apply(message["config"], f"push:{self.settings.url}")
+        self._refused = None if result.ok else (str(message.get("hash") or "") or None)
+        outcome = "applied" if result.ok else "refused"
+        log(_log, 20 if result.ok else 40, f"pushed config {outcome}",
+            pack=message.get("pack"), hash=message.get("hash"), applied_hash=result.hash,
+            seconds=round(time.monotonic() - started, 4),
+            issues=None if result.ok else result.describe())  # fmt: skip
+
+
+def start(holder: Any, environ: Mapping[str, str] | None = None) -> asyncio.Task[None] | None:
+    """Start subscribing for `holder` (a reload.ConfigHolder) when the environment asks for it.
+
+    Call from the running event loop after the initial file load; cancel the task on shutdown.
+    Raises SubscribeConfigError when the environment is half set, so a broken injection is loud.
+    """
+    import os
+
+    settings = SubscribeSettings.from_env(os.environ if environ is None else environ)
+    if settings is None:
+        return None
+
+    def running_hash() -> str | None:
+        current = getattr(holder, "current", None)
+        return getattr(current, "hash", None)
+
+    subscriber = Subscriber(settings, holder.apply, running_hash)
+    return asyncio.get_running_loop().create_task(subscriber.run(), name="packgate-subscribe")

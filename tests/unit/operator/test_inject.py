@@ -1,0 +1,275 @@
+"""The injection patch: add-only, never touching what the pod already has, idempotent on a second
+pass or a reinvocation, and what kopf finally sends the apiserver is add-only too."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import kopf
+import pytest
+from packgate_operator import inject
+from packgate_operator.inject import Injection, apply_patch, build_patch
+from packgate_operator.render import render
+from packgate_operator.settings import Settings
+from packgate_policy import secret_env_name
+
+SPEC: dict[str, Any] = {
+    "pack": {"name": "gateway", "version": "1.0.0"},
+    "providers": {
+        "targets": [
+            {
+                "id": "primary",
+                "provider": "openai:gpt-4o",
+                "secret_key_ref": {"secret": {"name": "openai", "key": "api-key"}},
+            },
+            {"id": "backup", "provider": "openai", "secret_key_ref": {"env": "OPENAI_API_KEY"}},
+        ]
+    },
+    "policies": {"chain": ["audit-logger"]},
+}
+SETTINGS = Settings(
+    subscribe_url="https://packgate-operator.packgate.svc:8444",
+    default_key_secret="llm-keys",
+    sidecar_image="reg/packgate:1.2.3",
+)
+
+
+def injection(**overrides: Any) -> Injection:
+    rendered = render(SPEC)
+    values: dict[str, Any] = {
+        "pack": "gateway",
+        "configmap": "packgate-gateway",
+        "config_hash": rendered.hash,
+        "targets": rendered.loaded.config.providers.targets,
+        "resources": SETTINGS.default_resources(),
+        "ca_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    }
+    return Injection(**{**values, **overrides})
+
+
+def pod(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "app",
+            "namespace": "team-a",
+            "annotations": {"packgate.dev/inject": "true", "packgate.dev/policy-pack": "gateway"},
+        },
+        "spec": spec or {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+
+
+def injected(source: dict[str, Any]) -> dict[str, Any]:
+    return apply_patch(source, build_patch(source, injection(), SETTINGS))
+
+
+def sidecar_of(result: dict[str, Any]) -> dict[str, Any]:
+    (sidecar,) = [c for c in result["spec"]["initContainers"] if c["name"] == "packgate-sidecar"]
+    return sidecar
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_sidecar_is_a_native_sidecar_with_a_startup_probe() -> None:
+    sidecar = sidecar_of(injected(pod()))
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 41003}
+    assert sidecar["image"] == "reg/packgate:1.2.3"
+    assert "--listen" in sidecar["args"] and "127.0.0.1:41002" in sidecar["args"]
+    assert "/etc/packgate/config/policy.yaml" in sidecar["args"]
+
+
+def test_sidecar_security_context_is_restrictive() -> None:
+    context = sidecar_of(injected(pod()))["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_config_is_a_whole_configmap_volume_never_a_subpath() -> None:
+    result = injected(pod())
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    assert volumes["packgate-config"]["configMap"] == {"name": "packgate-gateway"}
+    mounts = sidecar_of(result)["volumeMounts"]
+    assert all("subPath" not in m for m in mounts)
+    config_mount = {
+        "name": "packgate-config",
+        "mountPath": "/etc/packgate/config",
+        "readOnly": True,
+    }
+    assert config_mount in mounts
+
+
+def test_writable_data_dir_and_labels_for_cost_tags() -> None:
+    result = injected(pod())
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    assert volumes["packgate-data"] == {"name": "packgate-data", "emptyDir": {}}
+    assert volumes["packgate-podinfo"]["downwardAPI"]["items"] == [
+        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}
+    ]
+    env = env_of(sidecar_of(result))
+    assert env["PACKGATE_POD_LABELS_FILE"] == "/etc/packgate/podinfo/labels"
+    assert env["PACKGATE_DATA_DIR"] == "/var/lib/packgate"
+
+
+def test_provider_keys_come_from_secrets_on_the_sidecar_only() -> None:
+    result = injected(pod())
+    env = env_of(sidecar_of(result))
+    primary = render(SPEC).loaded.config.providers.targets[0]
+    assert env[secret_env_name(primary)] == {"secretKeyRef": {"name": "openai", "key": "api-key"}}
+    assert env["OPENAI_API_KEY"] == {
+        "secretKeyRef": {"name": "llm-keys", "key": "OPENAI_API_KEY", "optional": True}
+    }
+    app_env = env_of(result["spec"]["containers"][0])
+    assert app_env["OPENAI_API_KEY"] == inject.PLACEHOLDER_KEY
+    assert "secretKeyRef" not in json.dumps(result["spec"]["containers"])
+
+
+def test_without_a_default_key_secret_env_targets_get_nothing_from_the_injector() -> None:
+    settings = Settings(subscribe_url=SETTINGS.subscribe_url)
+    result = apply_patch(pod(), build_patch(pod(), injection(), settings))
+    assert "OPENAI_API_KEY" not in env_of(sidecar_of(result))
+
+
+def test_subscription_identity_and_operator_ca_reach_the_sidecar() -> None:
+    result = injected(pod())
+    env = env_of(sidecar_of(result))
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["PACKGATE_OPERATOR_URL"] == SETTINGS.subscribe_url
+    assert env["PACKGATE_OPERATOR_CA"].startswith("-----BEGIN CERTIFICATE-----")
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    (source,) = volumes["packgate-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "packgate"
+
+
+def test_every_app_container_gets_the_base_url() -> None:
+    source = pod(containers=[{"name": "a", "image": "a"}, {"name": "b", "image": "b"}])
+    result = injected(source)
+    for container in result["spec"]["containers"]:
+        assert env_of(container)["OPENAI_BASE_URL"] == "http://127.0.0.1:41002/v1"
+
+
+def test_existing_env_init_containers_and_volumes_are_kept_in_order() -> None:
+    source = pod(
+        initContainers=[{"name": "migrate", "image": "m"}, {"name": "warm", "image": "w"}],
+        containers=[
+            {
+                "name": "app",
+                "image": "a",
+                "env": [{"name": "A", "value": "1"}, {"name": "OPENAI_API_KEY", "value": "mine"}],
+            }
+        ],
+        volumes=[{"name": "cache", "emptyDir": {}}],
+    )
+    result = injected(source)
+    assert [c["name"] for c in result["spec"]["initContainers"]] == [
+        "migrate",
+        "warm",
+        "packgate-sidecar",
+    ]
+    env = result["spec"]["containers"][0]["env"]
+    assert env[:2] == source["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["A", "OPENAI_API_KEY", "OPENAI_BASE_URL"]
+    assert result["spec"]["volumes"][0] == {"name": "cache", "emptyDir": {}}
+
+
+def test_a_container_with_envfrom_gets_no_placeholder_key() -> None:
+    envfrom = [{"secretRef": {"name": "s"}}]
+    source = pod(containers=[{"name": "a", "image": "a", "envFrom": envfrom}])
+    assert "OPENAI_API_KEY" not in env_of(injected(source)["spec"]["containers"][0])
+
+
+def test_an_own_base_url_is_overridden_by_appending_not_replacing() -> None:
+    mine = {"name": "OPENAI_BASE_URL", "value": "https://api.openai.com/v1"}
+    source = pod(containers=[{"name": "a", "image": "a", "env": [mine]}])
+    env = injected(source)["spec"]["containers"][0]["env"]
+    assert env[0] == mine
+    base_urls = [e for e in env if e["name"] == "OPENAI_BASE_URL"]
+    # Kubernetes uses the last definition of a name, so ours wins without removing theirs.
+    assert base_urls[-1] == {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:41002/v1"}
+
+
+def test_status_record_names_pack_hash_and_version() -> None:
+    result = injected(pod())
+    record = json.loads(result["metadata"]["annotations"]["packgate.dev/status"])
+    assert record == {
+        "pack": "gateway",
+        "configHash": render(SPEC).hash,
+        "sidecarVersion": "1.2.3",
+    }
+
+
+def test_resources_come_from_the_injection() -> None:
+    resources = {"requests": {"cpu": "1"}, "limits": {"cpu": "2"}}
+    result = apply_patch(pod(), build_patch(pod(), injection(resources=resources), SETTINGS))
+    assert sidecar_of(result)["resources"] == resources
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"containers": [{"name": "app", "image": "a"}]},
+        {
+            "initContainers": [{"name": "i", "image": "i"}],
+            "containers": [{"name": "app", "image": "a", "env": [{"name": "X", "value": "1"}]}],
+            "volumes": [{"name": "v", "emptyDir": {}}],
+        },
+    ],
+)
+def test_patch_is_add_only_and_a_second_pass_changes_nothing(spec: dict[str, Any]) -> None:
+    source = pod(**spec)
+    ops = build_patch(source, injection(), SETTINGS)
+    assert ops and all(op["op"] == "add" for op in ops)
+    once = apply_patch(source, ops)
+    assert build_patch(once, injection(), SETTINGS) == []
+
+
+def test_reinvocation_after_another_webhook_added_a_container_only_adds_its_env() -> None:
+    once = injected(pod())
+    once["spec"]["containers"].append({"name": "added-later", "image": "x"})
+    ops = build_patch(once, injection(), SETTINGS)
+    assert {op["path"] for op in ops} == {"/spec/containers/1/env"}
+
+
+def test_a_pod_without_annotations_object_gets_one() -> None:
+    source = pod()
+    del source["metadata"]["annotations"]
+    result = injected(source)
+    assert "packgate.dev/status" in result["metadata"]["annotations"]
+
+
+def test_what_kopf_sends_is_add_only_and_equals_our_patch() -> None:
+    """The webhook hands the ops to kopf, which diffs; the apiserver must see only adds."""
+    source = pod(
+        initContainers=[{"name": "migrate", "image": "m"}],
+        containers=[
+            {"name": "app", "image": "a", "env": [{"name": "A", "value": "1"}]},
+            {"name": "side", "image": "s"},
+        ],
+        volumes=[{"name": "cache", "emptyDir": {}}],
+    )
+    ops = build_patch(source, injection(), SETTINGS)
+    patch = kopf.Patch(body=kopf.Body(copy.deepcopy(source)))
+
+    def apply(raw: Any) -> None:
+        for op in ops:
+            inject.apply_add_in_place(raw, op["path"], copy.deepcopy(op["value"]))
+
+    patch.fns.append(apply)
+    sent = patch.as_json_patch()
+    assert sent and {op["op"] for op in sent} == {"add"}
+    assert jsonpatch.apply_patch(source, sent) == apply_patch(source, ops)
+
+
+def test_applier_refuses_anything_but_add() -> None:
+    with pytest.raises(inject.PatchError):
+        apply_patch({"a": 1}, [{"op": "replace", "path": "/a", "value": 2}])
