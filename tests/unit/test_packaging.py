@@ -138,3 +138,26 @@ def test_kind_schema_rejects_a_typo() -> None:
     bad = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": [{"rol": "worker"}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, KIND_CLUSTER_SCHEMA)
+
+
+def test_example_policypack_is_the_seed_config_unchanged() -> None:
+    manifest = yaml.safe_load((ROOT / "examples" / "policypack.yaml").read_text())
+    seed = yaml.safe_load(
+        (ROOT / "examples" / "policy-configs" / "chatgpt-enterprise-gateway.yaml").read_text()
+    )
+    assert manifest["kind"] == "PolicyPack" and manifest["spec"] == seed
+    lint = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "packgate_sidecar.cli",
+            "policy",
+            "lint",
+            "examples/policypack.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert lint.returncode == 0, lint.stdout
