@@ -275,7 +275,12 @@ def _feeds(
             asyncio.create_task(feed_hub(kube, ctx.hub, ns, ev, None, damaged), name=f"feed {ns}")
             for ns, ev in zip(patterns, events, strict=True)
         ]
-        return [*feeds, asyncio.create_task(all_ready(), name="feeds ready")]
+        # Not one of the returned tasks: serve() stops when any of those ends, and this one ends
+        # as soon as every feed has listed its namespace.
+        waiter = asyncio.create_task(all_ready(), name="feeds ready")
+        for feed in feeds:
+            feed.add_done_callback(lambda _: waiter.cancel())
+        return feeds
 
     def accept(namespace: str) -> bool:
         return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)

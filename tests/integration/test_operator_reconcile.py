@@ -536,3 +536,33 @@ def test_deleting_a_pack_garbage_collects_its_configmap(env: Env, ns: str) -> No
     # No finalizer holds the pack: it is gone at once, and its ConfigMap follows.
     assert env.get("policypack", "gateway", ns) is None
     wait_for(lambda: env.get("configmap", "packgate-gateway", ns) is None, 90, what="ConfigMap GC")
+
+
+def test_an_operator_serving_named_namespaces_stays_up_and_reconciles(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # The Helm chart passes plain names (operator.namespaces); the module's operator uses a glob.
+    name = f"pgnamed-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    with OperatorProcess(
+        kubeconfig=cluster.kubeconfig, workdir=tmp_path, namespaces=[name]
+    ) as operator:
+        pack = {
+            "apiVersion": "packgate.dev/v1alpha1",
+            "kind": "PolicyPack",
+            "metadata": {"name": "named", "namespace": name},
+            "spec": spec("named"),
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(pack))
+        wait_for(
+            lambda: (
+                cluster.kubectl(
+                    "get", "configmap", "packgate-named", "-n", name, check=False
+                ).returncode
+                == 0
+            ),
+            what="the ConfigMap of a pack in a named namespace",
+        )
+        assert operator.proc is not None and operator.proc.poll() is None, operator.log_tail()
+        assert operator.healthy()
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
