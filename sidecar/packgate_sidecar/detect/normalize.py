@@ -1,0 +1,271 @@
+"""Text normalisation that undoes cheap obfuscation before a detector looks at a prompt.
+
+Why this exists: attackers hide instructions from keyword and n-gram detectors with tricks that
+cost them nothing — full-width or mathematical letters, zero-width and bidirectional control
+characters, Cyrillic/Greek look-alike letters, invisible Unicode "tag" characters, base64/hex
+blobs, rot13, leetspeak and s p a c e d letters. `normalize` folds the character-level tricks
+into plain text; `variants` additionally returns decoded readings of the encoding tricks so a
+detector can score each reading and keep the worst. Both are pure and cheap: plain ASCII prompts
+take a fast path, and a decoded variant is produced only when the text shows a sign of that
+encoding, so ordinary prompts yield a single variant.
+"""
+
+# The look-alike letters below are the point of this module.
+# ruff: noqa: RUF001, RUF003
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from urllib.parse import unquote
+
+__all__ = ["iter_variants", "normalize", "variants"]
+
+# Zero-width characters, soft hyphen, word joiners, BOM, Mongolian vowel separator, variation
+# selectors and bidirectional controls: invisible, so they only ever serve to split a keyword.
+_INVISIBLE = [
+    *(0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180E, 0x3164, 0xFEFF, 0xFFA0),
+    *range(0x200B, 0x2010),  # ZWSP, ZWNJ, ZWJ, LRM, RLM
+    *range(0x202A, 0x202F),  # LRE, RLE, PDF, LRO, RLO
+    *range(0x2060, 0x2070),  # word joiner, invisible operators, LRI/RLI/FSI/PDI, ...
+    *range(0xFE00, 0xFE10),  # variation selectors
+    *range(0xE0100, 0xE01F0),  # variation selectors supplement
+    0xE0001,  # language tag
+    0xE007F,  # cancel tag
+]
+_TABLE: dict[int, str | None] = dict.fromkeys(_INVISIBLE)
+# Unicode tag characters mirror ASCII and render as nothing ("ASCII smuggling"): read them as
+# the ASCII they encode instead of dropping them, so the hidden instruction becomes visible.
+_TABLE.update({0xE0000 + c: chr(c) for c in range(0x20, 0x7F)})
+
+# Cyrillic and Greek letters that render like Latin ones. Applied only to words that are not
+# genuinely Cyrillic/Greek (see _fold_homoglyphs), so Russian or Greek text keeps its meaning.
+_HOMOGLYPHS: dict[str, str] = {
+    # Cyrillic lower case
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+    "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "һ": "h",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "ү": "y", "ь": "b", "ɡ": "g", "ı": "i",
+    # Cyrillic upper case
+    "А": "A", "В": "B", "Е": "E", "Ё": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P",
+    "С": "C", "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ї": "I", "Ј": "J", "Һ": "H",
+    "Ү": "Y", "Ԛ": "Q", "Ԝ": "W", "Ӏ": "I",
+    # Greek lower case
+    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o",
+    "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w",
+    # Greek upper case
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+}  # fmt: skip
+_HOMOGLYPH_TABLE = str.maketrans(_HOMOGLYPHS)
+_HOMOGLYPH_CHARS = "".join(_HOMOGLYPHS)
+_HAS_HOMOGLYPH = re.compile(f"[{_HOMOGLYPH_CHARS}]")
+_REAL_CYRILLIC_GREEK = re.compile(
+    "[" + "".join(chr(c) for c in range(0x0370, 0x0530) if chr(c) not in _HOMOGLYPHS) + "]"
+)
+_WORD = re.compile(r"\w+")
+# A combining mark after a Latin letter survives NFKC only when no precomposed letter exists:
+# in practice that is "Zalgo" noise laid over a keyword. Such a text is decomposed and every
+# mark on a Latin letter dropped (its accents too: a price only texts that carry the noise pay).
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_LATIN = "A-Za-z\u00c0-\u024f\u1e00-\u1eff"
+_LATIN_COMBINING = re.compile(f"(?<=[{_LATIN}])[{_MARKS}]+")
+_LATIN_LETTER = re.compile(f"[{_LATIN}]")
+
+
+def _fold_word(match: re.Match[str]) -> str:
+    word = match.group(0)
+    # A mixed-script word ("іgnore" with a Cyrillic і) is always a disguise.
+    if _LATIN_LETTER.search(word) and _HAS_HOMOGLYPH.search(word):
+        return word.translate(_HOMOGLYPH_TABLE)
+    return word
+
+
+def _fold_homoglyphs(text: str) -> str:
+    # Text with Cyrillic/Greek letters that have no Latin twin is real Russian/Greek: fold only
+    # mixed-script words there, so "все" keeps its meaning. Otherwise every Cyrillic/Greek
+    # letter is a look-alike in Latin text and all of them fold ("ѕау" becomes "say").
+    if _REAL_CYRILLIC_GREEK.search(text):
+        return _WORD.sub(_fold_word, text)
+    return text.translate(_HOMOGLYPH_TABLE)
+
+
+def normalize(text: str) -> str:
+    """Fold compatibility forms, invisible characters and look-alike letters into plain text.
+
+    Case and whitespace are kept: callers lower-case or tokenise as they need.
+    """
+    # The steps feed each other (a folded look-alike can take a stray accent, a dropped accent
+    # can make a word mixed-script), so repeat until nothing changes: usually one round.
+    for _ in range(4):
+        if text.isascii():
+            return text
+        before = text
+        text = text.translate(_TABLE)
+        if not unicodedata.is_normalized("NFKC", text):
+            # NFKC can expose new invisibles (e.g. a compatibility form of a space joiner).
+            text = unicodedata.normalize("NFKC", text).translate(_TABLE)
+        if _LATIN_COMBINING.search(text):
+            text = unicodedata.normalize("NFD", text)
+            text = unicodedata.normalize("NFC", _LATIN_COMBINING.sub("", text))
+        if _HAS_HOMOGLYPH.search(text):
+            text = _fold_homoglyphs(text)
+        if text == before:
+            break
+    return text
+
+
+# --- decoded variants ------------------------------------------------------------------------
+
+# Runs of base64 alphabet long enough to carry a sentence; short runs are ordinary words.
+_B64_BLOB = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_BLOB = re.compile(r"(?:[0-9A-Fa-f]{2}[ :]?){7}[0-9A-Fa-f]{2}(?:[ :]?[0-9A-Fa-f]{2})*")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+# Leetspeak puts digits or $/@ where letters belong, so a substitute is followed by a letter
+# ("1gn0re"); "mp3", "gpt4" and plain numbers, with digits only at the end, are left alone.
+# "@" and "!" decode but do not trigger, so e-mail addresses and "Hello!" cost nothing; tokens
+# longer than a word are left alone (they are base64 or identifiers, handled elsewhere).
+_LEET_WORD = re.compile(r"(?<![\w@$!|])(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z][\w@$!|]*")
+_LEET_MAX = 24
+_LEET_HINT = re.compile(r"[013457$][A-Za-z]")
+_LEET_TABLE = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
+     "!": "i", "|": "l"}
+)  # fmt: skip
+# "i g n o r e  a l l" — five or more single letters separated by single spaces.
+_SPACED = re.compile(r"(?<!\S)(?:\w[ .\-_*]){4,}\w(?!\S)")
+_SPACED_SEP = re.compile(r"[ .\-_*]")
+# Morse code: at least eight dot/dash letters in a row.
+_MORSE_RUN = re.compile(r"(?:[.\-]{1,7}(?: {1,3}| ?/ ?|$)){8,}")
+_MORSE_CODES = (
+    ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- "
+    ".-- -..- -.-- --.. ----- .---- ..--- ...-- ....- ..... -.... --... ---.. ----. .-.-.- "
+    "--..-- ..--.. -.-.-- -..-. .----. -.--. -.--.- ---... .-.-. -....- .-..-. .--.-."
+)
+_MORSE = dict(
+    zip(_MORSE_CODES.split(), "abcdefghijklmnopqrstuvwxyz0123456789.,?!/'():+-\"@", strict=True)
+)
+# Frequent English/German words plus instruction vocabulary; rot13 of ordinary text almost never
+# produces them, so their appearance after rot13 says the text was rot13-encoded.
+_COMMON_WORDS = (
+    "the you your all and that this now are with what from have ignore previous instructions "
+    "instruction prompt system forget above rules disregard tell say print reveal secret "
+    "password und die der das ist nicht alle ich du vergiss ignoriere anweisungen regeln"
+)
+_COMMON = frozenset(_COMMON_WORDS.split())
+_ROT13_COMMON = frozenset(codecs.encode(w, "rot13") for w in _COMMON)
+
+
+def _printable_text(raw: bytes) -> str | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text:
+        return None
+    good = sum(1 for c in text if c.isalnum() or c in " .,:;!?'\"-\n()")
+    letters = sum(1 for c in text if c.isalpha())
+    if good < 0.85 * len(text) or letters < 0.5 * len(text):
+        return None
+    return text
+
+
+def _decode_b64(blob: str) -> str | None:
+    if not (re.search(r"[A-Z]", blob) and re.search(r"[a-z0-9]", blob)):
+        return None  # a long all-lower-case run is a word or identifier, not base64
+    padded = blob + "=" * (-len(blob) % 4)
+    try:
+        if "-" in blob or "_" in blob:
+            raw = base64.urlsafe_b64decode(padded)
+        else:
+            raw = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _printable_text(raw)
+
+
+def _decode_hex(blob: str) -> str | None:
+    try:
+        raw = bytes.fromhex(re.sub(r"[ :]", "", blob))
+    except ValueError:
+        return None
+    return _printable_text(raw)
+
+
+def _substitute(
+    text: str, pattern: re.Pattern[str], decode: Callable[[str], str | None], pad: str = " "
+) -> str | None:
+    """Replace each blob that `decode` accepts; None when nothing was decoded."""
+    changed = False
+
+    def repl(match: re.Match[str]) -> str:
+        nonlocal changed
+        decoded = decode(match.group(0))
+        if decoded is None:
+            return match.group(0)
+        changed = True
+        return decoded if pad == "" else f"{pad}{decoded}{pad}"
+
+    out = pattern.sub(repl, text)
+    return out if changed else None
+
+
+def _decode_morse(run: str) -> str | None:
+    words = re.split(r" ?/ ?| {2,}", run.strip())
+    decoded = " ".join("".join(_MORSE.get(c, "") for c in w.split()) for w in words)
+    return decoded if sum(c.isalpha() for c in decoded) >= 5 else None
+
+
+def _decode_leet(word: str) -> str | None:
+    return word.translate(_LEET_TABLE) if len(word) <= _LEET_MAX else None
+
+
+def variants(text: str) -> list[str]:
+    """Return the normalised text followed by each decoded reading the text shows signs of.
+
+    Decoded readings are normalised too, and duplicates are dropped, so a detector can take the
+    maximum score over the list.
+    """
+    return list(iter_variants(text))
+
+
+def iter_variants(text: str) -> Iterator[str]:
+    """`variants`, lazily: a caller that stops early skips the remaining decoders.
+
+    Each decoder sits behind a cheap test (a character count or a short regex) because this runs
+    on every request and nearly every prompt encodes nothing.
+    """
+    base = normalize(text)
+    yield base
+    seen = {base}
+    for candidate in _decodings(base):
+        if candidate is not None:
+            candidate = normalize(candidate)
+            if candidate not in seen:
+                seen.add(candidate)
+                yield candidate
+
+
+def _decodings(base: str) -> Iterator[str | None]:
+    if _B64_BLOB.search(base):
+        yield _substitute(base, _B64_BLOB, _decode_b64)
+    # Hex-encoded text is mostly digits: skip the regex unless there are plenty of them.
+    if sum(map(base.count, "0123456789")) >= 16 and _HEX_BLOB.search(base):
+        yield _substitute(base, _HEX_BLOB, _decode_hex)
+    if "%" in base and len(_PERCENT.findall(base)) >= 2:
+        yield unquote(base)
+    if _LEET_HINT.search(base) and _LEET_WORD.search(base):
+        yield _substitute(base, _LEET_WORD, _decode_leet, pad="")
+    if base.count(".") + base.count("-") >= 16 and _MORSE_RUN.search(base):
+        yield _substitute(base, _MORSE_RUN, _decode_morse)
+    tokens = _WORD.findall(base.lower())
+    if list(map(len, tokens)).count(1) >= 5 and _SPACED.search(base):
+        yield _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group(0)), base)
+    # rot13 is its own inverse, so "rot13 of a token is a common word" is "the token is in the
+    # rot13 of the common words": no need to encode the whole text to find out.
+    rot_hits = sum(map(_ROT13_COMMON.__contains__, tokens))
+    if rot_hits >= 2 and rot_hits > sum(map(_COMMON.__contains__, tokens)):
+        yield codecs.encode(base, "rot13")
