@@ -90,7 +90,9 @@ class Chain:
         self.request_entries = [e for e in self.entries if _overrides(e.policy, "on_request")]
         self.response_entries = [e for e in self.entries if _overrides(e.policy, "on_response")]
         self.stream_entries = [e for e in self.entries if _overrides(e.policy, "stream_filter")]
-        self.finish_entries = [e for e in self.entries if _overrides(e.policy, "on_finish")]
+        finishing = [e for e in self.entries if _overrides(e.policy, "on_finish")]
+        # Stable sort: producers of facts (finish_first) ahead of their consumers.
+        self.finish_entries = sorted(finishing, key=lambda e: not e.policy.finish_first)
 
     @classmethod
     def build(

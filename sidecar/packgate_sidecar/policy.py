@@ -235,6 +235,10 @@ class Policy:
     """
 
     kind: ClassVar[str] = ""
+    # `on_finish` hooks run in chain order, except that those of policies setting this run
+    # first: cost-attribution computes the usage and cost that audit-logger records, whatever
+    # order the config lists them in.
+    finish_first: ClassVar[bool] = False
 
     def __init__(self, settings: PolicyBlock, runtime: PolicyRuntime) -> None:
         self.settings = settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -83,9 +84,12 @@ async def running_gateway(
     options: GatewayOptions | None = None,
     environ: Mapping[str, str] | None = None,
     pod: PodIdentity | None = None,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[RunningGateway]:
     metrics = Metrics()
-    runtime = PolicyRuntime(pod or PodIdentity("pod-a", "ns-a", {"team": "blue"}), metrics)
+    runtime = PolicyRuntime(
+        pod or PodIdentity("pod-a", "ns-a", {"team": "blue"}), metrics, data_dir
+    )
     env = {"UPSTREAM_KEY": UPSTREAM_KEY, **(environ or {})}
     holder = ConfigHolder(registry or Registry(), runtime, metrics, environ=env)
     if config is not None:

@@ -93,8 +93,12 @@ class TokenUsage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    # True when the provider reported no usage and the counts were estimated from text length.
+    estimated: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.estimated, bool):
+            raise ValueError("audit field usage.estimated: must be a boolean")
         _count("usage.prompt_tokens", self.prompt_tokens)
         _count("usage.completion_tokens", self.completion_tokens)
         _count("usage.total_tokens", self.total_tokens)
@@ -104,6 +108,7 @@ class TokenUsage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "estimated": self.estimated,
         }
 
 

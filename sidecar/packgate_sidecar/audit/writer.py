@@ -154,6 +154,7 @@ class AuditWriter:
         self._max_bytes, self._max_queue, self._fsync = max_segment_bytes, max_queue, fsync
         stdout = sys.stdout.buffer if echo_stdout else None
         self._echo = echo_stream if echo_stream is not None else stdout
+        self._echo_stream = echo_stream
         self._clock = clock
         self._cv = threading.Condition()
         self._pending: deque[_Item] = deque()
@@ -175,6 +176,28 @@ class AuditWriter:
     @property
     def segment(self) -> str:
         return self._seg_name
+
+    @property
+    def accepting(self) -> bool:
+        """Whether :meth:`submit` would take a record now: running, no failure, queue not full.
+
+        A hint for callers that must refuse work they could not audit (the answer may change
+        the next moment); :meth:`submit` remains the authority.
+        """
+        with self._cv:
+            return (
+                self._error is None
+                and self._thread is not None
+                and not self._closing
+                and len(self._pending) < self._max_queue
+            )
+
+    def reconfigure(self, *, retention_days: int | None, echo_stdout: bool) -> None:
+        """Change retention and the stdout copy of a running writer (a config reload changed
+        them; a second writer on the same directory would fork the chain)."""
+        with self._cv:
+            self._retention = retention_days
+            self._echo = (self._echo_stream or sys.stdout.buffer) if echo_stdout else None
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class StreamRedactor:
         "_holdback",
         "_max_pending",
         "_pending",
+        "counts",
     )
 
     def __init__(
@@ -62,6 +63,8 @@ class StreamRedactor:
         self._hash_salt = hash_salt
         self._context = ""  # tail of released raw text: left context for the detector
         self._pending = ""  # raw text not released yet
+        # Entities redacted so far, by type: a policy reports them without seeing the values.
+        self.counts: dict[str, int] = {}
 
     def feed(self, delta: str) -> str:
         """Add the next delta; return the redacted text that is safe to release now."""
@@ -94,6 +97,8 @@ class StreamRedactor:
             # call could not see (or from a match longer than the holdback): redact the part
             # that is still ours rather than release it, and the rest next time.
             emit.append(Finding(f.entity, max(f.start, base) - base, min(f.end, cut) - base))
+            if f.start >= base:  # the rest of an entity begun in released text is not a new one
+                self.counts[f.entity] = self.counts.get(f.entity, 0) + 1
         raw = window[base:cut]
         out = anonymize(raw, emit, self._action, hash_salt=self._hash_salt) if emit else raw
         self._context = window[max(0, cut - _LEFT_CONTEXT) : cut]

@@ -1,0 +1,240 @@
+"""The audit-logger policy: one tamper-evident record per request (or per request acted on).
+
+Why it exists: compliance needs to show, after the fact, who sent what kind of request through
+which pack and what every policy decided, without the log itself becoming a store of prompts.
+Records are `audit.record.AuditRecord`s (short tokens and numbers only: no prompt, completion or
+secret can be written), sealed into the hash chain by `audit.writer.AuditWriter` off the event
+loop; `packgate audit verify DIR` checks them.
+
+- `log_all_access: true`: a record for every request; false: only for requests where some
+  policy did not simply allow (flag, rewrite, block) or failed.
+- `immutable`: packgate always writes the hash-chained, MAC-sealed form; it costs nothing that
+  shows next to a provider call, so `immutable: false` does not switch it off (there is no
+  weaker format to choose). `stdout: true` also echoes each sealed line to stdout.
+- Where: `<data dir>/audit`, the data dir from `--data-dir` or `PACKGATE_DATA_DIR`; without one,
+  a temporary directory (logged as a warning: it does not survive the pod). One writer per
+  directory per process, shared by reloads (a second writer would fork the chain); a reload
+  that changes `retention_days` or `stdout` reconfigures it.
+- The MAC key: `PACKGATE_AUDIT_KEY_FILE` or `PACKGATE_AUDIT_KEY` (see `audit/keys.py`).
+- Backpressure: audit is a compliance control, so a request that could not be audited is not
+  served. Before a request is forwarded the policy checks that the writer runs and its queue has
+  room; if not it fails, which blocks the request (fail closed) unless `fail_open` (counted in
+  `packgate_policy_fail_open_total`). A record that meets a full queue after the response waits
+  for room within the policy's time budget.
+- Retention: expired whole segments are pruned when the writer starts, when a new segment
+  starts (at least daily under traffic) and by a daily timer.
+- Records carry the decisions as `phase:reason` plus numeric details (`request:injection/
+  score=0.93`), token usage (marked `estimated` when the provider reported none) and cost from
+  cost-attribution (`cost_attribution.attribute`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from packgate_policy import AuditLogger, PolicyBlock
+
+from ..audit.keys import load_key
+from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
+from ..audit.writer import AuditQueueFull, AuditWriter
+from ..logs import get_logger, log
+from ..policy import (
+    ALLOW,
+    Decision,
+    DecisionRecord,
+    Policy,
+    PolicyRuntime,
+    RequestContext,
+    TextItem,
+)
+from .common import settings_as
+from .cost_attribution import STATE_KEY, Attribution, measure_usage
+
+_log = get_logger("audit")
+PRUNE_INTERVAL = 86400.0
+ENDPOINTS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
+_NOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:/@+=,%\-]")
+_MAX_DECISIONS = 32
+
+
+class AuditUnavailable(RuntimeError):
+    """The audit log cannot take a record now; raised so the chain fails the request closed."""
+
+
+@dataclass
+class _Shared:
+    writer: AuditWriter
+    users: int = 0
+    pruner: asyncio.Task[None] | None = None
+
+
+_writers: dict[Path, _Shared] = {}
+
+
+@cache
+def _fallback_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="packgate-audit-"))
+    log(
+        _log,
+        30,
+        "no data dir configured (--data-dir or PACKGATE_DATA_DIR): audit records go to a "
+        "temporary directory that does not outlive this process",
+        directory=str(path),
+    )
+    return path
+
+
+def audit_dir(runtime: PolicyRuntime) -> Path:
+    base = runtime.data_dir / "audit" if runtime.data_dir is not None else _fallback_dir()
+    return base.resolve()
+
+
+def _acquire(directory: Path, config: AuditLogger) -> _Shared:
+    shared = _writers.get(directory)
+    if shared is None:
+        writer = AuditWriter(
+            directory,
+            load_key(),
+            retention_days=config.retention_days,
+            echo_stdout=config.stdout,
+        )
+        writer.start()  # recovers the chain; a log it cannot continue refuses the config
+        shared = _writers[directory] = _Shared(writer)
+    else:
+        shared.writer.reconfigure(retention_days=config.retention_days, echo_stdout=config.stdout)
+    shared.users += 1
+    return shared
+
+
+async def _release(directory: Path, shared: _Shared) -> None:
+    shared.users -= 1
+    if shared.users > 0:
+        return
+    if _writers.get(directory) is shared:
+        del _writers[directory]
+    if shared.pruner is not None:
+        shared.pruner.cancel()
+    await shared.writer.aclose()
+
+
+async def _prune_daily(writer: AuditWriter) -> None:
+    while True:
+        await asyncio.sleep(PRUNE_INTERVAL)
+        try:
+            await writer.aprune()
+        except Exception as exc:
+            log(_log, 40, "audit prune failed", error=type(exc).__name__)
+
+
+def decision_reason(record: DecisionRecord) -> str:
+    """`phase:reason` plus numeric details, as one audit token (`request:pii:EMAIL/EMAIL=2`)."""
+    if record.failure is not None:
+        text = f"{record.phase}:{record.failure}," + (
+            "fail_open" if record.fail_open else "fail_closed"
+        )
+    else:
+        text = f"{record.phase}:{record.reason}" if record.reason else record.phase
+        numbers = [
+            f"{key}={value}"
+            for key, value in record.details.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        ]
+        if numbers:
+            text += "/" + ",".join(numbers)
+    return _NOT_TOKEN.sub("_", text)[:128]
+
+
+def build_record(ctx: RequestContext) -> AuditRecord:
+    """The audit record of a finished request: identities, decisions, usage, cost, timing."""
+    decisions = [
+        PolicyDecision(record.kind, record.action, decision_reason(record))
+        for record in ctx.decisions
+    ]
+    found = ctx.state.get(STATE_KEY)
+    attribution = found if isinstance(found, Attribution) else None
+    measured = None if attribution is not None else measure_usage(ctx)
+    usage = None
+    if attribution is not None and attribution.measured:
+        usage = TokenUsage(
+            attribution.input_tokens,
+            attribution.output_tokens,
+            attribution.input_tokens + attribution.output_tokens,
+            attribution.estimated,
+        )
+    elif measured is not None:
+        usage = TokenUsage(measured[0], measured[1], measured[0] + measured[1], measured[2])
+    tags: Mapping[str, str] = attribution.tags if attribution is not None else {}
+    return AuditRecord(
+        time=utc_time(ctx.started_at),
+        request_id=ctx.request_id,
+        endpoint=ENDPOINTS.get(ctx.route, "other"),
+        status=ctx.status if ctx.status is not None and 100 <= ctx.status <= 599 else 499,
+        latency_ms=ctx.latency_ms or 0.0,
+        pod=_token(ctx.pod.name),
+        namespace=_token(ctx.pod.namespace),
+        pack=_token(ctx.pack),
+        pack_version=_token(ctx.pack_version),
+        config_hash=_token(ctx.config_hash),
+        model=client_token(ctx.upstream_model or ctx.model),
+        target=_token(ctx.target),
+        streamed=ctx.stream,
+        decisions=tuple(decisions[:_MAX_DECISIONS]),
+        usage=usage,
+        cost_usd=attribution.cost_usd if attribution is not None else None,
+        tags=dict(list(tags.items())[:32]),
+    )
+
+
+def _token(value: str | None) -> str | None:
+    return _NOT_TOKEN.sub("_", value)[:128] or None if value else None
+
+
+def acted_on(ctx: RequestContext) -> bool:
+    return any(d.action != "allow" or d.failure is not None for d in ctx.decisions)
+
+
+class AuditLoggerPolicy(Policy):
+    kind = "audit-logger"
+
+    def __init__(self, settings: PolicyBlock, runtime: PolicyRuntime) -> None:
+        super().__init__(settings, runtime)
+        self.config = settings_as(settings, AuditLogger)
+        self.directory = audit_dir(runtime)
+        self.shared = _acquire(self.directory, self.config)
+        self.writer = self.shared.writer
+        self._closed = False
+
+    def _ensure_pruner(self) -> None:
+        if self.shared.pruner is None:
+            self.shared.pruner = asyncio.get_running_loop().create_task(_prune_daily(self.writer))
+
+    async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
+        self._ensure_pruner()
+        if not self.writer.accepting:
+            raise AuditUnavailable("the audit log cannot take records (queue full or stopped)")
+        return ALLOW
+
+    async def on_finish(self, ctx: RequestContext) -> None:
+        if not self.config.log_all_access and not acted_on(ctx):
+            return
+        record = build_record(ctx)
+        try:
+            self.writer.submit(record)
+        except AuditQueueFull:
+            await self.writer.put(record)  # within the chain's time budget for this hook
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await _release(self.directory, self.shared)

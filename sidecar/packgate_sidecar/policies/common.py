@@ -1,0 +1,48 @@
+"""Small helpers the shipped policies share: typed settings, role sets, reason strings.
+
+Why it exists: each policy is its own small module, but a few rules must be the same in all of
+them: a policy gets its own config block type (the chain hands it a `PolicyBlock`), reasons are
+short tokens that name entity types and never values, and CPU-heavy scans of very large texts
+must not hold the event loop for the whole scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from packgate_policy import PolicyBlock
+
+_S = TypeVar("_S", bound=PolicyBlock)
+_T = TypeVar("_T")
+
+# Texts written by the application itself (its prompts and tool descriptions), as opposed to
+# text that arrives from end users, tools or the model.
+APP_ROLES = frozenset({"system", "developer", "tool_definition"})
+# Where untrusted input enters a conversation: the end user, and tool results (web pages,
+# files, e-mails a tool fetched). "function" is the legacy name of a tool result.
+UNTRUSTED_ROLES = frozenset({"user", "tool", "function"})
+
+# Above this many characters in one phase a scan runs in a worker thread, so other requests'
+# I/O keeps moving while an 8 MB document is scanned (the GIL is shared, the loop is not held).
+OFFLOAD_CHARS = 64 * 1024
+
+
+def settings_as(settings: PolicyBlock, cls: type[_S]) -> _S:
+    """The policy's own settings type; a bare `PolicyBlock` (defaults) is upgraded."""
+    if isinstance(settings, cls):
+        return settings
+    return cls.model_validate(settings.model_dump())
+
+
+def counted_reason(prefix: str, counts: Mapping[str, int]) -> str:
+    """`pii:EMAIL,PHONE` from `{"EMAIL": 2, "PHONE": 1}`: entity types, never values."""
+    return prefix + ":" + ",".join(sorted(counts))
+
+
+async def maybe_offload(size: int, work: Callable[[], _T]) -> _T:
+    """Run `work` inline when small (cheaper than a thread hop), in a thread when large."""
+    if size <= OFFLOAD_CHARS:
+        return work()
+    return await asyncio.to_thread(work)

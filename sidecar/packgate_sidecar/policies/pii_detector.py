@@ -1,0 +1,198 @@
+"""The pii-detector policy: redact, mask, hash or block personal data in requests and responses.
+
+Why it exists: personal data (e-mail addresses, phone numbers, SSNs, card numbers, IBANs, IP
+addresses, plus the pack's own `detect_patterns`) must not leave the pod for the provider, and
+with `scan_responses` must not reach the application from the model either. Detection is
+`detect/pii.py`, the replacement presidio-anonymizer's operators (`detect/anonymize.py`).
+
+Every text is scanned, whatever its role: a system prompt or a tool result holding a customer's
+e-mail address leaks it just the same. Tool-call arguments in requests are JSON: they are parsed
+and each string redacted on its own, then serialised again (JSON escapes would otherwise hide an
+entity from the detector, and a redaction could cut an escape in two); arguments that are not
+JSON are scanned as plain text. `redact`/`mask`/`hash` rewrite the texts and let the
+request go on; `block` refuses it. Streamed responses go through a `StreamRedactor` per text
+channel, which holds back a short window so an entity split across deltas is still caught
+without buffering the stream; with `block`, the stream is ended as soon as an entity is found.
+
+Decisions name entity types and counts (`pii:EMAIL,PHONE`, details `{"EMAIL": 2, "PHONE": 1}`),
+never values. The request phase keeps its findings (types and offsets only) in
+`ctx.state["pii-detector"]` for `packgate scan`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from packgate_policy import PiiDetector as PiiSettings
+from packgate_policy import PolicyBlock
+
+from ..detect.anonymize import anonymize
+from ..detect.pii import Finding, PiiDetector
+from ..detect.pii_stream import StreamRedactor
+from ..policy import (
+    ALLOW,
+    Blocked,
+    Decision,
+    Policy,
+    PolicyRuntime,
+    RequestContext,
+    StreamFilter,
+    TextItem,
+)
+from .common import counted_reason, maybe_offload, settings_as
+
+HOLDBACK = 64  # characters a stream channel may hold back; the longest entity caught whole
+# One of each entity: scanned once when the policy is built, so the lazy loading of phone
+# metadata and of presidio's engine happens at config load, not in a request's time budget.
+_WARM_UP = (
+    "Call +1 650-253-0000 or (650) 253-0000, phone: +44 20 7946 0958, jane@example.com, "
+    "4111 1111 1111 1111, DE89 3704 0044 0532 0130 00, 192.168.0.1, 078-05-1120"
+)
+
+
+@dataclass
+class _Scan:
+    counts: dict[str, int] = field(default_factory=dict)
+    rewrites: dict[int, str] = field(default_factory=dict)
+    findings: dict[int, list[Finding]] = field(default_factory=dict)
+
+
+class PiiDetectorPolicy(Policy):
+    kind = "pii-detector"
+
+    def __init__(self, settings: PolicyBlock, runtime: PolicyRuntime) -> None:
+        super().__init__(settings, runtime)
+        self.config = settings_as(settings, PiiSettings)
+        self.detector = PiiDetector(
+            self.config.entities,
+            [(pattern.label, pattern.regex) for pattern in self.config.detect_patterns],
+        )
+        self.scan([TextItem(_WARM_UP, "user", "warm-up")])
+
+    def _text(self, text: str, counts: dict[str, int]) -> tuple[str, list[Finding]]:
+        findings = self.detector.find(text) if text else []
+        for finding in findings:
+            counts[finding.entity] = counts.get(finding.entity, 0) + 1
+        if not findings or self.config.action == "block":
+            return text, findings
+        return anonymize(text, findings, self.config.action), findings
+
+    def _json(self, value: Any, counts: dict[str, int]) -> Any:
+        if isinstance(value, str):
+            return self._text(value, counts)[0]
+        if isinstance(value, list):
+            return [self._json(item, counts) for item in value]
+        if isinstance(value, dict):
+            return {self._json(k, counts): self._json(v, counts) for k, v in value.items()}
+        return value
+
+    def _arguments(self, text: str, counts: dict[str, int]) -> str | None:
+        """Tool-call arguments redacted value by value, or None when they are not JSON."""
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(parsed, dict | list):
+            return None
+        before = sum(counts.values())
+        redacted = self._json(parsed, counts)
+        if sum(counts.values()) == before:
+            return text
+        return json.dumps(redacted, ensure_ascii=False)
+
+    def scan(self, texts: Sequence[TextItem]) -> _Scan:
+        """Counts by entity, the rewritten texts, and the plain texts' findings."""
+        result = _Scan()
+        for index, item in enumerate(texts):
+            if not item.text:
+                continue
+            # Arguments are JSON: scanned as text, an escape such as \u00c0 next to a number
+            # hides it, and a redaction could cut an escape in two and break the JSON.
+            if item.path.endswith(".arguments") and item.text.lstrip()[:1] in ("{", "["):
+                redacted = self._arguments(item.text, result.counts)
+                if redacted is not None:
+                    if redacted != item.text:
+                        result.rewrites[index] = redacted
+                    continue
+            text, findings = self._text(item.text, result.counts)
+            if findings:
+                result.findings[index] = findings
+                if text != item.text:
+                    result.rewrites[index] = text
+        return result
+
+    def _decide(self, scanned: _Scan) -> Decision:
+        if not scanned.counts:
+            return ALLOW
+        reason = counted_reason("pii", scanned.counts)
+        if self.config.action == "block":
+            return Decision.block(reason, **scanned.counts)
+        return Decision.rewrite(scanned.rewrites, reason, **scanned.counts)
+
+    async def _scan(self, texts: Sequence[TextItem]) -> tuple[_Scan, Decision]:
+        size = sum(len(item.text) for item in texts)
+        scanned = await maybe_offload(size, lambda: self.scan(texts))
+        return scanned, self._decide(scanned)
+
+    async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
+        scanned, decision = await self._scan(texts)
+        if scanned.findings:
+            ctx.state[self.kind] = {"findings": scanned.findings}
+        return decision
+
+    async def on_response(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
+        if not self.config.scan_responses:
+            return ALLOW
+        return (await self._scan(texts))[1]
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        if not self.config.scan_responses:
+            return None
+        if self.config.action == "block":
+            return _BlockingFilter(self.detector)
+        return _RedactingFilter(StreamRedactor(self.detector, self.config.action, HOLDBACK))
+
+
+class _RedactingFilter(StreamFilter):
+    __slots__ = ("redactor",)
+
+    def __init__(self, redactor: StreamRedactor) -> None:
+        self.redactor = redactor
+
+    def feed(self, text: str) -> str:
+        return self.redactor.feed(text)
+
+    def finish(self) -> str:
+        return self.redactor.flush()
+
+    def summary(self) -> Decision | None:
+        counts = self.redactor.counts
+        if not counts:
+            return None
+        return Decision("rewrite", counted_reason("pii", counts), details=dict(counts))
+
+
+class _BlockingFilter(StreamFilter):
+    """Ends the stream at the first entity. The redactor decides what is safe to release, so
+    nothing of an entity goes out before it is recognised; its output is only sent while it
+    has found nothing."""
+
+    __slots__ = ("redactor",)
+
+    def __init__(self, detector: PiiDetector) -> None:
+        self.redactor = StreamRedactor(detector, "redact", HOLDBACK)
+
+    def _check(self, out: str) -> str:
+        counts = self.redactor.counts
+        if counts:
+            raise Blocked(counted_reason("pii", counts), **counts)
+        return out
+
+    def feed(self, text: str) -> str:
+        return self._check(self.redactor.feed(text))
+
+    def finish(self) -> str:
+        return self._check(self.redactor.flush())

@@ -1,0 +1,175 @@
+"""The pii-detector policy: what a request, a response and a stream look like after it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packgate_policy import PiiDetector
+from packgate_sidecar.policies.pii_detector import PiiDetectorPolicy
+from packgate_sidecar.policy import Blocked, PolicyRuntime, RequestContext, TextItem
+
+EMAIL, PHONE, SSN, CARD = (
+    "jane.doe@example.com",
+    "+1 650-253-0000",
+    "078-05-1120",
+    "4111 1111 1111 1111",
+)
+PROMPT = f"Mail {EMAIL}, call {PHONE}, SSN {SSN}, card {CARD}."
+
+
+def policy(**settings: object) -> PiiDetectorPolicy:
+    return PiiDetectorPolicy(PiiDetector.model_validate(settings), PolicyRuntime())
+
+
+def ctx() -> RequestContext:
+    return RequestContext("req", "/v1/chat/completions")
+
+
+def user(text: str, role: str = "user") -> TextItem:
+    return TextItem(text, role, "messages[0].content")
+
+
+async def test_redact_replaces_each_entity_with_its_marker() -> None:
+    decision = await policy().on_request(ctx(), [user(PROMPT)])
+    assert decision.action == "rewrite"
+    assert decision.rewrites[0] == "Mail <EMAIL>, call <PHONE>, SSN <SSN>, card <CREDIT_CARD>."
+    assert decision.reason == "pii:CREDIT_CARD,EMAIL,PHONE,SSN"
+    assert dict(decision.details) == {"EMAIL": 1, "PHONE": 1, "SSN": 1, "CREDIT_CARD": 1}
+
+
+async def test_reason_and_details_never_hold_the_values() -> None:
+    decision = await policy(action="block").on_request(ctx(), [user(PROMPT)])
+    recorded = decision.reason + repr(dict(decision.details))
+    for value in (EMAIL, PHONE, SSN, CARD, "jane", "0000", "1120"):
+        assert value not in recorded
+
+
+async def test_every_role_is_scanned_and_only_texts_with_pii_are_rewritten() -> None:
+    texts = [user(f"system knows {EMAIL}", "system"), user("nothing here"), user(SSN, "tool")]
+    decision = await policy().on_request(ctx(), texts)
+    assert dict(decision.rewrites) == {0: "system knows <EMAIL>", 2: "<SSN>"}
+
+
+async def test_mask_keeps_the_layout_and_hash_hides_the_value() -> None:
+    masked = (await policy(action="mask").on_request(ctx(), [user(f"to {EMAIL}!")])).rewrites[0]
+    assert masked == "to " + "*" * len(EMAIL) + "!"
+    first = (await policy(action="hash").on_request(ctx(), [user(f"to {EMAIL}")])).rewrites[0]
+    again = (await policy(action="hash").on_request(ctx(), [user(f"cc {EMAIL}")])).rewrites[0]
+    assert EMAIL not in first
+    assert re.fullmatch(r"to [0-9a-f]{64}", first)
+    assert first[3:] == again[3:]  # the same value hashes the same, so it stays correlatable
+
+
+async def test_block_refuses_with_entity_types() -> None:
+    decision = await policy(action="block").on_request(ctx(), [user(f"mail {EMAIL}")])
+    assert decision.action == "block"
+    assert decision.reason == "pii:EMAIL"
+    assert not decision.rewrites
+
+
+async def test_only_configured_entities_and_custom_patterns() -> None:
+    chosen = policy(
+        entities=["SSN"], detect_patterns=[{"label": "EMPLOYEE_ID", "regex": r"\bEMP-\d{6}\b"}]
+    )
+    decision = await chosen.on_request(ctx(), [user(f"{EMAIL} EMP-123456 {SSN}")])
+    assert decision.rewrites[0] == f"{EMAIL} <EMPLOYEE_ID> <SSN>"
+
+
+async def test_clean_text_is_allowed_and_findings_are_kept_for_scan() -> None:
+    context = ctx()
+    assert (await policy().on_request(context, [user("order 12345 ships in 2025")])).action == (
+        "allow"
+    )
+    assert "pii-detector" not in context.state
+    await policy().on_request(context, [user(f"a {EMAIL}")])
+    (finding,) = context.state["pii-detector"]["findings"][0]
+    assert (finding.entity, finding.start, finding.end) == ("EMAIL", 2, 2 + len(EMAIL))
+
+
+async def test_responses_are_redacted_unless_scan_responses_is_off() -> None:
+    answer = [user(f"Her address is {EMAIL}", "assistant")]
+    assert (await policy().on_response(ctx(), answer)).rewrites[0] == "Her address is <EMAIL>"
+    off = policy(scan_responses=False)
+    assert (await off.on_response(ctx(), answer)).action == "allow"
+    assert off.stream_filter(ctx()) is None
+
+
+def run_stream(chunks: list[str], **settings: object) -> tuple[list[str], str]:
+    stream = policy(**settings).stream_filter(ctx())
+    assert stream is not None
+    sent = [stream.feed(chunk) for chunk in chunks]
+    sent.append(stream.finish())
+    summary = stream.summary()
+    return sent, summary.reason if summary else ""
+
+
+def test_stream_redacts_an_email_split_across_deltas() -> None:
+    sent, reason = run_stream(["Write to jane.d", "oe@exam", "ple.com about it", " today."])
+    assert "".join(sent) == "Write to <EMAIL> about it today."
+    assert reason == "pii:EMAIL"
+    assert not any("jane" in piece for piece in sent)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 20), min_size=1, max_size=12))
+def test_stream_output_equals_whole_text_redaction_for_any_chunking(cuts: list[int]) -> None:
+    text = f"Hi! {PROMPT} Thanks, bye. Reach me at {EMAIL} tomorrow."
+    chunks, at = [], 0
+    for size in cuts:
+        chunks.append(text[at : at + size])
+        at += size
+    chunks.append(text[at:])
+    sent, _ = run_stream(chunks)
+    expected = text
+    for value, marker in (
+        (EMAIL, "<EMAIL>"),
+        (PHONE, "<PHONE>"),
+        (SSN, "<SSN>"),
+        (CARD, "<CREDIT_CARD>"),
+    ):
+        expected = expected.replace(value, marker)
+    assert "".join(sent) == expected
+
+
+def test_stream_block_ends_before_any_of_the_entity_is_sent() -> None:
+    stream = policy(action="block").stream_filter(ctx())
+    assert stream is not None
+    sent = []
+    with pytest.raises(Blocked) as blocked:
+        for chunk in ["Sure, the address ", "is jane.d", "oe@example.com and", " more text " * 10]:
+            sent.append(stream.feed(chunk))
+        sent.append(stream.finish())
+    assert blocked.value.reason == "pii:EMAIL"
+    assert "jane" not in "".join(sent)
+
+
+def test_stream_block_catches_an_entity_in_the_held_back_tail() -> None:
+    stream = policy(action="block").stream_filter(ctx())
+    assert stream is not None
+    assert stream.feed(f"short {SSN}") == ""
+    with pytest.raises(Blocked):
+        stream.finish()
+
+
+async def test_tool_call_arguments_are_redacted_value_by_value_and_stay_json() -> None:
+    # json.dumps escapes "À" as \u00c0, whose last digit would glue onto the card number.
+    arguments = json.dumps({"to": "Zoë", "note": f"À {CARD}", "mail": EMAIL, "n": 3})
+    path = "messages[1].tool_calls[0].function.arguments"
+    decision = await policy().on_request(ctx(), [TextItem(arguments, "assistant", path)])
+    assert json.loads(decision.rewrites[0]) == {
+        "to": "Zoë",
+        "note": "À <CREDIT_CARD>",
+        "mail": "<EMAIL>",
+        "n": 3,
+    }
+    assert dict(decision.details) == {"CREDIT_CARD": 1, "EMAIL": 1}
+
+
+async def test_arguments_that_are_not_json_are_scanned_as_text() -> None:
+    path = "input[0].arguments"
+    decision = await policy().on_request(ctx(), [TextItem(f"{{broken {EMAIL}", "assistant", path)])
+    assert decision.rewrites[0] == "{broken <EMAIL>"
