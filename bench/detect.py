@@ -1,0 +1,184 @@
+"""Detection speed: PII and prompt-injection throughput in MB/s on 1 KB and 32 KB texts.
+
+Why it exists: the detectors run on the request path of every governed call, so their speed
+bounds the sidecar's throughput on large prompts (a 32 KB prompt is a few pages of pasted
+document). The comparison row is presidio-analyzer, the usual open-source choice, restricted to
+what it can do without an NLP model: its pattern recognizers for the same six entity types
+(e-mail, phone, US SSN, credit card, IBAN, IP address), run through an AnalyzerEngine whose NLP
+engine is a stub that returns no tokens (so no spaCy model is downloaded or loaded). It runs in
+its own virtual environment (see peers.py) through bench/presidio_runner.py.
+
+Everything here runs pinned to the SUT core, one text at a time, repeated until a minimum time
+has passed; the figure is the median over batches of bytes scanned per second (1 MB = 10^6 B).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import payloads, peers
+from .common import BENCH, Cores, Report, Row, Verdict, median, pinned, python_in
+
+SIZES = {"1 KB": 1024, "32 KB": 32 * 1024}
+SIX = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS")
+
+
+@dataclass
+class Options:
+    seconds: float  # per batch
+    batches: int
+    workdir: Path
+    peers: bool
+
+
+@contextlib.contextmanager
+def on_cpu(cpu: str | None) -> Iterator[None]:
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(cpu)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def throughput(call: Callable[[str], Any], text: str, seconds: float, batches: int) -> float:
+    """Median MB/s over `batches` batches of at least `seconds` each."""
+    size = len(text.encode())
+    call(text)  # warm caches (compiled patterns, lazy loads)
+    rates = []
+    for _ in range(batches):
+        count = 0
+        started = time.perf_counter()
+        while True:
+            call(text)
+            count += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds and count >= 3:
+                break
+        rates.append(size * count / elapsed / 1e6)
+    return float(median(rates) or 0.0)
+
+
+def run(report: Report, opts: Options) -> None:
+    cores = Cores.detect()
+    section = report.section(
+        "detect",
+        "Detection throughput (one core, MB/s of UTF-8 text)",
+        [("mb_s", "MB/s"), ("per_text_ms", "ms per text"), ("findings", "findings")],
+    )
+    texts = {label: payloads.text_of_size(size) for label, size in SIZES.items()}
+    section.notes.append(
+        "texts: generated support prose with about one PII entity per 250 characters"
+    )
+    pii32: float | None = None
+    with on_cpu(cores.sut):
+        try:
+            from packgate_sidecar.detect.pii import PiiDetector
+
+            detector = PiiDetector(list(SIX))
+        except Exception as exc:  # the engine may be mid-change; report, don't crash
+            section.add(Row("packgate PII", status="pending", note=f"{type(exc).__name__}: {exc}"))
+        else:
+            for label, text in texts.items():
+                rate = throughput(detector.find, text, opts.seconds, opts.batches)
+                found = len(detector.find(text))
+                section.add(
+                    Row(
+                        f"packgate PII, 6 entity types, {label}",
+                        {"mb_s": rate, "per_text_ms": len(text) / rate / 1e3, "findings": found},
+                    )
+                )
+                if label == "32 KB":
+                    pii32 = rate
+        try:
+            from packgate_sidecar.detect.injection import default_scorer
+
+            scorer = default_scorer()
+        except Exception as exc:
+            section.add(
+                Row("packgate injection", status="pending", note=f"{type(exc).__name__}: {exc}")
+            )
+        else:
+            for label, text in texts.items():
+                rate = throughput(scorer.score, text, opts.seconds, opts.batches)
+                section.add(
+                    Row(
+                        f"packgate injection score, {label}",
+                        {"mb_s": rate, "per_text_ms": len(text) / rate / 1e3},
+                    )
+                )
+    _presidio(section, texts, opts, cores)
+    report.verdicts.append(
+        Verdict(
+            "PII throughput, 32 KB, six entity types",
+            pii32,
+            5.0,
+            " MB/s",
+            True,
+            "" if pii32 else "PII detector not measured",
+        )
+    )
+
+
+def _presidio(section: Any, texts: dict[str, str], opts: Options, cores: Cores) -> None:
+    if not opts.peers:
+        section.add(
+            Row(
+                "presidio-analyzer (patterns only)",
+                status="skipped",
+                note="peers not run (--quick or --no-peers)",
+            )
+        )
+        return
+    try:
+        venv = peers.presidio_venv()
+    except (peers.InstallError, OSError, subprocess.TimeoutExpired) as exc:
+        section.add(Row("presidio-analyzer (patterns only)", status="skipped", note=str(exc)))
+        return
+    source = opts.workdir / "detect-texts.json"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text(json.dumps(texts))
+    argv = [
+        str(python_in(venv)),
+        str(BENCH / "presidio_runner.py"),
+        str(source),
+        str(opts.seconds),
+        str(opts.batches),
+    ]
+    done = subprocess.run(
+        pinned(argv, cores.sut), capture_output=True, text=True, check=False, timeout=600
+    )
+    if done.returncode != 0:
+        section.add(
+            Row(
+                "presidio-analyzer (patterns only)",
+                status="error",
+                note=(done.stderr or done.stdout)[-400:],
+            )
+        )
+        return
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for label, text in texts.items():
+        got = result["sizes"][label]
+        section.add(
+            Row(
+                f"presidio-analyzer {peers.PRESIDIO_VERSION}, patterns only, {label}",
+                {
+                    "mb_s": got["mb_s"],
+                    "per_text_ms": len(text) / got["mb_s"] / 1e3,
+                    "findings": got["findings"],
+                },
+            )
+        )
+    section.notes.append("presidio: " + result["setup"])
