@@ -43,6 +43,8 @@ ENV_OPERATOR_CA = "PACKGATE_OPERATOR_CA"
 ENV_TOKEN_FILE = "PACKGATE_TOKEN_FILE"  # noqa: S105 - an env var name
 ENV_LABELS_FILE = "PACKGATE_POD_LABELS_FILE"
 ENV_DATA_DIR = "PACKGATE_DATA_DIR"
+ENV_AUDIT_KEY = "PACKGATE_AUDIT_KEY"
+AUDIT_KEY_KEY = "audit-key"  # the key inside settings.audit_key_secret
 
 Op = dict[str, Any]
 
@@ -195,6 +197,15 @@ def sidecar_env(injection: Injection, settings: Settings) -> list[dict[str, Any]
         ]
         if injection.ca_pem:
             env.append({"name": ENV_OPERATOR_CA, "value": injection.ca_pem})
+    if settings.audit_key_secret:
+        env.append(
+            {
+                "name": ENV_AUDIT_KEY,
+                "valueFrom": {
+                    "secretKeyRef": {"name": settings.audit_key_secret, "key": AUDIT_KEY_KEY}
+                },
+            }
+        )
     seen = {e["name"] for e in env}
     for target in injection.targets:
         ref = target.secret_key_ref

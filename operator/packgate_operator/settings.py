@@ -46,6 +46,9 @@ class Settings:
     # A Secret in the pod's namespace that holds keys for `secret_key_ref.env` targets: its key
     # named like the env var is mapped onto the sidecar (optional, so pods start without it).
     default_key_secret: str = ""
+    # A Secret in the pod's namespace whose key `audit-key` is the audit log's MAC key; without
+    # it each sidecar uses a random per-process key and its records verify as a hash chain only.
+    audit_key_secret: str = ""
     token_audience: str = "packgate"  # noqa: S105 - an audience, not a secret
     token_expiration_seconds: int = 3600
     # -- the operator's listeners --
@@ -158,6 +161,10 @@ _DOCS: dict[str, str] = {
     "default_key_secret": (
         "Secret in the pod's namespace whose keys feed secret_key_ref.env targets "
         "(key = env var name); empty: the sidecar gets no such env"
+    ),
+    "audit_key_secret": (
+        "Secret in the pod's namespace whose key audit-key holds the audit MAC key; "
+        "empty: a random key per sidecar process (records verify as a hash chain only)"
     ),
     "token_audience": "audience of the projected token sidecars subscribe with",
     "token_expiration_seconds": "lifetime of that token (the kubelet rotates it)",

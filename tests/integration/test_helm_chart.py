@@ -91,6 +91,7 @@ def test_non_default_values_render(bin_dir: Path) -> None:
         "podAntiAffinity=hard",
         "operator.namespaces={team-a,team-b}",
         "sidecar.resources.limits.cpu=500m",
+        "sidecar.auditKeySecret=packgate-audit",
     )
     kinds = {str(doc["kind"]) for doc in docs}
     assert "PodDisruptionBudget" not in kinds
@@ -104,6 +105,7 @@ def test_non_default_values_render(bin_dir: Path) -> None:
     assert "PACKGATE_PEERING" not in env
     assert env["PACKGATE_NAMESPACES"] == "team-a,team-b"
     assert env["PACKGATE_SIDECAR_CPU_LIMIT"] == "500m"
+    assert env["PACKGATE_AUDIT_KEY_SECRET"] == "packgate-audit"
     assert "requiredDuringSchedulingIgnoredDuringExecution" in spec["affinity"]["podAntiAffinity"]
 
 

@@ -139,6 +139,17 @@ def test_without_a_default_key_secret_env_targets_get_nothing_from_the_injector(
     assert "OPENAI_API_KEY" not in env_of(sidecar_of(result))
 
 
+def test_the_audit_key_comes_from_its_secret_on_the_sidecar_only() -> None:
+    settings = Settings(subscribe_url=SETTINGS.subscribe_url, audit_key_secret="packgate-audit")
+    result = apply_patch(pod(), build_patch(pod(), injection(), settings))
+    assert env_of(sidecar_of(result))["PACKGATE_AUDIT_KEY"] == {
+        "secretKeyRef": {"name": "packgate-audit", "key": "audit-key"}
+    }
+    assert "PACKGATE_AUDIT_KEY" not in json.dumps(result["spec"]["containers"])
+    unset = apply_patch(pod(), build_patch(pod(), injection(), SETTINGS))
+    assert "PACKGATE_AUDIT_KEY" not in env_of(sidecar_of(unset))
+
+
 def test_subscription_identity_and_operator_ca_reach_the_sidecar() -> None:
     result = injected(pod())
     env = env_of(sidecar_of(result))
