@@ -128,7 +128,11 @@ _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 # ("1gn0re"); "mp3", "gpt4" and plain numbers, with digits only at the end, are left alone.
 # "@" and "!" decode but do not trigger, so e-mail addresses and "Hello!" cost nothing; tokens
 # longer than a word are left alone (they are base64 or identifiers, handled elsewhere).
-_LEET_WORD = re.compile(r"(?<![\w@$!|])(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z][\w@$!|]*")
+# Ordinals ("3rd", "21st") are digits before letters but never leetspeak; decoding them would
+# double the scoring cost of ordinary prose with dates for nothing.
+_LEET_WORD = re.compile(
+    r"(?<![\w@$!|])(?!\d+(?:st|nd|rd|th)\b)(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z][\w@$!|]*"
+)
 _LEET_MAX = 24
 _LEET_HINT = re.compile(r"[013457$][A-Za-z]")
 _LEET_TABLE = str.maketrans(
