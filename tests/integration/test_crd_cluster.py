@@ -10,7 +10,6 @@ pinned here so a change in either direction is noticed.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ import yaml
 from localcluster import LocalCluster
 from packgate_policy import lint_text, load_file, load_mapping
 
+from tests.support.waiting import wait_for
+
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +28,6 @@ CRD_FILE = REPO / "crds" / "policypacks.yaml"
 EXAMPLES = REPO / "examples" / "policy-configs"
 SEEDS = ("chatgpt-enterprise-gateway", "chatgpt-enterprise-mini")
 CRD_NAME = "policypacks.packgate.dev"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
 
 
 def manifest(spec: dict[str, Any], name: str) -> str:

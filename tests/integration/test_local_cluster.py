@@ -7,21 +7,13 @@ them fails, the harness (not the product) is broken.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 
 import pytest
 from localcluster import LocalCluster
 
+from tests.support.waiting import wait_for
+
 pytestmark = pytest.mark.cluster
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_version_is_the_pinned_release(cluster: LocalCluster) -> None:

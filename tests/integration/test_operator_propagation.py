@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from localcluster import LocalCluster
 from packgate_operator.local import OperatorProcess, die_with_parent, webhook_configuration
 from packgate_operator.render import render
 
+from tests.support.waiting import wait_for
+
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "sk-upstream-test"
@@ -46,17 +48,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Setup:

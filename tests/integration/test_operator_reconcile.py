@@ -9,9 +9,8 @@ webhook is registered with a MutatingWebhookConfiguration limited to this module
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,10 @@ import pytest
 from localcluster import LocalCluster
 from packgate_operator.local import OperatorProcess, webhook_configuration
 
+from tests.support.waiting import wait_for
+
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Env:
