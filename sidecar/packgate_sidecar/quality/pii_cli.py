@@ -145,7 +145,8 @@ def _print_text(doc: dict[str, Any], reports: list[Report], show_errors: bool) -
     for report in reports:
         half = doc["halves"][report.half]
         label = (
-            "HELD-OUT half (reported scores; rules were not tuned on it)"
+            "HELD-OUT half (reported scores; rules were tuned on the other half, but its "
+            "entity values were seen once while the split was being fixed)"
             if report.half == HELD_OUT
             else "tuning half (rules were tuned on it; not a quality claim)"
         )
