@@ -349,12 +349,13 @@ def _apply(rewrites: Mapping[int, str], items: list[TextItem], slots: list[TextS
 class _Stage:
     """One policy's filter on one channel, with its failure handling."""
 
-    __slots__ = ("bypassed", "entry", "filter")
+    __slots__ = ("bypassed", "entry", "filter", "spent")
 
     def __init__(self, entry: Entry, stream_filter: StreamFilter) -> None:
         self.entry = entry
         self.filter = stream_filter
         self.bypassed = False
+        self.spent = 0.0  # seconds spent in this filter, recorded with its summary
 
 
 class StreamPolicies:
@@ -424,6 +425,7 @@ class StreamPolicies:
             log(_log, 40, "stream filter raised", kind=entry.kind, error=describe_exception(exc))
             return self._fail(stage, "error", text, _since(started))
         elapsed = _since(started)
+        stage.spent += elapsed
         if elapsed > entry.budget:
             self._fail(stage, "timeout", out, elapsed)
         return out
@@ -458,6 +460,7 @@ class StreamPolicies:
     def close(self) -> None:
         """Record one decision per policy for the whole stream, merged over its channels."""
         merged: dict[str, tuple[Entry, Decision]] = {}
+        spent: dict[str, float] = {}
         for stages in [*self.closed, *self.channels.values()]:
             for stage in stages:
                 try:
@@ -473,13 +476,14 @@ class StreamPolicies:
                     continue
                 if summary is None:
                     continue
+                spent[stage.entry.kind] = spent.get(stage.entry.kind, 0.0) + stage.spent
                 seen = merged.get(stage.entry.kind)
                 merged[stage.entry.kind] = (
                     stage.entry,
                     _merge(seen[1], summary) if seen else summary,
                 )
-        for entry, decision in merged.values():
-            self.chain._record(self.ctx, entry, "stream", decision, 0.0)
+        for kind, (entry, decision) in merged.items():
+            self.chain._record(self.ctx, entry, "stream", decision, spent[kind])
         self.channels.clear()
         self.closed.clear()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -266,6 +267,37 @@ async def test_stream_filters_hold_back_and_release_in_order() -> None:
     assert [(d.kind, d.phase, d.action) for d in ctx.decisions] == [
         ("pii-detector", "stream", "rewrite")
     ]
+
+
+class SlowFilter(StreamFilter):
+    def feed(self, text: str) -> str:
+        time.sleep(0.005)
+        return text
+
+    def summary(self) -> Decision | None:
+        return Decision.allow("scanned")
+
+
+class SlowStreams(Policy):
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        return SlowFilter()
+
+
+async def test_time_spent_in_stream_filters_is_recorded_with_their_summary() -> None:
+    chain = build(["pii-detector"], registry_with(pii_detector=SlowStreams))
+    ctx = RequestContext("r", CHAT, stream=True)
+    stream = chain.open_stream(ctx)
+    assert stream is not None
+    for piece in ["a", "b", "c", "d"]:
+        stream.feed((0, "content"), piece)
+    stream.finish((0, "content"))
+    stream.close()
+    (record,) = ctx.decisions
+    assert record.phase == "stream" and record.duration_ms >= 20
+    observed = sample(
+        chain, "packgate_policy_duration_seconds_sum", kind="pii-detector", phase="stream"
+    )
+    assert observed >= 0.02
 
 
 async def test_a_stream_filter_can_block_mid_stream() -> None:
