@@ -16,7 +16,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -156,16 +155,3 @@ def test_rule_triggers_never_hide_a_match() -> None:
         expected = {n for n, (_, p) in RULES.items() if re.search(p, lowered)}
         expected |= {n for n, (_, p) in CASED_RULES.items() if re.search(p, text)}
         assert featurize(text, (4,)).rules == expected, text
-
-
-def test_a_1kb_prompt_scores_in_under_a_millisecond(scorer: InjectionScorer) -> None:
-    text = ("Please plan a relaxed weekend in Lisbon with museums, food and a day trip. " * 14)[
-        :1024
-    ]
-    # The fastest of many runs: robust to a busy machine, still catches a slow code path.
-    best = math.inf
-    for _ in range(200):
-        start = time.perf_counter()
-        scorer.score(text)
-        best = min(best, time.perf_counter() - start)
-    assert best < 0.001
