@@ -599,9 +599,8 @@ def _chain_rows(
         return
     section.notes.append(
         "mean microseconds per request (sum/count of the histogram over the scenario); "
-        "finish hooks run after the response is sent; '-' in the stream column: the sidecar "
-        "records stream-filter decisions with no duration, so their cost is not visible here "
-        "(it is in the stream rows' latency)"
+        "finish hooks run after the response is sent; the stream column is the time spent in "
+        "stream filters over the whole response; '-' where a policy has no such phase"
     )
     for (kind, concurrency), delta in costs.items():
         requests = delta.get(("", "requests", "count"), 0.0)
