@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from packgate_operator.local import free_port
 
-from .common import CACHE, Service, StartError, free_port, log, pinned
+from .common import CACHE, Service, StartError, log, pinned
 
 LITELLM_VERSION = "1.106.12"
 # Newer releases pin litellm-proxy / litellm-proxy-extras builds that are not on PyPI.

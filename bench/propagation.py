@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from localcluster import LocalCluster, build_tools  # noqa: E402
 from packgate_operator.local import (  # noqa: E402
     OperatorProcess,
     die_with_parent,
+    free_port,
     webhook_configuration,
 )
 from packgate_operator.render import render  # noqa: E402
@@ -50,12 +50,6 @@ from packgate_operator.render import render  # noqa: E402
 
 def log(message: str) -> None:
     print(f"[propagation {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packgate_operator.local import free_port
 
 from . import payloads, peers
 from .common import (
@@ -38,7 +39,6 @@ from .common import (
     Service,
     StartError,
     Verdict,
-    free_port,
     http_get,
     http_post,
     log,

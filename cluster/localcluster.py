@@ -16,13 +16,11 @@ process is stopped on exit, on failure, and (through PR_SET_PDEATHSIG) when the 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
 import ipaddress
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from packgate_operator.local import die_with_parent, free_port
 
 HERE = Path(__file__).resolve().parent
 SERVICE_CIDR = "10.96.0.0/24"
@@ -54,12 +53,6 @@ def build_tools() -> Path:
     if result.returncode != 0:
         raise ClusterError(f"cluster/build-tools.sh failed with exit code {result.returncode}")
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -160,13 +153,6 @@ current-context: {user}@packgate-local
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    # Linux only: the child gets SIGTERM when the process that started it dies, so a crashed
-    # test run never leaves an apiserver behind.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 @dataclass
@@ -280,7 +266,7 @@ class LocalCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self._procs.append((name, proc))

@@ -36,8 +36,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "cluster"), str(ROOT)]
 
-from localcluster import LocalCluster, build_tools, free_port  # noqa: E402
-from packgate_operator.local import OperatorProcess, webhook_configuration  # noqa: E402
+from localcluster import LocalCluster, build_tools  # noqa: E402
+from packgate_operator.local import (  # noqa: E402
+    OperatorProcess,
+    free_port,
+    webhook_configuration,
+)
 from packgate_operator.render import CONFIG_KEY, configmap_name  # noqa: E402
 
 from tests.support.upstream import FakeUpstream  # noqa: E402

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -15,18 +14,13 @@ import aiohttp
 import openai
 import pytest
 import yaml
+from packgate_operator.local import free_port
 
 from tests.support.gateway import make_config
 from tests.support.upstream import Behavior, FakeUpstream
 
 PROMPT = "my card is 4111 1111 1111 1111, tell nobody"
 KEY = "sk-upstream-key-that-must-not-be-logged"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_ready(admin: str, process: asyncio.subprocess.Process) -> None:

@@ -34,7 +34,12 @@ import aiohttp
 import openai
 import pytest
 from localcluster import LocalCluster
-from packgate_operator.local import OperatorProcess, die_with_parent, webhook_configuration
+from packgate_operator.local import (
+    OperatorProcess,
+    die_with_parent,
+    free_port,
+    webhook_configuration,
+)
 from packgate_operator.render import render
 
 from tests.support.waiting import wait_for
@@ -42,12 +47,6 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "sk-upstream-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Setup:
