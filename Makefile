@@ -32,7 +32,8 @@ tools:
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy sidecar/packgate_policy sidecar/packgate_sidecar operator/packgate_operator cluster/localcluster.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy sidecar/packgate_policy sidecar/packgate_sidecar sidecar/packgate_quality operator/packgate_operator cluster/localcluster.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .

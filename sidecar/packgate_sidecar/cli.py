@@ -21,8 +21,8 @@ COMMANDS: list[tuple[str | None, str, str, str]] = [
     (None, "scan", "packgate_sidecar.scan_cli", "run a policy config over JSON lines of text"),
     ("audit", "verify", "packgate_sidecar.audit.verify_cli", "verify a tamper-evident audit log"),
     ("operator", "run", "packgate_operator.run", "run the operator (kopf) and its webhook"),
-    ("quality", "pii", "packgate_sidecar.quality.pii_cli", "measure PII detection quality"),
-    ("quality", "injection", "packgate_sidecar.quality.injection_cli", "measure injection quality"),
+    ("quality", "pii", "packgate_quality.pii_cli", "measure PII detection quality"),
+    ("quality", "injection", "packgate_quality.injection_cli", "measure injection quality"),
 ]
 
 

@@ -6,7 +6,7 @@ request, in the proxy's hot path, so the detector must be cheap (well under a mi
 obfuscation. The model is a logistic regression over feature groups of the normalised,
 lower-cased text — word uni/bigrams (plus each sentence's first word), character 4-grams, the
 last sentence's words, and hand-written phrase rules in English and German — trained offline by
-`packgate_sidecar.quality.injection_train` and shipped as a JSON file of weights beside this
+`packgate_quality.injection_train` and shipped as a JSON file of weights beside this
 module. Its bias is calibrated so that the seed config's threshold of 0.8 is the operating point
 chosen on cross-validated training data. A text scores the maximum over its normalised variants
 (plain, base64/hex/percent-decoded, rot13, de-leeted, de-spaced, Morse), so encoding an attack

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packgate_quality import __file__ as quality_init
 from packgate_sidecar.detect.injection import (
     CASED_RULES,
     DEFAULT_MODEL_PATH,
@@ -28,7 +29,6 @@ from packgate_sidecar.detect.injection import (
     featurize,
 )
 from packgate_sidecar.detect.normalize import variants
-from packgate_sidecar.quality import __file__ as quality_init
 
 THRESHOLD = 0.8  # the seed config's threshold
 DATASETS = Path(__file__).resolve().parents[4] / "shared/datasets/prompt-injection"

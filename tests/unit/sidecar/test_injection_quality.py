@@ -15,14 +15,14 @@ import pytest
 
 pytest.importorskip("numpy", reason="numpy is needed to train (dev/test dependency)")
 
-from packgate_sidecar.detect.injection import DEFAULT_MODEL_PATH
-from packgate_sidecar.quality import injection_train as train
-from packgate_sidecar.quality.injection_cli import (
+from packgate_quality import injection_train as train
+from packgate_quality.injection_cli import (
     MAX_FPR,
     MIN_RECALL,
     FileResult,
     evaluate,
 )
+from packgate_sidecar.detect.injection import DEFAULT_MODEL_PATH
 
 pytestmark = pytest.mark.skipif(
     not (train.DEFAULT_DATASETS / train.HELD_OUT_FILE).exists(),
@@ -55,4 +55,4 @@ def test_notinject_false_positive_rate(results: dict[str, FileResult]) -> None:
 def test_the_shipped_model_is_what_training_produces() -> None:
     rebuilt = train.train_shipped(train.DEFAULT_DATASETS)
     shipped = json.loads(DEFAULT_MODEL_PATH.read_text(encoding="utf-8"))
-    assert rebuilt == shipped, "retrain: python -m packgate_sidecar.quality.injection_train"
+    assert rebuilt == shipped, "retrain: python -m packgate_quality.injection_train"

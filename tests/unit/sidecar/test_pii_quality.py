@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from packgate_sidecar import cli
-from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector
-from packgate_sidecar.quality import pii_cli
-from packgate_sidecar.quality.pii_eval import (
+from packgate_quality import pii_cli
+from packgate_quality.pii_eval import (
     HELD_OUT,
     TUNING,
     Row,
@@ -19,6 +17,8 @@ from packgate_sidecar.quality.pii_eval import (
     split_rows,
     throughput,
 )
+from packgate_sidecar import cli
+from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector
 
 BAR = 0.95
 

@@ -18,7 +18,7 @@ Protocol (what "honestly" means here):
   real runtime scorer, so every labelled row is scored once by a model that neither trained nor
   calibrated on it.
 
-    python -m packgate_sidecar.quality.injection_train --out PATH   # regenerate the model
+    python -m packgate_quality.injection_train --out PATH   # regenerate the model
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from packgate_sidecar.detect.injection import (
     CASED_RULES,
     DEFAULT_MODEL_PATH,
@@ -59,7 +58,7 @@ TARGET_FPR = 0.02  # calibration target: two thirds of the 0.03 bar, as margin f
 THRESHOLD = 0.8  # the score the calibrated operating point is mapped to
 INNER_FOLDS = 10  # many folds, so the inner models are close in size to the final one
 
-DEFAULT_DATASETS = Path(__file__).resolve().parents[3].parent / "shared/datasets/prompt-injection"
+DEFAULT_DATASETS = Path(__file__).resolve().parents[2].parent / "shared/datasets/prompt-injection"
 LABELLED_FILES = ("deepset-train.jsonl", "jailbreak-classification-train.csv")
 HELD_OUT_FILE = "notinject-benign-one.json"
 # Benign prompts written for this project around the trigger words the labelled data teaches

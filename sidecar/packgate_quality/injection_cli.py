@@ -133,7 +133,7 @@ def one_kb(text: str) -> str:
 def _training() -> ModuleType:
     # The training code needs numpy, a dev/test dependency the sidecar itself never imports.
     try:
-        from packgate_sidecar.quality import injection_train
+        from packgate_quality import injection_train
     except ModuleNotFoundError as exc:
         raise SystemExit(
             f"packgate quality injection needs numpy (pip install numpy): {exc}"

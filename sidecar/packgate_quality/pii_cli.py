@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
-from packgate_sidecar.quality.pii_eval import (
+
+from packgate_quality.pii_eval import (
     HELD_OUT,
     TUNING,
     Report,
