@@ -2,30 +2,44 @@
 
 Why: a model streams a phone number as "+1 650", " 253", " 0000"; redacting each delta alone
 would pass every piece through. Buffering the whole response would defeat streaming and let memory
-grow with the response. So the redactor keeps a short tail unreleased: each `feed` runs the
-detector over the pending text (plus a little already-released text as left context) and releases
-everything except the last `holdback` characters, moved further left when a candidate entity
-crosses the cut, so an entity is always released whole and redacted.
+grow with the response. So the redactor holds back only the text that could still be (or decide)
+an entity: the open tail the detector reports (`pii.open_tail`: the trailing word, plus digit
+groups before it joined by spaces), moved further left when a candidate entity crosses the cut,
+or a phone number still waits for its trailing context word. Ordinary prose is released as it
+arrives, less its last word; with custom patterns (arbitrary regexes, whose open tail cannot be
+known) the last `holdback` characters are held instead.
 
 Guarantee: the concatenated output equals `anonymize(full_text, detector.find(full_text))` for
-any chunking when every entity is shorter than `holdback` (property-tested). The cut never falls
-inside a validated candidate or a phone-shaped number run (`PiiDetector.find_partial`), so the
-text left of it is judged as the full text would judge it: it has at least `holdback` characters
-of right context (>= the detector's look-ahead), and `CONTEXT_BEFORE` + 16 characters of released
-text are kept as left context. An entity longer than `holdback` may be released partly unredacted
-if its beginning was released before its end arrived (e.g. a 70-character e-mail address).
+any chunking (property-tested): the cut never falls inside a validated candidate, a phone-shaped
+number run or the open tail, so the text left of it is judged as the full text would judge it,
+and `CONTEXT_BEFORE` + 16 characters of released text are kept as left context. With custom
+patterns the guarantee needs every entity shorter than `holdback`.
 
-Memory is bounded: a run of overlapping candidates longer than `max_pending` is released anyway
-(any entity found in it is still redacted), so pending text never grows past roughly `max_pending`
-plus one delta.
+Deltas whose text holds no digit, '@', ':' or non-ASCII character cannot start or complete a
+built-in entity, so the detector is not run for them at all: only the open tail is computed.
+
+Memory is bounded: a run of overlapping candidates (or one unbroken token) longer than
+`max_pending` is released anyway (any entity found in it is still redacted), so pending text
+never grows past roughly `max_pending` plus one delta.
 """
 
 from __future__ import annotations
 
+import re
+
 from packgate_sidecar.detect.anonymize import Action, anonymize
-from packgate_sidecar.detect.pii import CONTEXT_AFTER, CONTEXT_BEFORE, Finding, PiiDetector
+from packgate_sidecar.detect.pii import (
+    CONTEXT_AFTER,
+    CONTEXT_BEFORE,
+    Finding,
+    PiiDetector,
+    open_tail,
+)
 
 _LEFT_CONTEXT = CONTEXT_BEFORE + 16
+# Text no built-in entity can start or end in: printable ASCII (plus tab and line breaks) without
+# digits, '@' or ':', which normalisation leaves unchanged.
+_PLAIN = re.compile(r"[\t\n\r !-/;-?A-~]*")
 
 
 class StreamRedactor:
@@ -33,6 +47,7 @@ class StreamRedactor:
 
     __slots__ = (
         "_action",
+        "_clean",
         "_context",
         "_detector",
         "_hash_salt",
@@ -63,13 +78,20 @@ class StreamRedactor:
         self._hash_salt = hash_salt
         self._context = ""  # tail of released raw text: left context for the detector
         self._pending = ""  # raw text not released yet
+        self._clean = True  # the last cut fell where no entity of the final text can cross it
         # Entities redacted so far, by type: a policy reports them without seeing the values.
         self.counts: dict[str, int] = {}
 
     def feed(self, delta: str) -> str:
         """Add the next delta; return the redacted text that is safe to release now."""
         self._pending += delta
-        if len(self._pending) <= self._holdback:
+        if self._detector.builtin_only:
+            if self._clean and _PLAIN.fullmatch(self._pending):
+                # Nothing here can be or finish an entity: release up to the open tail.
+                window, base = self._context + self._pending, len(self._context)
+                cut = open_tail(window)
+                return self._emit(window, base, cut, []) if cut > base else ""
+        elif len(self._pending) <= self._holdback:
             return ""
         return self._release(final=False)
 
@@ -77,6 +99,7 @@ class StreamRedactor:
         """End of stream: return the rest, redacted. The redactor can then be reused."""
         out = self._release(final=True) if self._pending else ""
         self._context = ""
+        self._clean = True
         return out
 
     def _release(self, final: bool) -> str:
@@ -85,8 +108,8 @@ class StreamRedactor:
         if final:
             findings, cut = self._detector.find(window), len(window)
         else:
-            findings, spans = self._detector.find_partial(window)
-            cut = self._cut(findings, spans, base, len(window))
+            findings, spans, tail = self._detector.find_partial(window)
+            cut = self._cut(findings, spans, base, len(window), tail)
             if cut <= base:
                 return ""
         emit: list[Finding] = []
@@ -99,6 +122,10 @@ class StreamRedactor:
             emit.append(Finding(f.entity, max(f.start, base) - base, min(f.end, cut) - base))
             if f.start >= base:  # the rest of an entity begun in released text is not a new one
                 self.counts[f.entity] = self.counts.get(f.entity, 0) + 1
+        return self._emit(window, base, cut, emit)
+
+    def _emit(self, window: str, base: int, cut: int, emit: list[Finding]) -> str:
+        """Release window[base:cut] with `emit` (offsets relative to base) redacted."""
         raw = window[base:cut]
         out = anonymize(raw, emit, self._action, hash_salt=self._hash_salt) if emit else raw
         self._context = window[max(0, cut - _LEFT_CONTEXT) : cut]
@@ -106,9 +133,14 @@ class StreamRedactor:
         return out
 
     def _cut(
-        self, findings: list[Finding], spans: list[tuple[int, int]], base: int, length: int
+        self,
+        findings: list[Finding],
+        spans: list[tuple[int, int]],
+        base: int,
+        length: int,
+        tail: int | None,
     ) -> int:
-        cut = length - self._holdback
+        cut = length - self._holdback if tail is None else tail
         spans = [s for s in spans if s[0] >= base]
         moved = True
         while moved:  # a cut moved to one candidate's start may land inside another
@@ -116,6 +148,7 @@ class StreamRedactor:
             for start, end in spans:
                 if start < cut < end:
                     cut, moved = start, True
+        self._clean = True
         if length - max(cut, base) > self._max_pending:
             # A candidate run longer than max_pending: release up to the holdback anyway, but
             # extend over any finding that crosses that point so it is redacted whole.
@@ -123,4 +156,5 @@ class StreamRedactor:
             for f in findings:
                 if f.start < cut < f.end:
                     cut = f.end
+            self._clean = False
         return cut

@@ -11,8 +11,9 @@ and each string redacted on its own, then serialised again (JSON escapes would o
 entity from the detector, and a redaction could cut an escape in two); arguments that are not
 JSON are scanned as plain text. `redact`/`mask`/`hash` rewrite the texts and let the
 request go on; `block` refuses it. Streamed responses go through a `StreamRedactor` per text
-channel, which holds back a short window so an entity split across deltas is still caught
-without buffering the stream; with `block`, the stream is ended as soon as an entity is found.
+channel, which holds back only text that could still be part of an entity (the last word, a
+number that may still grow) so an entity split across deltas is still caught without buffering
+the stream; with `block`, the stream is ended as soon as an entity is found.
 
 Decisions name entity types and counts (`pii:EMAIL,PHONE`, details `{"EMAIL": 2, "PHONE": 1}`),
 never values. The request phase keeps its findings (types and offsets only) in
@@ -44,7 +45,9 @@ from ..policy import (
 )
 from .common import counted_reason, maybe_offload, settings_as
 
-HOLDBACK = 64  # characters a stream channel may hold back; the longest entity caught whole
+# With custom patterns (whose open tail cannot be known) a stream channel holds back this many
+# characters: the longest custom match caught whole.
+HOLDBACK = 64
 # One of each entity: scanned once when the policy is built, so the lazy loading of phone
 # metadata and of presidio's engine happens at config load, not in a request's time budget.
 _WARM_UP = (

@@ -28,13 +28,26 @@ def test_trailing_context_word_in_a_later_delta() -> None:
     assert out == "Numbers: <PHONE> office, 12 000 visitors"
 
 
-def test_releases_text_while_streaming() -> None:
-    r = StreamRedactor(DET, "redact", holdback=64)
-    released = r.feed("The quick brown fox jumps over the lazy dog. " * 10)
-    assert len(released) >= 450 - 64
-    more = r.feed("x")
-    assert len(more) == 1  # one more character in, one character out
-    assert released + more + r.flush() == "The quick brown fox jumps over the lazy dog. " * 10 + "x"
+def test_prose_is_released_as_it_arrives_less_its_last_word() -> None:
+    r = StreamRedactor(DET, "redact")
+    assert r.feed("Thanks,") == "Thanks,"  # the first delta goes out at once
+    assert r.feed(" I have") == " I "  # "have" could still be the start of an e-mail address
+    assert r.feed(" the details.") == "have the "  # "details." could be a domain's start
+    assert r.feed(" Call 415") == "details. Call "  # a number is held while it could grow
+    assert r.feed("-555-2671 now") == ""  # a phone number waits for a trailing context word
+    assert r.flush() == "<PHONE> now"
+
+
+def test_custom_patterns_hold_a_fixed_window() -> None:
+    # A custom regex may match anything, so its open tail is unknown: the last `holdback`
+    # characters are held instead.
+    det = PiiDetector(["EMAIL"], custom_patterns=[("TICKET", r"TCK-\d+")])
+    r = StreamRedactor(det, "redact", holdback=64)
+    text = "The quick brown fox jumps over the lazy dog. " * 10
+    released = r.feed(text)
+    assert released == text[: 450 - 64]
+    assert r.feed("x") == text[450 - 64]  # one more character in, one character out
+    assert r.flush() == text[450 - 63 :] + "x"
 
 
 def test_flush_resets_for_reuse() -> None:
@@ -70,6 +83,9 @@ PII = [
     "416 60 039 office", "Phone: 0490 75 40 81", "call me at 9472 7916", "078-05-1120",
     "4111 1111 1111 1111", "5555555555554444", "GB82 WEST 1234 5698 7654 32",
     "DE89370400440532013000", "10.1.2.3", "2001:db8::8a2e:370:7334", "+1-903-140-4508x769",
+    # obfuscated: invisible characters, fullwidth forms, an unseparated SSN after its word
+    "john.doe\u200b@example.com", "\uff4a\uff41\uff4e\uff45\uff20example.com",
+    "078\x00-05-1120", "SSN 078051120", "social security number is 219099999",
 ]  # fmt: skip
 FILLER = [
     "Hello", "the order 12345678", "in 2023", "at $1,299.99", "see RFC 2616", "on 2024-03-15",

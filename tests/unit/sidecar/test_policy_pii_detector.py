@@ -150,7 +150,7 @@ def test_stream_block_ends_before_any_of_the_entity_is_sent() -> None:
 def test_stream_block_catches_an_entity_in_the_held_back_tail() -> None:
     stream = policy(action="block").stream_filter(ctx())
     assert stream is not None
-    assert stream.feed(f"short {SSN}") == ""
+    assert stream.feed(f"short {SSN}") == "short "  # the SSN could still grow: held back
     with pytest.raises(Blocked):
         stream.finish()
 
