@@ -23,8 +23,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from . import strict_json
 from .errors import (
     REQUEST_ID_HEADER,
     ApiError,
@@ -35,7 +38,7 @@ from .errors import (
     too_large,
 )
 from .forward import Forwarder
-from .logs import get_logger, log
+from .logs import describe_exception, get_logger, log
 from .metrics import Metrics
 from .policy import PolicyRuntime, RequestContext
 from .reload import Active, ConfigHolder
@@ -57,6 +60,10 @@ class GatewayOptions:
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    # Whole request body, from the end of the headers (a slow-body client holds a connection).
+    body_timeout: float = 30.0
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_error_body_bytes: int = 64 * 1024
     # Bound on waiting for on_finish hooks (audit records) at shutdown.
     finish_grace: float = 5.0
 
@@ -97,7 +104,12 @@ class Gateway:
         # One pooled session for the process: connection reuse is most of the added latency.
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
         self._forwarder = Forwarder(
-            session, self.metrics, self.options.connect_timeout, self.options.read_timeout
+            session,
+            self.metrics,
+            self.options.connect_timeout,
+            self.options.read_timeout,
+            self.options.max_response_bytes,
+            self.options.max_error_body_bytes,
         )
 
     async def _stop(self, _app: web.Application) -> None:
@@ -133,7 +145,8 @@ class Gateway:
                 else:
                     ctx = self._context(request, request_id, route, active)
                     response = await self._proxy(request, ctx, active)
-            except ApiError as error:
+            except Exception as exc:
+                error = exc if isinstance(exc, ApiError) else _internal(exc, request_id)
                 if ctx is not None:
                     ctx.error_code = error.code
                     ctx.outcome = "blocked" if error.status == 403 else "error"
@@ -170,11 +183,9 @@ class Gateway:
     ) -> web.StreamResponse:
         raw = await self._read_body(request)
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise invalid_request(
-                "The request body is not valid JSON", code="invalid_json"
-            ) from None
+            body = strict_json.loads(raw)
+        except strict_json.JsonRefused as exc:
+            raise invalid_request(exc.message, code=exc.code) from None
         if not isinstance(body, dict):
             raise invalid_request("The request body must be a JSON object")
         model = body.get("model")
@@ -193,16 +204,11 @@ class Gateway:
         blocked = await active.chain.run_request(ctx, slots)
         if blocked is not None:
             raise policy_blocked("request", blocked.kind, blocked.reason)
-        rewritten = any(record.action == "rewrite" for record in ctx.decisions)
         assert self._forwarder is not None, "the app has started"
+        # What goes upstream is the serialisation of `body`, the object the chain checked (and
+        # maybe rewrote), never the client's bytes: see strict_json.py.
         return await self._forwarder.forward(
-            request,
-            active.upstreams,
-            active.chain,
-            ctx.route,
-            body,
-            None if rewritten else raw,
-            ctx,
+            request, active.upstreams, active.chain, ctx.route, body, ctx
         )
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -210,9 +216,31 @@ class Gateway:
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
         try:
-            return await request.read()
+            # A client that trickles its body ties up a connection; the whole body has a deadline.
+            async with asyncio.timeout(self.options.body_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large(limit) from None
+        except TimeoutError:
+            raise ApiError(
+                408,
+                "request_timeout",
+                f"The request body did not arrive within {self.options.body_timeout:g} s "
+                "(--body-timeout)",
+                headers={"Connection": "close"},
+            ) from None
+        except (ContentEncodingError, RequestPayloadError):
+            encoding = request.headers.get("Content-Encoding")
+            if encoding is None:
+                raise invalid_request(
+                    "The request body could not be read (malformed chunked encoding)",
+                    code="bad_request_body",
+                ) from None
+            raise invalid_request(
+                f"The request body does not match its Content-Encoding ({encoding!r}): it could "
+                "not be decoded",
+                code="bad_content_encoding",
+            ) from None
 
     def _unrouted(
         self, request: web.Request, active: Active | None, request_id: str
@@ -305,6 +333,18 @@ class Gateway:
         return web.Response(
             body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+def _internal(exc: Exception, request_id: str) -> ApiError:
+    """A bug or an unforeseen failure: still an OpenAI-shaped answer, logged without text."""
+    log(
+        _log,
+        40,
+        "request failed unexpectedly",
+        request_id=request_id,
+        error=describe_exception(exc),
+    )
+    return ApiError(500, "internal_error", "packgate could not handle this request")
 
 
 def _json(body: Any, request_id: str) -> web.Response:

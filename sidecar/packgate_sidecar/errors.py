@@ -62,6 +62,7 @@ _DEFAULT_TYPES = {
     403: "policy_violation",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     502: "upstream_error",
     503: "service_unavailable",

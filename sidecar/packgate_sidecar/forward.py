@@ -22,12 +22,13 @@ from aiohttp import web
 from packgate_policy import ConfigError, ConfigIssue, PolicyConfig, key_env_name
 from yarl import URL
 
+from . import scrub, strict_json
 from .chain import Chain, StreamBlocked
-from .errors import REQUEST_ID_HEADER, ApiError, policy_blocked, sse_error_event
+from .errors import REQUEST_ID_HEADER, ApiError, error_body, policy_blocked, sse_error_event
 from .logs import get_logger, log
 from .metrics import Metrics
 from .policy import RequestContext
-from .shapes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, response_texts
+from .shapes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, all_strings, response_texts
 from .sse import StreamRewriter, UnreadableEvent
 from .stream_shapes import STREAM_SHAPES
 
@@ -68,6 +69,7 @@ def resolve_upstreams(config: PolicyConfig, environ: Mapping[str, str]) -> list[
                 )
                 continue
             headers["Authorization"] = f"Bearer {key}"
+            scrub.register([key])
         base = target.effective_base_url
         urls = {route: URL(base + route.removeprefix("/v1")) for route in API_ROUTES}
         upstreams.append(Upstream(target.id, target.model, urls, headers))
@@ -87,15 +89,33 @@ def _broken(ctx: RequestContext, timed_out: bool) -> ApiError:
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return strict_json.dumps(body)
+
+
+def _too_big(ctx: RequestContext, limit: int) -> ApiError:
+    return ApiError(
+        502,
+        "upstream_response_too_large",
+        f'Provider target "{ctx.target}" sent a response larger than the limit of {limit} '
+        "bytes (--max-response-bytes); it was not relayed",
+    )
 
 
 def _passed_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
     headers = {REQUEST_ID_HEADER: request_id}
     for name, value in upstream.headers.items():
         if name.lower().startswith(_PASS_PREFIXES):
-            headers[name] = value
+            headers[name] = scrub.scrub_text(value)
     return headers
+
+
+@dataclass
+class _UpstreamError:
+    """A provider's error answer (4xx/5xx), read up to the error-body cap."""
+
+    status: int
+    raw: bytes
+    headers: dict[str, str]
 
 
 class Forwarder:
@@ -105,6 +125,8 @@ class Forwarder:
         metrics: Metrics,
         connect_timeout: float,
         read_timeout: float,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        max_error_body_bytes: int = _ERROR_BODY_LIMIT,
     ) -> None:
         self.session = session
         self.metrics = metrics
@@ -112,6 +134,8 @@ class Forwarder:
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self.max_response_bytes = max_response_bytes
+        self.max_error_body_bytes = max_error_body_bytes
 
     async def forward(
         self,
@@ -120,35 +144,50 @@ class Forwarder:
         chain: Chain,
         route: str,
         body: dict[str, Any],
-        raw: bytes | None,
         ctx: RequestContext,
     ) -> web.StreamResponse:
-        """Send to the first target that answers; `raw` is the client's body when unchanged."""
-        failure: ApiError | web.Response | None = None
+        """Send `body` (the object the chain checked) to the first target that answers."""
+        failure: ApiError | _UpstreamError | None = None
         for upstream in upstreams:
             model = upstream.model or ctx.model
             if upstream.model is not None and body.get("model") != upstream.model:
                 payload = _dumps({**body, "model": upstream.model})
             else:
-                payload = raw if raw is not None else _dumps(body)
+                payload = _dumps(body)
             ctx.target, ctx.upstream_model = upstream.id, model
             started = time.perf_counter()
             try:
+                # Never follow a redirect: it would re-send the prompt (307/308) to a host the
+                # config does not name, and relay that host's answer as the model's.
                 async with self.session.post(
                     upstream.urls[route],
                     data=payload,
                     headers=upstream.headers,
                     timeout=self.timeout,
+                    allow_redirects=False,
                 ) as answer:
                     elapsed = time.perf_counter() - started
                     ctx.upstream_latency_ms = round(elapsed * 1000, 3)
                     self.metrics.upstream_answered(upstream.id, route, elapsed)
+                    if 300 <= answer.status < 400:
+                        failure = ApiError(
+                            502,
+                            "upstream_redirect",
+                            f'Provider target "{upstream.id}" answered with a redirect '
+                            f"({answer.status}); packgate never follows redirects, so the "
+                            "request was not sent anywhere else",
+                        )
+                        self._attempt_failed(ctx, upstream.id, "redirect", str(answer.status))
+                        continue
                     if answer.status == 429 or answer.status >= 500:
                         reason = "status_429" if answer.status == 429 else "status_5xx"
-                        failure = await self._failed_answer(answer, ctx)
+                        failure = await self._read_error(answer, ctx)
                         self._attempt_failed(ctx, upstream.id, reason, str(answer.status))
                         continue
                     ctx.attempts.append((upstream.id, str(answer.status)))
+                    if answer.status >= 400:
+                        error = await self._read_error(answer, ctx)
+                        return await self._error_answer(error, chain, ctx)
                     streamed = answer.status == 200 and answer.content_type == "text/event-stream"
                     if ctx.stream and streamed:
                         return await self._relay(request, answer, chain, route, ctx)
@@ -174,7 +213,7 @@ class Forwarder:
                 )
             raise failure
         assert failure is not None, "a config always has at least one target"
-        return failure
+        return await self._error_answer(failure, chain, ctx)
 
     def _attempt_failed(self, ctx: RequestContext, target: str, reason: str, what: str) -> None:
         ctx.attempts.append((target, what))
@@ -188,24 +227,57 @@ class Forwarder:
             reason=reason,
         )
 
-    async def _failed_answer(
+    async def _read_error(
         self, answer: aiohttp.ClientResponse, ctx: RequestContext
+    ) -> _UpstreamError:
+        """The provider's error answer, capped, kept to pass on if no other target does better."""
+        raw = await answer.content.read(self.max_error_body_bytes)
+        return _UpstreamError(answer.status, raw, _passed_headers(answer, ctx.request_id))
+
+    async def _error_answer(
+        self, error: _UpstreamError, chain: Chain, ctx: RequestContext
     ) -> web.Response:
-        """The provider's own error answer, kept to pass on if no other target does better."""
-        body = await answer.content.read(_ERROR_BODY_LIMIT)
-        return web.Response(
-            status=answer.status,
-            body=body,
-            headers={
-                **_passed_headers(answer, ctx.request_id),
-                "Content-Type": answer.headers.get("Content-Type", "application/json"),
-            },
-        )
+        """A provider error body, made safe to relay: secrets scrubbed, every string in it
+        through the response policies (a provider may echo the prompt, PII included), and
+        always OpenAI-shaped JSON."""
+        raw = scrub.scrub_bytes(error.raw)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = error_body(
+                "upstream_error",
+                "upstream_error",
+                f"Provider target answered {error.status}: "
+                + raw.decode("utf-8", "replace")[: self.max_error_body_bytes],
+            )
+        slots = all_strings(body, "assistant", "")
+        blocked = await chain.run_response(ctx, slots)
+        if blocked is not None:
+            raise policy_blocked("response", blocked.kind, blocked.reason)
+        ctx.outcome = "upstream_error"
+        headers = {**error.headers, "Content-Type": "application/json"}
+        return web.Response(status=error.status, body=_dumps(body), headers=headers)
+
+    async def _read_capped(self, answer: aiohttp.ClientResponse, ctx: RequestContext) -> bytes:
+        """The whole answer, refusing (before buffering it) one larger than the limit."""
+        limit = self.max_response_bytes
+        if answer.content_length is not None and answer.content_length > limit:
+            raise _too_big(ctx, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in answer.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise _too_big(ctx, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _whole(
         self, answer: aiohttp.ClientResponse, chain: Chain, route: str, ctx: RequestContext
     ) -> web.Response:
-        raw = await answer.read()
+        raw = await self._read_capped(answer, ctx)
         headers = _passed_headers(answer, ctx.request_id)
         headers["Content-Type"] = answer.headers.get("Content-Type", "application/json")
         if 200 <= answer.status < 300 and (chain.response_entries or chain.finish_entries):
@@ -221,7 +293,9 @@ class Forwarder:
                         "The provider's response is not a JSON object, so the policy chain "
                         "could not check it",
                     )
-                return web.Response(status=answer.status, body=raw, headers=headers)
+                return web.Response(
+                    status=answer.status, body=scrub.scrub_bytes(raw), headers=headers
+                )
             if isinstance(body.get("usage"), dict):
                 ctx.usage = body["usage"]
             slots = response_texts(route, body)
@@ -233,7 +307,7 @@ class Forwarder:
             ctx.output_chars = sum(map(len, after))
             if after != before:
                 raw = _dumps(body)
-        return web.Response(status=answer.status, body=raw, headers=headers)
+        return web.Response(status=answer.status, body=scrub.scrub_bytes(raw), headers=headers)
 
     async def _relay(
         self,
@@ -271,6 +345,7 @@ class Forwarder:
                     await response.write_eof()
                     return response
                 out = rewriter.feed(chunk) if rewriter is not None else chunk
+                out = scrub.scrub_bytes(out)
                 if out:
                     await response.write(out)
         except StreamBlocked as blocked:

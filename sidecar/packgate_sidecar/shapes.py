@@ -8,10 +8,19 @@ in: a text-bearing position holding a shape it does not know (token arrays, unkn
 or input-item types) is a `ShapeError` (HTTP 400), because forwarding text the chain never saw
 would let it bypass the policies. On the way out it is lenient: an unknown output item is left
 alone rather than failing a paid-for completion.
+
+Every top-level request field and every chat message field is in a table (`*_FIELDS`): scanned
+(its strings become slots), passed (it carries no text the model reads; the reason is in
+docs/security.md) or, when not in the table, refused with a 400 naming it. A field the model may
+read and packgate does not know is therefore never forwarded unchecked. Roles must be exactly one
+of the known roles. docs/security.md publishes the whole table.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
 
 Json = dict[str, Any]
@@ -53,6 +62,110 @@ class TextSlot:
 
     def __repr__(self) -> str:
         return f"TextSlot({self.path!r}, role={self.role!r})"
+
+
+class KeySlot(TextSlot):
+    """An object key the model reads (a JSON-schema property name, a metadata key). Scanned, but
+    not rewritable: renaming a property changes the schema's meaning, so a policy that rewrites
+    one fails, and the chain fails closed (the request is blocked)."""
+
+    __slots__ = ()
+
+    def get(self) -> str:
+        return str(self.key)
+
+    def set(self, text: str) -> None:
+        raise TypeError(f"{self.path}: an object key cannot be rewritten")
+
+
+# Media types whose bytes are text a model reads; file parts carrying them are decoded and scanned.
+_TEXT_MEDIA = re.compile(
+    r"text/[\w.+-]+|application/(?:json|xml|x-yaml|yaml|csv|x-ndjson|javascript|x-sh|[\w.-]+\+(?:json|xml))"
+)
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[\w.+-]+=[\w.+-]+)*)(;base64)?,", re.I)
+
+
+class DataUrlSlot(TextSlot):
+    """The decoded text of a `data:text/...;base64,` file part; set() re-encodes it."""
+
+    __slots__ = ("_text", "prefix")
+
+    def __init__(self, parent: Any, key: str, role: str, path: str, prefix: str, text: str):
+        super().__init__(parent, key, role, path)
+        self.prefix = prefix
+        self._text = text
+
+    def get(self) -> str:
+        return self._text
+
+    def set(self, text: str) -> None:
+        self._text = text
+        self.parent[self.key] = self.prefix + base64.b64encode(text.encode()).decode()
+
+
+def _file_data(out: list[TextSlot], part: Json, key: str, role: str, path: str) -> None:
+    """A file part's inline data: text media are decoded and scanned; binary media (images,
+    PDFs, audio) pass (see docs/security.md); anything unreadable is refused."""
+    value = part.get(key)
+    where = _join(path, key)
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ShapeError(f"{where} must be a string", where)
+    match = _DATA_URL.match(value)
+    if match is None:
+        if value.startswith("data:"):
+            raise ShapeError(f"{where}: malformed data URL", where)
+        return  # raw base64 without a media type: the provider treats it as a binary document
+    media, base64_flag = match.group(1).lower(), match.group(3)
+    if not _TEXT_MEDIA.fullmatch(media):
+        return
+    if not base64_flag:
+        raise ShapeError(
+            f"{where}: a {media} data URL must be base64-encoded so packgate can check its text",
+            where,
+        )
+    try:
+        text = base64.b64decode(value[match.end() :], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ShapeError(
+            f"{where}: the {media} file is not valid base64-encoded UTF-8, so its text could "
+            "not be checked by the policy chain",
+            where,
+        ) from None
+    out.append(DataUrlSlot(part, key, role, where, value[: match.end()], text))
+
+
+# Below these keys, object keys are text too: JSON-schema property names the model reads.
+_SCHEMA_KEYS = frozenset({"parameters", "schema", "input_schema", "properties"})
+
+
+def all_strings(node: Any, role: str, path: str, keys: bool = False) -> list[TextSlot]:
+    """Every string in a JSON subtree, iteratively; object keys too where `keys` is set and
+    anywhere below a JSON schema (`parameters`, `schema`, ...)."""
+    out: list[TextSlot] = []
+    stack: list[tuple[Any, str, bool]] = [(node, path, keys)]
+    while stack:
+        current, where, with_keys = stack.pop()
+        items = current.items() if isinstance(current, dict) else enumerate(current)
+        for key, value in items:
+            child = _join(where, key)
+            if with_keys and isinstance(key, str):
+                out.append(KeySlot(current, key, role, f"{child} (key)"))
+            if isinstance(value, str):
+                out.append(TextSlot(current, key, role, child))
+            elif isinstance(value, dict | list):
+                stack.append((value, child, with_keys or key in _SCHEMA_KEYS))
+    return out
+
+
+def _subtree(out: list[TextSlot], body: Json, key: str, role: str, path: str = "") -> None:
+    value = body.get(key)
+    where = _join(path, key)
+    if isinstance(value, str):
+        out.append(TextSlot(body, key, role, where))
+    elif isinstance(value, dict | list):
+        out.extend(all_strings(value, role, where))
 
 
 def _join(path: str, key: str | int) -> str:
@@ -124,6 +237,18 @@ def _content(
         text_key = parts[kind]
         if text_key is not None:
             _string(out, part, text_key, role, part_path)
+        elif kind == "file" and isinstance(part.get("file"), dict):
+            _file_data(out, part["file"], "file_data", role, f"{part_path}.file")
+            _string(out, part["file"], "filename", role, f"{part_path}.file")
+        elif kind == "input_file":
+            if part.get("file_url") is not None:
+                raise ShapeError(
+                    f"{part_path}.file_url: the provider would fetch this file itself, so its "
+                    "text could not be checked by the policy chain; send file_data instead",
+                    f"{part_path}.file_url",
+                )
+            _file_data(out, part, "file_data", role, part_path)
+            _string(out, part, "filename", role, part_path)
 
 
 def _walk(out: list[TextSlot], node: Json, spec: str, role: str, path: str, strict: bool) -> None:
@@ -197,9 +322,9 @@ def _response_item(out: list[TextSlot], item: Any, path: str, strict: bool) -> N
     kind = item.get("type", "message" if "role" in item else None)
     if kind == "message":
         role = item.get("role")
+        if strict and role not in RESPONSES_ROLES:
+            raise _bad_role(role, f"{path}.role", RESPONSES_ROLES)
         if not isinstance(role, str):
-            if strict:
-                raise ShapeError(f"{path}.role must be a string", f"{path}.role")
             role = "assistant"
         _content(out, item, "content", role, path, RESPONSES_PARTS)
         return
@@ -218,22 +343,15 @@ def _response_item(out: list[TextSlot], item: Any, path: str, strict: bool) -> N
 
 
 def _tools(out: list[TextSlot], body: Json) -> None:
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for index, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                continue
-            path = f"tools[{index}]"
-            for holder in ("function", "custom"):
-                inner = tool.get(holder)
-                if isinstance(inner, dict):
-                    _string(out, inner, "description", "tool_definition", f"{path}.{holder}")
-            _string(out, tool, "description", "tool_definition", path)
-    functions = body.get("functions")
-    if isinstance(functions, list):
-        for index, function in enumerate(functions):
-            if isinstance(function, dict):
-                _string(out, function, "description", "tool_definition", f"functions[{index}]")
+    """Tool definitions: descriptions, parameter JSON schemas (property names included), custom
+    tool grammars, MCP server descriptions. All of it is read by the model."""
+    for key in ("tools", "functions"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise ShapeError(f"{key} must be an array", key)
+        out.extend(all_strings(value, "tool_definition", key))
 
 
 def _prompt_list(out: list[TextSlot], body: Json, key: str, role: str) -> None:
@@ -258,6 +376,105 @@ def _prompt_list(out: list[TextSlot], body: Json, key: str, role: str) -> None:
 
 # --- requests -------------------------------------------------------------------------------
 
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+RESPONSES_ROLES = ("user", "assistant", "system", "developer")
+
+# The fields each endpoint accepts. Scanned ones are read by the shape functions below; the
+# others carry no text the model reads (numbers, flags, enums, ids, stop sequences): the reason
+# for each is in docs/security.md. Anything else is refused.
+_COMMON = frozenset({"model", "stream", "stream_options", "user", "metadata", "safety_identifier"})
+_SAMPLING = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "n",
+        "seed",
+        "stop",
+        "max_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "service_tier",
+        "store",
+        "prompt_cache_key",
+    }
+)
+REQUEST_FIELDS: dict[str, frozenset[str]] = {
+    CHAT: _COMMON
+    | _SAMPLING
+    | {
+        "messages",
+        "tools",
+        "functions",
+        "tool_choice",
+        "function_call",
+        "parallel_tool_calls",
+        "response_format",
+        "prediction",
+        "max_completion_tokens",
+        "modalities",
+        "audio",
+        "reasoning_effort",
+        "verbosity",
+        "web_search_options",
+    },
+    COMPLETIONS: _COMMON | _SAMPLING | {"prompt", "suffix", "echo", "best_of"},
+    EMBEDDINGS: _COMMON | {"input", "dimensions", "encoding_format"},
+    RESPONSES: _COMMON
+    | _SAMPLING
+    | {
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "max_output_tokens",
+        "max_tool_calls",
+        "previous_response_id",
+        "conversation",
+        "prompt",
+        "reasoning",
+        "text",
+        "include",
+        "truncation",
+        "background",
+    },
+}
+MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "refusal", "tool_calls", "tool_call_id", "function_call", "audio"}
+)
+
+
+def _known(node: Json, fields: frozenset[str], path: str) -> None:
+    for key in node:
+        if key not in fields:
+            where = _join(path, key)
+            raise ShapeError(
+                f"{where}: unknown field; packgate refuses fields it does not know, because the "
+                "model might read them and the policy chain would not have checked them",
+                where,
+            )
+
+
+def _bad_role(role: Any, where: str, known: tuple[str, ...]) -> ShapeError:
+    return ShapeError(
+        f"{where}: {role!r} is not a role; use exactly one of {', '.join(known)}", where
+    )
+
+
+def _metadata(out: list[TextSlot], body: Json) -> None:
+    """`user`, `safety_identifier` and `metadata`: stored and shown with the conversation, and
+    free text an application may fill with end-user data."""
+    for key in ("user", "safety_identifier"):
+        _string(out, body, key, "metadata", "")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ShapeError("metadata must be an object", "metadata")
+        out.extend(all_strings(metadata, "metadata", "metadata", keys=True))
+
 
 def _chat_request(body: Json) -> list[TextSlot]:
     out: list[TextSlot] = []
@@ -269,10 +486,12 @@ def _chat_request(body: Json) -> list[TextSlot]:
         if not isinstance(message, dict):
             raise ShapeError(f"{path} must be an object", path)
         role = message.get("role")
-        if not isinstance(role, str):
-            raise ShapeError(f"{path}.role must be a string", f"{path}.role")
+        if role not in CHAT_ROLES:
+            raise _bad_role(role, f"{path}.role", CHAT_ROLES)
+        _known(message, MESSAGE_FIELDS, path)
         _content(out, message, "content", role, path, CHAT_PARTS)
         _string(out, message, "refusal", role, path)
+        _string(out, message, "name", role, path)
         calls = message.get("tool_calls")
         if calls is not None:
             if not isinstance(calls, list):
@@ -288,6 +507,9 @@ def _chat_request(body: Json) -> list[TextSlot]:
     if isinstance(prediction, dict):
         _content(out, prediction, "content", "user", "prediction", CHAT_PARTS)
     _tools(out, body)
+    _subtree(out, body, "response_format", "tool_definition")
+    _subtree(out, body, "web_search_options", "metadata")
+    _metadata(out, body)
     return out
 
 
@@ -295,12 +517,14 @@ def _completions_request(body: Json) -> list[TextSlot]:
     out: list[TextSlot] = []
     _prompt_list(out, body, "prompt", "user")
     _string(out, body, "suffix", "user", "")
+    _metadata(out, body)
     return out
 
 
 def _embeddings_request(body: Json) -> list[TextSlot]:
     out: list[TextSlot] = []
     _prompt_list(out, body, "input", "user")
+    _metadata(out, body)
     return out
 
 
@@ -325,6 +549,10 @@ def _responses_request(body: Json) -> list[TextSlot]:
             elif isinstance(variable, dict):
                 _content(out, {"v": [variable]}, "v", "user", path, RESPONSES_PARTS)
     _tools(out, body)
+    text = body.get("text")
+    if isinstance(text, dict):
+        _subtree(out, text, "format", "tool_definition", "text")
+    _metadata(out, body)
     return out
 
 
@@ -337,7 +565,9 @@ REQUEST_SHAPES = {
 
 
 def request_texts(route: str, body: Json) -> list[TextSlot]:
-    """Every piece of text in a request body the upstream model would read; may raise ShapeError."""
+    """Every piece of text in a request body the upstream model would read; may raise ShapeError
+    (an unknown field, an unknown role, text in a shape the chain cannot see)."""
+    _known(body, REQUEST_FIELDS[route], "")
     return REQUEST_SHAPES[route](body)
 
 

@@ -20,9 +20,15 @@ _T = TypeVar("_T")
 # Texts written by the application itself (its prompts and tool descriptions), as opposed to
 # text that arrives from end users, tools or the model.
 APP_ROLES = frozenset({"system", "developer", "tool_definition"})
-# Where untrusted input enters a conversation: the end user, and tool results (web pages,
-# files, e-mails a tool fetched). "function" is the legacy name of a tool result.
-UNTRUSTED_ROLES = frozenset({"user", "tool", "function"})
+# Where untrusted input enters a conversation: the end user, tool results (web pages, files,
+# e-mails a tool fetched; "function" is the legacy name of a tool result), assistant turns the
+# client sends back (the application is trusted, text inside a conversation is not: a forged
+# or poisoned earlier turn is read by the model like any other), tool definitions (often served
+# by third-party MCP servers) and metadata fields (`user`, `metadata`). Only the system and
+# developer prompts, the application's own instructions, are not scored.
+UNTRUSTED_ROLES = frozenset(
+    {"user", "tool", "function", "assistant", "tool_definition", "metadata"}
+)
 
 # Above this many characters in one phase a scan runs in a worker thread, so other requests'
 # I/O keeps moving while an 8 MB document is scanned (the GIL is shared, the loop is not held).

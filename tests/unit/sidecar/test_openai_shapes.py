@@ -69,7 +69,10 @@ def test_chat_request_every_role_and_content_form() -> None:
         "messages[4].content": ("tool", "tool result"),
         "messages[5].content[0].text": ("tool", "tr2"),
         "messages[6].content": ("function", "fn result"),
+        "messages[6].name": ("function", "g"),
         "prediction.content": ("user", "predicted"),
+        "tools[0].type": ("tool_definition", "function"),
+        "tools[0].function.name": ("tool_definition", "f"),
         "tools[0].function.description": ("tool_definition", "tool doc"),
     }
 
@@ -176,6 +179,8 @@ def test_responses_input_string_and_items() -> None:
         "input[4].output": ("tool", "result"),
         "input[5].output[0].text": ("tool", "result part"),
         "input[6].summary[0].text": ("assistant", "why"),
+        "tools[0].type": ("tool_definition", "function"),
+        "tools[0].name": ("tool_definition", "f"),
         "tools[0].description": ("tool_definition", "does f"),
     }
 

@@ -46,9 +46,18 @@ async def test_tool_results_are_scored(role: str) -> None:
     assert (await decide((BENIGN, "user"), (page, role)))[0] == "block"
 
 
-@pytest.mark.parametrize("role", ["system", "developer", "assistant", "tool_definition"])
-async def test_the_applications_own_texts_and_model_output_are_not_scored(role: str) -> None:
+@pytest.mark.parametrize("role", ["system", "developer"])
+async def test_the_applications_own_prompts_are_not_scored(role: str) -> None:
     assert await decide((ATTACK, role)) == ("allow", None)
+
+
+@pytest.mark.parametrize("role", ["assistant", "tool_definition", "metadata"])
+async def test_client_sent_assistant_turns_tool_definitions_and_metadata_are_scored(
+    role: str,
+) -> None:
+    """Issue 13: text inside a conversation is untrusted even when the client says the model
+    wrote it, and tool descriptions come from third-party MCP servers."""
+    assert (await decide((ATTACK, role)))[0] == "block"
 
 
 async def test_obfuscated_and_german_attacks_are_caught() -> None:

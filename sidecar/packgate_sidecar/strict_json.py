@@ -1,0 +1,134 @@
+"""One reading of a request body: parse strictly, then forward the serialisation of that reading.
+
+Why it exists: a gateway that checks one interpretation of the bytes and forwards the bytes
+themselves is open to parser differentials. With `{"messages": [...clean...], "messages":
+[...attack...]}` Python keeps the last copy while another parser may keep the first; `NaN`,
+lone surrogates and absurd nesting are read differently (or not at all) by different JSON
+libraries. So the sidecar refuses every body on which parsers may disagree, and what goes
+upstream is always `dumps(the object the chain checked)`, never the client's bytes.
+
+Refused, each with a message naming the problem and where it is:
+- a duplicate key in any object;
+- `NaN`, `Infinity`, `-Infinity` (not JSON, RFC 8259 section 6);
+- a lone UTF-16 surrogate in any string or key (`"\\ud800"`): not a Unicode scalar value, so not
+  encodable as UTF-8, and parsers replace, keep or reject it differently;
+- nesting deeper than `MAX_DEPTH` arrays/objects;
+- bytes that are not UTF-8, or not JSON at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+# Deeper than any OpenAI request needs (JSON schemas included), far below the recursion limit.
+MAX_DEPTH = 64
+
+
+class JsonRefused(ValueError):
+    """The body is not one unambiguous JSON document; `code` names the kind of problem."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise JsonRefused("invalid_json_number", f"{name} is not a JSON number; send a finite number")
+
+
+def loads(raw: bytes) -> Any:
+    """Parse `raw` or raise JsonRefused naming what makes it ambiguous."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JsonRefused(
+            "invalid_encoding", f"The request body is not valid UTF-8 (byte offset {exc.start})"
+        ) from None
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except _Duplicate as dup:
+        raise JsonRefused(
+            "duplicate_key",
+            f"The request body has the key {dup.key!r} more than once in one object; "
+            "send each key once",
+        ) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:
+        if isinstance(exc, JsonRefused):
+            raise
+        raise JsonRefused("invalid_json", f"The request body is not valid JSON: {exc}") from None
+    _check_tree(value)
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """The bytes forwarded upstream: compact, UTF-8, no NaN (a rewritten body is still JSON)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _too_deep() -> JsonRefused:
+    return JsonRefused(
+        "json_too_deep", f"The request body nests arrays/objects deeper than {MAX_DEPTH} levels"
+    )
+
+
+def _children(node: Any) -> Iterator[tuple[str | int, Any]]:
+    if isinstance(node, dict):
+        return iter(node.items())
+    return enumerate(node)
+
+
+def _check_tree(root: Any) -> None:
+    """Depth and lone surrogates, in one iterative walk (no recursion to exhaust)."""
+    stack: list[tuple[Any, str, int]] = [(root, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, str):
+            _check_string(node, path or "(body)")
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth >= MAX_DEPTH:
+            raise _too_deep()
+        for key, child in _children(node):
+            if isinstance(key, str):
+                where = f"{path}.{key}" if path else key
+                _check_string(key, f"a key in {path or '(body)'}")
+            else:
+                where = f"{path}[{key}]"
+            if isinstance(child, dict | list | str):
+                stack.append((child, where, depth + 1))
+
+
+def _check_string(text: str, where: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise JsonRefused(
+            "lone_surrogate",
+            f"{where}: lone UTF-16 surrogate \\u{ord(text[exc.start]):04x} at character "
+            f"{exc.start}; send valid Unicode",
+        ) from None

@@ -1,0 +1,77 @@
+"""Threat: malformed input crashes the handler, and the crash hides what happened.
+
+A 1000-deep JSON, a lone surrogate or a body that does not match its Content-Encoding used to
+end in a plain-text 500 audited as 499. Every one is now a 4xx with an OpenAI-shaped body, and
+the audit hooks see the status the client really got. Sent over raw HTTP (the SDK cannot send
+these bodies).
+"""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.gateway import make_config, running_gateway
+from tests.support.policies import RecordingPolicy, registry_with
+from tests.support.upstream import FakeUpstream
+
+CHAT = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+
+@pytest.mark.parametrize(
+    ("raw", "headers", "code"),
+    [
+        (b'{"model":"m","messages":' + b"[" * 1000 + b"]" * 1000 + b"}", {}, "json_too_deep"),
+        (b'{"model":"m","messages":[{"role":"user","content":"\\udc00"}]}', {}, "lone_surrogate"),
+        (CHAT, {"Content-Encoding": "gzip"}, "bad_content_encoding"),
+        (CHAT, {"Content-Encoding": "deflate"}, "bad_content_encoding"),
+        (gzip.compress(CHAT)[:25], {"Content-Encoding": "gzip"}, None),
+        (b"\xff\xfe{}", {}, "invalid_encoding"),
+        (b'{"model":"m",', {}, "invalid_json"),
+    ],
+    ids=[
+        "deep",
+        "surrogate",
+        "gzip-mismatch",
+        "deflate-mismatch",
+        "gzip-truncated",
+        "utf16",
+        "eof",
+    ],
+)
+async def test_bad_input_is_a_4xx_openai_error_audited_with_its_status(
+    raw: bytes, headers: dict[str, str], code: str | None
+) -> None:
+    finished: list[RecordingPolicy] = []
+
+    def recorder(settings: Any, runtime: Any) -> RecordingPolicy:
+        finished.append(RecordingPolicy(settings, runtime))
+        return finished[-1]
+
+    async with FakeUpstream() as upstream:
+        config = make_config(upstream.base_url, chain=["audit-logger"])
+        async with (
+            running_gateway(config, registry_with(audit_logger=recorder)) as gateway,
+            aiohttp.ClientSession(auto_decompress=False) as session,
+        ):
+            async with session.post(
+                gateway.base_url + "/chat/completions",
+                data=raw,
+                headers={"Content-Type": "application/json", **headers},
+            ) as answer:
+                assert 400 <= answer.status < 500, await answer.text()
+                assert answer.content_type == "application/json"
+                error = (await answer.json())["error"]
+                assert answer.headers["x-packgate-request-id"]
+            if code is not None:
+                assert error["code"] == code
+            assert error["message"]
+            for _ in range(100):
+                if finished and finished[0].finished:
+                    break
+                await __import__("asyncio").sleep(0.01)
+            assert [ctx.status for ctx in finished[0].finished] == [answer.status]
+        assert upstream.received == []
