@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import strict_json
+from .conn_guard import ConnectionGuard
 from .errors import (
     REQUEST_ID_HEADER,
     ApiError,
@@ -64,6 +65,11 @@ class GatewayOptions:
     body_timeout: float = 30.0
     max_response_bytes: int = 64 * 1024 * 1024
     max_error_body_bytes: int = 64 * 1024
+    # Client connections (conn_guard.py): headers must arrive within header_timeout, an idle
+    # keep-alive connection is closed after idle_timeout, at most max_connections at once.
+    header_timeout: float = 10.0
+    idle_timeout: float = 15.0
+    max_connections: int = 1024
     # Bound on waiting for on_finish hooks (audit records) at shutdown.
     finish_grace: float = 5.0
 
@@ -81,6 +87,9 @@ class Gateway:
         self.runtime = runtime
         self.options = options or GatewayOptions()
         self.draining = False
+        self.guard = ConnectionGuard(
+            self.options.max_connections, self.options.header_timeout, self.options.idle_timeout
+        )
         self._forwarder: Forwarder | None = None
         self._finishing: set[asyncio.Task[None]] = set()
 
@@ -113,6 +122,7 @@ class Gateway:
         )
 
     async def _stop(self, _app: web.Application) -> None:
+        self.guard.close()
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=self.options.finish_grace)
         if self._forwarder is not None:

@@ -24,6 +24,7 @@ from aiohttp import web
 from . import subscribe
 from .app import Gateway, GatewayOptions
 from .chain import builtin_registry
+from .conn_guard import ConnectionGuard
 from .logs import configure, get_logger, log
 from .metrics import Metrics
 from .policy import PodIdentity, PolicyRuntime
@@ -104,6 +105,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request body accepted (default 8MiB)",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest time to receive a whole request body (default 30)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time to receive request headers, from the accept or the end of the "
+        "previous request on the connection (default 10)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="idle keep-alive connections are closed after this long (default 15)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="most client connections open at once; more get 503 (default 1024)",
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        type=parse_size,
+        default=64 * 1024 * 1024,
+        metavar="SIZE",
+        help="largest provider response relayed whole, enforced while reading (default 64MiB)",
+    )
+    parser.add_argument(
+        "--max-error-body-bytes",
+        type=parse_size,
+        default=64 * 1024,
+        metavar="SIZE",
+        help="provider error bodies are cut at this size (default 64KiB)",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=float,
         default=25.0,
@@ -143,19 +187,51 @@ def run(args: argparse.Namespace) -> int:
         return runner.run(serve(args))
 
 
+class _GuardedSite(web.TCPSite):
+    """A TCP site whose connections pass through a ConnectionGuard (conn_guard.py)."""
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard | None
+    ) -> None:
+        super().__init__(runner, host, port, backlog=1024, reuse_address=True)
+        self.guard = guard
+
+    async def start(self) -> None:
+        if self.guard is None:
+            return await super().start()
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard.wrap(server),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+        )
+
+
 async def start_site(
-    app: web.Application, address: tuple[str, int], drain: float, cancel_on_disconnect: bool
+    app: web.Application,
+    address: tuple[str, int],
+    drain: float,
+    cancel_on_disconnect: bool,
+    guard: ConnectionGuard | None = None,
 ) -> web.AppRunner:
     """Serve `app` on `address` (port 0 picks a free one; see `runner.addresses`)."""
+    extra: dict[str, Any] = {}
+    if guard is not None:
+        extra["keepalive_timeout"] = guard.idle_timeout
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=drain,
         handler_cancellation=cancel_on_disconnect,
+        **extra,
     )
     await runner.setup()
-    site = web.TCPSite(runner, address[0], address[1], backlog=1024, reuse_address=True)
+    site = _GuardedSite(runner, address[0], address[1], guard)
     try:
         await site.start()
     except BaseException:
@@ -175,11 +251,21 @@ async def serve(args: argparse.Namespace) -> int:
         holder,
         metrics,
         runtime,
-        GatewayOptions(args.max_body_bytes, args.connect_timeout, args.read_timeout),
+        GatewayOptions(
+            max_body_bytes=args.max_body_bytes,
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.read_timeout,
+            body_timeout=args.body_timeout,
+            max_response_bytes=args.max_response_bytes,
+            max_error_body_bytes=args.max_error_body_bytes,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+        ),
     )
     try:
         # The API cancels a handler when its client disconnects, so the upstream call stops too.
-        api = await start_site(gateway.app(), args.listen, args.drain_seconds, True)
+        api = await start_site(gateway.app(), args.listen, args.drain_seconds, True, gateway.guard)
         admin = await start_site(gateway.admin_app(), args.admin_listen, 1.0, False)
     except OSError as exc:
         log(_log, 50, "cannot listen", error=str(exc))
