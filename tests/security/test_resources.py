@@ -33,9 +33,11 @@ REQUEST = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[RunningGateway, FakeUpstream]]:
-    async with FakeUpstream() as upstream:
-        async with running_gateway(make_config(upstream.base_url), options=OPTIONS) as running:
-            yield running, upstream
+    async with (
+        FakeUpstream() as upstream,
+        running_gateway(make_config(upstream.base_url), options=OPTIONS) as running,
+    ):
+        yield running, upstream
 
 
 def _address(gateway: RunningGateway) -> tuple[str, int]:
