@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from packgate_policy.signing import Signer
 
 from .hub import Hub
 from .kube import Kube
@@ -52,6 +55,10 @@ class Context:
     kube: Kube
     metrics: Metrics
     ca_pem: str = ""
+    signer: Signer = field(default_factory=Signer.generate)
+    # The public keys sidecars are told to trust (ours first), as PACKGATE_CONFIG_KEYS and parsed.
+    trusted_env: str = ""
+    trusted: dict[str, Any] = field(default_factory=dict)
     pods: PodRegistry = field(default_factory=PodRegistry)
     dirty: Dirty = field(default_factory=Dirty)
     packs: dict[PackKey, PackInfo] = field(default_factory=dict)
@@ -60,3 +67,9 @@ class Context:
 
     def __post_init__(self) -> None:
         self.hub = Hub(on_change=lambda key: self.dirty.mark([key]))
+        if not self.trusted_env:
+            self.trusted_env = self.signer.trusted_entry()
+        if not self.trusted:
+            from packgate_policy.signing import parse_trusted
+
+            self.trusted = dict(parse_trusted(self.trusted_env))

@@ -4,6 +4,12 @@ Why a loop of its own instead of per-pod handlers: counts change on every pod ev
 sidecar report, and writing the status for each would flood the API at scale. Changes only mark
 their pack dirty; this loop wakes, waits a short debounce so a burst becomes one write, and
 writes a pack's counts only when they differ from what it last wrote.
+
+It also turns what sidecars report into something people see: a sidecar that refused a config
+not signed by the operator (a forged ConfigMap, see packgate_policy.signing) gives a Warning Event
+on its pod, the gauge packgate_operator_pods_refusing_config and the pack's ConfigTrusted
+condition; pods naming a PolicyPack that does not exist get a Warning Event and the gauge
+packgate_operator_pods_without_pack.
 """
 
 from __future__ import annotations
@@ -12,22 +18,52 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from .context import Context
 from .kube import KubeError, NotFound
-from .pods import Counts, PackKey, counts
-from .render import in_sync_condition, now_iso
+from .pods import Counts, PackKey, PodRecord, counts
+from .render import condition, in_sync_condition, now_iso
 
 log = logging.getLogger(__name__)
 MANAGER = "packgate-operator-convergence"
+# The webhook configuration never sends these namespaces' pods (chart and local.py alike).
+UNINJECTABLE_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
+
+def _pod_ref(pod: PodRecord) -> dict[str, str]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod.name,
+        "namespace": pod.namespace,
+        "uid": pod.uid,
+    }
+
+
+def sidecar_missing_message(pod: PodRecord) -> str:
+    head = f"pod opted in to packgate (PolicyPack {pod.pack}) but runs without the packgate-sidecar"
+    if pod.namespace in UNINJECTABLE_NAMESPACES:
+        return (
+            f"{head}: the webhook is never called for namespace {pod.namespace}, so recreating "
+            "the pod will not inject it; run the workload in another namespace, or remove "
+            "packgate.dev/inject"
+        )
+    return (
+        f"{head}: it was created while the webhook was unavailable or before packgate was "
+        "installed, so its LLM traffic is not governed; delete the pod so its controller "
+        "recreates it with the sidecar"
+    )
 
 
 class Reporter:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.written: dict[PackKey, tuple[Counts, str, int]] = {}
-        self.conditions: dict[PackKey, dict[str, object]] = {}
+        self.written: dict[PackKey, tuple[Counts, str, int, tuple[str, ...]]] = {}
+        self.conditions: dict[PackKey, dict[str, dict[str, Any]]] = {}
         self.drift_reported: set[str] = set()
+        self.refusals_reported: set[tuple[str, str]] = set()
+        self.orphans_reported: set[str] = set()
 
     @property
     def fresh_seconds(self) -> float:
@@ -46,6 +82,8 @@ class Reporter:
                 last_sweep = time.monotonic()
                 ctx.hub.expire_reports(self.fresh_seconds)
                 self.drift_reported = {uid for uid in self.drift_reported if ctx.pods.get(uid)}
+                self.orphans_reported = {u for u in self.orphans_reported if ctx.pods.get(u)}
+                self.refusals_reported = {r for r in self.refusals_reported if ctx.pods.get(r[0])}
                 ctx.dirty.mark(set(ctx.pods.keys()) | set(ctx.packs))
             for key in sorted(ctx.dirty.take()):
                 try:
@@ -68,12 +106,14 @@ class Reporter:
             ctx.metrics.pods_in_sync,
         )
         if not pods and key not in ctx.packs:
-            for gauge in gauges:  # neither pack nor pods: drop the series instead of a stale 0
+            for gauge in (*gauges, ctx.metrics.config_refusals, ctx.metrics.pods_orphaned):
+                # neither pack nor pods: drop the series instead of a stale 0
                 with contextlib.suppress(KeyError):
                     gauge.remove(namespace, pack)
             self.written.pop(key, None)
             self.conditions.pop(key, None)
             return
+        await self._orphans(key, pods)
         for gauge, value in zip(
             gauges, (result.without_sidecar, result.injected, result.in_sync), strict=True
         ):
@@ -90,26 +130,94 @@ class Reporter:
                     },
                     "Warning",
                     "SidecarMissing",
-                    f"pod opted in to packgate (PolicyPack {pack}) but runs without the "
-                    "packgate-sidecar: it was created while the webhook was unavailable or "
-                    "before packgate was installed, so its LLM traffic is not governed; "
-                    "delete the pod so its controller recreates it with the sidecar",
+                    sidecar_missing_message(pod),
                     name=f"{pod.name[:200]}.packgate-sidecar-missing.{pod.uid[:8]}",
                 )
                 self.drift_reported.add(pod.uid)
+        refusing = await self._refusals(key, pods)
         info = ctx.packs.get(key)
         if info is None:
             return
-        if self.written.get(key) == (result, current, info.generation):
+        if self.written.get(key) == (result, current, info.generation, refusing):
             return
-        previous = [self.conditions[key]] if key in self.conditions else []
+        previous = self.conditions.get(key, {})
+        now = now_iso()
         cond = in_sync_condition(
-            previous, result.injected, result.in_sync, current, info.generation, now_iso()
+            [previous["InSync"]] if "InSync" in previous else [],
+            result.injected,
+            result.in_sync,
+            current,
+            info.generation,
+            now,
         )
-        status = {**result.as_status(), "conditions": [cond]}
+        trusted = condition(
+            [previous["ConfigTrusted"]] if "ConfigTrusted" in previous else [],
+            "ConfigTrusted",
+            not refusing,
+            "UnsignedConfigRefused" if refusing else "OnlySignedConfigs",
+            (
+                f"{len(refusing)} sidecar(s) refused a config the operator did not sign and "
+                f"keep their last good config: {'; '.join(refusing)[:900]}; the ConfigMap was "
+                "edited outside the operator (see ConfigMapTampered events)"
+            )
+            if refusing
+            else "no sidecar reports a config without the operator's signature",
+            info.generation,
+            now,
+        )
+        status = {**result.as_status(), "conditions": [cond, trusted]}
         try:
             await ctx.kube.apply_policypack_status(namespace, pack, status, MANAGER)
         except NotFound:
             return
-        self.written[key] = (result, current, info.generation)
-        self.conditions[key] = cond
+        self.written[key] = (result, current, info.generation, refusing)
+        self.conditions[key] = {"InSync": cond, "ConfigTrusted": trusted}
+
+    async def _refusals(self, key: PackKey, pods: list[PodRecord]) -> tuple[str, ...]:
+        """Pods whose sidecar reports a refused config: gauge, one Event per pod and refusal."""
+        ctx = self.ctx
+        refusing = []
+        for pod in pods:
+            report = ctx.hub.reports.get(pod.uid)
+            if report is None or not report.refused or pod.terminating:
+                continue
+            source, reason, _ = [*report.refused.split(":"), "", ""][:3]
+            refusing.append(f"pod {pod.name}: {reason} config from {source}")
+            if (pod.uid, report.refused) in self.refusals_reported:
+                continue
+            self.refusals_reported.add((pod.uid, report.refused))
+            await ctx.kube.create_event(
+                _pod_ref(pod),
+                "Warning",
+                "UnsignedConfigRefused",
+                f"the packgate sidecar refused a config from its {source} ({reason}): it was "
+                f"not signed by the operator for PolicyPack {pod.pack}. The last good config "
+                "stays in force. Someone changed the pack's ConfigMap outside the operator.",
+            )
+        ctx.metrics.config_refusals.labels(*key).set(len(refusing))
+        return tuple(sorted(refusing))
+
+    async def _orphans(self, key: PackKey, pods: list[PodRecord]) -> None:
+        """Pods naming a PolicyPack that does not exist: gauge and one Event per pod."""
+        ctx = self.ctx
+        live = [p for p in pods if not p.terminating and p.pack]
+        if key in ctx.packs or ctx.hub.current(*key) is not None or not live:
+            with contextlib.suppress(KeyError):
+                ctx.metrics.pods_orphaned.remove(*key)
+            return
+        if await ctx.kube.get_policypack(*key) is not None:
+            return  # exists, not reconciled yet (or another replica reconciles it)
+        ctx.metrics.pods_orphaned.labels(*key).set(len(live))
+        for pod in live:
+            if pod.uid in self.orphans_reported:
+                continue
+            self.orphans_reported.add(pod.uid)
+            await ctx.kube.create_event(
+                _pod_ref(pod),
+                "Warning",
+                "PolicyPackMissing",
+                f"the pod uses PolicyPack {pod.pack} (packgate.dev/policy-pack), which does not "
+                f"exist in namespace {pod.namespace}: its sidecar keeps enforcing the last config "
+                "it had and receives no changes. Recreate the pack, or point the pod at another.",
+                name=f"{pod.name[:200]}.packgate-pack-missing.{pod.uid[:8]}",
+            )

@@ -5,6 +5,9 @@ and the API calls live in kube.py; these handlers only wire kopf's events to the
 watched with event handlers, which keep no state on the object, so kopf writes nothing onto pods.
 An invalid spec does not raise (retrying cannot fix it): it is reported in an Event and in the
 Valid condition, and the last good ConfigMap stays untouched, so sidecars keep enforcing it.
+The PolicyPack is the only source of truth: every rendered config is signed (render.signed_text)
+and published to the hub straight from here; a ConfigMap that holds anything else is put back
+(`repair`), with a Warning Event when someone other than the operator wrote it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import kopf
 from packgate_policy import ConfigError
 
 from .context import Context, PackInfo
+from .hub import Published
 from .kube import KubeError, NotFound, involved_pack
 from .render import (
     GROUP,
@@ -27,6 +31,7 @@ from .render import (
     issues_text,
     now_iso,
     render,
+    signed_text,
     status_invalid,
     status_valid,
 )
@@ -89,7 +94,11 @@ async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         ctx.metrics.reconciles.labels("invalid").inc()
         log.info("PolicyPack %s/%s is invalid: %s", namespace, name, "; ".join(problems))
         return
-    await ctx.kube.apply_configmap(configmap_body(raw, rendered))
+    text = signed_text(raw, rendered, ctx.signer)
+    await ctx.kube.apply_configmap(configmap_body(raw, rendered, text))
+    ctx.hub.publish(
+        Published(namespace, name, rendered.hash, text, str(meta.get("uid", "")), generation)
+    )
     status = status_valid(previous, rendered, generation, now, configmap_name(name))
     if not _same(status, previous):
         await ctx.kube.apply_policypack_status(namespace, name, status, STATUS_MANAGER)
@@ -138,14 +147,29 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             ctx.dirty.mark(touched)
 
 
-async def repair(ctx: Context, namespace: str, name: str) -> None:
-    """Re-render a pack whose ConfigMap was deleted or edited by hand (the hub noticed)."""
+async def repair(ctx: Context, namespace: str, name: str, problem: str = "") -> None:
+    """Re-render a pack whose ConfigMap was deleted or holds what the operator did not sign."""
     if (namespace, name) not in ctx.packs:
         return  # the pack is gone (or never rendered): the ConfigMap goes with it
     try:
         pack = await ctx.kube.get_policypack(namespace, name)
         if pack is not None:
-            log.info("re-rendering ConfigMap of PolicyPack %s/%s", namespace, name)
+            log.warning(
+                "ConfigMap of PolicyPack %s/%s %s; rendering it again",
+                namespace,
+                name,
+                f"was altered: {problem}" if problem else "was deleted",
+            )
+            if problem:
+                ctx.metrics.tampered.labels(namespace, name).inc()
+                await ctx.kube.create_event(
+                    involved_pack(pack),
+                    "Warning",
+                    "ConfigMapTampered",
+                    f"ConfigMap {configmap_name(name)} was changed outside the operator "
+                    f"({problem}); it was restored from the PolicyPack, and sidecars enforce "
+                    "only configs the operator signed. Check who may edit ConfigMaps here.",
+                )
             await reconcile(ctx, pack)
     except KubeError as exc:
         log.warning("repair of %s/%s failed: %s", namespace, name, exc)

@@ -22,7 +22,9 @@ class Published:
     namespace: str
     pack: str
     hash: str
-    text: str
+    text: str  # signed by the operator (packgate_policy.signing)
+    uid: str = ""  # the pack's uid and generation the signature names
+    generation: int = 0
 
 
 class Hub:
@@ -94,12 +96,16 @@ class Hub:
 
     # -- reports from sidecars --
 
-    def report(self, uid: str, key: PackKey, running_hash: str, polling: bool) -> None:
+    def report(
+        self, uid: str, key: PackKey, running_hash: str, polling: bool, refused: str = ""
+    ) -> None:
         before = self._reports.get(uid)
-        self._reports[uid] = Report(hash=running_hash, seen=time.monotonic(), polling=polling)
+        self._reports[uid] = Report(
+            hash=running_hash, seen=time.monotonic(), polling=polling, refused=refused
+        )
         self._report_pack[uid] = key
         # Counts depend on the hash and freshness only, so a poll opening or closing is no news.
-        if before is None or before.hash != running_hash:
+        if before is None or before.hash != running_hash or before.refused != refused:
             self._on_change(key)
 
     def forget(self, uid: str) -> None:

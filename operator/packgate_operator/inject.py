@@ -4,6 +4,12 @@ Why add-only and name-keyed: the apiserver may call the webhook again after othe
 the pod (reinvocation), and users own every container, env var and volume already in the pod.
 So this module never replaces or reorders anything: it appends what is missing, recognises its
 own pieces by name, and returns no operations for a pod that already has everything.
+
+Names are reserved, not trusted: a pod that arrives with a `packgate-sidecar` container or a
+`packgate-*` volume that is not exactly what this module would inject (apiserver defaults aside)
+is refused (`conflicts`), so a user cannot pass off their own container or ConfigMap as the
+governed sidecar. The `packgate.dev/status` record is always written by the injector, over any
+value the pod came with.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 from packgate_policy import Target, secret_env_name
 
 from . import annotations as ann
+from .annotations import AnnotationError, parse_quantity
 from .settings import SIDECAR_API_PORT, Settings
 
 SIDECAR_NAME = "packgate-sidecar"
@@ -33,6 +40,7 @@ VOL_TOKEN = "packgate-token"  # noqa: S105 - a volume name
 VOL_PODINFO = "packgate-podinfo"
 VOL_DATA = "packgate-data"
 VOL_TMP = "packgate-tmp"
+RESERVED_VOLUMES = (VOL_CONFIG, VOL_TOKEN, VOL_PODINFO, VOL_DATA, VOL_TMP)
 
 # The env contract between the injected pod spec and the sidecar (subscribe.py reads these).
 ENV_POD_NAME = "POD_NAME"
@@ -44,6 +52,7 @@ ENV_TOKEN_FILE = "PACKGATE_TOKEN_FILE"  # noqa: S105 - an env var name
 ENV_LABELS_FILE = "PACKGATE_POD_LABELS_FILE"
 ENV_DATA_DIR = "PACKGATE_DATA_DIR"
 ENV_AUDIT_KEY = "PACKGATE_AUDIT_KEY"
+ENV_CONFIG_KEYS = "PACKGATE_CONFIG_KEYS"  # packgate_policy.signing.ENV_TRUSTED_KEYS
 AUDIT_KEY_KEY = "audit-key"  # the key inside settings.audit_key_secret
 
 Op = dict[str, Any]
@@ -59,6 +68,7 @@ class Injection:
     targets: Sequence[Target]
     resources: Mapping[str, Mapping[str, str]]
     ca_pem: str = ""
+    trusted_keys: str = ""  # PACKGATE_CONFIG_KEYS: the public keys configs must be signed with
 
 
 def status_record(injection: Injection, settings: Settings) -> str:
@@ -96,11 +106,69 @@ def build_patch(pod: Mapping[str, Any], injection: Injection, settings: Settings
     record = status_record(injection, settings)
     if annotations is None:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {ann.STATUS: record}})
-    elif ann.STATUS not in annotations:
+    elif annotations.get(ann.STATUS) != record:
+        # `add` on an existing member replaces it (RFC 6902): a record the user wrote is not kept.
         ops.append(
             {"op": "add", "path": "/metadata/annotations/" + _escape(ann.STATUS), "value": record}
         )
     return ops
+
+
+def conflicts(pod: Mapping[str, Any], injection: Injection, settings: Settings) -> list[str]:
+    """What in `pod` uses a name packgate reserves, unless it is exactly packgate's own."""
+    spec = pod.get("spec") or {}
+    problems: list[str] = []
+    for container in spec.get("containers") or []:
+        if container.get("name") == SIDECAR_NAME:
+            problems.append(
+                f"container {SIDECAR_NAME} is reserved for the injected sidecar; rename yours"
+            )
+    wanted_sidecar = sidecar_container(injection, settings)
+    for container in spec.get("initContainers") or []:
+        if container.get("name") == SIDECAR_NAME and not _covers(container, wanted_sidecar):
+            problems.append(
+                f"init container {SIDECAR_NAME} is reserved for the injected sidecar and this "
+                "one is not packgate's; remove or rename it"
+            )
+    wanted_volumes = {v["name"]: v for v in _volumes(injection, settings)}
+    for volume in spec.get("volumes") or []:
+        name = volume.get("name")
+        if name not in RESERVED_VOLUMES:
+            continue
+        wanted = wanted_volumes.get(name)
+        if wanted is None or not _covers(volume, wanted):
+            problems.append(
+                f"volume {name} is reserved for the injected sidecar "
+                f"({', '.join(RESERVED_VOLUMES)}); rename yours"
+            )
+    return problems
+
+
+def _covers(actual: Any, wanted: Any, key: str = "") -> bool:
+    """Is `actual` what we would inject, give or take fields the apiserver defaults?
+
+    Objects: every key we set has our value (extra keys are defaults such as
+    terminationMessagePath). Lists: same length, item by item, so nothing can be added to our
+    env, args or mounts. Resource quantities compare by value (the apiserver canonicalises them).
+    """
+    if isinstance(wanted, Mapping):
+        return isinstance(actual, Mapping) and all(
+            k in actual and _covers(actual[k], v, k) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_covers(a, w, key) for a, w in zip(actual, wanted, strict=True))
+        )
+    if actual == wanted:
+        return True
+    if key in ("cpu", "memory") and isinstance(actual, str) and isinstance(wanted, str):
+        try:
+            return parse_quantity(actual) == parse_quantity(wanted)
+        except AnnotationError:
+            return False
+    return False
 
 
 def _append_items(
@@ -197,6 +265,8 @@ def sidecar_env(injection: Injection, settings: Settings) -> list[dict[str, Any]
         ]
         if injection.ca_pem:
             env.append({"name": ENV_OPERATOR_CA, "value": injection.ca_pem})
+    if injection.trusted_keys:
+        env.append({"name": ENV_CONFIG_KEYS, "value": injection.trusted_keys})
     if settings.audit_key_secret:
         env.append(
             {

@@ -45,6 +45,13 @@ class Gone(KubeError):
     pass
 
 
+class Unavailable(KubeError):
+    """The apiserver could not be reached (down, restarting, timed out): retry, do not crash."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(503, f"the Kubernetes API is unreachable ({type(exc).__name__}: {exc})")
+
+
 @dataclass(frozen=True)
 class TokenIdentity:
     """A verified pod-bound service-account token."""
@@ -137,18 +144,22 @@ class Kube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._client().request(
-            method,
-            self.host + path,
-            data=data,
-            params=params,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                raise _error(response.status, text)
-            return json.loads(text) if text else None
+        try:
+            async with self._client().request(
+                method,
+                self.host + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_seconds),
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unavailable(exc) from None
+        if status >= 400:
+            raise _error(status, text)
+        return json.loads(text) if text else None
 
     # -- PolicyPacks --
 
@@ -331,9 +342,9 @@ class Kube:
                         )
                         if kind != "BOOKMARK":
                             yield kind, obj
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("watch of %s interrupted (%s); resuming", path, exc)
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.5)
 
 
 def _error(status: int, text: str) -> KubeError:

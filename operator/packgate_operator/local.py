@@ -29,6 +29,11 @@ from .annotations import INJECT
 from .webhook import WEBHOOK_ID
 
 WEBHOOK_NAME = "inject.packgate.dev"
+# The CEL matchCondition the chart renders too (helm/packgate/templates/webhook.yaml).
+OPTED_IN = (
+    f"has(object.metadata.annotations) && '{INJECT}' in object.metadata.annotations && "
+    f"object.metadata.annotations['{INJECT}'] != 'false'"
+)
 
 
 def die_with_parent() -> None:
@@ -87,15 +92,10 @@ def webhook_configuration(
                         "scope": "Namespaced",
                     }
                 ],
-                # Only pods carrying the opt-in annotation (any value: a malformed one must be
-                # rejected by the webhook, not waved through) ever reach the operator.
-                "matchConditions": [
-                    {
-                        "name": "opted-in",
-                        "expression": "has(object.metadata.annotations) && "
-                        f"'{INJECT}' in object.metadata.annotations",
-                    }
-                ],
+                # Only pods carrying the opt-in annotation (any value but "false": a malformed
+                # one must be rejected by the webhook, not waved through) ever reach the
+                # operator; opted-out pods are created even while the operator is down.
+                "matchConditions": [{"name": "opted-in", "expression": OPTED_IN}],
                 "namespaceSelector": selector,
                 "failurePolicy": failure_policy,
                 "sideEffects": "None",

@@ -40,6 +40,24 @@ class Metrics:
         self.subscriptions = Gauge(
             "packgate_operator_subscriptions", "Sidecar subscriptions open now.", registry=r
         )
+        self.tampered = Counter(
+            "packgate_operator_configmaps_tampered",
+            "Packgate ConfigMaps found holding a config the operator did not sign; restored.",
+            ["namespace", "pack"],
+            registry=r,
+        )
+        self.config_refusals = Gauge(
+            "packgate_operator_pods_refusing_config",
+            "Injected pods whose sidecar refused a config not signed by the operator.",
+            ["namespace", "pack"],
+            registry=r,
+        )
+        self.pods_orphaned = Gauge(
+            "packgate_operator_pods_without_pack",
+            "Opted-in pods naming a PolicyPack that does not exist (deleted or never created).",
+            ["namespace", "pack"],
+            registry=r,
+        )
         self.packs = Gauge(
             "packgate_operator_packs", "PolicyPacks with a rendered config.", registry=r
         )

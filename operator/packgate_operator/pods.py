@@ -37,6 +37,9 @@ class Report:
     hash: str
     seen: float
     polling: bool  # a subscription request is open right now
+    # "<source>:<reason>:<digest>" of the last config the sidecar refused (not signed by the
+    # operator, altered, rolled back); "" when none.
+    refused: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,23 @@ Protocol (one long poll at a time per sidecar, over HTTPS verified with the oper
     200 {"namespace", "pod", "pack", "hash", "config"}   the pack's config differs from both hashes
     304                                                   nothing new within `wait` seconds
     401 / 403 {"error": ...}                              who you are / what you may read
+    503 {"error": ...}, Retry-After                       the apiserver is unreachable right now
 
 `running` is the hash the sidecar enforces (this is its convergence report); `seen` is the last
 hash it was sent, so a config the sidecar refused is not sent again in a loop. The token is
 verified with a TokenReview and must be bound to the pod named in the path (the apiserver puts
 the pod's name and uid in the token), so a sidecar reads only its own pod's pack in its own
-namespace. Nothing here accepts config: the channel is one-way, operator to sidecar.
+namespace. The pod must still exist: the operator's pod watch (the registry) answers that
+without an API call, and a pod it does not know is looked up, uncached, so a deleted pod's token
+stops working as soon as the deletion is seen. While the apiserver is unreachable, sidecars whose
+token was verified before keep their subscription; others get 503 and retry within seconds.
+Nothing here accepts config: the channel is one-way, operator to sidecar. A sidecar reports the
+last config it refused (`refused=<reason>&refused_source=file|push&refused_digest=...`), which the
+operator turns into an Event, a metric and the pack's ConfigTrusted condition.
+
+`published_of` and `feed_hub` keep the hub equal to what the owned ConfigMaps hold, but only
+configs carrying the operator's signature for that very pack, never older than what the hub
+serves; anything else in a packgate ConfigMap is reported as damaged and rendered again.
 """
 
 from __future__ import annotations
@@ -21,19 +32,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from packgate_policy import ConfigError, load_text
+from packgate_policy import ConfigError, load_text, signing
 
 from . import annotations as ann
 from .hub import Hub, Published
 from .kube import Kube, KubeError, TokenIdentity
 from .metrics import Metrics
-from .render import ANNOTATION_HASH, ANNOTATION_PACK, CONFIG_KEY, LABEL_MANAGED_BY, MANAGED_BY
+from .pods import PodRegistry
+from .render import ANNOTATION_PACK, CONFIG_KEY, LABEL_MANAGED_BY, MANAGED_BY, configmap_name
 
 log = logging.getLogger(__name__)
 SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -55,10 +68,16 @@ class _Cached:
 class Authenticator:
     """TokenReview with a short cache: a re-poll after each change must not cost an API call."""
 
-    def __init__(self, kube: Kube, audience: str, ttl: float = 30.0) -> None:
+    def __init__(
+        self, kube: Kube, audience: str, ttl: float = 30.0, stale_grace: float = 600.0
+    ) -> None:
         self._kube = kube
         self._audience = audience
         self._ttl = ttl
+        # While the apiserver is unreachable a token verified within this long still counts
+        # (the pod check below still runs against the pod watch), so an apiserver restart does
+        # not knock every sidecar off its subscription.
+        self._stale_grace = stale_grace
         self._cache: dict[str, _Cached] = {}
 
     async def verify(self, token: str) -> TokenIdentity:
@@ -71,8 +90,10 @@ class Authenticator:
             try:
                 identity = await self._kube.token_review(token, self._audience)
             except KubeError as exc:
+                if hit is not None and hit.value and hit.expires + self._stale_grace > now:
+                    return hit.value  # type: ignore[no-any-return]
                 raise Refused(
-                    503, "tokenreview-failed", f"cannot verify the token now: {exc}"
+                    503, "apiserver-unavailable", f"cannot verify the token now: {exc}"
                 ) from None
             if len(self._cache) > 10000:
                 self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
@@ -88,19 +109,39 @@ class Authenticator:
 
 
 class PodPacks:
-    """Which pack a pod uses, from its annotations; cached by pod uid for a few seconds."""
+    """Which pack a live pod uses: from the pod watch, else from the API (never cached)."""
 
-    def __init__(self, kube: Kube, ttl: float = 10.0) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        registry: PodRegistry | None = None,
+        served: Callable[[str], bool] | None = None,
+    ) -> None:
         self._kube = kube
-        self._ttl = ttl
-        self._cache: dict[str, _Cached] = {}
+        self._registry = registry
+        self._served = served or (lambda namespace: True)
 
     async def pack_of(self, identity: TokenIdentity) -> str:
-        now = time.monotonic()
-        hit = self._cache.get(identity.pod_uid)
-        if hit is not None and hit.expires > now:
-            return str(hit.value)
-        pod = await self._kube.get_pod(identity.namespace, identity.pod_name)
+        if not self._served(identity.namespace):
+            raise Refused(
+                403,
+                "not-served",
+                f"this operator does not serve namespace {identity.namespace}",
+            )
+        known = self._registry.get(identity.pod_uid) if self._registry is not None else None
+        if known is not None and (known.namespace, known.name) == (
+            identity.namespace,
+            identity.pod_name,
+        ):
+            if not known.pack:
+                raise Refused(403, "not-opted-in", f"pod {identity.pod_name} names no PolicyPack")
+            return known.pack
+        try:
+            pod = await self._kube.get_pod(identity.namespace, identity.pod_name)
+        except KubeError as exc:
+            raise Refused(
+                503, "apiserver-unavailable", f"cannot look the pod up now: {exc}"
+            ) from None
         meta = (pod or {}).get("metadata") or {}
         if pod is None or meta.get("uid") != identity.pod_uid:
             raise Refused(403, "pod-gone", "the pod this token is bound to no longer exists")
@@ -109,11 +150,7 @@ class PodPacks:
             raise Refused(
                 403, "not-opted-in", f"pod {identity.pod_name} has not opted in to packgate"
             )
-        pack = str(annotations[ann.POLICY_PACK])
-        if len(self._cache) > 20000:
-            self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
-        self._cache[identity.pod_uid] = _Cached(pack, now + self._ttl)
-        return pack
+        return str(annotations[ann.POLICY_PACK])
 
 
 class SubscriptionServer:
@@ -139,13 +176,19 @@ class SubscriptionServer:
     async def serve(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._serve(request)
-        except Refused as refused:
-            self.metrics.subscription_rejections.labels(refused.reason).inc()
-            log.info("subscription refused (%s): %s", refused.reason, refused)
-            return web.json_response(
-                {"error": {"reason": refused.reason, "message": str(refused)}},
-                status=refused.status,
-            )
+        except KubeError as exc:  # anything the apiserver failed: retry soon, never a 500
+            refused = Refused(503, "apiserver-unavailable", f"the Kubernetes API failed: {exc}")
+        except Refused as exc:
+            refused = exc
+        self.metrics.subscription_rejections.labels(refused.reason).inc()
+        log.info("subscription refused (%s): %s", refused.reason, refused)
+        response = web.json_response(
+            {"error": {"reason": refused.reason, "message": str(refused)}},
+            status=refused.status,
+        )
+        if refused.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         namespace, pod = request.match_info["namespace"], request.match_info["pod"]
@@ -179,12 +222,13 @@ class SubscriptionServer:
             wait = self.max_wait
         known: Collection[str] = {h for h in (running, seen) if h}
         key = (namespace, pack)
-        self.hub.report(identity.pod_uid, key, running, polling=True)
+        refused = _refusal(request.query)
+        self.hub.report(identity.pod_uid, key, running, polling=True, refused=refused)
         self.metrics.subscriptions.set(self.hub.subscriptions)
         try:
             item = await self.hub.wait(namespace, pack, known, wait)
         finally:
-            self.hub.report(identity.pod_uid, key, running, polling=False)
+            self.hub.report(identity.pod_uid, key, running, polling=False, refused=refused)
             self.metrics.subscriptions.set(self.hub.subscriptions)
         if item is None:
             return web.Response(status=304)
@@ -202,26 +246,54 @@ class SubscriptionServer:
         return response
 
 
+_REFUSAL_PART = re.compile(r"^[-a-z0-9]{1,40}$")
+
+
+def _refusal(query: Mapping[str, str]) -> str:
+    """ "source:reason:digest" from a poll's refused* parameters; "" when absent or malformed."""
+    parts = [query.get(k, "") for k in ("refused_source", "refused", "refused_digest")]
+    if not parts[1] or not all(_REFUSAL_PART.match(p or "-") for p in parts):
+        return ""
+    return ":".join(parts)
+
+
 # --- feeding the hub from the rendered ConfigMaps ------------------------------------------------
 
 
-def published_of(configmap: dict[str, Any]) -> Published | None:
-    """The config a packgate ConfigMap carries, if its text really has the hash it claims.
+class Damaged(ValueError):
+    """A packgate ConfigMap holds something the operator did not sign for it."""
 
-    A ConfigMap edited by hand is not pushed (sidecars keep what they run) and is re-rendered.
-    """
+
+def published_of(
+    configmap: Mapping[str, Any], trusted: Mapping[str, Any], served: Published | None = None
+) -> Published:
+    """The config a packgate ConfigMap carries; raises Damaged unless it is the operator's
+    signed config for this very pack, not older than `served` (what the hub holds now)."""
     meta = configmap.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
+    namespace = str(meta.get("namespace", ""))
+    pack = str((meta.get("annotations") or {}).get(ANNOTATION_PACK) or "")
     text = (configmap.get("data") or {}).get(CONFIG_KEY)
-    pack, config_hash = annotations.get(ANNOTATION_PACK), annotations.get(ANNOTATION_HASH)
-    if not (text and pack and config_hash):
-        return None
+    if not pack or meta.get("name") != configmap_name(pack):
+        raise Damaged("it names no PolicyPack, or not the one its name belongs to")
+    if not isinstance(text, str):
+        raise Damaged(f"it has no {CONFIG_KEY}")
     try:
-        if load_text(str(text)).hash != config_hash:
-            return None
-    except ConfigError:
-        return None
-    return Published(str(meta.get("namespace", "")), str(pack), str(config_hash), str(text))
+        signed = signing.verify(text, trusted, namespace, pack)
+    except signing.SignatureError as exc:
+        raise Damaged(str(exc)) from None
+    if served is not None and not signing.newer_or_same(
+        signed,
+        signing.Signed("", namespace, pack, served.uid, served.generation, ""),
+    ):
+        raise Damaged(
+            f"it holds generation {signed.generation}, older than generation "
+            f"{served.generation} in force (a rollback)"
+        )
+    try:
+        config_hash = load_text(signed.body).hash
+    except ConfigError as exc:  # signed, so ours; only a bug or an old version gets here
+        raise Damaged(f"its config does not load: {exc}") from None
+    return Published(namespace, pack, config_hash, text, signed.uid, signed.generation)
 
 
 async def feed_hub(
@@ -230,21 +302,34 @@ async def feed_hub(
     namespace: str | None,
     ready: asyncio.Event,
     accept: Callable[[str], bool] | None = None,
-    on_damaged: Callable[[str, str], None] | None = None,
+    on_damaged: Callable[[str, str, str], None] | None = None,
+    trusted: Mapping[str, Any] | None = None,
 ) -> None:
     """Keep `hub` equal to the packgate ConfigMaps of `namespace` (None: all), forever.
 
-    `on_damaged(namespace, pack)` is called for a ConfigMap deleted or edited by hand.
+    `on_damaged(namespace, pack, problem)` is called for a ConfigMap deleted, or holding
+    anything but the operator's signed config for its pack (problem "" when deleted).
     """
+    keys = trusted or {}
 
     def wanted(obj: dict[str, Any]) -> bool:
         return accept is None or accept(str((obj.get("metadata") or {}).get("namespace", "")))
 
-    def damaged(obj: dict[str, Any]) -> None:
+    def damaged(obj: dict[str, Any], problem: str = "") -> None:
         meta = obj.get("metadata") or {}
         pack = (meta.get("annotations") or {}).get(ANNOTATION_PACK)
         if pack and on_damaged is not None:
-            on_damaged(str(meta.get("namespace", "")), str(pack))
+            on_damaged(str(meta.get("namespace", "")), str(pack), problem)
+
+    def publishable(obj: dict[str, Any], snapshot: bool = False) -> Published | None:
+        meta = obj.get("metadata") or {}
+        pack = str((meta.get("annotations") or {}).get(ANNOTATION_PACK) or "")
+        served = None if snapshot else hub.current(str(meta.get("namespace", "")), pack)
+        try:
+            return published_of(obj, keys, served)
+        except Damaged as exc:
+            damaged(obj, str(exc))
+            return None
 
     path = f"/api/v1/namespaces/{namespace}/configmaps" if namespace else "/api/v1/configmaps"
     while True:
@@ -253,10 +338,8 @@ async def feed_hub(
                 if kind == "SNAPSHOT":
                     items = []
                     for configmap in filter(wanted, obj.get("items", [])):
-                        item = published_of(configmap)
-                        if item is None:
-                            damaged(configmap)
-                        else:
+                        item = publishable(configmap, snapshot=True)
+                        if item is not None:
                             items.append(item)
                     hub.replace_namespace_snapshot(namespace, items)
                     ready.set()
@@ -270,11 +353,9 @@ async def feed_hub(
                         hub.remove(str(meta.get("namespace", "")), str(pack))
                     damaged(obj)
                     continue
-                item = published_of(obj)
-                if item is None:
-                    damaged(obj)
-                else:
+                item = publishable(obj)
+                if item is not None:
                     hub.publish(item)
         except KubeError as exc:
             log.warning("ConfigMap watch failed (%s); retrying", exc)
-            await asyncio.sleep(2)
+            await asyncio.sleep(0.5)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from packgate_policy import ConfigError, LoadedConfig, dump_yaml, load_mapping
+from packgate_policy.signing import Signer
 
 GROUP = "packgate.dev"
 VERSION = "v1alpha1"
@@ -80,7 +81,21 @@ def owner_reference(pack: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def configmap_body(pack: Mapping[str, Any], rendered: Rendered) -> dict[str, Any]:
+def signed_text(pack: Mapping[str, Any], rendered: Rendered, signer: Signer) -> str:
+    """The config as the ConfigMap and the push channel carry it: signed for this very pack
+    (namespace, name, uid) and generation, so it cannot be replayed into another pack."""
+    meta = pack["metadata"]
+    return signer.sign(
+        rendered.text,
+        str(meta["namespace"]),
+        str(meta["name"]),
+        str(meta.get("uid", "")),
+        int(meta.get("generation") or 0),
+    )
+
+
+def configmap_body(pack: Mapping[str, Any], rendered: Rendered, text: str) -> dict[str, Any]:
+    """The owned ConfigMap carrying `text` (the signed config of `rendered`)."""
     meta = pack["metadata"]
     name = str(meta["name"])
     return {
@@ -101,7 +116,7 @@ def configmap_body(pack: Mapping[str, Any], rendered: Rendered) -> dict[str, Any
             },
             "ownerReferences": [owner_reference(pack)],
         },
-        "data": {CONFIG_KEY: rendered.text},
+        "data": {CONFIG_KEY: text},
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import ssl
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import kopf
 from aiohttp import web
 
-from . import handlers, tls, webhook
+from . import handlers, signer, tls, webhook
 from . import settings as settings_mod
 from .context import Context
 from .convergence import Reporter
@@ -53,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").addFilter(_RejectionsAreNotErrors())
     try:
         settings = settings_mod.from_args(args)
+    except SettingsError as exc:
+        print(f"packgate operator run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        signer.load(settings)
     except SettingsError as exc:
         print(f"packgate operator run: {exc}", file=sys.stderr)
         return 2
@@ -139,7 +143,15 @@ async def serve(
     metrics = Metrics()
     stop = stop or asyncio.Event()
     async with Kube.from_environment(kubeconfig) as kube:
-        ctx = Context(settings=settings, kube=kube, metrics=metrics, ca_pem=files.ca_pem)
+        key = signer.load(settings)
+        ctx = Context(
+            settings=settings,
+            kube=kube,
+            metrics=metrics,
+            ca_pem=files.ca_pem,
+            signer=key,
+            trusted_env=signer.trusted_env(key, settings),
+        )
         registry = kopf.OperatorRegistry()
 
         # kopf authenticates with the credentials kube.py loaded (--kubeconfig, KUBECONFIG or the
@@ -155,7 +167,7 @@ async def serve(
         subscriptions = SubscriptionServer(
             ctx.hub,
             Authenticator(kube, settings.token_audience),
-            PodPacks(kube),
+            PodPacks(kube, ctx.pods, settings.serves),
             metrics,
             settings.poll_wait_seconds,
         )
@@ -259,8 +271,10 @@ def _feeds(
     patterns = settings.namespaces
     repairs: set[asyncio.Task[None]] = set()
 
-    def damaged(namespace: str, pack: str) -> None:
-        task = asyncio.get_running_loop().create_task(handlers.repair(ctx, namespace, pack))
+    def damaged(namespace: str, pack: str, problem: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            handlers.repair(ctx, namespace, pack, problem)
+        )
         repairs.add(task)
         task.add_done_callback(repairs.discard)
 
@@ -272,7 +286,9 @@ def _feeds(
             ready.set()
 
         feeds = [
-            asyncio.create_task(feed_hub(kube, ctx.hub, ns, ev, None, damaged), name=f"feed {ns}")
+            asyncio.create_task(
+                feed_hub(kube, ctx.hub, ns, ev, None, damaged, ctx.trusted), name=f"feed {ns}"
+            )
             for ns, ev in zip(patterns, events, strict=True)
         ]
         # Not one of the returned tasks: serve() stops when any of those ends, and this one ends
@@ -282,7 +298,9 @@ def _feeds(
             feed.add_done_callback(lambda _: waiter.cancel())
         return feeds
 
-    def accept(namespace: str) -> bool:
-        return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
-
-    return [asyncio.create_task(feed_hub(kube, ctx.hub, None, ready, accept, damaged), name="feed")]
+    return [
+        asyncio.create_task(
+            feed_hub(kube, ctx.hub, None, ready, settings.serves, damaged, ctx.trusted),
+            name="feed",
+        )
+    ]

@@ -9,6 +9,7 @@ once, so the webhook never meets a malformed default at admission time.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -66,6 +67,9 @@ class Settings:
     tls_ca_file: str = ""  # the CA bundle sidecars verify the operator with
     tls_dir: str = ""  # where a generated CA and certificate go when no files are given
     tls_sans: tuple[str, ...] = ("localhost", "127.0.0.1")
+    # -- config signatures (packgate_policy.signing) --
+    signing_key_file: str = ""  # Ed25519 private key (PEM); empty: generated and kept in tls_dir
+    extra_trusted_keys: tuple[str, ...] = ()  # more public keys sidecars trust (key rotation)
     # -- scope and coordination --
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     peering: str = ""  # empty: standalone (one replica); a name: kopf peering between replicas
@@ -84,6 +88,12 @@ class Settings:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def serves(self, namespace: str) -> bool:
+        """Is `namespace` one this operator serves (cluster-wide, or a name or glob listed)?"""
+        return not self.namespaces or any(
+            fnmatch.fnmatchcase(namespace, p) for p in self.namespaces
+        )
 
     def default_resources(self) -> dict[str, dict[str, str]]:
         resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
@@ -126,6 +136,13 @@ class Settings:
                 f"--subscribe-url: {self.subscribe_url!r} must be https:// (sidecars verify the "
                 "operator's certificate)"
             )
+        if self.extra_trusted_keys:
+            from packgate_policy import signing
+
+            try:
+                signing.parse_trusted(",".join(self.extra_trusted_keys))
+            except signing.SignatureError as exc:
+                raise SettingsError(f"--extra-trusted-keys: {exc}") from None
         if self.token_expiration_seconds < 600:
             raise SettingsError("--token-expiration-seconds: Kubernetes requires at least 600")
         return self
@@ -180,6 +197,14 @@ _DOCS: dict[str, str] = {
     "tls_ca_file": "CA bundle of that certificate, given to sidecars",
     "tls_dir": "where to generate a CA and certificate when no files are given",
     "tls_sans": "comma-separated DNS names and IPs of a generated certificate",
+    "signing_key_file": (
+        "Ed25519 private key (PEM) the operator signs rendered configs with; empty: one is "
+        "generated in --tls-dir and kept there"
+    ),
+    "extra_trusted_keys": (
+        "comma-separated <key id>:<base64> public keys injected sidecars also trust "
+        "(during a signing-key rotation)"
+    ),
     "namespaces": "comma-separated namespaces to serve; empty: cluster-wide",
     "peering": "kopf peering name for several replicas; empty: standalone",
     "poll_wait_seconds": "how long a sidecar subscription waits for a change",

@@ -5,6 +5,11 @@ never run without it, so a missing or invalid PolicyPack or a malformed annotati
 with a message naming the problem. Pods without the annotation pass untouched. The handler has
 no side effects (sideEffects: None), so a dry-run request gets the same answer and leaves no trace
 in metrics. The patch itself is built by inject.py; kopf turns it into the JSON Patch response.
+
+Also refused, each with its reason: a pod in a namespace this operator does not serve (its packs
+are never rendered there), a hostNetwork pod (the sidecar's fixed ports would collide on the
+node), and a pod using a name packgate reserves (inject.conflicts). A pack whose latest edit is
+invalid still admits pods, with the last good config it rendered and a warning saying so.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import logging
 from typing import Any
 
 import kopf
-from packgate_policy import ConfigError
+from packgate_policy import ConfigError, load_text, signing
 
 from . import annotations as ann
 from .context import Context
-from .inject import BASE_URL, Injection, apply_add_in_place, build_patch
+from .inject import BASE_URL, Injection, apply_add_in_place, build_patch, conflicts
 from .kube import KubeError
 from .render import configmap_name, issues_text, render
 
@@ -45,6 +50,19 @@ async def decide(
         raise Rejected("; ".join(exc.problems)) from None
     if request is None:
         return [], []
+    settings = ctx.settings
+    if not settings.serves(namespace):
+        raise Rejected(
+            f'namespace "{namespace}" is not served by this packgate operator (it serves '
+            f"{', '.join(settings.namespaces)}), so no PolicyPack is rendered here and the pod "
+            f"cannot be governed; run it in a served namespace, or remove {ann.INJECT}"
+        )
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        raise Rejected(
+            "hostNetwork pods cannot be injected: the sidecar listens on fixed ports "
+            f"(127.0.0.1:41002 and :{settings.sidecar_admin_port}) that would collide between "
+            f"pods on the node; drop hostNetwork, or remove {ann.INJECT}"
+        )
     try:
         pack = await ctx.kube.get_policypack(namespace, request.pack)
         names = [] if pack is not None else await ctx.kube.list_policypack_names(namespace)
@@ -58,14 +76,23 @@ async def decide(
             f'PolicyPack "{request.pack}" (annotation {ann.POLICY_PACK}) does not exist in '
             f'namespace "{namespace}"; create it or name an existing one ({available})'
         )
+    warnings = []
     try:
-        rendered = render(pack.get("spec"))
+        loaded = render(pack.get("spec")).loaded
     except ConfigError as exc:
-        raise Rejected(
-            f'PolicyPack "{request.pack}" is invalid, so pods using it are not admitted; fix it '
-            f"(kubectl edit policypack {request.pack} -n {namespace}): "
-            + "; ".join(issues_text(exc))
-        ) from None
+        last_good = ctx.hub.current(namespace, request.pack)
+        if last_good is None:
+            raise Rejected(
+                f'PolicyPack "{request.pack}" is invalid, so pods using it are not admitted; fix '
+                f"it (kubectl edit policypack {request.pack} -n {namespace}): "
+                + "; ".join(issues_text(exc))
+            ) from None
+        loaded = load_text(signing.split(last_good.text)[1])
+        warnings.append(
+            f'packgate: PolicyPack "{request.pack}" generation {pack["metadata"].get("generation")}'
+            f" is invalid ({'; '.join(issues_text(exc))[:300]}); this pod gets the last good "
+            f"config {last_good.hash}"
+        )
     resources = ann.merge_resources(ctx.settings.default_resources(), request.resource_overrides)
     try:
         ann.check_resources(resources, "pod annotations")
@@ -74,13 +101,16 @@ async def decide(
     injection = Injection(
         pack=request.pack,
         configmap=configmap_name(request.pack),
-        config_hash=rendered.hash,
-        targets=rendered.loaded.config.providers.targets,
+        config_hash=loaded.hash,
+        targets=loaded.config.providers.targets,
         resources=resources,
         ca_pem=ctx.ca_pem,
+        trusted_keys=ctx.trusted_env,
     )
-    ops = build_patch(pod, injection, ctx.settings)
-    warnings = []
+    problems = conflicts(pod, injection, settings)
+    if problems:
+        raise Rejected("; ".join(problems))
+    ops = build_patch(pod, injection, settings)
     for container in (pod.get("spec") or {}).get("containers") or []:
         own = [e for e in container.get("env") or [] if e.get("name") == "OPENAI_BASE_URL"]
         if own and own[-1].get("value") != BASE_URL:

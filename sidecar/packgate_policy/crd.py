@@ -44,7 +44,7 @@ SPEC_DESCRIPTION = (
     "The operator renders it into a ConfigMap and every sidecar of a pod annotated "
     "packgate.dev/policy-pack=<name> enforces it."
 )
-CONDITION_TYPES = ("Valid", "Ready", "InSync")
+CONDITION_TYPES = ("Valid", "Ready", "InSync", "ConfigTrusted")
 
 _HEADER = f"""\
 # The PolicyPack CustomResourceDefinition. GENERATED from sidecar/packgate_policy/models.py by
@@ -177,7 +177,8 @@ def _status_schema() -> Schema:
                 "description": (
                     "Valid: the spec passed the operator's full validation. Ready: the config "
                     "is rendered and served to sidecars. InSync: every injected pod enforces "
-                    "the current configHash."
+                    "the current configHash. ConfigTrusted: no sidecar reports a config without the "
+                    "operator's signature."
                 ),
                 "type": "array",
                 "x-kubernetes-list-type": "map",
@@ -243,6 +244,12 @@ def _printer_columns() -> list[dict[str, Any]]:
             "type": "boolean",
             "jsonPath": ".spec.pack.enabled",
             "description": "Whether the pack lets traffic through.",
+        },
+        {
+            "name": "Valid",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Valid")].status',
+            "description": "Whether the latest spec is a valid policy config (the Valid condition).",
         },
         {
             "name": "Ready",

@@ -111,6 +111,12 @@ class Metrics:
             "Config loads by source (file, push) and result (success, failure, unchanged).",
             ("source", "result"),
         )
+        self.signature_refusals = self.counter(
+            "packgate_config_signature_refusals_total",
+            "Configs refused because the operator's signature is missing, wrong or older than "
+            "the config in force, by source (file, push) and reason.",
+            ("source", "reason"),
+        )
         self.last_reload = self.gauge(
             "packgate_config_last_reload_timestamp_seconds",
             "Unix time of the last config load attempt, by result.",

@@ -7,6 +7,13 @@ config, its built policy chain and its resolved provider targets); a request tak
 A new config that fails anywhere (YAML, schema, a missing provider key, an unknown or broken
 policy) leaves the last good one in force and is reported in the log, the metrics and `/readyz`.
 
+When the injector gave the sidecar the operator's public key (PACKGATE_CONFIG_KEYS, see
+packgate_policy.signing), both sources must carry the operator's signature for this pod's
+namespace and pack: an unsigned, altered, foreign or rolled-back config is refused before it is
+parsed, counted in `packgate_config_signature_refusals_total`, shown in `/readyz` (`refused`) and
+reported to the operator on the next poll; the config in force stays. Without that variable
+(`packgate gateway run` on a laptop) plain config files load as before.
+
 Two sources feed it: `FileWatcher` polls the mounted file (the durable source; polling the
 resolved content also catches a Kubernetes ConfigMap volume's `..data` symlink swap, which inotify
 on the file path would miss), and `ConfigHolder.apply` is the entry point the operator's
@@ -19,7 +26,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ from packgate_policy import (
     PolicyConfig,
     load_mapping,
     load_text,
+    signing,
 )
 
 from .chain import Chain
@@ -91,6 +99,21 @@ class ConfigHolder:
         # How many Actives (current or still draining) use each policy instance.
         self._users: dict[int, int] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Signature checking: on when the injector gave us the operator's key.
+        self.trusted: Mapping[str, Any] | None = None
+        self.trust_problem = ""
+        self.signed: signing.Signed | None = None
+        # The last refusal per source kind ("file", "push"), cleared by the next good config.
+        self.refused: dict[str, dict[str, Any]] = {}
+        self.on_refusal: list[Callable[[], None]] = []
+        keys = self.environ.get(signing.ENV_TRUSTED_KEYS)
+        if keys is not None:
+            try:
+                self.trusted = signing.parse_trusted(keys)
+            except signing.SignatureError as exc:
+                self.trusted, self.trust_problem = {}, str(exc)  # fail closed: trust nothing
+        self._bind_namespace = self.environ.get("POD_NAMESPACE") or None
+        self._bind_pack = self.environ.get("PACKGATE_POLICY_PACK") or None
         metrics.set_config(None)
 
     # --- entry points ------------------------------------------------------------------------
@@ -98,19 +121,80 @@ class ConfigHolder:
     def apply(self, document: str | bytes | Mapping[str, Any], source: str = "push") -> ApplyResult:
         """Validate and put a config in force: YAML text/bytes or an already parsed mapping
         (for example a PolicyPack spec). Never raises for a bad config; see the result."""
+        signed = None
         try:
             if isinstance(document, bytes):
                 try:
                     document = document.decode("utf-8")
                 except UnicodeDecodeError:
                     raise ConfigError([ConfigIssue("", "the config is not UTF-8 text")]) from None
+            if self.trusted is not None:
+                try:
+                    signed = self._verify(document)
+                except signing.SignatureError as exc:
+                    return self.refuse(exc, source, document)
+                document = signed.body
             if isinstance(document, str):
                 loaded = load_text(document, source)
             else:
                 loaded = load_mapping(document, source=source)
         except ConfigError as exc:
             return self.reject(exc, source)
-        return self.apply_loaded(loaded, source)
+        result = self.apply_loaded(loaded, source)
+        if result.ok:
+            self.refused.pop(_kind(source), None)
+            if signed is not None:
+                self.signed = signed
+        return result
+
+    def _verify(self, document: str | Mapping[str, Any]) -> signing.Signed:
+        if self.trust_problem:
+            raise signing.SignatureError("bad-key", self.trust_problem)
+        if not isinstance(document, str):
+            raise signing.SignatureError("unsigned", "a parsed config carries no signature")
+        assert self.trusted is not None
+        signed = signing.verify(document, self.trusted, self._bind_namespace, self._bind_pack)
+        if not signing.newer_or_same(signed, self.signed):
+            current = self.signed.generation if self.signed else 0
+            raise signing.SignatureError(
+                "rollback",
+                f"the config is generation {signed.generation} of the pack, older than "
+                f"generation {current} in force",
+            )
+        return signed
+
+    def refuse(
+        self, error: signing.SignatureError, source: str, document: str | Mapping[str, Any]
+    ) -> ApplyResult:
+        """A config without a valid operator signature: kept out, counted, reported."""
+        kind = _kind(source)
+        digest = hashlib.sha256(str(document).encode()).hexdigest()[:16]
+        self.refused[kind] = {
+            "source": source,
+            "reason": error.reason,
+            "message": str(error),
+            "digest": digest,
+            "at": time.time(),
+        }
+        self.metrics.signature_refusals.labels(kind, error.reason).inc()
+        issue = ConfigIssue("", f"refused: {error}")
+        self.last_error = {
+            "source": source,
+            "at": time.time(),
+            "issues": [{"path": "", "message": issue.message, "line": None}],
+        }
+        log(
+            _log,
+            40,
+            "config refused: not signed by the operator",
+            source=source,
+            reason=error.reason,
+            detail=str(error),
+            kept_hash=self.current.hash if self.current is not None else None,
+        )
+        for callback in self.on_refusal:
+            callback()
+        return ApplyResult(False, False, None, [issue])
 
     def apply_loaded(self, loaded: LoadedConfig, source: str) -> ApplyResult:
         current = self.current
@@ -237,6 +321,13 @@ class ConfigHolder:
                 loaded_at=current.loaded_at,
             )
         detail["last_error"] = self.last_error
+        if self.trusted is not None:
+            detail["signed"] = {
+                "required": True,
+                "generation": self.signed.generation if self.signed else None,
+                "key": self.signed.key_id if self.signed else None,
+            }
+            detail["refused"] = list(self.refused.values())
         return current is not None, detail
 
     def not_ready_message(self) -> str:
@@ -248,9 +339,13 @@ class ConfigHolder:
         return message
 
     def _count(self, source: str, result: str) -> None:
-        kind = source.split(":", 1)[0] if source.startswith(("file", "push")) else "push"
+        kind = _kind(source)
         self.metrics.reloads.labels(kind, result).inc()
         self.metrics.last_reload.labels(result).set(time.time())
+
+
+def _kind(source: str) -> str:
+    return source.split(":", 1)[0] if source.startswith(("file", "push")) else "push"
 
 
 async def _close_all(policies: list[Policy]) -> None:

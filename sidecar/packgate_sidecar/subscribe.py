@@ -9,9 +9,12 @@ PolicyPack status counts converged sidecars.
 
 Only the operator can push: the client connects out to the URL it was started with, verifies the
 operator's certificate against the CA it was started with (never the system trust store), and
-listens on nothing. It reconnects with jittered exponential backoff, so a restarted operator is
-not stormed and a sidecar started while the operator is down runs on the mounted file and
-catches up when the operator returns.
+listens on nothing. It reconnects with jittered exponential backoff capped at a few seconds
+(an edit must still arrive within about a second once the operator or the apiserver is back),
+so a restarted operator is not stormed and a sidecar started while the operator is down runs on
+the mounted file and catches up when the operator returns. Configs are verified by the holder
+(packgate_policy.signing); a refused one is reported on the next poll (`refused=<reason>`), and
+a refusal cuts a waiting poll short so the operator hears about it at once.
 
 Environment (set by the injector): PACKGATE_OPERATOR_URL, PACKGATE_OPERATOR_CA (PEM) or
 PACKGATE_OPERATOR_CA_FILE, PACKGATE_TOKEN_FILE, POD_NAME, POD_NAMESPACE. `start(holder)` returns
@@ -21,6 +24,7 @@ None when PACKGATE_OPERATOR_URL is unset (outside Kubernetes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 import time
@@ -61,7 +65,7 @@ class SubscribeSettings:
     ca_pem: str | None = None
     ca_file: str | None = None
     wait_seconds: float = 25.0
-    max_backoff: float = 30.0
+    max_backoff: float = 3.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SubscribeSettings | None:
@@ -117,10 +121,13 @@ class Subscriber:
         settings: SubscribeSettings,
         apply: Callable[[str, str], _Result],
         running_hash: Callable[[], str | None],
+        refusals: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
         self._apply = apply
         self._running_hash = running_hash
+        self._refusals = refusals or (lambda: [])
+        self._nudged = asyncio.Event()
         # The last hash received that the holder refused: not asked for again. A hash that was
         # applied is not remembered here, so if the mounted file later puts an older config in
         # force, the running hash differs from the operator's and the current one is re-sent.
@@ -133,8 +140,18 @@ class Subscriber:
         connector = aiohttp.TCPConnector(ssl=self.settings.ssl_context(), limit=1)
         async with aiohttp.ClientSession(connector=connector) as session:
             while True:
+                self._nudged.clear()
+                poll = asyncio.ensure_future(self.poll_once(session))
+                nudge = asyncio.ensure_future(self._nudged.wait())
+                await asyncio.wait({poll, nudge}, return_when=asyncio.FIRST_COMPLETED)
+                nudge.cancel()
+                if not poll.done():  # a refusal to report: re-poll now with it
+                    poll.cancel()
+                    with contextlib.suppress(BaseException):
+                        await poll
+                    continue
                 try:
-                    delay = await self.poll_once(session)
+                    delay = poll.result()
                 except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                     self.connected = False
                     retry_in = self._next_backoff()
@@ -143,6 +160,10 @@ class Subscriber:
                     delay = retry_in
                 if delay:
                     await asyncio.sleep(delay)
+
+    def nudge(self) -> None:
+        """Report news (a refused config) now instead of when the waiting poll ends."""
+        self._nudged.set()
 
     def _next_backoff(self) -> float:
         delay = self._backoff * random.uniform(0.5, 1.5)
@@ -158,6 +179,12 @@ class Subscriber:
             params["running"] = running
         if self._refused:
             params["seen"] = self._refused
+        refusals = sorted(self._refusals(), key=lambda r: float(r.get("at", 0)))
+        if refusals:
+            latest = refusals[-1]
+            params["refused"] = str(latest.get("reason", "unknown"))
+            params["refused_source"] = str(latest.get("source", "")).split(":", 1)[0]
+            params["refused_digest"] = str(latest.get("digest", ""))
         timeout = aiohttp.ClientTimeout(total=self.settings.wait_seconds + 15, connect=10)
         async with session.get(
             self.settings.endpoint,
@@ -221,5 +248,11 @@ def start(holder: Any, environ: Mapping[str, str] | None = None) -> asyncio.Task
         current = getattr(holder, "current", None)
         return getattr(current, "hash", None)
 
-    subscriber = Subscriber(settings, holder.apply, running_hash)
+    def refusals() -> list[dict[str, Any]]:
+        return list(getattr(holder, "refused", {}).values())
+
+    subscriber = Subscriber(settings, holder.apply, running_hash, refusals)
+    hooks = getattr(holder, "on_refusal", None)
+    if hooks is not None:
+        hooks.append(subscriber.nudge)
     return asyncio.get_running_loop().create_task(subscriber.run(), name="packgate-subscribe")

@@ -51,3 +51,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "packgate.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "packgate.fullname" .) .Release.Namespace -}}
 {{- end -}}
+
+{{- define "packgate.signingSecretName" -}}
+{{- default (printf "%s-signing" (include "packgate.fullname" .)) .Values.signing.existingSecret -}}
+{{- end -}}

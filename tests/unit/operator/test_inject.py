@@ -284,3 +284,63 @@ def test_what_kopf_sends_is_add_only_and_equals_our_patch() -> None:
 def test_applier_refuses_anything_but_add() -> None:
     with pytest.raises(inject.PatchError):
         apply_patch({"a": 1}, [{"op": "replace", "path": "/a", "value": 2}])
+
+
+# --- reserved names: only packgate's own pieces may use them ---------------------------------
+
+
+def test_an_injected_pod_has_no_conflicts_even_after_apiserver_defaulting() -> None:
+    once = injected(pod())
+    side = sidecar_of(once)
+    # What the apiserver adds between webhook passes: defaults, canonical quantities.
+    side["terminationMessagePath"] = "/dev/termination-log"
+    side["startupProbe"]["successThreshold"] = 1
+    side["env"][0]["valueFrom"]["fieldRef"]["apiVersion"] = "v1"
+    side["resources"]["requests"]["cpu"] = "0.05"
+    for volume in once["spec"]["volumes"]:
+        if "configMap" in volume:
+            volume["configMap"]["defaultMode"] = 420
+    assert inject.conflicts(once, injection(), SETTINGS) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda p: p["spec"]["containers"].append({"name": "packgate-sidecar", "image": "x"}),
+         "container packgate-sidecar is reserved"),
+        (lambda p: p["spec"].setdefault("initContainers", []).append(
+            {"name": "packgate-sidecar", "image": "evil", "args": ["sleep"]}),
+         "init container packgate-sidecar is reserved"),
+        (lambda p: p["spec"].setdefault("volumes", []).append(
+            {"name": "packgate-config", "configMap": {"name": "my-own-policy"}}),
+         "volume packgate-config is reserved"),
+        (lambda p: p["spec"].setdefault("volumes", []).append(
+            {"name": "packgate-data", "hostPath": {"path": "/"}}),
+         "volume packgate-data is reserved"),
+    ],
+)  # fmt: skip
+def test_a_pod_using_a_reserved_name_is_named_in_the_refusal(change: Any, named: str) -> None:
+    source = pod()
+    change(source)
+    problems = inject.conflicts(source, injection(), SETTINGS)
+    assert any(named in problem for problem in problems), problems
+
+
+def test_a_copied_sidecar_with_one_extra_env_entry_is_not_packgate_s() -> None:
+    once = injected(pod())
+    sidecar_of(once)["env"].append({"name": "PACKGATE_CONFIG_KEYS", "value": "attacker:key"})
+    assert inject.conflicts(once, injection(trusted_keys="op:key"), SETTINGS)
+
+
+def test_a_user_written_status_record_is_replaced() -> None:
+    source = pod()
+    source["metadata"]["annotations"]["packgate.dev/status"] = '{"pack": "forged"}'
+    result = injected(source)
+    record = json.loads(result["metadata"]["annotations"]["packgate.dev/status"])
+    assert record["pack"] == "gateway" and record["configHash"] == render(SPEC).hash
+
+
+def test_the_sidecar_is_told_which_keys_sign_its_configs() -> None:
+    result = apply_patch(pod(), build_patch(pod(), injection(trusted_keys="k1:abc"), SETTINGS))
+    env = {e["name"]: e.get("value") for e in sidecar_of(result)["env"]}
+    assert env["PACKGATE_CONFIG_KEYS"] == "k1:abc"

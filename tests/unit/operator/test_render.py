@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from packgate_operator import render
-from packgate_policy import ConfigError, load_text
+from packgate_policy import ConfigError, load_text, signing
 
 SPEC: dict[str, Any] = {
     "pack": {"name": "chatgpt-enterprise-gateway", "version": "1.0.0", "enabled": True},
@@ -39,18 +39,28 @@ PACK: dict[str, Any] = {
 }
 
 
+SIGNER = signing.Signer.generate()
+
+
+def signed_body(rendered: render.Rendered) -> dict[str, Any]:
+    return render.configmap_body(PACK, rendered, render.signed_text(PACK, rendered, SIGNER))
+
+
 def test_configmap_holds_a_config_the_sidecar_loads_to_the_same_hash() -> None:
     rendered = render.render(SPEC)
-    body = render.configmap_body(PACK, rendered)
+    body = signed_body(rendered)
     text = body["data"]["policy.yaml"]
     assert load_text(text).hash == rendered.hash
+    # Signed for this pack, its uid and generation; still a plain config for lint and the CLI.
+    signed = signing.verify(text, {SIGNER.key_id: SIGNER.public}, "team-a", "gateway")
+    assert (signed.uid, signed.generation, signed.body) == ("u-1", 3, rendered.text)
     assert body["metadata"]["annotations"]["packgate.dev/config-hash"] == rendered.hash
     assert body["metadata"]["name"] == "packgate-gateway"
     assert body["metadata"]["namespace"] == "team-a"
 
 
 def test_configmap_is_owned_by_the_pack_so_it_is_garbage_collected() -> None:
-    body = render.configmap_body(PACK, render.render(SPEC))
+    body = signed_body(render.render(SPEC))
     assert body["metadata"]["ownerReferences"] == [
         {
             "apiVersion": "packgate.dev/v1alpha1",

@@ -114,6 +114,7 @@ def test_printer_columns_point_at_fields_that_exist() -> None:
     assert [name for name, c in columns.items() if c.get("priority", 0) == 0] == [
         "Version",
         "Enabled",
+        "Valid",
         "Ready",
         "In Sync",
         "Injected",
