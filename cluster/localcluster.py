@@ -182,7 +182,7 @@ class LocalCluster:
         began = time.monotonic()
         try:
             self._prepare_pki()
-            etcd_url = self._start_etcd()
+            etcd_url = self._etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url)
             self._wait_ready(timeout)
             if self.with_controller_manager:
@@ -259,8 +259,21 @@ class LocalCluster:
             self.workdir / f"{name}.kubeconfig", self.server, pki / "ca.crt", cert, key, user
         )
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (etcd and the rest keep running): an outage, for tests."""
+        for name, proc in list(self._procs):
+            if name == "kube-apiserver":
+                proc.terminate()
+                proc.wait(timeout=30)
+                self._procs.remove((name, proc))
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again on the same port and wait until it is ready."""
+        self._start_apiserver(self._etcd_url)
+        self._wait_ready(timeout)
+
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
+        log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             argv,
             stdout=log,

@@ -201,11 +201,12 @@ class Reporter:
         """Pods naming a PolicyPack that does not exist: gauge and one Event per pod."""
         ctx = self.ctx
         live = [p for p in pods if not p.terminating and p.pack]
-        if key in ctx.packs or ctx.hub.current(*key) is not None or not live:
+        if key in ctx.packs or not live:
             with contextlib.suppress(KeyError):
                 ctx.metrics.pods_orphaned.remove(*key)
             return
-        if await ctx.kube.get_policypack(*key) is not None:
+        unreported = not all(p.uid in self.orphans_reported for p in live)
+        if unreported and await ctx.kube.get_policypack(*key) is not None:
             return  # exists, not reconciled yet (or another replica reconciles it)
         ctx.metrics.pods_orphaned.labels(*key).set(len(live))
         for pod in live:

@@ -20,7 +20,7 @@ from pathlib import Path
 import kopf
 from aiohttp import web
 
-from . import handlers, signer, tls, webhook
+from . import handlers, memory, signer, tls, webhook
 from . import settings as settings_mod
 from .context import Context
 from .convergence import Reporter
@@ -137,6 +137,7 @@ async def serve(
     on_ready: Callable[[Context], Awaitable[None] | None] | None = None,
 ) -> None:
     """Run the operator until `stop` is set (or forever)."""
+    memory.shrink_tls_buffers()
     files = tls_files(settings)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(str(files.cert_file), str(files.key_file))
@@ -212,6 +213,9 @@ async def serve(
             ),
             *_feeds(kube, ctx, settings, hub_ready),
             asyncio.create_task(Reporter(ctx).run(), name="reporter"),
+            asyncio.create_task(
+                memory.trim_when_connections_drop(lambda: ctx.hub.subscriptions), name="trim"
+            ),
         ]
         try:
             ready = asyncio.create_task(_both(kopf_ready, hub_ready), name="ready")

@@ -177,8 +177,8 @@ def _status_schema() -> Schema:
                 "description": (
                     "Valid: the spec passed the operator's full validation. Ready: the config "
                     "is rendered and served to sidecars. InSync: every injected pod enforces "
-                    "the current configHash. ConfigTrusted: no sidecar reports a config without the "
-                    "operator's signature."
+                    "the current configHash. ConfigTrusted: no sidecar reports a config "
+                    "without the operator's signature."
                 ),
                 "type": "array",
                 "x-kubernetes-list-type": "map",
@@ -249,7 +249,7 @@ def _printer_columns() -> list[dict[str, Any]]:
             "name": "Valid",
             "type": "string",
             "jsonPath": '.status.conditions[?(@.type=="Valid")].status',
-            "description": "Whether the latest spec is a valid policy config (the Valid condition).",
+            "description": "Whether the latest spec is a valid policy config.",
         },
         {
             "name": "Ready",

@@ -103,7 +103,8 @@ class ConfigHolder:
         self.trusted: Mapping[str, Any] | None = None
         self.trust_problem = ""
         self.signed: signing.Signed | None = None
-        # The last refusal per source kind ("file", "push"), cleared by the next good config.
+        # The last refusal per source kind ("file", "push"), cleared by the next good config;
+        # `on_refusal` callbacks run whenever this changes (the subscriber reports it at once).
         self.refused: dict[str, dict[str, Any]] = {}
         self.on_refusal: list[Callable[[], None]] = []
         keys = self.environ.get(signing.ENV_TRUSTED_KEYS)
@@ -142,9 +143,10 @@ class ConfigHolder:
             return self.reject(exc, source)
         result = self.apply_loaded(loaded, source)
         if result.ok:
-            self.refused.pop(_kind(source), None)
             if signed is not None:
                 self.signed = signed
+            if self.refused.pop(_kind(source), None) is not None:
+                self._notify()
         return result
 
     def _verify(self, document: str | Mapping[str, Any]) -> signing.Signed:
@@ -192,9 +194,12 @@ class ConfigHolder:
             detail=str(error),
             kept_hash=self.current.hash if self.current is not None else None,
         )
+        self._notify()
+        return ApplyResult(False, False, None, [issue])
+
+    def _notify(self) -> None:
         for callback in self.on_refusal:
             callback()
-        return ApplyResult(False, False, None, [issue])
 
     def apply_loaded(self, loaded: LoadedConfig, source: str) -> ApplyResult:
         current = self.current

@@ -65,7 +65,7 @@ class SubscribeSettings:
     ca_pem: str | None = None
     ca_file: str | None = None
     wait_seconds: float = 25.0
-    max_backoff: float = 3.0
+    max_backoff: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SubscribeSettings | None:
@@ -166,7 +166,8 @@ class Subscriber:
         self._nudged.set()
 
     def _next_backoff(self) -> float:
-        delay = self._backoff * random.uniform(0.5, 1.5)
+        # Jittered, and never above max_backoff: an outage must not push the next edit far out.
+        delay = min(self._backoff * random.uniform(0.5, 1.5), self.settings.max_backoff)
         self._backoff = min(self._backoff * 2, self.settings.max_backoff)
         return delay
 

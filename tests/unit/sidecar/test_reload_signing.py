@@ -12,7 +12,10 @@ from packgate_sidecar.metrics import Metrics
 from packgate_sidecar.policy import PodIdentity, PolicyRuntime
 from packgate_sidecar.reload import ConfigHolder, FileWatcher
 
-CONFIG = "pack: {name: gw, version: 1.0.0, enabled: %s}\nproviders: {targets: [{id: t, provider: openai}]}\n"
+CONFIG = (
+    "pack: {name: gw, version: 1.0.0, enabled: %s}\n"
+    "providers: {targets: [{id: t, provider: openai}]}\n"
+)
 OPERATOR = signing.Signer.generate()
 
 
