@@ -8,9 +8,11 @@ that values are validated, and that uninstall leaves nothing behind but the CRDs
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -41,6 +43,21 @@ def by_kind(docs: list[dict[str, object]], kind: str) -> dict[str, object]:
     return found[0]
 
 
+def by_name(docs: list[dict[str, object]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]  # type: ignore[index]
+    assert len(found) == 1, f"expected one {kind} {name}, got {len(found)}"
+    return found[0]
+
+
+def rules(doc: dict[str, Any]) -> dict[str, set[str]]:
+    return {
+        f"{g}/{r}": set(rule["verbs"])
+        for rule in doc["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+
+
 def test_chart_lints(bin_dir: Path) -> None:
     result = helm(bin_dir, "lint", "--strict", str(CHART))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -57,6 +74,7 @@ def test_default_render_has_the_webhook_contract(bin_dir: Path) -> None:
             "MutatingWebhookConfiguration",
             "PodDisruptionBudget",
             "Secret",
+            "Secret",
             "Service",
             "ServiceAccount",
         ]
@@ -67,9 +85,12 @@ def test_default_render_has_the_webhook_contract(bin_dir: Path) -> None:
     assert hook["reinvocationPolicy"] == "IfNeeded"
     assert hook["sideEffects"] == "None"
     assert "packgate.dev/inject" in hook["matchConditions"][0]["expression"]
+    assert "!= 'false'" in hook["matchConditions"][0]["expression"]  # opt-outs never sent
     excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert {"kube-system", "kube-public", "kube-node-lease", "packgate-system"} <= set(excluded)
-    secret = by_kind(docs, "Secret")
+    secret = by_name(docs, "Secret", "pg-packgate-tls")
+    signing = by_name(docs, "Secret", "pg-packgate-signing")
+    assert "BEGIN PRIVATE KEY" in base64.b64decode(signing["data"]["signing.key"]).decode()  # type: ignore[index]
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]  # type: ignore[index]
     deployment = by_kind(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 2  # type: ignore[index]
@@ -96,7 +117,9 @@ def test_non_default_values_render(bin_dir: Path) -> None:
     kinds = {str(doc["kind"]) for doc in docs}
     assert "PodDisruptionBudget" not in kinds
     assert {"Certificate", "Issuer"} <= kinds
-    assert "Secret" not in kinds
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [  # type: ignore[index]
+        "pg-packgate-signing"
+    ]
     hook = by_kind(docs, "MutatingWebhookConfiguration")
     assert hook["webhooks"][0]["failurePolicy"] == "Ignore"  # type: ignore[index]
     assert "cert-manager.io/inject-ca-from" in hook["metadata"]["annotations"]  # type: ignore[index]
@@ -109,6 +132,38 @@ def test_non_default_values_render(bin_dir: Path) -> None:
     assert "requiredDuringSchedulingIgnoredDuringExecution" in spec["affinity"]["podAntiAffinity"]
 
 
+def test_namespace_scope_narrows_the_webhook_and_the_rbac(bin_dir: Path) -> None:
+    cluster_wide = render(bin_dir)
+    everywhere = rules(by_kind(cluster_wide, "ClusterRole"))
+    assert everywhere["/configmaps"] == {"get", "list", "watch", "create", "patch"}  # no delete
+    assert "update" not in everywhere["/configmaps"] and "/secrets" not in everywhere
+
+    docs = render(bin_dir, "operator.namespaces={team-a,team-b}")
+    cluster_role = rules(by_kind(docs, "ClusterRole"))
+    # Nothing namespaced is granted cluster-wide any more (kube-system included).
+    assert not {"/configmaps", "/pods", "/events", "packgate.dev/policypacks"} & set(cluster_role)
+    assert cluster_role["authentication.k8s.io/tokenreviews"] == {"create"}
+    roles = {d["metadata"]["namespace"]: rules(d) for d in docs if d["kind"] == "Role"}  # type: ignore[index]
+    assert set(roles) == {"team-a", "team-b"}
+    assert roles["team-a"]["/configmaps"] == {"get", "list", "watch", "create", "patch"}
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}  # type: ignore[index]
+
+    inject, unserved = by_kind(docs, "MutatingWebhookConfiguration")["webhooks"]  # type: ignore[index]
+    assert inject["name"] == "inject.packgate.dev"
+    served = inject["namespaceSelector"]["matchExpressions"][0]
+    assert served == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "In",
+        "values": ["team-a", "team-b"],
+    }
+    # Opted-in pods elsewhere reach the operator only to be refused with a message.
+    assert unserved["name"] == "unserved.packgate.dev"
+    assert {"team-a", "team-b", "kube-system"} <= set(
+        unserved["namespaceSelector"]["matchExpressions"][0]["values"]
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "complaint"),
     [
@@ -116,6 +171,8 @@ def test_non_default_values_render(bin_dir: Path) -> None:
         ("webhok.port=9443", "webhok"),
         ("webhook.failurePolicy=Sometimes", "failurePolicy"),
         ("sidecar.tokenExpirationSeconds=60", "tokenExpirationSeconds"),
+        ("operator.namespaces={team-*}", "namespaces"),
+        ("signing.extraTrustedKeys={nope}", "extraTrustedKeys"),
     ],
 )
 def test_schema_rejects_bad_values(bin_dir: Path, value: str, complaint: str) -> None:

@@ -11,6 +11,7 @@ test_operator_propagation), requests go through the real OpenAI SDK.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 from localcluster import LocalCluster
-from packgate_operator.local import free_port, webhook_configuration
+from packgate_operator.local import OperatorProcess, free_port, webhook_configuration
 from packgate_operator.render import render
 
 from tests.integration.test_operator_propagation import (
@@ -350,3 +352,101 @@ def test_a_deleted_pod_s_token_stops_working_at_once(hard: Setup, upstream: str)
     print(f"\ndeleted pod's token refused after {time.monotonic() - started:.2f} s")
     status, body = get_json(url, token, hard.operator.ca_pem)
     assert body["error"]["reason"] == "pod-gone"
+
+
+# --- RBAC: the chart's scoped rules are enough, and nothing more --------------------------------
+
+
+def test_the_operator_works_with_the_chart_s_scoped_rbac_and_nothing_else(
+    cluster: LocalCluster, upstream: str, tmp_path: Path
+) -> None:
+    label = uuid.uuid4().hex[:8]
+    served, home, release = f"pgrbac-{label}", f"pgrbac-home-{label}", f"pgrbac{label}"
+    for name in (served, home):
+        cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", served, f"packgate-test={label}")
+    chart = Path(__file__).resolve().parents[2] / "helm" / "packgate"
+    rendered = subprocess.run(
+        [str(cluster.bin_dir / "helm"), "template", release, str(chart), "-n", home,
+         "--set", f"operator.namespaces={{{served}}}", "--set", f"fullnameOverride={release}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rbac = [
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                   "RoleBinding")
+    ]  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                          "items": rbac}))  # fmt: skip
+    account = f"system:serviceaccount:{home}:{release}"
+    token = cluster.kubectl("create", "token", release, "-n", home, "--duration=1h").stdout.strip()
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(cluster.workdir / "pki" / "ca.crt")}}],
+                "users": [{"name": "op", "user": {"token": token}}],
+                "contexts": [{"name": "op", "context": {"cluster": "c", "user": "op"}}],
+                "current-context": "op",
+            }
+        )
+    )  # fmt: skip
+    operator = OperatorProcess(kubeconfig=kubeconfig, workdir=tmp_path / "op", namespaces=[served])
+    hook = f"packgate-rbac-{label}"
+    try:
+        operator.start()
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(webhook_configuration(
+            hook, operator.webhook_url, operator.ca_pem,
+            namespace_selector={"matchLabels": {"packgate-test": label}})))  # fmt: skip
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(policypack(served, spec(upstream))))
+
+        def status() -> dict[str, Any]:
+            got = cluster.kubectl("get", "ppk", "gateway", "-n", served, "-o", "json")
+            return dict(json.loads(got.stdout).get("status") or {})
+
+        config_hash = wait_for(lambda: status().get("configHash"), 30, "rendered with its RBAC")
+        made = cluster.kubectl("create", "-f", "-", input=json.dumps(pod(served, "app")))
+        assert made.returncode == 0
+        got = json.loads(cluster.kubectl("get", "pod", "app", "-n", served, "-o", "json").stdout)
+        assert json.loads(got["metadata"]["annotations"]["packgate.dev/status"])["configHash"] == (
+            config_hash
+        )
+        wait_for(lambda: status().get("injectedPods") == 1, 30, "the pod counted")
+        # The push channel works with it (TokenReview, pod lookup) ...
+        pod_token = cluster.kubectl(
+            "create", "token", "default", "-n", served, "--audience=packgate",
+            "--bound-object-kind=Pod", "--bound-object-name=app",
+            f"--bound-object-uid={got['metadata']['uid']}",
+        ).stdout.strip()  # fmt: skip
+        code, body = get_json(
+            f"{operator.subscribe_url}/v1/namespaces/{served}/pods/app/config?wait=0",
+            pod_token,
+            operator.ca_pem,
+        )
+        assert code == 200 and body["hash"] == config_hash
+        assert "ERROR" not in operator.log_tail(200), operator.log_tail(200)
+        # ... and it cannot write a ConfigMap, or read a Secret, anywhere else.
+        for verb, resource, where in (
+            ("patch", "configmaps", "kube-system"),
+            ("create", "configmaps", "default"),
+            ("delete", "configmaps", served),
+            ("update", "configmaps", served),
+            ("get", "secrets", served),
+            ("list", "pods", "kube-system"),
+        ):
+            can = cluster.kubectl(
+                "auth", "can-i", verb, resource, "-n", where, f"--as={account}", check=False
+            )
+            assert can.stdout.strip() == "no", f"{verb} {resource} in {where}: {can.stdout}"
+    finally:
+        operator.stop()
+        cluster.kubectl("delete", "mutatingwebhookconfiguration", hook, check=False)
+        for kind in ("clusterrole", "clusterrolebinding"):
+            cluster.kubectl("delete", kind, release, check=False)
+        for name in (served, home):
+            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
