@@ -260,10 +260,11 @@ class LocalCluster:
         )
 
     def stop_apiserver(self) -> None:
-        """Stop kube-apiserver alone (etcd and the rest keep running): an outage, for tests."""
+        """Kill kube-apiserver alone (etcd and the rest keep running): an outage, for tests.
+        Killed, not terminated: a graceful stop waits for open watches to drain."""
         for name, proc in list(self._procs):
             if name == "kube-apiserver":
-                proc.terminate()
+                proc.kill()
                 proc.wait(timeout=30)
                 self._procs.remove((name, proc))
 

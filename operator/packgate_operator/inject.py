@@ -149,12 +149,16 @@ def _covers(actual: Any, wanted: Any, key: str = "") -> bool:
 
     Objects: every key we set has our value (extra keys are defaults such as
     terminationMessagePath). Lists: same length, item by item, so nothing can be added to our
-    env, args or mounts. Resource quantities compare by value (the apiserver canonicalises them).
+    env or args. Mounts may gain others (the ServiceAccount admission plugin adds the API token
+    to every container) but none at, over or under one of ours. Resource quantities compare by
+    value (the apiserver canonicalises them).
     """
     if isinstance(wanted, Mapping):
         return isinstance(actual, Mapping) and all(
             k in actual and _covers(actual[k], v, k) for k, v in wanted.items()
         )
+    if key == "volumeMounts" and isinstance(wanted, list) and isinstance(actual, list):
+        return _mounts_cover(actual, wanted)
     if isinstance(wanted, list):
         return (
             isinstance(actual, list)
@@ -343,6 +347,22 @@ def sidecar_container(injection: Injection, settings: Settings) -> dict[str, Any
     if not container["resources"]:
         del container["resources"]
     return container
+
+
+def _mounts_cover(actual: list[Any], wanted: list[Any]) -> bool:
+    ours = [m for m in actual if isinstance(m, Mapping) and m.get("name") in RESERVED_VOLUMES]
+    if len(ours) != len(wanted) or not all(
+        _covers(a, w) for a, w in zip(ours, wanted, strict=True)
+    ):
+        return False
+    paths = [str(w["mountPath"]).rstrip("/") + "/" for w in wanted]
+    for mount in actual:
+        if not isinstance(mount, Mapping) or mount in ours:
+            continue
+        path = str(mount.get("mountPath", "")).rstrip("/") + "/"
+        if any(path.startswith(p) or p.startswith(path) for p in paths):
+            return False
+    return True
 
 
 # --- a minimal JSON Patch (RFC 6902) applier for `add`, used by kopf and by tests ----------------

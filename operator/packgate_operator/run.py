@@ -105,6 +105,10 @@ def kopf_settings(settings: Settings, files: tls.TlsFiles) -> kopf.OperatorSetti
     # packgate posts its own Events (with the words users need); kopf's would repeat them.
     ks.posting.enabled = False
     ks.batching.batch_window = 0.02  # an edit should reach sidecars fast; batching costs latency
+    # kopf's default retries back off up to 21 s (and give up after 54 s, ending the operator):
+    # after an apiserver restart the first edit waited for that. Retry every 2 s at most, for
+    # about two minutes.
+    ks.networking.error_backoffs = [0.5] + [1.0] * 10 + [2.0] * 55
     ks.admission.server = kopf.WebhookServer(
         addr=settings.webhook_host,
         port=settings.webhook_port,

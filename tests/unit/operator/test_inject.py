@@ -344,3 +344,15 @@ def test_the_sidecar_is_told_which_keys_sign_its_configs() -> None:
     result = apply_patch(pod(), build_patch(pod(), injection(trusted_keys="k1:abc"), SETTINGS))
     env = {e["name"]: e.get("value") for e in sidecar_of(result)["env"]}
     assert env["PACKGATE_CONFIG_KEYS"] == "k1:abc"
+
+
+def test_the_api_token_mount_added_by_admission_is_not_a_conflict_but_a_mount_over_ours_is() -> (
+    None
+):
+    once = injected(pod())
+    token_mount = {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/sa"}
+    sidecar_of(once)["volumeMounts"].append(token_mount)
+    assert inject.conflicts(once, injection(), SETTINGS) == []
+    over = {"name": "mine", "mountPath": "/etc/packgate/config/policy.yaml", "subPath": "x"}
+    sidecar_of(once)["volumeMounts"].append(over)
+    assert inject.conflicts(once, injection(), SETTINGS)
