@@ -309,12 +309,19 @@ def test_kubectl_get_shows_the_printer_columns(
             "podsWithoutSidecar": 1,
             "conditions": [
                 {
+                    "type": "Valid",
+                    "status": "False",
+                    "reason": "SpecInvalid",
+                    "message": "an edit that did not validate",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                },
+                {
                     "type": "Ready",
                     "status": "True",
-                    "reason": "ConfigRendered",
+                    "reason": "LastGoodConfigInForce",
                     "message": "ok",
                     "lastTransitionTime": "2026-01-01T00:00:00Z",
-                }
+                },
             ],
             "notInTheSchema": "pruned",
         }
@@ -336,13 +343,14 @@ def test_kubectl_get_shows_the_printer_columns(
         "NAME",
         "VERSION",
         "ENABLED",
+        "VALID",
         "READY",
         "IN",
         "SYNC",
         "INJECTED",
         "AGE",
     ]
-    assert row.split()[:6] == ["shown", "1.0.0", "true", "True", "2", "3"]
+    assert row.split()[:7] == ["shown", "1.0.0", "true", "False", "True", "2", "3"]
 
     wide_header, wide_row = cluster.kubectl(
         "get", "ppk", "-n", namespace, "-o", "wide"
