@@ -14,6 +14,7 @@ The admin app (a separate port) serves `/healthz`, `/readyz` and `/metrics`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import strict_json
+from .audit.writer import DURABLE_STATE_KEY
 from .conn_guard import ConnectionGuard
 from .errors import (
     REQUEST_ID_HEADER,
@@ -36,6 +38,7 @@ from .errors import (
     method_not_allowed,
     not_found,
     policy_blocked,
+    sse_error_event,
     too_large,
 )
 from .forward import Forwarder
@@ -92,6 +95,11 @@ class Gateway:
         )
         self._forwarder: Forwarder | None = None
         self._finishing: set[asyncio.Task[None]] = set()
+        # Requests being handled (the handler's task -> its context once it has one).
+        self._inflight: dict[asyncio.Task[Any], RequestContext | None] = {}
+        self._idle = asyncio.Event()
+        self.drained: set[str] = set()  # request ids ended by the drain deadline
+        self.finish_deadline: float | None = None
 
     # --- apps --------------------------------------------------------------------------------
 
@@ -124,7 +132,10 @@ class Gateway:
     async def _stop(self, _app: web.Application) -> None:
         self.guard.close()
         if self._finishing:
-            await asyncio.wait(set(self._finishing), timeout=self.options.finish_grace)
+            grace = self.options.finish_grace
+            if self.finish_deadline is not None:  # the shutdown has a total deadline
+                grace = max(0.0, self.finish_deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(set(self._finishing), timeout=grace)
         if self._forwarder is not None:
             await self._forwarder.session.close()
 
@@ -136,9 +147,13 @@ class Gateway:
         active = self.holder.current
         ctx: RequestContext | None = None
         response: web.StreamResponse | None = None
+        task = asyncio.current_task()
+        assert task is not None
         if active is not None:
             self.holder.enter(active)
         self.metrics.inflight_count += 1
+        self._inflight[task] = None
+        self._idle.clear()
         try:
             try:
                 expected = ROUTE_METHODS.get(route)
@@ -153,7 +168,7 @@ class Gateway:
                 elif route == MODELS:
                     response = _json(_models(active), request_id)
                 else:
-                    ctx = self._context(request, request_id, route, active)
+                    ctx = self._inflight[task] = self._context(request, request_id, route, active)
                     response = await self._proxy(request, ctx, active)
             except Exception as exc:
                 error = exc if isinstance(exc, ApiError) else _internal(exc, request_id)
@@ -162,12 +177,82 @@ class Gateway:
                     ctx.outcome = "blocked" if error.status == 403 else "error"
                 response = error.response(request_id)
         except asyncio.CancelledError:
-            if ctx is not None:
-                ctx.outcome = "client_disconnected"
-            raise
+            if ctx is None or ctx.request_id not in self.drained:
+                if ctx is not None:
+                    ctx.outcome = "client_disconnected"
+                raise
+            # Cancelled by the shutdown deadline (drain), not by the client: answer it.
+            task.uncancel()
+            response = await self._drained_answer(ctx)
         finally:
-            self._done(route, request, response, ctx, active)
+            del self._inflight[task]
+            if not self._inflight:
+                self._idle.set()
+            if ctx is not None and self._forwarder is not None:
+                self._forwarder.streams.pop(ctx.request_id, None)
+            finishing = self._done(route, request, response, ctx, active)
+        if finishing is not None and not response.prepared:
+            # A whole response leaves only once its audit record is durable (audit-logger's
+            # on_finish hands over the fsync's future), so a kill -9 cannot lose the record of
+            # an answer the client got. Streams got a durable write-ahead record before going
+            # upstream.
+            await asyncio.wait({finishing})
+            assert ctx is not None
+            for durable in ctx.state.get(DURABLE_STATE_KEY, ()):
+                with contextlib.suppress(Exception):  # a failed writer is logged and counted
+                    await asyncio.wrap_future(durable)
         return response
+
+    async def _drained_answer(self, ctx: RequestContext) -> web.StreamResponse:
+        ctx.outcome, ctx.error_code = "drained", "drained"
+        error = ApiError(
+            503,
+            "drained",
+            "The sidecar shut down (--drain-seconds elapsed) before this request finished; "
+            "retry it",
+        )
+        stream = self._forwarder.streams.get(ctx.request_id) if self._forwarder else None
+        if stream is None or not stream.prepared:
+            return error.response(ctx.request_id)
+        try:
+            await stream.write(sse_error_event(error))
+            await stream.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass  # the client went away meanwhile; the outcome is still "drained"
+        return stream
+
+    async def drain(self, deadline: float) -> None:
+        """Let in-flight requests finish until `deadline` (loop time); then end the rest:
+        streams with an SSE error event, others with a 503, all audited as `drained`."""
+        self.finish_deadline = deadline
+        remaining = deadline - asyncio.get_running_loop().time()
+        if self._inflight and remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), remaining)
+        if not self._inflight:
+            return
+        for task, ctx in list(self._inflight.items()):
+            if ctx is not None:
+                self.drained.add(ctx.request_id)
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 0.5)
+
+    async def _write_ahead(self, ctx: RequestContext, active: Active) -> None:
+        """Durable `started` records (audit-logger) before a stream goes upstream."""
+        for entry in active.chain.finish_entries:
+            hook = getattr(entry.policy, "write_ahead", None)
+            if hook is None:
+                continue
+            try:
+                await hook(ctx)
+            except Exception as exc:
+                log(_log, 40, "write-ahead failed", kind=entry.kind, error=describe_exception(exc))
+                raise ApiError(
+                    503,
+                    "audit_unavailable",
+                    "The request could not be audited, so it was not sent (fail closed)",
+                ) from None
 
     def _context(
         self, request: web.Request, request_id: str, route: str, active: Active
@@ -215,6 +300,8 @@ class Gateway:
         if blocked is not None:
             raise policy_blocked("request", blocked.kind, blocked.reason)
         assert self._forwarder is not None, "the app has started"
+        if ctx.stream:
+            await self._write_ahead(ctx, active)
         # What goes upstream is the serialisation of `body`, the object the chain checked (and
         # maybe rewrote), never the client's bytes: see strict_json.py.
         return await self._forwarder.forward(
@@ -279,7 +366,7 @@ class Gateway:
         response: web.StreamResponse | None,
         ctx: RequestContext | None,
         active: Active | None,
-    ) -> None:
+    ) -> asyncio.Task[None] | None:
         """Count, log and hand the request to the finish hooks; runs for every request."""
         self.metrics.inflight_count -= 1
         # 499: the client went away before an answer existed (nginx's convention).
@@ -290,7 +377,7 @@ class Gateway:
             if active is not None:
                 self.holder.leave(active)
             log(_log, INFO, "request", method=request.method, route=route_label, status=status)
-            return
+            return None
         duration = time.perf_counter() - ctx.started
         self.metrics.request_done(route_label, status, ctx.target or "none", duration)
         ctx.status = status
@@ -316,7 +403,7 @@ class Gateway:
         assert active is not None
         if not active.chain.finish_entries:
             self.holder.leave(active)
-            return
+            return None
         # Off the response path: the client has its answer; audit and cost run afterwards.
         task = asyncio.get_running_loop().create_task(active.chain.finish(ctx))
         self._finishing.add(task)
@@ -326,6 +413,7 @@ class Gateway:
             self.holder.leave(active)
 
         task.add_done_callback(_finished)
+        return task
 
     # --- admin -------------------------------------------------------------------------------
 

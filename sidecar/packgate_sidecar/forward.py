@@ -136,6 +136,8 @@ class Forwarder:
         )
         self.max_response_bytes = max_response_bytes
         self.max_error_body_bytes = max_error_body_bytes
+        # Streams the client is receiving, by request id (the gateway ends them at shutdown).
+        self.streams: dict[str, web.StreamResponse] = {}
 
     async def forward(
         self,
@@ -331,6 +333,7 @@ class Forwarder:
         allowed = b""  # what may still go out before the error event
         try:
             await response.prepare(request)
+            self.streams[ctx.request_id] = response
             while True:
                 try:
                     chunk = await answer.content.readany()

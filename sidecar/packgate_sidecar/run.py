@@ -3,7 +3,9 @@
 Why it exists: the same program runs on a laptop (`packgate gateway run --listen 0.0.0.0:41002
 --policy-config policy-config.yaml`, the seed document's command) and as the injected sidecar. It
 loads and watches the config, serves the API and the admin port, and on SIGTERM or SIGINT stops
-accepting connections, lets in-flight requests finish for up to `--drain-seconds`, then exits 0.
+accepting connections, lets in-flight requests finish, and exits 0 within `--drain-seconds` in
+total: streams still open near the deadline end with an SSE error event and are audited as
+`drained`.
 A config that is invalid at start does not stop the process: the sidecar stays up, not ready
 (every request gets 503 with the reason), and picks up the file as soon as it is fixed.
 """
@@ -297,15 +299,28 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await stop.wait()
     log(_log, 20, "draining", seconds=args.drain_seconds)
+    # One deadline for the whole shutdown: requests, their audit records, closing the policies.
+    deadline = loop.time() + args.drain_seconds
     gateway.draining = True
     watch.cancel()
     if subscription is not None:
         subscription.cancel()
+    for site in list(api.sites):
+        await _quietly(site.stop())  # no new connections from here on
+    # Streams still open this long before the deadline are ended (SSE error event, `drained`),
+    # leaving time to write their audit records and close the audit log.
+    reserve = min(1.0, args.drain_seconds * 0.2)
+    await _quietly(gateway.drain(deadline - reserve))
     await _quietly(api.cleanup())
-    await _quietly(holder.close())
+    await _quietly(_until(deadline, holder.close()))
     await _quietly(admin.cleanup())
-    log(_log, 20, "stopped")
+    log(_log, 20, "stopped", drained=len(gateway.drained))
     return 0
+
+
+async def _until(deadline: float, step: Coroutine[Any, Any, Any]) -> None:
+    remaining = deadline - asyncio.get_running_loop().time()
+    await asyncio.wait_for(step, max(0.05, remaining))
 
 
 def _show(address: tuple[str, int]) -> str:

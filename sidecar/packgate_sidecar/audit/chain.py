@@ -205,6 +205,7 @@ class VerifyResult:
     segments: int
     mac_checked: bool  # every record's MAC was checked against a supplied key
     head: ChainState | None  # the chain's last record, to compare with an external copy
+    last_segment: str | None = None  # name of the newest segment read
 
     @property
     def ok(self) -> bool:
@@ -271,6 +272,7 @@ class _Verifier:
             segments=len(self.segments),
             mac_checked=bool(self.keyring) and not self.unknown and bool(self.entries),
             head=None if head is None else head.env.state_after,
+            last_segment=self.segments[-1].name if self.segments else None,
         )
 
     def _read(self, si: int, name: str, n: int, raw: bytes) -> None:

@@ -118,12 +118,16 @@ class AuditRecord:
 
     ``time`` is RFC 3339 UTC (use :func:`utc_time`); ``endpoint`` names the API operation
     (``chat.completions``, ``embeddings``, ...); ``status`` is the HTTP status returned to the app.
+    ``outcome`` says how the request ended (``ok``, ``blocked``, ``error``, ``upstream_error``,
+    ``client_disconnected``, ``drained``); ``started`` marks a write-ahead record, made durable
+    before a streamed request goes upstream (its ``status`` is null; the outcome record with the
+    same ``request_id`` follows once the stream ends, unless the process was killed first).
     """
 
     time: str
     request_id: str
     endpoint: str
-    status: int
+    status: int | None
     latency_ms: float
     pod: str | None = None
     namespace: str | None = None
@@ -137,17 +141,30 @@ class AuditRecord:
     usage: TokenUsage | None = None
     cost_usd: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    outcome: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.time, str) or not _TIME.fullmatch(self.time):
             raise ValueError("audit field time: must be RFC 3339 UTC like 2025-01-31T12:00:00.000Z")
         _token("request_id", self.request_id)
         _token("endpoint", self.endpoint)
-        for name in ("pod", "namespace", "pack", "pack_version", "config_hash", "model", "target"):
+        for name in (
+            "pod",
+            "namespace",
+            "pack",
+            "pack_version",
+            "config_hash",
+            "model",
+            "target",
+            "outcome",
+        ):
             _opt_token(name, getattr(self, name))
-        if isinstance(self.status, bool) or not isinstance(self.status, int):
-            raise ValueError("audit field status: must be an HTTP status code")
-        if not 100 <= self.status <= 599:
+        # A write-ahead record ("started") has no status yet: the request is not answered.
+        if not (self.status is None and self.outcome == "started") and (
+            isinstance(self.status, bool)
+            or not isinstance(self.status, int)
+            or not 100 <= self.status <= 599
+        ):
             raise ValueError("audit field status: must be an HTTP status code")
         _number("latency_ms", self.latency_ms, optional=False)
         _number("cost_usd", self.cost_usd)
@@ -185,6 +202,7 @@ class AuditRecord:
             "usage": None if self.usage is None else self.usage.to_json(),
             "cost_usd": self.cost_usd,
             "tags": dict(sorted(self.tags.items())),
+            "outcome": self.outcome,
         }
 
     @classmethod

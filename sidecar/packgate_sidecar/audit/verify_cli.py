@@ -1,9 +1,17 @@
 """``packgate audit verify PATH``: tell an operator whether an audit log was tampered with.
 
 Why it exists: tamper evidence is only useful if checking it is one command with a clear answer.
-Every problem is printed as ``SEGMENT:LINE: KIND: detail`` (or as JSON with ``--json``); the exit
-status is 0 when the log is intact, 1 when anything was found, 2 when the command could not run
-(no such path, no segments, unreadable key). Without a key (``--key-file`` or the sidecar's
+Every problem is printed as ``SEGMENT:LINE: KIND: detail`` (or as JSON with ``--json``). The
+exit status says which of four outcomes it is:
+
+- 0 ``OK``: intact;
+- 1 ``TAMPERED``: records edited, deleted, reordered, inserted or badly sealed;
+- 2: the command could not run (no such path, no segments, unreadable key);
+- 3 ``TORN``: intact except that the newest segment ends in a cut-off line, which is what a crash
+  (``kill -9``, power loss) mid-write leaves and what the sidecar's next start records as
+  ``recovered``. Not proof of tampering, but not proof against it either: cutting the end off a
+  log looks the same, so compare the head with an external copy (the shipped records) when it
+  matters. Without a key (``--key-file`` or the sidecar's
 ``PACKGATE_AUDIT_KEY_FILE``/``PACKGATE_AUDIT_KEY``) only the hash chain is checked, and a note says
 so. Pass ``--key-file`` more than once to verify across a key rotation.
 """
@@ -14,6 +22,7 @@ import argparse
 import json
 import sys
 
+from packgate_sidecar.audit.chain import VerifyResult
 from packgate_sidecar.audit.keys import AuditKeyError, configured_key, read_key_file
 from packgate_sidecar.audit.verify import AuditPathError, verify_path
 
@@ -36,6 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON report on stdout")
 
 
+OK, TAMPERED, CANNOT_RUN, TORN = 0, 1, 2, 3
+
+
+def outcome(result: VerifyResult) -> str:
+    """``ok``, ``torn`` (only a cut-off last line of the newest segment) or ``tampered``."""
+    if result.ok:
+        return "ok"
+    last = result.last_segment
+    if all(f.kind == "truncated_tail" and f.segment == last for f in result.findings):
+        return "torn"
+    return "tampered"
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         keys = [read_key_file(path) for path in args.key_file]
@@ -44,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
         result = verify_path(args.path, keys)
     except (AuditKeyError, AuditPathError) as exc:
         print(f"packgate audit verify: {exc}", file=sys.stderr)
-        return 2
+        return CANNOT_RUN
+    verdict = outcome(result)
+    code = {"ok": OK, "torn": TORN, "tampered": TAMPERED}[verdict]
     if args.json:
         report = {
             "ok": result.ok,
+            "outcome": verdict,
             "records": result.records,
             "segments": result.segments,
             "mac_checked": result.mac_checked,
@@ -67,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             "notes": list(result.notes),
         }
         print(json.dumps(report, indent=2))
-        return 0 if result.ok else 1
+        return code
     for finding in result.findings:
         print(finding)
     for note in result.notes:
@@ -82,5 +107,11 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"OK: {scope}, {checked} intact{head}")
         return 0
+    if verdict == "torn":
+        print(
+            f"TORN: {scope}, {checked} intact up to a cut-off last line (a crash mid-write; "
+            "the sidecar records it as recovered on its next start)"
+        )
+        return TORN
     print(f"TAMPERED: {len(result.findings)} problem(s) in {scope}")
-    return 1
+    return TAMPERED

@@ -17,9 +17,11 @@ Crash safety: bytes already written are never rewritten. After ``kill -9`` mid-w
 segment may end in a torn line; the next start chains on from the last complete line, in a new
 segment, and seals a ``recovered`` record naming the torn bytes (offset, length, SHA-256) so the
 verifier can tell a crash from tampering. A record is durable once the batch holding it is
-fsynced; records still queued at a crash are lost (``aflush`` waits for durability when a caller
-must know). The stdout copy is written by the same thread, so a stalled stdout slows the writer
-and, through the bounded queue, the requests, rather than letting the two copies diverge.
+fsynced; records still queued at a crash are lost. ``await put_durable`` returns only once the
+record's batch is fsynced (records queued together share one fsync: group commit), for records
+that must survive a crash of the process the moment after. The stdout copy is written by the
+same thread, so a stalled stdout slows the writer and, through the bounded queue, the requests,
+rather than letting the two copies diverge.
 
 Backpressure: the queue holds ``max_queue`` records (plus the batch being written). When it is
 full, :meth:`submit` raises :class:`AuditQueueFull` (counted in ``stats.rejected``) so the caller
@@ -65,6 +67,9 @@ from packgate_sidecar.audit.chain import (
 )
 from packgate_sidecar.audit.record import AuditRecord, utc_time
 
+# ctx.state key under which audit-logger leaves the futures of records that must be durable
+# before the gateway sends a whole response (the wait is I/O, outside any policy's time budget).
+DURABLE_STATE_KEY = "audit-logger/durable"
 SEGMENT_RE = re.compile(r"audit-(\d{6,})-(\d{8})\.jsonl")
 _DAY = 86400.0
 
@@ -313,6 +318,35 @@ class AuditWriter:
                     waited = True
             await room
 
+    def submit_durable(
+        self, record: AuditRecord | Mapping[str, object]
+    ) -> concurrent.futures.Future[list[str]]:
+        """Queue a record like :meth:`submit`; the returned future resolves once the record's
+        batch is fsynced (records queued together share one fsync: group commit)."""
+        body = _body(record)
+        done: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        with self._cv:
+            self._check_open()
+            if len(self._pending) >= self._max_queue:
+                self.stats.rejected += 1
+                raise AuditQueueFull(f"audit queue full ({self._max_queue} records waiting)")
+            self._pending.append(("access", body, done))
+            self.stats.submitted += 1
+            self._cv.notify()
+        return done
+
+    async def put_durable(self, record: AuditRecord | Mapping[str, object]) -> None:
+        """Queue a record (waiting for room) and return once it is fsynced."""
+        while True:
+            try:
+                done = self.submit_durable(record)
+                break
+            except AuditQueueFull:
+                await self.put(record)  # waits for room, then queues (not durable-tracked)
+                await self.aflush()
+                return
+        await asyncio.wrap_future(done)
+
     def prune(self, now: float | None = None) -> list[str]:
         """Delete expired segments now (through the writer thread); returns their names.
         Blocks until done: from a coroutine use :meth:`aprune`."""
@@ -363,13 +397,14 @@ class AuditWriter:
                 lost, self._pending = list(batch) + list(self._pending), deque()
                 waiters, self._waiters = self._waiters, []
                 self.stats.lost = self.stats.submitted - self._access_written
-            for kind, _, done in lost:
-                if kind != "access" and not done.done():
+            for _, _, done in lost:
+                if done is not None and not done.done():
                     done.set_exception(AuditWriterError(f"audit writer failed: {exc}"))
             _wake(waiters)
 
     def _write_batch(self, batch: deque[_Item]) -> None:
         buf, count = bytearray(), 0
+        durable: list[concurrent.futures.Future[list[str]]] = []
         while batch:
             kind, payload, done = batch[0]
             if kind != "access":
@@ -390,8 +425,12 @@ class AuditWriter:
                 self._prune(now)
             buf += self._seal("access", payload, now)
             count += 1
+            if done is not None:
+                durable.append(done)
             batch.popleft()
         self._flush(buf, count)
+        for waiter in durable:  # written and fsynced (when fsync is on)
+            waiter.set_result([])
 
     def _seal(self, kind: RecordType, body: Mapping[str, JSONValue], now: float) -> bytes:
         line, self._state = seal(

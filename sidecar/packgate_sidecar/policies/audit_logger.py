@@ -21,6 +21,13 @@ loop; `packgate audit verify DIR` checks them.
   room; if not it fails, which blocks the request (fail closed) unless `fail_open` (counted in
   `packgate_policy_fail_open_total`). A record that meets a full queue after the response waits
   for room within the policy's time budget.
+- Durability (issue 13): a record that must exist survives a `kill -9` of the sidecar. A
+  non-streamed response is handed to the client only after its record is fsynced (`on_finish`
+  leaves the record's durability future in `ctx.state`, and the gateway waits for it before
+  sending the response); a streamed request, whose bytes reach the client as
+  they come, gets a durable write-ahead record (`outcome: started`, see `write_ahead`) before
+  it goes upstream, and its outcome record is appended when it ends. Concurrent requests share
+  fsyncs (group commit); `make bench` (`audit_durability`) measures the cost.
 - Retention: expired whole segments are pruned when the writer starts, when a new segment
   starts (at least daily under traffic) and by a daily timer.
 - Records carry the decisions as `phase:reason` plus numeric details (`request:injection/
@@ -42,7 +49,7 @@ from packgate_policy import AuditLogger, PolicyBlock
 
 from ..audit.keys import load_key
 from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
-from ..audit.writer import AuditQueueFull, AuditWriter
+from ..audit.writer import DURABLE_STATE_KEY, AuditQueueFull, AuditWriter
 from ..logs import get_logger, log
 from ..policy import (
     ALLOW,
@@ -155,7 +162,7 @@ def decision_reason(record: DecisionRecord) -> str:
     return _NOT_TOKEN.sub("_", text)[:128]
 
 
-def build_record(ctx: RequestContext) -> AuditRecord:
+def build_record(ctx: RequestContext, started: bool = False) -> AuditRecord:
     """The audit record of a finished request: identities, decisions, usage, cost, timing."""
     decisions = [
         PolicyDecision(record.kind, record.action, decision_reason(record))
@@ -179,7 +186,11 @@ def build_record(ctx: RequestContext) -> AuditRecord:
         time=utc_time(ctx.started_at),
         request_id=ctx.request_id,
         endpoint=ENDPOINTS.get(ctx.route, "other"),
-        status=ctx.status if ctx.status is not None and 100 <= ctx.status <= 599 else 499,
+        status=None
+        if started
+        else ctx.status
+        if ctx.status is not None and 100 <= ctx.status <= 599
+        else 499,
         latency_ms=ctx.latency_ms or 0.0,
         pod=_token(ctx.pod.name),
         namespace=_token(ctx.pod.namespace),
@@ -193,6 +204,7 @@ def build_record(ctx: RequestContext) -> AuditRecord:
         usage=usage,
         cost_usd=attribution.cost_usd if attribution is not None else None,
         tags=dict(list(tags.items())[:32]),
+        outcome="started" if started else _token(ctx.outcome),
     )
 
 
@@ -225,14 +237,23 @@ class AuditLoggerPolicy(Policy):
             raise AuditUnavailable("the audit log cannot take records (queue full or stopped)")
         return ALLOW
 
+    async def write_ahead(self, ctx: RequestContext) -> None:
+        """Make a `started` record durable before a streamed request goes upstream."""
+        if self.config.log_all_access or acted_on(ctx):
+            await self.writer.put_durable(build_record(ctx, started=True))
+
     async def on_finish(self, ctx: RequestContext) -> None:
         if not self.config.log_all_access and not acted_on(ctx):
             return
         record = build_record(ctx)
         try:
-            self.writer.submit(record)
+            durable = self.writer.submit_durable(record)
         except AuditQueueFull:
-            await self.writer.put(record)  # within the chain's time budget for this hook
+            await self.writer.put_durable(record)  # within the chain's time budget for this hook
+            return
+        # The gateway holds a whole response until this future resolves (the record is fsynced);
+        # waiting for the disk is not policy work, so it is outside this hook's time budget.
+        ctx.state.setdefault(DURABLE_STATE_KEY, []).append(durable)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -136,11 +136,25 @@ def test_each_tampering_is_reported_with_segment_line_and_kind(
     segs = write_log(tmp_path / "log")
     segment, line, kind = tamper(segs)
     code, out, _ = cli(capsys, str(tmp_path / "log"), "--key-file", str(key_file))
-    problems = [row for row in out.splitlines() if not row.startswith("TAMPERED")]
-    assert code == 1
+    # A cut-off last line is what a crash leaves: its own outcome (TORN, exit 3), not TAMPERED.
+    verdict, expected = ("TORN", 3) if kind == "truncated_tail" else ("TAMPERED", 1)
+    problems = [row for row in out.splitlines() if not row.startswith(verdict)]
+    assert code == expected
     assert problems[0].startswith(f"{segment.name}:{line}: {kind}: "), out
     assert len(problems) == 1, out
-    assert out.splitlines()[-1].startswith("TAMPERED: 1 problem(s)")
+    assert out.splitlines()[-1].startswith("TORN: " if verdict == "TORN" else "TAMPERED: 1 problem")
+
+
+def test_a_torn_tail_in_an_older_segment_is_tampering(
+    tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash can only tear the newest segment (the next start writes a `recovered` record),
+    so a cut-off line anywhere else is reported as tampering."""
+    segs = write_log(tmp_path / "log")
+    segs[1].write_bytes(segs[1].read_bytes()[:-100])
+    code, out, _ = cli(capsys, str(tmp_path / "log"), "--key-file", str(key_file))
+    assert code == 1
+    assert "truncated_tail" in out and out.splitlines()[-1].startswith("TAMPERED")
 
 
 def test_deleted_segment_is_named(
