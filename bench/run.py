@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import detect, kube, proxy
+from bench import audit_durability, detect, kube, proxy
 from bench.common import (
     BENCH,
     Report,
@@ -39,7 +39,7 @@ from bench.common import (
     write_json,
 )
 
-MODULES = ("proxy", "detect", "admission", "reload", "memory")
+MODULES = ("proxy", "detect", "admission", "reload", "memory", "audit_durability")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -123,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         "admission": lambda: kube.admission(report, kube.Options(work, quick)),
         "reload": lambda: kube.reload(report, kube.Options(work, quick)),
         "memory": lambda: kube.operator_memory(report, kube.Options(work, quick)),
+        "audit_durability": lambda: audit_durability.run(
+            report,
+            proxy.Options(
+                rounds=1 if quick else 3,
+                duration=0.8 if quick else 3.0,
+                warmup=0.3 if quick else 1.0,
+                workdir=work,
+                peers=False,
+            ),
+        ),
     }
     try:
         for name in MODULES:

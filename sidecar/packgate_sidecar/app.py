@@ -73,6 +73,9 @@ class GatewayOptions:
     header_timeout: float = 10.0
     idle_timeout: float = 15.0
     max_connections: int = 1024
+    # Hold each whole response until its audit record is fsynced, and give streams a durable
+    # write-ahead record (issue 13). Off only to measure what that costs (`make bench`).
+    durable_audit: bool = True
     # Bound on waiting for on_finish hooks (audit records) at shutdown.
     finish_grace: float = 5.0
 
@@ -191,7 +194,7 @@ class Gateway:
             if ctx is not None and self._forwarder is not None:
                 self._forwarder.streams.pop(ctx.request_id, None)
             finishing = self._done(route, request, response, ctx, active)
-        if finishing is not None and not response.prepared:
+        if self.options.durable_audit and finishing is not None and not response.prepared:
             # A whole response leaves only once its audit record is durable (audit-logger's
             # on_finish hands over the fsync's future), so a kill -9 cannot lose the record of
             # an answer the client got. Streams got a durable write-ahead record before going
@@ -300,7 +303,7 @@ class Gateway:
         if blocked is not None:
             raise policy_blocked("request", blocked.kind, blocked.reason)
         assert self._forwarder is not None, "the app has started"
-        if ctx.stream:
+        if ctx.stream and self.options.durable_audit:
             await self._write_ahead(ctx, active)
         # What goes upstream is the serialisation of `body`, the object the chain checked (and
         # maybe rewrote), never the client's bytes: see strict_json.py.

@@ -150,6 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="provider error bodies are cut at this size (default 64KiB)",
     )
     parser.add_argument(
+        "--no-durable-audit",
+        dest="durable_audit",
+        action="store_false",
+        help="do not wait for audit records to be fsynced before answering (faster, but a "
+        "kill -9 can lose the records of the last answers); for measuring the cost",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=float,
         default=25.0,
@@ -263,6 +270,7 @@ async def serve(args: argparse.Namespace) -> int:
             header_timeout=args.header_timeout,
             idle_timeout=args.idle_timeout,
             max_connections=args.max_connections,
+            durable_audit=args.durable_audit,
         ),
     )
     try:
