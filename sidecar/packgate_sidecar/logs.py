@@ -15,6 +15,8 @@ import time
 import traceback
 from typing import Any
 
+from .scrub import scrub_text
+
 LOGGER_NAME = "packgate"
 
 
@@ -35,7 +37,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = describe_exception(record.exc_info[1])
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        # Defence in depth: no field should hold a secret, but none may ever print one.
+        return scrub_text(json.dumps(entry, default=str, separators=(",", ":")))
 
 
 def _iso(epoch: float) -> str:

@@ -91,3 +91,20 @@ async def test_an_error_body_that_is_not_json_becomes_an_openai_error_and_is_cap
     assert isinstance(body, dict)
     assert body["code"] == "upstream_error"
     assert len(caught.value.response.content) < 4096 + 512
+
+
+def test_a_configured_secret_never_appears_in_a_log_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Log fields never carry text, but even a mistaken one cannot print a provider key."""
+    import logging
+
+    from packgate_sidecar import scrub
+    from packgate_sidecar.logs import JsonFormatter
+
+    scrub.register([UPSTREAM_KEY])
+    record = logging.LogRecord("packgate.t", 40, __file__, 1, "oops", None, None)
+    record.fields = {"detail": f"Authorization: Bearer {UPSTREAM_KEY}"}
+    line = JsonFormatter().format(record)
+    assert UPSTREAM_KEY not in line
+    assert "[REDACTED]" in line

@@ -38,6 +38,7 @@ loop; `packgate audit verify DIR` checks them.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,8 @@ from pathlib import Path
 
 from packgate_policy import AuditLogger, PolicyBlock
 
-from ..audit.keys import load_key
+from .. import scrub
+from ..audit.keys import KEY_ENV, load_key
 from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
 from ..audit.writer import DURABLE_STATE_KEY, AuditQueueFull, AuditWriter
 from ..logs import get_logger, log
@@ -108,6 +110,8 @@ def audit_dir(runtime: PolicyRuntime) -> Path:
 
 
 def _acquire(directory: Path, config: AuditLogger) -> _Shared:
+    # The MAC key is a configured secret: it must never appear in anything the sidecar returns.
+    scrub.register(v for v in (os.environ.get(KEY_ENV),) if v)
     shared = _writers.get(directory)
     if shared is None:
         writer = AuditWriter(
