@@ -66,7 +66,11 @@ class GatewayOptions:
     read_timeout: float = 300.0
     # Whole request body, from the end of the headers (a slow-body client holds a connection).
     body_timeout: float = 30.0
-    max_response_bytes: int = 64 * 1024 * 1024
+    # Whole provider answers are buffered (the response policies read them as one object), so
+    # their size is bounded while reading. Embeddings get more room: 2048 inputs of 3072-dim
+    # vectors are ~34 MB even base64-encoded.
+    max_response_bytes: int = 16 * 1024 * 1024
+    max_embeddings_response_bytes: int = 64 * 1024 * 1024
     max_error_body_bytes: int = 64 * 1024
     # Client connections (conn_guard.py): headers must arrive within header_timeout, an idle
     # keep-alive connection is closed after idle_timeout, at most max_connections at once.
@@ -129,6 +133,7 @@ class Gateway:
             self.options.connect_timeout,
             self.options.read_timeout,
             self.options.max_response_bytes,
+            self.options.max_embeddings_response_bytes,
             self.options.max_error_body_bytes,
         )
 

@@ -97,7 +97,7 @@ def _too_big(ctx: RequestContext, limit: int) -> ApiError:
         502,
         "upstream_response_too_large",
         f'Provider target "{ctx.target}" sent a response larger than the limit of {limit} '
-        "bytes (--max-response-bytes); it was not relayed",
+        "bytes (--max-response-bytes, --max-embeddings-response-bytes); it was not relayed",
     )
 
 
@@ -125,7 +125,8 @@ class Forwarder:
         metrics: Metrics,
         connect_timeout: float,
         read_timeout: float,
-        max_response_bytes: int = 64 * 1024 * 1024,
+        max_response_bytes: int = 16 * 1024 * 1024,
+        max_embeddings_response_bytes: int = 64 * 1024 * 1024,
         max_error_body_bytes: int = _ERROR_BODY_LIMIT,
     ) -> None:
         self.session = session
@@ -135,6 +136,7 @@ class Forwarder:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self.max_response_bytes = max_response_bytes
+        self.max_embeddings_response_bytes = max_embeddings_response_bytes
         self.max_error_body_bytes = max_error_body_bytes
         # Streams the client is receiving, by request id (the gateway ends them at shutdown).
         self.streams: dict[str, web.StreamResponse] = {}
@@ -264,7 +266,11 @@ class Forwarder:
 
     async def _read_capped(self, answer: aiohttp.ClientResponse, ctx: RequestContext) -> bytes:
         """The whole answer, refusing (before buffering it) one larger than the limit."""
-        limit = self.max_response_bytes
+        limit = (
+            self.max_embeddings_response_bytes
+            if ctx.route == EMBEDDINGS
+            else self.max_response_bytes
+        )
         if answer.content_length is not None and answer.content_length > limit:
             raise _too_big(ctx, limit)
         chunks: list[bytes] = []

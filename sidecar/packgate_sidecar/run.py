@@ -138,9 +138,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-response-bytes",
         type=parse_size,
+        default=16 * 1024 * 1024,
+        metavar="SIZE",
+        help="largest whole (not streamed) provider response, enforced while reading, before "
+        "buffering (default 16MiB)",
+    )
+    parser.add_argument(
+        "--max-embeddings-response-bytes",
+        type=parse_size,
         default=64 * 1024 * 1024,
         metavar="SIZE",
-        help="largest provider response relayed whole, enforced while reading (default 64MiB)",
+        help="the same for /v1/embeddings answers (default 64MiB)",
     )
     parser.add_argument(
         "--max-error-body-bytes",
@@ -266,6 +274,7 @@ async def serve(args: argparse.Namespace) -> int:
             read_timeout=args.read_timeout,
             body_timeout=args.body_timeout,
             max_response_bytes=args.max_response_bytes,
+            max_embeddings_response_bytes=args.max_embeddings_response_bytes,
             max_error_body_bytes=args.max_error_body_bytes,
             header_timeout=args.header_timeout,
             idle_timeout=args.idle_timeout,

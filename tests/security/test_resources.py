@@ -9,12 +9,14 @@ SDK cannot misbehave like this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from packgate_sidecar.app import GatewayOptions
 
 from tests.support.gateway import RunningGateway, make_config, running_gateway
@@ -139,3 +141,44 @@ async def test_an_oversized_provider_answer_is_refused_not_buffered(
         )
     assert caught.value.status_code == 502
     assert "upstream_response_too_large" in caught.value.response.text
+
+
+async def test_a_chunked_answer_is_cut_off_at_the_limit_while_reading() -> None:
+    """No Content-Length to refuse up front: the sidecar counts while reading, and stops reading
+    (the provider cannot push the rest) as soon as the limit is passed."""
+    sent = {"bytes": 0, "finished": False}
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b" " * 65536
+        with contextlib.suppress(ConnectionResetError, ConnectionError):
+            for _ in range(320):  # 20 MiB of whitespace, then a JSON object
+                await response.write(chunk)
+                sent["bytes"] += len(chunk)
+            await response.write(b"{}")
+            sent["finished"] = True
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = make_config(f"http://127.0.0.1:{port}/v1")
+        async with running_gateway(config, options=OPTIONS) as running:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await running.client().chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert caught.value.status_code == 502
+            assert "upstream_response_too_large" in caught.value.response.text
+            await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+    assert not sent["finished"]
+    assert sent["bytes"] < 20 * 1024 * 1024
