@@ -14,6 +14,10 @@ sweeping the open connections periodically:
 
 A request in progress is not this module's business: its body has the gateway's body timeout
 and its upstream call the provider timeouts.
+
+It also makes the errors aiohttp answers by itself, before any handler runs (a malformed request
+line, a header over 8 KiB, broken chunked framing), OpenAI-shaped JSON like every other error,
+and logs them by type only (aiohttp's own message may quote the bytes the client sent).
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from .logs import get_logger, log
+
+_log = get_logger("http")
 
 _BODY = json.dumps(
     {
@@ -40,6 +53,49 @@ REFUSAL = (
     + b"\r\n\r\n"
     + _BODY
 )
+
+
+class _OpenAIErrors(RequestHandler):
+    """aiohttp's connection handler, with its own error answers in the OpenAI shape."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        log(_log, 30, "malformed HTTP request", status=status, error=type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        code = "bad_http_request" if 400 <= status < 500 else "internal_error"
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        body = {
+            "error": {
+                "type": "invalid_request_error" if status < 500 else "api_error",
+                "code": code,
+                "message": f"The HTTP request could not be parsed ({status} {phrase})",
+                "param": None,
+            }
+        }
+        response = web.Response(
+            status=status, body=json.dumps(body).encode(), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+def _handler(server: Any) -> Any:
+    """What `aiohttp.web.Server.__call__` builds, with `_OpenAIErrors` as the class."""
+    try:
+        return _OpenAIErrors(server, loop=server._loop, **server._kwargs)
+    except (AttributeError, TypeError):  # an aiohttp that changed its internals: plain errors
+        return server()
 
 
 class ConnectionGuard:
@@ -113,7 +169,7 @@ class _Guarded(asyncio.Protocol):
             return
         guard.open.add(self)
         self.rest_since = asyncio.get_running_loop().time()
-        self.inner = self._factory()
+        self.inner = _handler(self._factory)
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:

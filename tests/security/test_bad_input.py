@@ -8,7 +8,9 @@ these bodies).
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
 from typing import Any
 
 import aiohttp
@@ -72,6 +74,31 @@ async def test_bad_input_is_a_4xx_openai_error_audited_with_its_status(
             for _ in range(100):
                 if finished and finished[0].finished:
                     break
-                await __import__("asyncio").sleep(0.01)
+                await asyncio.sleep(0.01)
             assert [ctx.status for ctx in finished[0].finished] == [answer.status]
+        assert upstream.received == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["request-line", "huge-header", "bad-chunk"],
+)
+async def test_unparseable_http_gets_an_openai_shaped_400(raw: bytes) -> None:
+    """Errors aiohttp answers itself, before any handler, are OpenAI-shaped too."""
+    async with FakeUpstream() as upstream, running_gateway(make_config(upstream.base_url)) as gw:
+        host, port = gw.base_url.removeprefix("http://").split("/")[0].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1].startswith(b"4"), head  # HTTP/1.0 when the line is garbage
+        assert b"application/json" in head
+        assert json.loads(body)["error"]["code"] == "bad_http_request"
         assert upstream.received == []
