@@ -453,3 +453,50 @@ def test_crlf_events_are_understood() -> None:
     assert blocks == [b"data: 1"]
     blocks, rest = split_events(rest + b"\n\r\n")
     assert blocks == [b"data: 2"] and rest == b""
+
+
+def test_issue_13_fields_roles_and_files() -> None:
+    import base64
+
+    from packgate_sidecar.shapes import DataUrlSlot, KeySlot
+
+    encoded = base64.b64encode(b"note: call me").decode()
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "name": "n",
+                "content": [
+                    {"type": "file", "file": {"file_data": f"data:text/plain;base64,{encoded}"}},
+                    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBER"}},
+                ],
+            }
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"properties": {}}}},
+        "metadata": {"k": "v"},
+    }
+    slots = request_texts(CHAT, body)
+    by_path = {slot.path: slot for slot in slots}
+    file_slot = by_path["messages[0].content[0].file.file_data"]
+    assert isinstance(file_slot, DataUrlSlot) and file_slot.get() == "note: call me"
+    file_slot.set("note: [gone]")
+    data = body["messages"][0]["content"][0]["file"]["file_data"]  # type: ignore[index]
+    assert base64.b64decode(data.split(",", 1)[1]) == b"note: [gone]"
+    assert "messages[0].content[1].file.file_data" not in by_path  # binary: passed
+    assert by_path["messages[0].name"].role == "user"
+    assert by_path["metadata.k"].role == "metadata"
+    key = by_path["metadata.k (key)"]
+    assert isinstance(key, KeySlot)
+    with pytest.raises(TypeError):
+        key.set("other")
+    for bad, param in (
+        ({"role": "User", "content": "x"}, "messages[0].role"),
+        ({"role": "user", "content": "x", "extra": 1}, "messages[0].extra"),
+    ):
+        with pytest.raises(ShapeError) as caught:
+            request_texts(CHAT, {"model": "m", "messages": [bad]})
+        assert caught.value.param == param
+    with pytest.raises(ShapeError) as caught:
+        request_texts(CHAT, {"model": "m", "messages": [], "surprise": 1})
+    assert caught.value.param == "surprise"
