@@ -199,6 +199,8 @@ class Gateway:
             if ctx is not None and self._forwarder is not None:
                 self._forwarder.streams.pop(ctx.request_id, None)
             finishing = self._done(route, request, response, ctx, active)
+        if self.draining:
+            response.force_close()  # no keep-alive while draining: clients reconnect elsewhere
         if self.options.durable_audit and finishing is not None and not response.prepared:
             # A whole response leaves only once its audit record is durable (audit-logger's
             # on_finish hands over the fsync's future), so a kill -9 cannot lose the record of

@@ -399,6 +399,7 @@ _SAMPLING = frozenset(
         "service_tier",
         "store",
         "prompt_cache_key",
+        "prompt_cache_retention",
     }
 )
 REQUEST_FIELDS: dict[str, frozenset[str]] = {
