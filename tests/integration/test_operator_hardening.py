@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from localcluster import LocalCluster
+from localcluster import LocalCluster, make_ca
 from packgate_operator.local import OperatorProcess, free_port, webhook_configuration
 from packgate_operator.render import render
 
@@ -271,7 +271,7 @@ def test_opt_out_pods_are_created_while_the_webhook_is_unreachable(cluster: Loca
     dead = webhook_configuration(
         name,
         f"https://127.0.0.1:{free_port()}",
-        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        make_ca().cert_pem.decode(),
         namespace_selector={"matchLabels": {"packgate-dead": label}},
     )
     cluster.kubectl("apply", "-f", "-", input=json.dumps(dead))
@@ -451,3 +451,35 @@ def test_the_operator_works_with_the_chart_s_scoped_rbac_and_nothing_else(
             cluster.kubectl("delete", kind, release, check=False)
         for name in (served, home):
             cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_a_kube_system_pod_without_sidecar_is_not_told_that_recreating_it_helps(
+    cluster: LocalCluster, upstream: str, tmp_path: Path
+) -> None:
+    name = f"pgsys-{uuid.uuid4().hex[:8]}"
+    with OperatorProcess(
+        kubeconfig=cluster.kubeconfig, workdir=tmp_path, namespaces=["kube-system"]
+    ) as operator:
+        try:
+            manifest = policypack("kube-system", spec(upstream))
+            manifest["metadata"]["name"] = name
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+            item = pod("kube-system", name)  # no webhook is ever called for kube-system
+            item["metadata"]["annotations"]["packgate.dev/policy-pack"] = name
+            cluster.kubectl("create", "-f", "-", input=json.dumps(item))
+
+            def missing() -> list[dict[str, Any]]:
+                got = cluster.kubectl("get", "events", "-n", "kube-system", "-o", "json").stdout
+                return [
+                    e
+                    for e in json.loads(got)["items"]
+                    if e.get("reason") == "SidecarMissing" and e["involvedObject"]["name"] == name
+                ]
+
+            event = wait_for(missing, 30, "the SidecarMissing event")[0]
+            assert "recreating the pod will not inject it" in event["message"]
+            assert "delete the pod so its controller recreates it" not in event["message"]
+        finally:
+            print(operator.log_tail(20))
+            cluster.kubectl("delete", "pod", name, "-n", "kube-system", "--wait=false", check=False)
+            cluster.kubectl("delete", "ppk", name, "-n", "kube-system", check=False)
