@@ -5,11 +5,8 @@ the pod (reinvocation), and users own every container, env var and volume alread
 So this module never replaces or reorders anything: it appends what is missing, recognises its
 own pieces by name, and returns no operations for a pod that already has everything.
 
-Names are reserved, not trusted: a pod that arrives with a `packgate-sidecar` container or a
-`packgate-*` volume that is not exactly what this module would inject (apiserver defaults aside)
-is refused (`conflicts`), so a user cannot pass off their own container or ConfigMap as the
-governed sidecar. The `packgate.dev/status` record is always written by the injector, over any
-value the pod came with.
+The names it uses are reserved (reserved.py refuses pods that bring their own), and the
+`packgate.dev/status` record is always written here, over any value the pod came with.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from typing import Any
 from packgate_policy import Target, secret_env_name
 
 from . import annotations as ann
-from .annotations import AnnotationError, parse_quantity
 from .settings import SIDECAR_API_PORT, Settings
 
 SIDECAR_NAME = "packgate-sidecar"
@@ -93,7 +89,7 @@ def build_patch(pod: Mapping[str, Any], injection: Injection, settings: Settings
     """The add operations that make `pod` governed; [] when it already is."""
     spec = pod.get("spec") or {}
     ops: list[Op] = []
-    ops += _append_items(spec, "volumes", "/spec/volumes", _volumes(injection, settings))
+    ops += _append_items(spec, "volumes", "/spec/volumes", injected_volumes(injection, settings))
     if not has_sidecar(pod):
         ops += _append_items(
             spec, "initContainers", "/spec/initContainers", [sidecar_container(injection, settings)]
@@ -112,67 +108,6 @@ def build_patch(pod: Mapping[str, Any], injection: Injection, settings: Settings
             {"op": "add", "path": "/metadata/annotations/" + _escape(ann.STATUS), "value": record}
         )
     return ops
-
-
-def conflicts(pod: Mapping[str, Any], injection: Injection, settings: Settings) -> list[str]:
-    """What in `pod` uses a name packgate reserves, unless it is exactly packgate's own."""
-    spec = pod.get("spec") or {}
-    problems: list[str] = []
-    for container in spec.get("containers") or []:
-        if container.get("name") == SIDECAR_NAME:
-            problems.append(
-                f"container {SIDECAR_NAME} is reserved for the injected sidecar; rename yours"
-            )
-    wanted_sidecar = sidecar_container(injection, settings)
-    for container in spec.get("initContainers") or []:
-        if container.get("name") == SIDECAR_NAME and not _covers(container, wanted_sidecar):
-            problems.append(
-                f"init container {SIDECAR_NAME} is reserved for the injected sidecar and this "
-                "one is not packgate's; remove or rename it"
-            )
-    wanted_volumes = {v["name"]: v for v in _volumes(injection, settings)}
-    for volume in spec.get("volumes") or []:
-        name = volume.get("name")
-        if name not in RESERVED_VOLUMES:
-            continue
-        wanted = wanted_volumes.get(name)
-        if wanted is None or not _covers(volume, wanted):
-            problems.append(
-                f"volume {name} is reserved for the injected sidecar "
-                f"({', '.join(RESERVED_VOLUMES)}); rename yours"
-            )
-    return problems
-
-
-def _covers(actual: Any, wanted: Any, key: str = "") -> bool:
-    """Is `actual` what we would inject, give or take fields the apiserver defaults?
-
-    Objects: every key we set has our value (extra keys are defaults such as
-    terminationMessagePath). Lists: same length, item by item, so nothing can be added to our
-    env or args. Mounts may gain others (the ServiceAccount admission plugin adds the API token
-    to every container) but none at, over or under one of ours. Resource quantities compare by
-    value (the apiserver canonicalises them).
-    """
-    if isinstance(wanted, Mapping):
-        return isinstance(actual, Mapping) and all(
-            k in actual and _covers(actual[k], v, k) for k, v in wanted.items()
-        )
-    if key == "volumeMounts" and isinstance(wanted, list) and isinstance(actual, list):
-        return _mounts_cover(actual, wanted)
-    if isinstance(wanted, list):
-        return (
-            isinstance(actual, list)
-            and len(actual) == len(wanted)
-            and all(_covers(a, w, key) for a, w in zip(actual, wanted, strict=True))
-        )
-    if actual == wanted:
-        return True
-    if key in ("cpu", "memory") and isinstance(actual, str) and isinstance(wanted, str):
-        try:
-            return parse_quantity(actual) == parse_quantity(wanted)
-        except AnnotationError:
-            return False
-    return False
 
 
 def _append_items(
@@ -208,7 +143,7 @@ def _app_env_ops(container: Mapping[str, Any], index: int) -> list[Op]:
     return [{"op": "add", "path": f"{path}/-", "value": item} for item in wanted]
 
 
-def _volumes(injection: Injection, settings: Settings) -> list[dict[str, Any]]:
+def injected_volumes(injection: Injection, settings: Settings) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         # A whole-ConfigMap volume (never subPath): the kubelet swaps it atomically on change.
         {"name": VOL_CONFIG, "configMap": {"name": injection.configmap}},
@@ -347,22 +282,6 @@ def sidecar_container(injection: Injection, settings: Settings) -> dict[str, Any
     if not container["resources"]:
         del container["resources"]
     return container
-
-
-def _mounts_cover(actual: list[Any], wanted: list[Any]) -> bool:
-    ours = [m for m in actual if isinstance(m, Mapping) and m.get("name") in RESERVED_VOLUMES]
-    if len(ours) != len(wanted) or not all(
-        _covers(a, w) for a, w in zip(ours, wanted, strict=True)
-    ):
-        return False
-    paths = [str(w["mountPath"]).rstrip("/") + "/" for w in wanted]
-    for mount in actual:
-        if not isinstance(mount, Mapping) or mount in ours:
-            continue
-        path = str(mount.get("mountPath", "")).rstrip("/") + "/"
-        if any(path.startswith(p) or p.startswith(path) for p in paths):
-            return False
-    return True
 
 
 # --- a minimal JSON Patch (RFC 6902) applier for `add`, used by kopf and by tests ----------------

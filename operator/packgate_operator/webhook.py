@@ -22,9 +22,10 @@ from packgate_policy import ConfigError, load_text, signing
 
 from . import annotations as ann
 from .context import Context
-from .inject import BASE_URL, Injection, apply_add_in_place, build_patch, conflicts
+from .inject import BASE_URL, Injection, apply_add_in_place, build_patch
 from .kube import KubeError
 from .render import configmap_name, issues_text, render
+from .reserved import conflicts
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 import jsonpatch
 import kopf
 import pytest
-from packgate_operator import inject
+from packgate_operator import inject, reserved
 from packgate_operator.inject import Injection, apply_patch, build_patch
 from packgate_operator.render import render
 from packgate_operator.settings import Settings
@@ -300,7 +300,7 @@ def test_an_injected_pod_has_no_conflicts_even_after_apiserver_defaulting() -> N
     for volume in once["spec"]["volumes"]:
         if "configMap" in volume:
             volume["configMap"]["defaultMode"] = 420
-    assert inject.conflicts(once, injection(), SETTINGS) == []
+    assert reserved.conflicts(once, injection(), SETTINGS) == []
 
 
 @pytest.mark.parametrize(
@@ -322,14 +322,14 @@ def test_an_injected_pod_has_no_conflicts_even_after_apiserver_defaulting() -> N
 def test_a_pod_using_a_reserved_name_is_named_in_the_refusal(change: Any, named: str) -> None:
     source = pod()
     change(source)
-    problems = inject.conflicts(source, injection(), SETTINGS)
+    problems = reserved.conflicts(source, injection(), SETTINGS)
     assert any(named in problem for problem in problems), problems
 
 
 def test_a_copied_sidecar_with_one_extra_env_entry_is_not_packgate_s() -> None:
     once = injected(pod())
     sidecar_of(once)["env"].append({"name": "PACKGATE_CONFIG_KEYS", "value": "attacker:key"})
-    assert inject.conflicts(once, injection(trusted_keys="op:key"), SETTINGS)
+    assert reserved.conflicts(once, injection(trusted_keys="op:key"), SETTINGS)
 
 
 def test_a_user_written_status_record_is_replaced() -> None:
@@ -352,7 +352,7 @@ def test_the_api_token_mount_added_by_admission_is_not_a_conflict_but_a_mount_ov
     once = injected(pod())
     token_mount = {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/sa"}
     sidecar_of(once)["volumeMounts"].append(token_mount)
-    assert inject.conflicts(once, injection(), SETTINGS) == []
+    assert reserved.conflicts(once, injection(), SETTINGS) == []
     over = {"name": "mine", "mountPath": "/etc/packgate/config/policy.yaml", "subPath": "x"}
     sidecar_of(once)["volumeMounts"].append(over)
-    assert inject.conflicts(once, injection(), SETTINGS)
+    assert reserved.conflicts(once, injection(), SETTINGS)
