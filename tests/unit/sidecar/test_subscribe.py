@@ -220,3 +220,29 @@ def test_environment_contract() -> None:
         SubscribeSettings.from_env({**env, "PACKGATE_OPERATOR_URL": "http://op"})
     with pytest.raises(SubscribeConfigError, match="POD_NAME"):
         SubscribeSettings.from_env({k: v for k, v in env.items() if k != "POD_NAME"})
+
+
+async def test_a_refusal_is_reported_at_once_not_when_the_waiting_poll_ends(tmp_path: Path) -> None:
+    files = tls.generate(tmp_path / "tls", ["127.0.0.1"])
+    hub = Hub()
+    first = load_text(CONFIG % "true")
+    hub.publish(Published("ns", "gw", first.hash, CONFIG % "true"))
+    runner, port = await serve(hub, files)
+    holder = Holder()
+    refusals: list[dict[str, Any]] = []
+    slow = SubscribeSettings(
+        **{**settings(tmp_path, port, files.ca_pem).__dict__, "wait_seconds": 30}
+    )
+    subscriber = Subscriber(slow, holder.apply, lambda: holder.hash, lambda: refusals)
+    task = asyncio.create_task(subscriber.run())
+    try:
+        await wait_for(lambda: holder.applied == [first.hash])
+        await wait_for(lambda: hub.subscriptions == 1)  # parked for up to 30 s
+        refusals.append(
+            {"source": "file:/etc/x", "reason": "unsigned", "digest": "abc123", "at": 1}
+        )
+        subscriber.nudge()  # what ConfigHolder.refuse does through on_refusal
+        await wait_for(lambda: hub.reports["uid-a"].refused == "file:unsigned:abc123", within=2)
+    finally:
+        task.cancel()
+        await runner.cleanup()
