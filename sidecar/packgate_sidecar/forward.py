@@ -337,6 +337,7 @@ class Forwarder:
             else None
         )
         allowed = b""  # what may still go out before the error event
+        sent = False  # whether the client has had any body bytes
         try:
             await response.prepare(request)
             self.streams[ctx.request_id] = response
@@ -348,15 +349,23 @@ class Forwarder:
                     break
                 if not chunk:
                     if rewriter is not None:
-                        tail = rewriter.end()
+                        tail = scrub.scrub_bytes(rewriter.end())
                         if tail:
                             await response.write(tail)
                     await response.write_eof()
                     return response
-                out = rewriter.feed(chunk) if rewriter is not None else chunk
-                out = scrub.scrub_bytes(out)
+                if rewriter is None:
+                    await response.write(scrub.scrub_bytes(chunk))
+                    continue
+                # The first bytes go out as soon as one event is checked, not the whole chunk.
+                out = scrub.scrub_bytes(rewriter.feed(chunk, first=not sent))
                 if out:
                     await response.write(out)
+                    if not sent:
+                        sent = True
+                        out = scrub.scrub_bytes(rewriter.feed(b""))
+                        if out:
+                            await response.write(out)
         except StreamBlocked as blocked:
             allowed = blocked.partial
             reason, error = "blocked", policy_blocked("response", blocked.kind, blocked.reason)

@@ -5,13 +5,25 @@ pass the policies' stream filters. `StreamRewriter` does that one event at a tim
 text delta to its channel's filters, sends what they release, flushes what they held back before
 the event that ends a channel (as a synthesized delta event of the same kind), and keeps the
 Responses API's repeated whole texts (`.done` events, the final `response.completed`) equal to
-what was actually streamed, so no snapshot leaks the unfiltered text. Events it does not change
-go out byte for byte.
+what was actually streamed, so no snapshot leaks the unfiltered text.
+
+Cost: events go out byte for byte unless a policy changed their text. The common chat event (one
+choice, one `content` string, nothing else to check) is read without parsing its JSON
+(`StreamShape.plain_delta`) and, when its text changed, the new text is spliced into its bytes;
+every other event is parsed in full. When a text changes, the event's `logprobs` (which spell out
+the original tokens) are dropped.
+
+SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
+other than `event` and `data` are ignored; a block without data dispatches nothing. A comment-only
+block is passed on as a bare `:` keep-alive (its text never reaches the client), and an event
+whose data is empty is dropped: it carries nothing to check, and the OpenAI SDK would fail to
+decode it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .chain import StreamBlocked, StreamPolicies
@@ -19,15 +31,22 @@ from .policy import RequestContext
 from .shapes import Channel
 from .stream_shapes import StreamShape
 
+KEEP_ALIVE = b":\n\n"
+# Characters a JSON string must escape.
+_JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
+
 
 class UnreadableEvent(ValueError):
     """An upstream event whose data is not a JSON object: it cannot be checked, so not sent."""
 
 
 def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Complete event blocks in `buffer` and the incomplete rest. Accepts CRLF line ends."""
+    """Complete event blocks in `buffer` (line ends made LF) and the incomplete rest."""
     if b"\r" in buffer:
-        buffer = buffer.replace(b"\r\n", b"\n")
+        # A CR at the very end may be the first half of a CRLF: keep it for the next chunk.
+        held = buffer.endswith(b"\r")
+        body = buffer[:-1] if held else buffer
+        buffer = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
     blocks = buffer.split(b"\n\n")
     rest = blocks.pop()
     return [block for block in blocks if block.strip(b"\n")], rest
@@ -60,6 +79,11 @@ def _matches(channel: Channel, prefixes: list[Channel]) -> bool:
     return any(channel[: len(prefix)] == prefix for prefix in prefixes)
 
 
+def _canonical(block: bytes) -> bool:
+    """Only `event:`/`data:` lines: safe to pass on as it came (no comment or id text)."""
+    return all(line.startswith((b"data:", b"event:")) for line in block.split(b"\n"))
+
+
 class StreamRewriter:
     """Rewrites one SSE stream. `policies` None means only observe (usage, output size)."""
 
@@ -71,18 +95,28 @@ class StreamRewriter:
         self.ctx = ctx
         self.saw_done = False
         self._rest = b""
-        self._templates: dict[Channel, tuple[str | None, dict[str, Any]]] = {}
+        # A channel's last event, as parsed JSON or raw data bytes (parsed when first needed).
+        self._templates: dict[Channel, tuple[str | None, dict[str, Any] | bytes]] = {}
         self._emitted: dict[Channel, str] = {}
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Bytes to send for this upstream chunk; raises StreamBlocked or UnreadableEvent."""
+    def feed(self, chunk: bytes, first: bool = False) -> bytes:
+        """Bytes to send for this upstream chunk; raises StreamBlocked or UnreadableEvent.
+
+        With `first`, return as soon as one event produced bytes and keep the other complete
+        events for the next call (`feed(b"")`): the client gets its first bytes without waiting
+        for the whole chunk to be checked.
+        """
         blocks, self._rest = split_events(self._rest + chunk)
         if not blocks:
             return b""
         out: list[bytes] = []
         try:
-            for block in blocks:
+            for number, block in enumerate(blocks):
                 out.append(self._event(block))
+                if first and out[-1]:
+                    later = b"".join(b + b"\n\n" for b in blocks[number + 1 :])
+                    self._rest = later + self._rest
+                    break
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
             raise
@@ -91,18 +125,26 @@ class StreamRewriter:
     def end(self) -> bytes:
         """The upstream finished: process a last unterminated event and flush every channel."""
         out = b""
-        if self._rest.strip():
-            out += self._event(self._rest)
+        blocks, _ = split_events(self._rest + b"\n\n")
         self._rest = b""
+        for block in blocks:
+            out += self._event(block)
         if self.policies is not None:
             out += self._flush([()], set())
         return out
 
     def _event(self, block: bytes) -> bytes:
+        if block.startswith(b"data: ") and b"\n" not in block:
+            plain = self.shape.plain_delta(block, 6)
+            if plain is not None:
+                return self._plain(block, *plain)
         name, data = parse_block(block)
-        raw = block + b"\n\n"
         if data is None:
-            return raw
+            # Comments, ids, retry hints: nothing to dispatch. Keep the connection warm only.
+            return KEEP_ALIVE if block.startswith(b":") else b""
+        if not data.strip():
+            return b""
+        raw = block + b"\n\n" if _canonical(block) else _reframed(name, data)
         if data.strip() == "[DONE]":
             self.saw_done = True
             return (self._flush([()], set()) if self.policies else b"") + raw
@@ -133,6 +175,7 @@ class StreamRewriter:
                 text += policies.finish(channel)
             if text != original:
                 slot.set(text)
+                self.shape.drop_logprobs(obj, channel)
                 changed = True
             self._templates[channel] = (name, obj)
             self._sent(channel, text)
@@ -147,6 +190,26 @@ class StreamRewriter:
                 changed = True
         return out + (encode_event(name, obj) if changed else raw)
 
+    def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
+        """An event whose only text is block[start:end], a JSON string without escapes."""
+        try:
+            original = block[start:end].decode()
+        except UnicodeDecodeError:
+            raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
+        if self.policies is None:
+            self.ctx.output_chars += len(original)
+            return block + b"\n\n"
+        text = self.policies.feed(channel, original)
+        self._templates[channel] = (None, block[6:])
+        self._sent(channel, text)
+        if text == original:
+            return block + b"\n\n"
+        if _JSON_SPECIAL.search(text):
+            value = json.dumps(text, ensure_ascii=False)[1:-1].encode()
+        else:
+            value = text.encode()
+        return block[:start] + value + block[end:] + b"\n\n"
+
     def _flush(self, prefixes: list[Channel], skip: set[Channel]) -> bytes:
         assert self.policies is not None
         out = b""
@@ -157,6 +220,9 @@ class StreamRewriter:
             template = self._templates.get(channel)
             if rest and template is not None:
                 name, data = template
+                if isinstance(data, bytes):
+                    data = json.loads(data)
+                    assert isinstance(data, dict)
                 out += encode_event(name, self.shape.synthesize(channel, data, rest))
                 self._sent(channel, rest)
         return out
@@ -165,3 +231,9 @@ class StreamRewriter:
         self.ctx.output_chars += len(text)
         if self.shape.has_snapshots:
             self._emitted[channel] = self._emitted.get(channel, "") + text
+
+
+def _reframed(event: str | None, data: str) -> bytes:
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    lines = b"".join(b"data: " + line + b"\n" for line in data.encode().split(b"\n"))
+    return head + lines + b"\n"

@@ -11,6 +11,7 @@ exactly that per endpoint, and nothing else.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,16 @@ class StreamShape:
     def parse(self, event: str | None, data: Json) -> StreamEvent:
         raise NotImplementedError
 
+    def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
+        """For the common event that carries one text delta and nothing else the chain needs
+        (no other text, no end of a channel, no usage, no error), its channel and the byte span
+        of that text inside `block` (whose JSON starts at `at`), read without parsing the JSON;
+        None when the event must be parsed. Must agree exactly with `parse` where it answers."""
+        return None
+
+    def drop_logprobs(self, data: Json, channel: Channel) -> None:
+        """A channel's text in `data` was changed: remove what spells out the original tokens."""
+
     def synthesize(self, channel: Channel, template: Json, text: str) -> Json:
         """A new event carrying `text` for `channel`, modelled on the channel's last event."""
         raise NotImplementedError
@@ -47,8 +58,43 @@ def _usage(data: Json) -> Json | None:
     return usage if isinstance(usage, dict) else None
 
 
+# The chat fast path (see ChatStream.plain_delta): the usual chunk layout, one choice whose
+# delta holds `content` (and maybe the first chunk's role) and nothing else.
+_PLAIN_CHAT = re.compile(
+    rb'"choices":\[\{"index":(\d{1,9}),"delta":\{(?:"role":"assistant",)?"content":"([^"]*)"\}'
+)
+# Keys that need the full parse: other text fields, the end of a channel, usage, errors,
+# logprobs (dropped when a text changes); and raw control characters (invalid JSON).
+# (One literal first character lets `re` skip between quotes in C.)
+_NEEDS_PARSE = re.compile(
+    rb'"(?:(?:refusal|reasoning[^"]*|tool_calls|function_call|audio|error)"'
+    rb'|(?:finish_reason|usage|logprobs)":(?!null))'
+)
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+
+
 class ChatStream(StreamShape):
     _FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+
+    def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
+        # Without a backslash there are no escapes: every quote delimits a string and every key
+        # is spelled literally, so finding and counting literal keys is exact.
+        match = _PLAIN_CHAT.search(block, at)
+        if (
+            match is None
+            or b"\\" in block
+            or block.count(b'"delta"') != 1
+            or block.count(b'"content"') != 1
+            or _NEEDS_PARSE.search(block, at)
+            or _CONTROL.search(block)
+        ):
+            return None
+        return ((int(match.group(1)), "content"), match.start(2), match.end(2))
+
+    def drop_logprobs(self, data: Json, channel: Channel) -> None:
+        for position, choice in choices_of(data):
+            if choice.get("index", position) == channel[0] and choice.get("logprobs"):
+                choice["logprobs"] = None
 
     def parse(self, event: str | None, data: Json) -> StreamEvent:
         deltas: list[tuple[Channel, TextSlot]] = []
@@ -70,6 +116,10 @@ class ChatStream(StreamShape):
                             channel = (index, "tool", call.get("index", number))
                             slot = TextSlot(function, "arguments", "assistant", "arguments")
                             deltas.append((channel, slot))
+                audio = delta.get("audio")
+                if isinstance(audio, dict) and isinstance(audio.get("transcript"), str):
+                    slot = TextSlot(audio, "transcript", "assistant", "audio.transcript")
+                    deltas.append(((index, "audio"), slot))
                 function_call = delta.get("function_call")
                 if isinstance(function_call, dict) and isinstance(
                     function_call.get("arguments"), str
@@ -87,6 +137,8 @@ class ChatStream(StreamShape):
             delta = {"tool_calls": [{"index": channel[2], "function": {"arguments": text}}]}
         elif kind == "function_call":
             delta = {"function_call": {"arguments": text}}
+        elif kind == "audio":
+            delta = {"audio": {"transcript": text}}
         else:
             delta = {kind: text}
         event = {k: v for k, v in template.items() if k not in ("choices", "usage")}
@@ -169,6 +221,7 @@ class ResponsesStream(StreamShape):
         "response.code_interpreter_call_code": ("code", "code"),
         "response.reasoning_summary_text": ("summary", "text"),
         "response.reasoning_text": ("reasoning", "text"),
+        "response.audio.transcript": ("transcript", "transcript"),
     }
     _WHOLE = frozenset(
         {
@@ -245,6 +298,10 @@ class ResponsesStream(StreamShape):
             final = kind in ("response.completed", "response.incomplete", "response.failed")
             return StreamEvent([], [()] if final else [], snaps, usage)
         return StreamEvent([], [], [])
+
+    def drop_logprobs(self, data: Json, channel: Channel) -> None:
+        if data.get("logprobs"):
+            data["logprobs"] = []
 
     def synthesize(self, channel: Channel, template: Json, text: str) -> Json:
         event = copy.copy(template)

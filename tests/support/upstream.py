@@ -47,6 +47,7 @@ class Behavior:
     chunks: list[str] | None = None  # exact streamed pieces of the answer
     tool_call: tuple[str, str] | None = None  # answer with a call: (function name, arguments)
     body: dict[str, Any] | None = None  # answer exactly this JSON (with `status`)
+    sse: list[bytes] | None = None  # stream exactly these bytes, one write each (to a stream)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -227,7 +228,7 @@ class FakeUpstream:
             else:
                 return web.json_response(_error_for(404), status=404)
             return web.json_response(answer, headers=behavior.headers)
-        events = _stream_events(path, body, model, text, prompt, behavior)
+        events = behavior.sse or _stream_events(path, body, model, text, prompt, behavior)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",

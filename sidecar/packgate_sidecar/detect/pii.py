@@ -51,8 +51,6 @@ __all__ = [
 
 BUILTIN_ENTITIES = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS")
 _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-# Characters a built-in entity can contain (besides single spaces between digit groups).
-_ENTITY_PUNCT = frozenset("_@.%+-:()#")
 # Without one of these, no built-in entity can be in a text (IPv6 needs ':', e-mail '@').
 _TRIGGER = re.compile(r"[\d@:]")
 
@@ -66,12 +64,12 @@ class Finding:
     end: int
 
 
-def _entity_char(ch: str) -> bool:
-    return ch.isalnum() or ch in _ENTITY_PUNCT
-
-
-def _has_digit(token: str) -> bool:
-    return any(ch.isdecimal() for ch in token)
+# `open_tail` as one regex over the reversed text: the trailing run of entity characters, then
+# (right to left) spaces and a token holding a digit, or spaces, a short word and such a token.
+_E = r"[\w@.%+\-:()#]"
+_OPEN_TAIL_REVERSED = re.compile(
+    rf"{_E}*(?: +{_E}*\d{_E}*(?!{_E})| +{_E}{{1,9}}(?!{_E}) +{_E}*\d{_E}*(?!{_E}))*"
+)
 
 
 def open_tail(text: str) -> int:
@@ -84,38 +82,9 @@ def open_tail(text: str) -> int:
     across, so a detector's judgement of it cannot change when more text arrives (phone numbers
     waiting for a trailing context word are held separately, see `PhoneRule`).
     """
-    end = len(text)
-    while True:
-        start = end
-        while start > 0 and _entity_char(text[start - 1]):
-            start -= 1
-        gap = start
-        while gap > 0 and text[gap - 1] == " ":
-            gap -= 1
-        if gap == start or gap == 0:
-            return start
-        before = gap
-        while before > 0 and _entity_char(text[before - 1]):
-            before -= 1
-        token = text[before:gap]
-        if not token:
-            return start
-        if _has_digit(token):
-            end = gap
-            continue
-        if len(token) <= 9:
-            # A short word joins only when a digit group stands right before it.
-            outer = before
-            while outer > 0 and text[outer - 1] == " ":
-                outer -= 1
-            if outer < before:
-                first = outer
-                while first > 0 and _entity_char(text[first - 1]):
-                    first -= 1
-                if first < outer and _has_digit(text[first:outer]):
-                    end = outer
-                    continue
-        return start
+    match = _OPEN_TAIL_REVERSED.match(text[::-1])
+    assert match is not None  # every part of the pattern may be empty
+    return len(text) - match.end()
 
 
 def _resolve(cands: list[Candidate]) -> list[tuple[int, int, str]]:

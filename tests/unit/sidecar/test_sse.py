@@ -1,0 +1,217 @@
+"""The SSE layer: spec-conformant framing, the chat fast path agreeing with the full parse,
+first bytes out early, and logprobs that would spell out replaced text dropped."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packgate_sidecar.policy import RequestContext
+from packgate_sidecar.shapes import CHAT, RESPONSES
+from packgate_sidecar.sse import KEEP_ALIVE, StreamRewriter, split_events
+from packgate_sidecar.stream_shapes import STREAM_SHAPES
+
+COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+class Upper:
+    """Stream policies stand-in: upper-cases every delta, holds nothing back."""
+
+    def __init__(self) -> None:
+        self.fed: list[tuple[Any, str]] = []
+
+    def feed(self, channel: Any, text: str) -> str:
+        self.fed.append((channel, text))
+        return text.upper()
+
+    def finish(self, channel: Any) -> str:
+        return ""
+
+    def oneshot(self, text: str) -> str:
+        return text.upper()
+
+    def open_channels(self) -> list[Any]:
+        return []
+
+
+def rewriter(route: str = CHAT, policies: Any = None) -> StreamRewriter:
+    return StreamRewriter(STREAM_SHAPES[route], policies, RequestContext("rid", route))
+
+
+def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", **extra,
+            "choices": choices}  # fmt: skip
+
+
+def events(out: bytes) -> list[Any]:
+    blocks, rest = split_events(out)
+    assert rest == b""
+    parsed = []
+    for block in blocks:
+        if block.startswith(b":"):
+            parsed.append(":")
+            continue
+        data = block.split(b"data: ", 1)[1].decode()
+        parsed.append(data if data == "[DONE]" else json.loads(data))
+    return parsed
+
+
+# --- SSE conformance -------------------------------------------------------------------------
+
+
+def test_cr_and_crlf_line_ends_even_split_between_chunks() -> None:
+    body = json.dumps(chunk([{"index": 0, "delta": {"content": "hi"}}]))
+    stream = f"data: {body}\r\n\r\ndata: {body}\r\rdata: [DONE]\r\n\r\n".encode()
+    r = rewriter(policies=Upper())
+    out = b"".join(r.feed(stream[i : i + 1]) for i in range(len(stream))) + r.end()
+    parsed = events(out)
+    assert [e["choices"][0]["delta"]["content"] for e in parsed[:2]] == ["HI", "HI"]
+    assert parsed[2] == "[DONE]" and r.saw_done
+
+
+def test_empty_data_and_data_less_blocks_dispatch_nothing() -> None:
+    body = json.dumps(chunk([{"index": 0, "delta": {"content": "x"}}]), **COMPACT).encode()
+    stream = b"data:\n\ndata: \n\nevent: ping\n\nid: 7\nretry: 10\n\ndata: " + body + b"\n\n"
+    r = rewriter(policies=Upper())
+    out = r.feed(stream) + r.end()
+    assert out == b"data: " + body.replace(b'"x"', b'"X"') + b"\n\n"
+
+
+def test_comments_stay_keep_alives_without_their_text() -> None:
+    body = json.dumps(chunk([{"index": 0, "delta": {"content": "x"}}]), **COMPACT).encode()
+    stream = b": jane@example.com is typing\n\n: a\ndata: " + body + b"\nid: 1\n\n"
+    out = rewriter().feed(stream)
+    assert out == KEEP_ALIVE + b"data: " + body + b"\n\n"
+    assert b"jane" not in out
+
+
+def test_multi_line_data_is_joined_with_newlines() -> None:
+    stream = b'data: {"choices":[{"index":0,\ndata: "delta":{"content":"ab"}}]}\n\n'
+    out = rewriter(policies=Upper()).feed(stream)
+    assert events(out)[0]["choices"][0]["delta"]["content"] == "AB"
+
+
+# --- first bytes -----------------------------------------------------------------------------
+
+
+def test_first_returns_after_the_first_event_and_keeps_the_rest() -> None:
+    one = json.dumps(chunk([{"index": 0, "delta": {"content": "a"}}]), **COMPACT).encode()
+    stream = b"data: " + one + b"\n\n" + b"data: " + one + b"\n\ndata: [DONE]\n\n"
+    r = rewriter(policies=Upper())
+    first = r.feed(stream, first=True)
+    assert first.count(b"data:") == 1
+    rest = r.feed(b"")
+    assert rest.count(b"data:") == 2 and not r.feed(b"")
+
+
+# --- the chat fast path agrees with the full parse -------------------------------------------
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+deltas = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.sampled_from(["assistant", "tool"]),
+        "content": texts | st.none(),
+        "refusal": texts,
+        "audio": st.fixed_dictionaries({"transcript": texts}),
+        "tool_calls": st.just([{"index": 0, "function": {"arguments": "{}"}}]),
+    },
+)
+choices = st.builds(
+    lambda index, delta, finish, logprobs: {
+        "index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs
+    },
+    st.integers(0, 2), deltas, st.sampled_from([None, "stop"]),
+    st.sampled_from([None, {"content": [{"token": "t", "logprob": -0.1}]}]),
+)  # fmt: skip
+
+
+# The layout the fast path is for, so that a good share of examples reach it.
+usual = st.builds(
+    lambda content, role: [
+        {"index": 0, "delta": {"role": "assistant", "content": content} if role
+         else {"content": content}, "finish_reason": None, "logprobs": None}
+    ],
+    texts, st.booleans(),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(usual, st.lists(choices, max_size=3)),
+    st.sampled_from([None, {"total_tokens": 3}]),
+    st.booleans(),
+)
+def test_fast_path_answers_exactly_as_the_full_parse_or_not_at_all(
+    choice_list: list[dict[str, Any]], usage: Any, compact: bool
+) -> None:
+    data = chunk(choice_list, usage=usage)
+    text = json.dumps(data, **COMPACT) if compact else json.dumps(data)
+    block = b"data: " + text.encode()
+    shape = STREAM_SHAPES[CHAT]
+    fast = shape.plain_delta(block, 6)
+    if fast is None:
+        return
+    parsed = shape.parse(None, json.loads(text))
+    assert not parsed.closes and parsed.usage is None and not parsed.snapshots
+    [(channel, slot)] = parsed.deltas
+    assert fast[0] == channel
+    assert block[fast[1] : fast[2]].decode() == slot.get()
+    # And the rewritten event is the fully re-encoded one.
+    slot.set(slot.get().upper())
+    spliced = rewriter(policies=Upper())._event(block)
+    assert events(spliced)[0] == parsed_data_with(text, slot.get())
+
+
+def parsed_data_with(text: str, content: str) -> Any:
+    data = json.loads(text)
+    for choice in data["choices"]:
+        if isinstance(choice.get("delta"), dict) and "content" in choice["delta"]:
+            choice["delta"]["content"] = content
+    return data
+
+
+def test_usual_openai_chunks_take_the_fast_path() -> None:
+    shape = STREAM_SHAPES[CHAT]
+    for delta in ({"role": "assistant", "content": ""}, {"content": " Hello"}):
+        data = chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+                     usage=None, obfuscation="abc")  # fmt: skip
+        block = b"data: " + json.dumps(data, **COMPACT).encode()
+        assert shape.plain_delta(block, 6) is not None
+
+
+# --- stream fields ---------------------------------------------------------------------------
+
+
+def test_every_choice_and_the_audio_transcript_are_channels() -> None:
+    data = chunk(
+        [
+            {"index": 0, "delta": {"content": "a", "audio": {"transcript": "t0"}}},
+            {"index": 1, "delta": {"content": "b", "audio": {"id": "x", "transcript": "t1"}}},
+        ]
+    )
+    policies = Upper()
+    out = rewriter(policies=policies).feed(b"data: " + json.dumps(data).encode() + b"\n\n")
+    assert {channel for channel, _ in policies.fed} == {(0, "content"), (0, "audio"),
+                                                        (1, "content"), (1, "audio")}  # fmt: skip
+    got = events(out)[0]["choices"]
+    assert [c["delta"]["audio"]["transcript"] for c in got] == ["T0", "T1"]
+
+
+def test_changed_text_drops_its_logprobs() -> None:
+    logprobs = {"content": [{"token": "secret", "logprob": -0.1, "top_logprobs": []}]}
+    data = chunk([{"index": 0, "delta": {"content": "secret"}, "logprobs": logprobs}])
+    out = rewriter(policies=Upper()).feed(b"data: " + json.dumps(data).encode() + b"\n\n")
+    assert events(out)[0]["choices"][0]["logprobs"] is None
+    event = {"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
+             "delta": "secret", "logprobs": [{"token": "secret", "logprob": -0.1}]}  # fmt: skip
+    out = rewriter(RESPONSES, Upper()).feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    assert events(out)[0] == {**event, "delta": "SECRET", "logprobs": []}
+
+
+def test_responses_audio_transcript_deltas_are_filtered() -> None:
+    event = {"type": "response.audio.transcript.delta", "delta": "call me", "sequence_number": 3}
+    out = rewriter(RESPONSES, Upper()).feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    assert events(out)[0]["delta"] == "CALL ME"
