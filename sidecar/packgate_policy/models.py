@@ -101,6 +101,18 @@ def _compiled(pattern: str) -> str:
     return pattern
 
 
+def _http_url_value(value: str) -> str:
+    """An http(s)://host[:port][/path] URL without query or fragment, trailing slash dropped."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'"{value}" is not an http(s) URL')
+    if parts.query or parts.fragment:
+        raise ValueError(f'"{value}" must not have a query or fragment')
+    if not re.match(HTTP_URL, value):
+        raise ValueError(f'"{value}" is not a valid http(s) URL (http(s)://host[:port][/path])')
+    return value.rstrip("/")
+
+
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors and loaded values never change."""
 
@@ -258,16 +270,7 @@ class Target(Strict):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f'"{value}" is not an http(s) URL')
-        if parts.query or parts.fragment:
-            raise ValueError(f'"{value}" must not have a query or fragment')
-        if not re.match(HTTP_URL, value):
-            raise ValueError(f'"{value}" is not a valid http(s) URL (http(s)://host[:port][/path])')
-        return value.rstrip("/")
+        return None if value is None else _http_url_value(value)
 
     @property
     def effective_base_url(self) -> str:
@@ -348,13 +351,146 @@ class PolicyBlock(Strict):
     )
 
 
+class ScoreBand(Strict):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            "(has(self.low) ? self.low : 0.3) < (has(self.high) ? self.high : 0.8)",
+            "low must be below high",
+        )
+    )
+
+    low: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Lowest local score sent for a second opinion."
+    )
+    high: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Local scores at or above this are decided locally (against the policy's threshold); "
+            "usually equal to the threshold."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreBand:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class InjectionBackend(Strict):
+    """A second opinion: an in-cluster classifier asked about texts the local model is unsure of."""
+
+    url: str = Field(
+        max_length=2048,
+        description=(
+            "Endpoint the texts are POSTed to (http or https), e.g. "
+            "http://prompt-guard.ml.svc:8080/v2/models/prompt-guard/infer for kserve-v2."
+        ),
+        json_schema_extra=_cel_match(
+            HTTP_URL, "is not an http(s) URL (http(s)://host[:port][/path], no query or fragment)"
+        ),
+    )
+    protocol: Literal["json", "kserve-v2"] = Field(
+        default="json",
+        description=(
+            'json: {"texts": [...]} in, {"scores": [...]} out (one score in [0, 1] per text); '
+            "kserve-v2: the KServe/Open Inference Protocol v2 infer request with one BYTES input."
+        ),
+    )
+    band: ScoreBand = Field(
+        default_factory=ScoreBand,
+        description="Texts whose local score falls in [low, high) are sent to the classifier.",
+    )
+    threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Classifier score at or above which the policy acts on a text in the band.",
+    )
+    timeout_ms: int = Field(
+        default=100,
+        ge=1,
+        le=60000,
+        description=(
+            "Time budget of one classifier call, in ms; below the policy's timeout_ms. A slow or "
+            "failed call follows the policy's fail_open: true keeps the local verdict, false "
+            "blocks."
+        ),
+    )
+    max_concurrency: int = Field(
+        default=8, ge=1, le=1024, description="Classifier calls in flight at once per sidecar."
+    )
+    cache_size: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="Scores kept per sidecar, keyed by a hash of the text (0 disables the cache).",
+    )
+    cache_ttl_s: int = Field(
+        default=600, ge=1, le=86400, description="How long a cached score is reused, in seconds."
+    )
+    input_name: str = Field(
+        default="text",
+        min_length=1,
+        max_length=256,
+        description="kserve-v2: name of the BYTES input tensor.",
+    )
+    output_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="kserve-v2: name of the output tensor to read; unset reads the first output.",
+    )
+    label_index: int = Field(
+        default=1,
+        ge=0,
+        le=1023,
+        description=(
+            "kserve-v2: column of the injection class when the output has shape [n, classes]; "
+            "an output of shape [n] is read as the score itself."
+        ),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _http_url_value(value)
+
+
 class PromptInjection(PolicyBlock):
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            "!has(self.backend) || (has(self.backend.timeout_ms) ? self.backend.timeout_ms : 100)"
+            " < (has(self.timeout_ms) ? self.timeout_ms : 200)",
+            "backend.timeout_ms must be below the policy's timeout_ms",
+        )
+    )
+
     threshold: float = Field(
         default=0.8, ge=0.0, le=1.0, description="Score in [0, 1] at or above which it acts."
     )
     action: Literal["block", "log"] = Field(
         default="block", description="block rejects the request with 403; log only records it."
     )
+    backend: InjectionBackend | None = Field(
+        default=None,
+        description=(
+            "Optional second opinion: texts whose local score falls in backend.band are scored "
+            "by an in-cluster classifier over HTTP instead. Those texts leave the pod for that "
+            "service."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _backend_within_budget(self) -> PromptInjection:
+        if self.backend is not None and self.backend.timeout_ms >= self.timeout_ms:
+            raise ValueError(
+                f"backend.timeout_ms ({self.backend.timeout_ms}) must be below the policy's "
+                f"timeout_ms ({self.timeout_ms}), which bounds the whole policy"
+            )
+        return self
 
 
 class DetectPattern(Strict):

@@ -194,6 +194,25 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["spec.policy.cost-attribution.tags", 'tag key "cost center" must be letters'],
     ),
     (
+        "second-opinion band reversed",
+        _change(
+            "policy.prompt-injection.backend",
+            {"url": "http://guard.ml:8080/score", "band": {"low": 0.9, "high": 0.5}},
+        ),
+        ["spec.policy.prompt-injection.backend.band", "low must be below high"],
+    ),
+    (
+        "second opinion slower than the policy's budget",
+        _change(
+            "policy.prompt-injection.backend",
+            {"url": "http://guard.ml:8080/score", "timeout_ms": 500},
+        ),
+        [
+            "spec.policy.prompt-injection",
+            "backend.timeout_ms must be below the policy's timeout_ms",
+        ],
+    ),
+    (
         "unknown key (kubectl asks for strict field validation)",
         _change("policy.pii-detector.actoin", "redact"),
         ['unknown field "spec.policy.pii-detector.actoin"'],

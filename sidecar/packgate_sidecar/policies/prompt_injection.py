@@ -18,6 +18,13 @@ are normalised over the whole text, so a short attack buried in a long tool resu
 otherwise be diluted below the threshold. Texts up to one window score exactly as the quality
 measurement (`packgate scan`) scores them.
 
+Second opinion (optional `backend`): texts whose local score falls in `backend.band` are sent to
+an in-cluster classifier (`detect/second_opinion.py`), whose score against `backend.threshold`
+decides them instead; texts outside the band are decided locally, and a request that is already
+decided locally (some text at or above `threshold` outside the band) is never sent. When the
+classifier is slow, down or answers nonsense, `fail_open: true` keeps the local verdict (counted
+as a fail-open) and `fail_open: false` blocks the request (fail closed).
+
 Responses are not scored: injection is an input concern, and a tool result that carries an
 attack comes back in the next request as a `tool` message, where it is scored.
 """
@@ -25,10 +32,12 @@ attack comes back in the next request as a `tool` message, where it is scored.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from packgate_policy import PolicyBlock, PromptInjection
 
 from ..detect.injection import InjectionScorer, default_scorer
+from ..detect.second_opinion import BackendUnavailable, SecondOpinion
 from ..policy import Decision, Policy, PolicyRuntime, RequestContext, TextItem
 from .common import UNTRUSTED_ROLES, maybe_offload, settings_as
 
@@ -58,23 +67,66 @@ class PromptInjectionPolicy(Policy):
         # Loaded now: a missing or broken model makes the config not ready instead of failing
         # (closed) on every request.
         self.scorer = scorer or default_scorer()
+        self.backend = SecondOpinion(self.config.backend) if self.config.backend else None
+        metrics = runtime.metrics
+        self._backend_calls = (
+            metrics.counter(
+                "packgate_injection_backend_calls_total",
+                "Second-opinion lookups of the prompt-injection policy by result (ok, cached, "
+                "timeout, error, protocol, circuit_open).",
+                ("result",),
+            )
+            if metrics is not None and self.backend is not None
+            else None
+        )
+
+    def pieces(self, texts: Sequence[TextItem]) -> list[str]:
+        """What is scored: the scored roles' texts, long ones as overlapping windows."""
+        return [p for item in texts if item.role in UNTRUSTED_ROLES for p in windows(item.text)]
 
     def score(self, texts: Sequence[TextItem]) -> float:
-        """The highest score over the scored roles' texts (0.0 when there are none)."""
-        best = 0.0
-        for item in texts:
-            if item.role in UNTRUSTED_ROLES:
-                for piece in windows(item.text):
-                    best = max(best, self.scorer.score(piece))
-        return best
+        """The highest local score over the scored roles' texts (0.0 when there are none)."""
+        return max(map(self.scorer.score, self.pieces(texts)), default=0.0)
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
-        size = sum(len(item.text) for item in texts if item.role in UNTRUSTED_ROLES)
-        if not size:
+        pieces = self.pieces(texts)
+        if not pieces:
             return Decision.allow()
-        score = round(await maybe_offload(size, lambda: self.score(texts)), 4)
-        if score < self.config.threshold:
-            return Decision.allow(score=score)
+        size = sum(map(len, pieces))
+        scores = await maybe_offload(size, lambda: [self.scorer.score(p) for p in pieces])
+        local = round(max(scores), 4)
+        if self.backend is None:
+            return self._verdict(local >= self.config.threshold, score=local)
+        band = self.backend.config.band
+        unsure = [p for p, s in zip(pieces, scores, strict=True) if band.low <= s < band.high]
+        sure = max((s for s in scores if not band.low <= s < band.high), default=0.0)
+        if not unsure or sure >= self.config.threshold:
+            return self._verdict(local >= self.config.threshold, score=local)
+        try:
+            opinions, cached = await self.backend.scores(unsure)
+        except BackendUnavailable as exc:
+            self._count(exc.reason)
+            if not self.config.fail_open:
+                raise  # the chain blocks and records a failed-closed policy
+            if self.runtime.metrics is not None:
+                self.runtime.metrics.policy_fail_open.labels(self.kind, "request").inc()
+            return self._verdict(local >= self.config.threshold, score=local, backend=exc.reason)
+        self._count("cached" if cached else "ok")
+        second = round(max(opinions), 4)
+        hit = second >= self.backend.config.threshold
+        return self._verdict(hit, score=local, backend_score=second)
+
+    def _verdict(self, hit: bool, **details: Any) -> Decision:
+        if not hit:
+            return Decision.allow(**details)
         if self.config.action == "block":
-            return Decision.block("injection", score=score)
-        return Decision.flag("injection", score=score)
+            return Decision.block("injection", **details)
+        return Decision.flag("injection", **details)
+
+    def _count(self, result: str) -> None:
+        if self._backend_calls is not None:
+            self._backend_calls.labels(result).inc()
+
+    async def aclose(self) -> None:
+        if self.backend is not None:
+            await self.backend.aclose()

@@ -42,6 +42,7 @@ def test_the_gateway_example_loads_with_its_provider_normalised(examples_dir: Pa
         "timeout_ms": 200,
         "threshold": 0.8,
         "action": "block",
+        "backend": None,
     }
     assert config.block("pii-detector").model_dump()["entities"] == [
         "EMAIL",
