@@ -8,13 +8,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help demo test check lint format tools crds bench clean
+.PHONY: help demo test check lint format tools node-tools image crds bench clean
 
 help:
 	@echo "make demo   - run the packgate story on a local control plane"
 	@echo "make test   - lint, type-check and run every test (builds what it needs)"
 	@echo "make check  - ruff and mypy only"
 	@echo "make tools  - build or reuse etcd, kube-apiserver, kube-controller-manager, kubectl, helm"
+	@echo "make node-tools - build or reuse runc, containerd, CNI plugins, kubelet, kube-proxy, kube-scheduler"
+	@echo "make image  - build or reuse the packgate image for the local node (Dockerfile recipe)"
 	@echo "make crds   - regenerate crds/ and the chart's copy from the models"
 	@echo "make bench  - long performance measurements (not part of make test)"
 
@@ -29,23 +31,29 @@ venv: $(STAMP)
 tools:
 	bash cluster/build-tools.sh >/dev/null
 
+node-tools:
+	bash cluster/build-node.sh >/dev/null
+
+image: $(STAMP)
+	$(BIN)/python cluster/image.py >/dev/null
+
 check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy sidecar/packgate_policy sidecar/packgate_sidecar sidecar/packgate_quality operator/packgate_operator cluster/localcluster.py
+	$(BIN)/mypy sidecar/packgate_policy sidecar/packgate_sidecar sidecar/packgate_quality operator/packgate_operator cluster/*.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) tools check
+test: $(STAMP) tools node-tools image check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 crds: $(STAMP)
 	$(BIN)/packgate crd --output crds/policypacks.yaml --output helm/packgate/crds/policypacks.yaml
 
-demo: $(STAMP) tools
+demo: $(STAMP) tools node-tools image
 	$(BIN)/python demo/run.py
 
 bench: $(STAMP) tools

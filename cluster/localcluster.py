@@ -163,6 +163,10 @@ class LocalCluster:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="packgate-k8s-")))
     with_controller_manager: bool = True
     keep_workdir: bool = False
+    # Set when a kubelet node joins (cluster/node.py): the apiserver then listens on every
+    # address of its (sandboxed) network namespace and publishes this one as the `kubernetes`
+    # Service's endpoint, so pods reach it through kube-proxy. Empty: loopback only.
+    advertise_address: str = ""
     server: str = ""
     kubeconfig: Path = Path()
     ca: KeyPair | None = None
@@ -226,7 +230,8 @@ class LocalCluster:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ],
-            ips=["127.0.0.1", service_ip],
+            ips=["127.0.0.1", service_ip]
+            + ([self.advertise_address] if self.advertise_address else []),
             server=True,
         )
         _write(pki / "apiserver.crt", serving.cert_pem, 0o644)
@@ -245,6 +250,10 @@ class LocalCluster:
         self.kubeconfig = self.user_kubeconfig("admin", ["system:masters"], name="admin")
         self.kcm_kubeconfig = self.user_kubeconfig(
             "system:kube-controller-manager", [], name="controller-manager"
+        )
+        # The apiserver's client identity towards kubelets (logs, exec, port-forward).
+        self.user_kubeconfig(
+            "kube-apiserver-kubelet-client", ["system:masters"], name="kubelet-client"
         )
 
     def user_kubeconfig(self, user: str, groups: Sequence[str], name: str | None = None) -> Path:
@@ -308,16 +317,30 @@ class LocalCluster:
 
     def _start_apiserver(self, etcd_url: str) -> None:
         pki = self.workdir / "pki"
+        if self.advertise_address:
+            # Only inside the run's own network namespace (cluster/sandbox.py): every address
+            # there is the run's own.
+            network = [
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={self.advertise_address}",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            # Loopback may not be published as the kubernetes Service endpoint; nothing
+            # in-cluster needs that Service without a node.
+            network = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn(
             "kube-apiserver",
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                # Loopback may not be published as the kubernetes Service endpoint; nothing
-                # in-cluster needs that Service here.
-                "--endpoint-reconciler-type=none",
+                *network,
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",

@@ -1,21 +1,34 @@
-"""Shared fixtures: the real local Kubernetes control plane and per-test namespaces.
+"""Shared fixtures: the real local Kubernetes control plane, a kubelet node, per-test namespaces.
 
-The control plane is session-scoped because starting it takes seconds; each test that needs
-isolation gets its own namespace. Nothing here mocks Kubernetes.
+The control plane and the node are session-scoped because starting them takes seconds; each
+test that needs isolation gets its own namespace. Nothing here mocks Kubernetes.
+
+The whole test run lives in a network namespace of its own (cluster/sandbox.py), entered here
+before any thread exists: tests use loopback as before, and the node's bridge, pods, Service
+IPs and iptables rules exist only inside that namespace, which has no route out.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import image
 import pytest
+import sandbox
+from image import BuiltImage
 from localcluster import LocalCluster, build_tools
+from node import Node, build_node_tools
+
+if os.geteuid() == 0:  # a node needs root; without it `pods` tests skip (see the node fixture)
+    sandbox.enter()
 
 ROOT = Path(__file__).resolve().parents[1]
 _started: list[LocalCluster] = []
+_nodes: list[Node] = []
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +39,10 @@ def bin_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def cluster(bin_dir: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(bin_dir=bin_dir) as running:
+    # Inside the sandbox the apiserver also publishes the node address as the `kubernetes`
+    # Service's endpoint, so pods (when the node fixture runs) reach it through kube-proxy.
+    advertise = sandbox.NODE_IP if sandbox.entered() else ""
+    with LocalCluster(bin_dir=bin_dir, advertise_address=advertise) as running:
         # The PolicyPack CRD goes in first: the garbage collector only learns about a new kind
         # at its next resync (30 s), and packs' ConfigMaps must be collected in tests.
         running.kubectl("apply", "-f", str(ROOT / "crds" / "policypacks.yaml"))
@@ -34,6 +50,26 @@ def cluster(bin_dir: Path) -> Iterator[LocalCluster]:
             "wait", "--for=condition=Established", "crd/policypacks.packgate.dev", "--timeout=60s"
         )
         _started.append(running)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def packgate_image() -> BuiltImage:
+    """The packgate image built from the Dockerfile's recipe (cached by content)."""
+    return image.build()
+
+
+@pytest.fixture(scope="session")
+def node(cluster: LocalCluster, packgate_image: BuiltImage) -> Iterator[Node]:
+    """One kubelet node joined to the session's control plane, started once per session."""
+    if not sandbox.entered():
+        pytest.skip("running pods needs root (a network namespace, cgroups, mounts)")
+    node_bin = build_node_tools()
+    pause = image.pause_image(node_bin)
+    with Node(
+        cluster, node_bin, images=[pause.tarball, packgate_image.tarball], pause_image=pause.name
+    ) as running:
+        _nodes.append(running)
         yield running
 
 
@@ -57,3 +93,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"local control plane: started in {running.started_in:.1f}s; "
             + "; ".join(f"{tool}: {version}" for tool, version in running.versions().items())
         )
+    for started in _nodes:
+        terminalreporter.write_line(f"local node: started in {started.started_in:.1f}s")
