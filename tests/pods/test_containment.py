@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sandbox
+from image import BuiltImage
 from nodeinit import CGROUP_FS, KUBELET_SYSCTLS
 
 from tests.support.waiting import wait_for
@@ -66,7 +67,11 @@ def host_state() -> dict[str, object]:
     return {**network_state(), "mounts": mounts, "cgroups": cgroups}
 
 
-def test_a_node_running_pods_leaves_no_trace_on_the_host(tmp_path: Path, bin_dir: Path) -> None:
+def test_a_node_running_pods_leaves_no_trace_on_the_host(
+    tmp_path: Path, bin_dir: Path, packgate_image: BuiltImage
+) -> None:
+    # packgate_image: built (if the code changed) before node.py starts inside this sandbox,
+    # where no registry is reachable.
     if not sandbox.entered():
         pytest.skip("needs root")
     before = host_state()
