@@ -57,13 +57,23 @@ class Normalized:
         if original.isascii() and _SPECIAL.search(original) is None:
             self.text = original
             return
+        # Decide per distinct character (few, even in long non-Latin text), then visit only the
+        # positions of characters that change.
+        changes = {}
+        for ch in set(original):
+            if _SPECIAL.match(ch):
+                new = _replacement(ch)
+                if new != ch:
+                    changes[ch] = new
+        if not changes:
+            self.text = original
+            return
+        pattern = re.compile("[" + "".join(map(re.escape, changes)) + "]")
         out: list[str] = []
         norm = done = 0  # normalised length so far; original offset copied up to
-        for match in _SPECIAL.finditer(original):
+        for match in pattern.finditer(original):
             at = match.start()
-            new = _replacement(original[at])
-            if new == original[at]:
-                continue
+            new = changes[original[at]]
             if at > done:  # an unchanged run
                 self._piece(norm, done, 0)
                 out.append(original[done:at])
