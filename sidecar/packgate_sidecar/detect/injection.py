@@ -7,10 +7,13 @@ obfuscation. The model is a logistic regression over feature groups of the norma
 lower-cased text — word uni/bigrams (plus each sentence's first word), character 4-grams, the
 last sentence's words, and hand-written phrase rules in English and German — trained offline by
 `packgate_quality.injection_train` and shipped as a JSON file of weights beside this
-module. Its bias is calibrated so that the seed config's threshold of 0.8 is the operating point
-chosen on cross-validated training data. A text scores the maximum over its normalised variants
-(plain, base64/hex/percent-decoded, rot13, de-leeted, de-spaced, Morse), so encoding an attack
-does not lower its score.
+module. The phrase rules are matched on the whole text; the n-gram groups are scored on spans
+(`segments.py`: the text or its windows, and each sentence) and the highest span counts, so an
+instruction appended to a benign request is not diluted by it. Its bias is calibrated so that the
+seed config's threshold of 0.8 is where every benign source in training, hard negatives included,
+has an out-of-fold false-positive rate of at most 1%. A text scores the maximum over its
+normalised variants (plain, base64/hex/percent-decoded, rot13, de-leeted, de-spaced, Morse), so
+encoding an attack does not lower its score.
 
 `featurize` is shared with the training code so both sides compute identical features.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from packgate_sidecar.detect.normalize import iter_variants
+from packgate_sidecar.detect.segments import segments
 
 __all__ = ["DEFAULT_MODEL_PATH", "Features", "InjectionScorer", "default_scorer", "featurize"]
 
@@ -274,8 +278,11 @@ class Features:
     tail: set[str]  # word uni- and bigrams of the last sentence (empty for one sentence)
 
 
-def featurize(text: str, char_sizes: tuple[int, ...]) -> Features:
-    """Features of one already-normalised text (see `normalize.variants`)."""
+def featurize(text: str, char_sizes: tuple[int, ...], with_rules: bool = True) -> Features:
+    """Features of one already-normalised text (see `normalize.variants`).
+
+    `with_rules=False` skips the phrase rules (a span's n-grams, when the rules are matched on
+    the whole text once)."""
     lowered = text.lower()
     tokens = _WORD.findall(lowered)
     words = set(tokens)
@@ -287,7 +294,7 @@ def featurize(text: str, char_sizes: tuple[int, ...]) -> Features:
     for n in char_sizes:
         chars.update([joined[i : i + n] for i in range(len(joined) - n + 1)])
     rules: set[str] = set()
-    for word in _TRIGGER_WORDS.intersection(tokens):
+    for word in _TRIGGER_WORDS.intersection(tokens) if with_rules else ():
         for name, more, regex, cased in _BY_TRIGGER[word]:
             if (
                 name not in rules
@@ -345,9 +352,21 @@ class InjectionScorer:
         self.meta: dict[str, Any] = dict(model.get("meta", {}))
 
     def logit(self, normalised: str) -> float:
-        """Calibrated log-odds for one normalised text (no variants)."""
-        f = featurize(normalised, self.char_sizes)
-        z = self.bias
+        """Calibrated log-odds for one normalised text (no variants).
+
+        The phrase rules are matched on the whole text; the n-gram groups are scored on each
+        span of `segments` (the text or its windows, and its sentences) and the highest span
+        counts, so an instruction appended to a benign request is not diluted by it.
+        """
+        rules = featurize(normalised, self.char_sizes).rules
+        z = self.bias + sum(self.rule_weights.get(rule, 0.0) for rule in rules)
+        return z + max(
+            self._ngram_logit(featurize(normalised[start:end], self.char_sizes, False))
+            for start, end in segments(normalised)
+        )
+
+    def _ngram_logit(self, f: Features) -> float:
+        z = 0.0
         # Each n-gram group is L2-normalised over all its n-grams, known to the model or not,
         # exactly as in training; unknown n-grams weigh zero and only dilute.
         for group, weights in (
@@ -357,8 +376,6 @@ class InjectionScorer:
         ):
             if group:
                 z += sum(filter(None, map(weights.get, group))) / math.sqrt(len(group))
-        for rule in f.rules:
-            z += self.rule_weights.get(rule, 0.0)
         return z
 
     def score(self, text: str) -> float:
