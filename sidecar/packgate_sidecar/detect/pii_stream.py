@@ -86,7 +86,8 @@ class StreamRedactor:
         """Add the next delta; return the redacted text that is safe to release now."""
         self._pending += delta
         if self._detector.builtin_only:
-            if self._clean and _PLAIN.fullmatch(self._pending):
+            pending = self._pending
+            if self._clean and len(pending) <= self._max_pending and _PLAIN.fullmatch(pending):
                 # Nothing here can be or finish an entity: release up to the open tail.
                 window, base = self._context + self._pending, len(self._context)
                 cut = open_tail(window)

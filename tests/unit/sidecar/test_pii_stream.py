@@ -78,6 +78,17 @@ def test_memory_is_bounded_even_when_a_match_never_ends() -> None:
     assert set(r.flush()) <= {"*"}
 
 
+def test_memory_is_bounded_for_one_endless_word() -> None:
+    # A word could always still become an e-mail's local part; it is released past max_pending.
+    r = StreamRedactor(DET, "redact", max_pending=512)
+    fed = out = 0
+    for _ in range(200):
+        fed += 20
+        out += len(r.feed("abcdefghij" * 2))
+        assert fed - out <= 512 + 20
+    assert out + len(r.flush()) == fed
+
+
 PII = [
     "jane.doe@example.com", "+44 20 7946 0958", "415-555-2671", "(415) 555-2671",
     "416 60 039 office", "Phone: 0490 75 40 81", "call me at 9472 7916", "078-05-1120",
