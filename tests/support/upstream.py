@@ -383,7 +383,9 @@ def _embeddings(body: Any, model: str) -> dict[str, Any]:
 
 def _sse(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data)}\n\n".encode()
+    # Compact, UTF-8 JSON, as OpenAI streams it (and what the sidecar's fast path reads).
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"{head}data: {body}\n\n".encode()
 
 
 def _stream_events(
