@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import audit_durability, detect, kube, proxy
+from bench import audit_durability, audit_ship, detect, kube, proxy
 from bench.common import (
     BENCH,
     Report,
@@ -39,7 +39,7 @@ from bench.common import (
     write_json,
 )
 
-MODULES = ("proxy", "detect", "admission", "reload", "memory", "audit_durability")
+MODULES = ("proxy", "detect", "admission", "reload", "memory", "audit_durability", "audit")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 peers=False,
             ),
         ),
+        "audit": lambda: audit_ship.run(report, audit_ship.Options(work, quick)),
     }
     try:
         for name in MODULES:

@@ -44,11 +44,12 @@ from packgate_operator.local import (  # noqa: E402
 )
 from packgate_operator.render import CONFIG_KEY, configmap_name  # noqa: E402
 
+from demo.audit import AuditDemo  # noqa: E402
 from tests.support.upstream import FakeUpstream  # noqa: E402
 
 NAMESPACE = "demo"
 SEED = ROOT / "examples" / "policy-configs" / "chatgpt-enterprise-gateway.yaml"
-STEPS = 10
+STEPS = 11
 _step = 0
 
 
@@ -252,9 +253,15 @@ def main() -> int:
         step("Install the PolicyPack CRD and start the operator with its admission webhook")
         cluster.kubectl("apply", "-f", str(ROOT / "crds" / "policypacks.yaml"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/policypacks.packgate.dev")
+        audit = AuditDemo(cluster, workdir, workdir / "operator" / "tls")
         operator = stack.enter_context(
-            OperatorProcess(kubeconfig=cluster.kubeconfig, workdir=workdir / "operator")
+            OperatorProcess(
+                kubeconfig=cluster.kubeconfig,
+                workdir=workdir / "operator",
+                extra_args=audit.operator_args(),
+            )
         )
+        stack.enter_context(audit.collector)
         cluster.kubectl(
             "apply",
             "-f",
@@ -270,6 +277,7 @@ def main() -> int:
 
         step("kubectl apply the seed PolicyPack")
         cluster.kubectl("create", "namespace", NAMESPACE)
+        audit.prepare(NAMESPACE, "demo-audit-key-0123456789abcdef")
         spec = yaml.safe_load(SEED.read_text())
         upstream: FakeUpstream | None = None
         loop = asyncio.new_event_loop()
@@ -418,6 +426,9 @@ def main() -> int:
             check=False,
         )
         say(f"$ packgate audit verify {audit_dir}\n{verify.stdout.strip()}")
+
+        step("Where the platform team sees the block: Events, audit query, the Events page")
+        audit.show(NAMESPACE, say)
 
         step("Edit the PolicyPack; the running sidecar enforces it without a restart")
         loop.run_until_complete(edit_and_enforce(cluster, spec, base_url, admin_url))

@@ -49,6 +49,7 @@ ENV_LABELS_FILE = "PACKGATE_POD_LABELS_FILE"
 ENV_DATA_DIR = "PACKGATE_DATA_DIR"
 ENV_AUDIT_KEY = "PACKGATE_AUDIT_KEY"
 ENV_CONFIG_KEYS = "PACKGATE_CONFIG_KEYS"  # packgate_policy.signing.ENV_TRUSTED_KEYS
+ENV_AUDIT_COLLECTOR_URL = "PACKGATE_AUDIT_COLLECTOR_URL"
 AUDIT_KEY_KEY = "audit-key"  # the key inside settings.audit_key_secret
 
 Op = dict[str, Any]
@@ -204,6 +205,9 @@ def sidecar_env(injection: Injection, settings: Settings) -> list[dict[str, Any]
         ]
         if injection.ca_pem:
             env.append({"name": ENV_OPERATOR_CA, "value": injection.ca_pem})
+        if settings.audit_collector_url:
+            # Shipping uses the same projected token and CA as the config channel.
+            env.append({"name": ENV_AUDIT_COLLECTOR_URL, "value": settings.audit_collector_url})
     if injection.trusted_keys:
         env.append({"name": ENV_CONFIG_KEYS, "value": injection.trusted_keys})
     if settings.audit_key_secret:

@@ -10,7 +10,6 @@ Errors are typed: callers tell "not found" and "conflict" from "the API is unava
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -61,6 +60,16 @@ class TokenIdentity:
     service_account: str
     pod_name: str
     pod_uid: str
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A person (or any subject) authenticated by a TokenReview, for SubjectAccessReviews."""
+
+    username: str
+    uid: str
+    groups: tuple[str, ...]
+    extra: dict[str, list[str]]
 
 
 class Kube:
@@ -262,6 +271,91 @@ class Kube:
         pod_uid = (extra.get("authentication.kubernetes.io/pod-uid") or [""])[0]
         return TokenIdentity(username, parts[2], parts[3], pod_name, pod_uid)
 
+    async def review_user_token(self, token: str) -> UserInfo | None:
+        """Who a person's bearer token belongs to (any authenticator the apiserver trusts, the
+        apiserver's own audience), or None when it does not authenticate."""
+        review = await self.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            body={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token},
+            },
+        )
+        status = review.get("status") or {}
+        if not status.get("authenticated"):
+            return None
+        user = status.get("user") or {}
+        extra = {str(k): [str(v) for v in vs] for k, vs in (user.get("extra") or {}).items()}
+        return UserInfo(
+            str(user.get("username", "")),
+            str(user.get("uid", "")),
+            tuple(str(g) for g in user.get("groups") or ()),
+            extra,
+        )
+
+    async def may(
+        self, user: UserInfo, verb: str, group: str, resource: str, namespace: str
+    ) -> bool:
+        """A SubjectAccessReview: may `user` do `verb` on `resource` in `namespace`?"""
+        review = await self.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": user.username,
+                    "uid": user.uid,
+                    "groups": list(user.groups),
+                    "extra": {k: list(v) for k, v in user.extra.items()},
+                    "resourceAttributes": {
+                        "namespace": namespace,
+                        "verb": verb,
+                        "group": group,
+                        "resource": resource,
+                    },
+                },
+            },
+        )
+        return bool((review.get("status") or {}).get("allowed"))
+
+    async def get_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist."""
+        import base64
+
+        try:
+            secret = await self.request(
+                "GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
+            )
+        except NotFound:
+            return None
+        value = (secret.get("data") or {}).get(key)
+        return base64.b64decode(value) if isinstance(value, str) else None
+
+    async def event_count(self, namespace: str, name: str) -> int | None:
+        try:
+            event = await self.request(
+                "GET", f"/api/v1/namespaces/{quote(namespace)}/events/{quote(name)}"
+            )
+        except NotFound:
+            return None
+        return int(event.get("count") or 1)
+
+    async def patch_event_count(self, namespace: str, name: str, count: int, message: str) -> bool:
+        """Raise an existing Event's count (an aggregated series); False when it is gone."""
+        try:
+            await self.request(
+                "PATCH",
+                f"/api/v1/namespaces/{quote(namespace)}/events/{quote(name)}",
+                body={"count": count, "lastTimestamp": _now(), "message": message[:1024]},
+                content_type="application/merge-patch+json",
+            )
+        except NotFound:
+            return False
+        return True
+
     async def create_event(
         self,
         involved: Mapping[str, str],
@@ -269,8 +363,12 @@ class Kube:
         reason: str,
         message: str,
         name: str | None = None,
-    ) -> None:
-        """Record an Event; a fixed `name` makes it once-only (a second create is a no-op)."""
+        *,
+        count: int = 1,
+        component: str = FIELD_MANAGER,
+    ) -> bool:
+        """Record an Event; a fixed `name` makes it once-only (a second create is a no-op and
+        returns False)."""
         namespace = involved["namespace"]
         now = _now()
         body = {
@@ -285,15 +383,18 @@ class Kube:
             "type": event_type,
             "reason": reason,
             "message": message[:1024],
-            "source": {"component": FIELD_MANAGER},
-            "reportingComponent": f"packgate.dev/{FIELD_MANAGER}",
-            "reportingInstance": FIELD_MANAGER,
+            "source": {"component": component},
+            "reportingComponent": f"packgate.dev/{component}",
+            "reportingInstance": component,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count,
         }
-        with contextlib.suppress(Conflict):
+        try:
             await self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=body)
+        except Conflict:
+            return False
+        return True
 
     # -- watching --
 

@@ -50,6 +50,8 @@ class Settings:
     # A Secret in the pod's namespace whose key `audit-key` is the audit log's MAC key; without
     # it each sidecar uses a random per-process key and its records verify as a hash chain only.
     audit_key_secret: str = ""
+    # The audit collector's ingest URL (its Service); empty: records stay in the pod.
+    audit_collector_url: str = ""
     token_audience: str = "packgate"  # noqa: S105 - an audience, not a secret
     token_expiration_seconds: int = 3600
     # -- the operator's listeners --
@@ -143,6 +145,11 @@ class Settings:
                 signing.parse_trusted(",".join(self.extra_trusted_keys))
             except signing.SignatureError as exc:
                 raise SettingsError(f"--extra-trusted-keys: {exc}") from None
+        if self.audit_collector_url and not self.audit_collector_url.startswith("https://"):
+            raise SettingsError(
+                f"--audit-collector-url: {self.audit_collector_url!r} must be https:// (sidecars "
+                "send their tokens only to a collector whose certificate verifies)"
+            )
         if self.token_expiration_seconds < 600:
             raise SettingsError("--token-expiration-seconds: Kubernetes requires at least 600")
         return self
@@ -183,6 +190,7 @@ _DOCS: dict[str, str] = {
         "Secret in the pod's namespace whose key audit-key holds the audit MAC key; "
         "empty: a random key per sidecar process (records verify as a hash chain only)"
     ),
+    "audit_collector_url": "URL sidecars ship audit records to (the collector); empty: none",
     "token_audience": "audience of the projected token sidecars subscribe with",
     "token_expiration_seconds": "lifetime of that token (the kubelet rotates it)",
     "webhook_host": "address the admission webhook listens on",

@@ -29,6 +29,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import strict_json
+from .audit import ship
 from .audit.writer import DURABLE_STATE_KEY
 from .conn_guard import ConnectionGuard
 from .errors import (
@@ -432,6 +433,11 @@ class Gateway:
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         ready, detail = self.holder.readiness()
+        if shipping := ship.status():
+            detail["audit_shipping"] = shipping
+            if ship.refusing():
+                ready = False
+                detail.update(ready=False, reason="audit spool full: requests are refused")
         if self.draining:
             ready = False
             detail.update(ready=False, reason="draining: the gateway is shutting down")

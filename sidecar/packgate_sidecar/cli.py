@@ -20,6 +20,8 @@ COMMANDS: list[tuple[str | None, str, str, str]] = [
     (None, "crd", "packgate_policy.crd_cli", "print the PolicyPack CustomResourceDefinition"),
     (None, "scan", "packgate_sidecar.scan_cli", "run a policy config over JSON lines of text"),
     ("audit", "verify", "packgate_sidecar.audit.verify_cli", "verify a tamper-evident audit log"),
+    ("audit", "query", "packgate_sidecar.audit.query_cli", "search the audit collector's records"),
+    ("audit", "collector", "packgate_operator.collector.run", "run the audit collector"),
     ("operator", "run", "packgate_operator.run", "run the operator (kopf) and its webhook"),
     ("quality", "pii", "packgate_quality.pii_cli", "measure PII detection quality"),
     ("quality", "injection", "packgate_quality.injection_cli", "measure injection quality"),

@@ -42,6 +42,10 @@ def test_demo_tells_the_whole_story_and_stops_everything() -> None:
     # The audit trail verifies, and the edited pack is enforced without a restart.
     assert "hash chain and MACs intact" in out
     assert '"policy": "content-filter"' in out
+    # The block reached the collector: an aggregated Warning Event, the query CLI, the page.
+    assert "PolicyBlocked" in out and "pod/chat-app-" in out
+    assert "prompt-injection" in out.split("packgate audit query -n demo --decision blocked")[1]
+    assert "The Events page: http://127.0.0.1:" in out
     assert "Demo finished" in out
     leftovers = subprocess.run(
         ["pgrep", "-f", "packgate-demo-"], capture_output=True, text=True, check=False

@@ -37,8 +37,14 @@ def render(bin_dir: Path, *values: str) -> list[dict[str, object]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def by_kind(docs: list[dict[str, object]], kind: str) -> dict[str, object]:
-    found = [doc for doc in docs if doc["kind"] == kind]
+def component(doc: dict[str, object]) -> str:
+    labels = (doc.get("metadata") or {}).get("labels") or {}  # type: ignore[attr-defined]
+    return str(labels.get("app.kubernetes.io/component", ""))
+
+
+def by_kind(docs: list[dict[str, object]], kind: str, part: str = "operator") -> dict[str, object]:
+    """The one object of `kind` belonging to `part` (the operator, or the audit-collector)."""
+    found = [doc for doc in docs if doc["kind"] == kind and component(doc) in (part, "")]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
 
@@ -65,7 +71,7 @@ def test_chart_lints(bin_dir: Path) -> None:
 
 def test_default_render_has_the_webhook_contract(bin_dir: Path) -> None:
     docs = render(bin_dir)
-    kinds = sorted(str(doc["kind"]) for doc in docs)
+    kinds = sorted(str(doc["kind"]) for doc in docs if component(doc) != "audit-collector")
     assert kinds == sorted(
         [
             "ClusterRole",
@@ -258,3 +264,40 @@ def test_install_upgrade_uninstall_on_the_real_apiserver(cluster: LocalCluster) 
         assert left.stdout.strip() == "", f"left behind: {left.stdout}"
     # CRDs are kept on uninstall so that PolicyPacks survive a reinstall.
     assert cluster.kubectl("get", "crd", "policypacks.packgate.dev").returncode == 0
+    # So is the audit collector's volume: the records must outlive an uninstall.
+    kept = cluster.kubectl("get", "pvc", "pg-packgate-audit-collector", "-n", ns, check=False)
+    assert kept.returncode == 0, kept.stderr
+
+
+def test_the_audit_collector_renders_with_its_volume_and_narrow_rbac(bin_dir: Path) -> None:
+    docs = render(bin_dir, "sidecar.auditKeySecret=audit-key")
+    part = [doc for doc in docs if component(doc) == "audit-collector"]
+    assert sorted(str(doc["kind"]) for doc in part) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Service",
+        "ServiceAccount",
+    ]
+    deployment = by_kind(docs, "Deployment", "audit-collector")
+    spec = deployment["spec"]  # type: ignore[index]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["PACKGATE_COLLECTOR_READ_LISTEN"].startswith("127.0.0.1:")
+    rules = by_kind(docs, "ClusterRole", "audit-collector")["rules"]  # type: ignore[index]
+    secrets = [r for r in rules if "secrets" in r["resources"]]
+    assert secrets == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["audit-key"],
+            "verbs": ["get"],
+        }
+    ]
+    assert not any(v in r["verbs"] for r in rules for v in ("delete", "update", "list"))
+    operator = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    url = next(e["value"] for e in operator["env"] if e["name"] == "PACKGATE_AUDIT_COLLECTOR_URL")
+    assert url == "https://pg-packgate-audit-collector.packgate-system.svc:8445"
+    off = render(bin_dir, "collector.enabled=false")
+    assert not [doc for doc in off if component(doc) == "audit-collector"]

@@ -55,3 +55,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "packgate.signingSecretName" -}}
 {{- default (printf "%s-signing" (include "packgate.fullname" .)) .Values.signing.existingSecret -}}
 {{- end -}}
+
+{{- define "packgate.collectorName" -}}
+{{- printf "%s-audit-collector" (include "packgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "packgate.collectorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "packgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: audit-collector
+{{- end -}}
+
+{{- define "packgate.collectorLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "packgate.collectorSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "packgate.collectorHost" -}}
+{{- printf "%s.%s.svc" (include "packgate.collectorName" .) .Release.Namespace -}}
+{{- end -}}

@@ -3,11 +3,16 @@
 Why it exists: the chain logic in ``chain.py`` is pure and works on bytes; this module decides
 what a path means. A directory is a whole log (every segment, in segment-number order, so a
 deleted first or middle segment is reported). A single file is one segment or a copy of the
-stdout stream; it may legitimately begin mid-chain, so its start is not held against it.
+stdout stream; it may legitimately begin mid-chain, so its start is not held against it. A
+directory without segments but with chains below it (the audit collector's store, or an export
+of it) is checked chain by chain; a chain the collector shortened by retention names the
+removed segments in ``pruned.jsonl``, and one starting where that list ends is not held to the
+genesis record.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,4 +40,41 @@ def load_segments(path: str | Path) -> tuple[list[SegmentData], bool]:
 
 def verify_path(path: str | Path, keys: Iterable[bytes] = ()) -> VerifyResult:
     segments, partial = load_segments(path)
+    return verify_segments(segments, keys, partial_start=partial)
+
+
+# How findings group for a reader of a store: someone changed records, records are missing, or a
+# write was cut short (a crash, or a copy taken mid-write).
+TAMPERING = frozenset({"edited", "reordered", "inserted", "bad_mac", "unknown_key", "malformed"})
+GAPS = frozenset({"deleted"})
+TORN = frozenset({"truncated_tail"})
+
+
+def category(kind: str) -> str:
+    return "gap" if kind in GAPS else "torn_tail" if kind in TORN else "tampering"
+
+
+def chain_dirs(path: str | Path) -> list[Path]:
+    """Every directory at or below ``path`` that holds segments (one chain each), sorted."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AuditPathError(f"{path}: not a directory")
+    found = sorted({p.parent for p in path.rglob("audit-*.jsonl") if list_segments(p.parent)})
+    if not found:
+        raise AuditPathError(f"{path}: no audit segments in it or below it")
+    return found
+
+
+def verify_chain_dir(path: Path, keys: Iterable[bytes] = ()) -> VerifyResult:
+    segments, _ = load_segments(path)
+    pruned = set()
+    manifest = path / "pruned.jsonl"
+    if manifest.exists():
+        for line in manifest.read_text().splitlines():
+            try:
+                pruned.add(str(json.loads(line)["last_hash"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    first = segments[0].data.split(b"\n", 1)[0]
+    partial = bool(pruned) and any(f'"prev":"{h}"'.encode() in first for h in pruned)
     return verify_segments(segments, keys, partial_start=partial)

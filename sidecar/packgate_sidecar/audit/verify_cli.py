@@ -13,7 +13,12 @@ exit status says which of four outcomes it is:
   log looks the same, so compare the head with an external copy (the shipped records) when it
   matters. Without a key (``--key-file`` or the sidecar's
 ``PACKGATE_AUDIT_KEY_FILE``/``PACKGATE_AUDIT_KEY``) only the hash chain is checked, and a note says
-so. Pass ``--key-file`` more than once to verify across a key rotation.
+so. Pass ``--key-file`` more than once to verify across a key rotation (or across namespaces
+with different keys, for a collector store).
+
+Given the audit collector's store (or an exported copy of it), every pod chain in it is checked
+and each problem is put in one of three classes: tampering (records changed, inserted, reordered
+or sealed without the key), gaps (records missing) and torn tails (a last line cut short).
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from packgate_sidecar.audit.chain import VerifyResult
 from packgate_sidecar.audit.keys import AuditKeyError, configured_key, read_key_file
-from packgate_sidecar.audit.verify import AuditPathError, verify_path
+from packgate_sidecar.audit.verify import (
+    AuditPathError,
+    category,
+    chain_dirs,
+    verify_chain_dir,
+    verify_path,
+)
+from packgate_sidecar.audit.writer import list_segments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         keys = [read_key_file(path) for path in args.key_file]
         if not keys and (env_key := configured_key()) is not None:
             keys.append(env_key)
+        if Path(args.path).is_dir() and not list_segments(Path(args.path)):
+            return run_store(args, keys)
         result = verify_path(args.path, keys)
     except (AuditKeyError, AuditPathError) as exc:
         print(f"packgate audit verify: {exc}", file=sys.stderr)
@@ -115,3 +131,56 @@ def run(args: argparse.Namespace) -> int:
         return TORN
     print(f"TAMPERED: {len(result.findings)} problem(s) in {scope}")
     return TAMPERED
+
+
+def run_store(args: argparse.Namespace, keys: list[bytes]) -> int:
+    """Check every chain of a collector store (or export), classifying every finding."""
+    root = Path(args.path)
+    chains = chain_dirs(root)
+    totals = {"tampering": 0, "gap": 0, "torn_tail": 0}
+    report: list[dict[str, Any]] = []
+    records = 0
+    for directory in chains:
+        result = verify_chain_dir(directory, keys)
+        records += result.records
+        name = str(directory.relative_to(root))
+        kinds = [category(f.kind) for f in result.findings]
+        for kind in kinds:
+            totals[kind] += 1
+        report.append(
+            {
+                "chain": name,
+                "ok": result.ok,
+                "records": result.records,
+                "mac_checked": result.mac_checked,
+                "findings": [
+                    {
+                        "class": category(f.kind),
+                        "kind": f.kind,
+                        "segment": f.segment,
+                        "line": f.line,
+                        "seq": f.seq,
+                        "detail": f.detail,
+                    }
+                    for f in result.findings
+                ],
+            }
+        )
+    ok = not any(totals.values())
+    # Same exit codes as for one log: torn tails alone are TORN, anything else TAMPERED.
+    code = OK if ok else TORN if not (totals["tampering"] or totals["gap"]) else TAMPERED
+    if args.json:
+        print(json.dumps({"ok": ok, "chains": report, "records": records, **totals}, indent=2))
+        return code
+    for item in report:
+        status = "OK" if item["ok"] else "PROBLEMS"
+        checked = "MACs checked" if item["mac_checked"] else "hash chain only"
+        print(f"{item['chain']}: {status} ({item['records']} records, {checked})")
+        for f in item["findings"]:
+            print(f"  {f['class'].upper()}: {f['segment']}:{f['line']}: {f['kind']}: {f['detail']}")
+    summary = (
+        f"{len(chains)} chain(s), {records} records: {totals['tampering']} tampering, "
+        f"{totals['gap']} gap(s), {totals['torn_tail']} torn tail(s)"
+    )
+    print(("OK: " if ok else "PROBLEMS: ") + summary)
+    return code

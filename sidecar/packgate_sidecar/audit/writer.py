@@ -172,6 +172,8 @@ class AuditWriter:
         self._fd = -1
         self._segno, self._seg_name, self._day, self._size = 0, "", "", 0
         self._access_written = 0
+        # Called on the writer thread after each durable batch (the shipper's wake-up).
+        self.on_durable: Callable[[], None] | None = None
 
     @property
     def head(self) -> ChainState:
@@ -449,6 +451,8 @@ class AuditWriter:
         self._access_written += count if access else 0
         self.stats.batches += 1
         self._echo_lines(buf)
+        if self.on_durable is not None:
+            self.on_durable()
 
     def _echo_lines(self, data: bytes | bytearray) -> None:
         if self._echo is None:

@@ -28,6 +28,9 @@ loop; `packgate audit verify DIR` checks them.
   they come, gets a durable write-ahead record (`outcome: started`, see `write_ahead`) before
   it goes upstream, and its outcome record is appended when it ends. Concurrent requests share
   fsyncs (group commit); `make bench` (`audit_durability`) measures the cost.
+- Shipping: with `PACKGATE_AUDIT_COLLECTOR_URL` set (the injector sets it), `audit/ship.py`
+  ships every sealed record to the audit collector; a spool the collector has not acknowledged
+  up to its bound fails requests the same way (closed unless `fail_open`).
 - Retention: expired whole segments are pruned when the writer starts, when a new segment
   starts (at least daily under traffic) and by a daily timer.
 - Records carry the decisions as `phase:reason` plus numeric details (`request:injection/
@@ -38,6 +41,7 @@ loop; `packgate audit verify DIR` checks them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import tempfile
@@ -49,6 +53,7 @@ from pathlib import Path
 from packgate_policy import AuditLogger, PolicyBlock
 
 from .. import scrub
+from ..audit import ship
 from ..audit.keys import KEY_ENV, load_key
 from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
 from ..audit.writer import DURABLE_STATE_KEY, AuditQueueFull, AuditWriter
@@ -86,6 +91,7 @@ class _Shared:
     writer: AuditWriter
     users: int = 0
     pruner: asyncio.Task[None] | None = None
+    shipper: ship.Shipper | None = None
 
 
 _writers: dict[Path, _Shared] = {}
@@ -109,7 +115,7 @@ def audit_dir(runtime: PolicyRuntime) -> Path:
     return base.resolve()
 
 
-def _acquire(directory: Path, config: AuditLogger) -> _Shared:
+def _acquire(directory: Path, config: AuditLogger, metrics: object = None) -> _Shared:
     # The MAC key is a configured secret: it must never appear in anything the sidecar returns.
     scrub.register(v for v in (os.environ.get(KEY_ENV),) if v)
     shared = _writers.get(directory)
@@ -122,6 +128,10 @@ def _acquire(directory: Path, config: AuditLogger) -> _Shared:
         )
         writer.start()  # recovers the chain; a log it cannot continue refuses the config
         shared = _writers[directory] = _Shared(writer)
+        settings = ship.ShipSettings.from_env(os.environ)  # ShipConfigError: a broken injection
+        if settings is not None:
+            shared.shipper = ship.Shipper(settings, directory, metrics)
+            writer.on_durable = shared.shipper.notify
     else:
         shared.writer.reconfigure(retention_days=config.retention_days, echo_stdout=config.stdout)
     shared.users += 1
@@ -137,6 +147,8 @@ async def _release(directory: Path, shared: _Shared) -> None:
     if shared.pruner is not None:
         shared.pruner.cancel()
     await shared.writer.aclose()
+    if shared.shipper is not None:
+        await shared.shipper.drain()  # every record is on disk now: ship what is left
 
 
 async def _prune_daily(writer: AuditWriter) -> None:
@@ -227,18 +239,28 @@ class AuditLoggerPolicy(Policy):
         super().__init__(settings, runtime)
         self.config = settings_as(settings, AuditLogger)
         self.directory = audit_dir(runtime)
-        self.shared = _acquire(self.directory, self.config)
+        self.shared = _acquire(self.directory, self.config, runtime.metrics)
         self.writer = self.shared.writer
+        self.shipper = self.shared.shipper
+        if self.shipper is not None:
+            self.shipper.fail_open = self.config.fail_open
+            with contextlib.suppress(RuntimeError):  # no running loop: the first request starts it
+                self.shipper.start()
         self._closed = False
 
     def _ensure_pruner(self) -> None:
         if self.shared.pruner is None:
             self.shared.pruner = asyncio.get_running_loop().create_task(_prune_daily(self.writer))
+        if self.shipper is not None:
+            self.shipper.start()
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         self._ensure_pruner()
         if not self.writer.accepting:
             raise AuditUnavailable("the audit log cannot take records (queue full or stopped)")
+        if self.shipper is not None and self.shipper.spool_full:
+            raise AuditUnavailable("the audit spool is full: the collector has not acknowledged "
+                                   f"{self.shipper.unacked_bytes} bytes")  # fmt: skip
         return ALLOW
 
     async def write_ahead(self, ctx: RequestContext) -> None:

@@ -1,0 +1,435 @@
+"""The collector's storage: one append-only copy of each pod's chain on the volume, plus the index.
+
+Why it exists: an audit trail must outlive the pod that wrote it. Each pod's records are kept
+byte for byte as the sidecar sealed them, in the same segment files (same names, same lines), so
+``packgate audit verify`` checks a stored chain, or an exported copy of it, exactly as it checks
+the sidecar's own log. Layout under the volume:
+
+    pods/<namespace>/<pod>_<pod uid>/audit-NNNNNN-YYYYMMDD.jsonl   the chain (only appended to)
+    pods/<namespace>/<pod>_<pod uid>/meta.json                     pack and retention of the pod
+    pods/<namespace>/<pod>_<pod uid>/pruned.jsonl                  segments removed by retention
+    quarantine/<namespace>/<pod>_<pod uid>.jsonl                   lines that failed a check
+    index.sqlite3                                                  see index.py (rebuildable)
+
+One storage thread does all writing, so a pod's chain has one writer and the event loop never
+waits on a disk: request handlers hand it batches and await the result. It groups whatever has
+queued up: every touched file is fsynced once per group, then the index commits, then the
+batches are acknowledged, so an acknowledged record is on disk. A crash can leave a torn line
+only in bytes that were never acknowledged; on start such a tail is cut off (the sidecar still
+holds those records and sends them again) and anything the index lacks is re-read from the
+segments.
+
+Retention: whole segments whose newest record is older than the pod's ``retention_days`` (from
+its PolicyPack's audit-logger) are deleted, never the newest one of a chain, and named in
+``pruned.jsonl`` with their last hash so a verifier accepts the shortened chain; a chain whose
+newest record has expired is removed entirely. Nothing else ever deletes or rewrites a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from packgate_sidecar.audit.chain import ChainState, parse_line
+from packgate_sidecar.audit.writer import SEGMENT_RE, list_segments, read_tail
+
+from . import index
+from .ingest import ChainCursor, Outcome, check
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class PodKey:
+    namespace: str
+    pod: str
+    uid: str
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.pod}_{self.uid}"
+
+
+@dataclass
+class Batch:
+    pod: PodKey
+    lines: Sequence[bytes]
+    keys: Mapping[str, bytes] | None
+    pack: str | None = None
+    retention_days: int | None = None
+
+
+@dataclass
+class Result:
+    stored: list[Outcome] = field(default_factory=list)
+    duplicates: int = 0
+    quarantined: list[Outcome] = field(default_factory=list)
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    head: ChainState | None = None
+
+
+@dataclass
+class _Chain:
+    key: PodKey
+    directory: Path
+    cursor: ChainCursor
+    segment: str = ""
+    fd: int = -1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self._fsync = fsync
+        self._chains: dict[str, _Chain] = {}
+        self._cv = threading.Condition()
+        self._jobs: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._conn: Any = None
+        self._dirty: set[int] = set()
+        self.recovered_tails = 0
+        self.reindexed = 0
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.sqlite3"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        (self.root / "pods").mkdir(parents=True, exist_ok=True)
+        (self.root / "quarantine").mkdir(exist_ok=True)
+        self._conn = index.connect(self.index_path)
+        for ns_dir in sorted((self.root / "pods").iterdir()):
+            for pod_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir()):
+                self._recover(ns_dir.name, pod_dir)
+        self._conn.commit()
+        self._thread = threading.Thread(target=self._run, name="collector-store", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for chain in self._chains.values():
+            if chain.fd >= 0:
+                os.close(chain.fd)
+                chain.fd = -1
+        if self._conn is not None:
+            self._conn.close()
+
+    def reader(self) -> Any:
+        return index.connect(self.index_path, readonly=True)
+
+    def _recover(self, namespace: str, pod_dir: Path) -> None:
+        pod, _, uid = pod_dir.name.rpartition("_")
+        key = PodKey(namespace, pod, uid)
+        segments = list_segments(pod_dir)
+        meta = _read_json(pod_dir / "meta.json")
+        chain = _Chain(key, pod_dir, ChainCursor(None), meta=meta)
+        if segments:
+            newest = segments[-1]
+            last, fragment = read_tail(newest)
+            if fragment:  # never acknowledged: the sidecar sends those records again
+                with newest.open("r+b") as f:
+                    f.truncate(newest.stat().st_size - len(fragment))
+                    os.fsync(f.fileno())
+                self.recovered_tails += 1
+            env = parse_line(last) if last is not None else None
+            if env is not None and not isinstance(env, str):
+                chain.cursor.head = env.state_after
+                chain.segment = newest.name
+            if chain.cursor.head is not None and index.max_seq(self._conn, uid) < (
+                chain.cursor.head.seq - 1
+            ):
+                self._reindex(chain, segments)
+        self._chains[uid] = chain
+
+    def _reindex(self, chain: _Chain, segments: Sequence[Path]) -> None:
+        known = index.max_seq(self._conn, chain.key.uid)
+        rows = []
+        for path in segments:
+            for raw in path.read_bytes().split(b"\n"):
+                env = parse_line(raw) if raw else "empty"
+                if not isinstance(env, str) and env.seq > known:
+                    rows.append(self._row(chain.key, env, False))
+        index.insert(self._conn, rows)
+        self.reindexed += len(rows)
+
+    # -- the API the server uses (any thread) --------------------------------------------------
+
+    async def ingest(self, batch: Batch) -> Result:
+        return await asyncio.wrap_future(self._submit(lambda: self._ingest(batch)))
+
+    async def prune(self, now: float | None = None) -> list[str]:
+        return await asyncio.wrap_future(self._submit(lambda: self._prune(now or time.time())))
+
+    def head(self, uid: str) -> ChainState | None:
+        chain = self._chains.get(uid)
+        return None if chain is None else chain.cursor.head
+
+    def _submit(self, job: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cv:
+            if self._closing or self._thread is None:
+                raise StoreError("the store is not running")
+            self._jobs.append((job, done))
+            self._cv.notify()
+        return done
+
+    # -- the storage thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._closing:
+                    self._cv.wait()
+                jobs, self._jobs = self._jobs, []
+                if not jobs and self._closing:
+                    return
+            self._dirty = set()
+            results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+            for job, done in jobs:
+                try:
+                    results.append((done, job(), None))
+                except Exception as exc:
+                    results.append((done, None, exc))
+            try:
+                if self._fsync:
+                    for fd in self._dirty:
+                        os.fsync(fd)
+                self._conn.commit()
+            except Exception as exc:
+                results = [(done, None, exc) for done, _, _ in results]
+            for done, value, error in results:
+                if error is not None:
+                    done.set_exception(error)
+                else:
+                    done.set_result(value)
+
+    def _chain(self, batch: Batch) -> _Chain:
+        key = batch.pod
+        chain = self._chains.get(key.uid)
+        if chain is None or chain.key != key:
+            directory = self.root / "pods" / key.namespace / key.dirname
+            directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(directory.parent)
+            chain = self._chains[key.uid] = _Chain(key, directory, ChainCursor(None))
+            chain.meta = {"namespace": key.namespace, "pod": key.pod, "uid": key.uid}
+        wanted = {"pack": batch.pack, "retention_days": batch.retention_days}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        if (
+            any(chain.meta.get(k) != v for k, v in wanted.items())
+            or not (chain.directory / "meta.json").exists()
+        ):
+            chain.meta.update(wanted)
+            _write_json(chain.directory / "meta.json", chain.meta)
+        return chain
+
+    def _ingest(self, batch: Batch) -> Result:
+        chain = self._chain(batch)
+        uid = batch.pod.uid
+        outcomes = check(
+            chain.cursor, batch.lines, batch.keys, lambda s: index.stored_hash(self._conn, uid, s)
+        )
+        result = Result()
+        buf = bytearray()
+        rows: list[index.Row] = []
+        received = _now()
+        for o in outcomes:
+            if o.kind == "duplicate":
+                result.duplicates += 1
+            elif o.kind == "quarantined":
+                result.quarantined.append(o)
+            else:
+                assert o.env is not None
+                if o.gap is not None:
+                    result.gaps.append(o.gap)
+                if o.env.type == "segment" or chain.fd < 0:
+                    self._write(chain, buf)
+                    buf = bytearray()
+                    self._next_segment(chain, o)
+                buf += o.line + b"\n"
+                rows.append(self._row(batch.pod, o.env, o.mac_checked))
+                result.stored.append(o)
+        self._write(chain, buf)
+        result.head = chain.cursor.head
+        index.insert(self._conn, rows)
+        if result.gaps:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO gaps (uid, namespace, pod, first, last, received)"
+                " VALUES (?,?,?,?,?,?)",
+                [(uid, batch.pod.namespace, batch.pod.pod, a, b, received) for a, b in result.gaps],
+            )
+        if result.quarantined:
+            self._quarantine(batch.pod, result.quarantined, received)
+        return result
+
+    def _next_segment(self, chain: _Chain, first: Outcome) -> None:
+        assert first.env is not None
+        name = str(first.env.body.get("segment") or "") if first.env.type == "segment" else ""
+        if not SEGMENT_RE.fullmatch(name):
+            # Mid-chain start (or an odd header): a name that sorts before the sidecar's own.
+            name = chain.segment or f"audit-000000-{first.env.ts[:10].replace('-', '')}.jsonl"
+        if chain.segment == name and chain.fd >= 0:
+            return
+        self._close(chain)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        chain.fd = os.open(chain.directory / name, flags, 0o640)
+        chain.segment = name
+        _fsync_dir(chain.directory)
+
+    def _close(self, chain: _Chain) -> None:
+        """Close a chain's file; what this group wrote to it is made durable first."""
+        if chain.fd < 0:
+            return
+        if chain.fd in self._dirty:
+            if self._fsync:
+                os.fsync(chain.fd)
+            self._dirty.discard(chain.fd)
+        os.close(chain.fd)
+        chain.fd = -1
+
+    def namespaces(self) -> list[str]:
+        """Namespaces with a stored chain (any thread: a snapshot of the storage thread's map)."""
+        return sorted({chain.key.namespace for chain in list(self._chains.values())})
+
+    def _write(self, chain: _Chain, buf: bytearray) -> None:
+        if not buf:
+            return
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(chain.fd, view) :]
+        self._dirty.add(chain.fd)
+
+    def _quarantine(self, key: PodKey, items: Sequence[Outcome], received: str) -> None:
+        directory = self.root / "quarantine" / key.namespace
+        directory.mkdir(parents=True, exist_ok=True)
+        lines, rows = [], []
+        for o in items:
+            text = o.line.decode("utf-8", "replace")
+            seq = o.env.seq if o.env is not None else None
+            lines.append(
+                json.dumps({"received": received, "reason": o.reason, "seq": seq, "line": text})
+                + "\n"
+            )
+            rows.append((key.uid, key.namespace, key.pod, seq, o.reason, received, text))
+        fd = os.open(
+            directory / f"{key.dirname}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640
+        )
+        try:
+            os.write(fd, "".join(lines).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._conn.executemany(
+            "INSERT INTO quarantine (uid, namespace, pod, seq, reason, received, line)"
+            " VALUES (?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    @staticmethod
+    def _row(key: PodKey, env: Any, mac_checked: bool) -> index.Row:
+        return index.Row(
+            key.uid,
+            env.seq,
+            env.hash,
+            env.type,
+            env.ts,
+            key.namespace,
+            key.pod,
+            env.body,
+            mac_checked,
+        )
+
+    def _prune(self, now: float) -> list[str]:
+        removed: list[str] = []
+        for uid, chain in list(self._chains.items()):
+            days = chain.meta.get("retention_days")
+            if not isinstance(days, int) or days < 1:
+                continue
+            cutoff = now - days * _DAY
+            segments = list_segments(chain.directory)
+            expired: list[tuple[Path, Any]] = []
+            for path in segments:
+                last, _ = read_tail(path)
+                env = parse_line(last) if last is not None else "empty"
+                if isinstance(env, str) or _epoch(env.ts) >= cutoff:
+                    break
+                expired.append((path, env))
+            if not expired:
+                continue
+            if len(expired) == len(segments):  # the whole chain has expired
+                self._close(chain)
+                shutil.rmtree(chain.directory)
+                self._conn.execute("DELETE FROM records WHERE uid = ?", (uid,))
+                del self._chains[uid]
+                removed.append(str(chain.directory.relative_to(self.root)))
+                continue
+            with (chain.directory / "pruned.jsonl").open("a") as manifest:
+                for path, env in expired:
+                    entry = {
+                        "name": path.name,
+                        "last_seq": env.seq,
+                        "last_hash": env.hash,
+                        "retention_days": days,
+                        "pruned": _now(),
+                    }
+                    manifest.write(json.dumps(entry) + "\n")
+                manifest.flush()
+                os.fsync(manifest.fileno())
+            for path, env in expired:
+                path.unlink()
+                self._conn.execute("DELETE FROM records WHERE uid = ? AND seq <= ?", (uid, env.seq))
+                removed.append(str(path.relative_to(self.root)))
+            _fsync_dir(chain.directory)
+        return removed
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def _now() -> str:
+    moment = datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

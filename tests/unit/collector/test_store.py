@@ -1,0 +1,122 @@
+"""The collector's store on a real directory: chains kept byte for byte, restarts, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from packgate_operator.collector import index
+from packgate_operator.collector.query import parse
+from packgate_operator.collector.store import Batch, PodKey, Store
+from packgate_sidecar.audit.verify import verify_path
+from packgate_sidecar.audit.writer import AuditWriter, list_segments
+
+KEY = bytes(range(32))
+POD = PodKey("team-a", "chat-1", "0f6c1d2e-uid")
+
+
+def record(i: int, blocked: bool = False) -> dict[str, object]:
+    return {
+        "time": f"2025-03-01T12:00:{i:02d}.000Z",
+        "request_id": f"r{i}",
+        "endpoint": "chat.completions",
+        "status": 403 if blocked else 200,
+        "latency_ms": 1.5,
+        "pod": POD.pod,
+        "namespace": POD.namespace,
+        "pack": "gateway",
+        "decisions": [
+            {
+                "policy": "prompt-injection",
+                "decision": "block" if blocked else "allow",
+                "reason": "request:injection/score=0.9" if blocked else "request",
+            }
+        ],
+    }
+
+
+def sidecar_log(directory: Path, n: int) -> list[bytes]:
+    writer = AuditWriter(directory, KEY, fsync=False)
+    writer.start()
+    for i in range(n):
+        writer.submit(record(i, blocked=i % 3 == 0))
+    writer.close()
+    return [line for p in list_segments(directory) for line in p.read_bytes().splitlines()]
+
+
+def ingest(store: Store, lines: list[bytes], keys: dict[str, bytes] | None) -> object:
+    return asyncio.run(store.ingest(Batch(POD, lines, keys, "gateway", 30)))
+
+
+def test_stored_chain_is_the_sidecar_log_byte_for_byte_and_verifies(tmp_path: Path) -> None:
+    from packgate_sidecar.audit.chain import key_id
+
+    lines = sidecar_log(tmp_path / "sidecar", 10)
+    store = Store(tmp_path / "store", fsync=False)
+    store.open()
+    try:
+        result = ingest(store, lines[:6], {key_id(KEY): KEY})
+        assert len(result.stored) == 6  # type: ignore[attr-defined]
+        result = ingest(store, lines[4:], {key_id(KEY): KEY})
+        assert result.duplicates == 2 and len(result.stored) == len(lines) - 6  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    chain_dir = tmp_path / "store" / "pods" / "team-a" / f"{POD.pod}_{POD.uid}"
+    stored = [line for p in list_segments(chain_dir) for line in p.read_bytes().splitlines()]
+    assert stored == lines
+    assert [p.name for p in list_segments(chain_dir)] == [
+        p.name for p in list_segments(tmp_path / "sidecar")
+    ]
+    assert verify_path(chain_dir, [KEY]).ok
+    meta = json.loads((chain_dir / "meta.json").read_text())
+    assert meta == {
+        "namespace": "team-a",
+        "pod": "chat-1",
+        "uid": POD.uid,
+        "pack": "gateway",
+        "retention_days": 30,
+    }
+
+
+def test_a_restart_cuts_an_unacknowledged_torn_tail_and_rebuilds_the_index(tmp_path: Path) -> None:
+    lines = sidecar_log(tmp_path / "sidecar", 8)
+    store = Store(tmp_path / "store", fsync=False)
+    store.open()
+    ingest(store, lines, None)
+    store.close()
+    chain_dir = tmp_path / "store" / "pods" / "team-a" / f"{POD.pod}_{POD.uid}"
+    newest = list_segments(chain_dir)[-1]
+    with newest.open("ab") as f:
+        f.write(b'{"body":{"half a rec')  # a crash mid-write, never acknowledged
+    (tmp_path / "store" / "index.sqlite3").unlink()  # and the index lost
+    store = Store(tmp_path / "store", fsync=False)
+    store.open()
+    try:
+        assert store.recovered_tails == 1 and store.reindexed == len(lines)
+        assert ingest(store, lines[-2:], None).duplicates == 2  # type: ignore[attr-defined]
+        conn = store.reader()
+        blocked = index.search(conn, parse({"decision": "blocked"}), None)
+        assert [r["request_id"] for r in blocked] == ["r6", "r3", "r0"]  # newest first
+        assert index.search(conn, parse({"namespace": "team-b"}), None) == []
+        assert index.search(conn, parse({}), ["team-b"]) == []
+        one = index.detail(conn, POD.uid, blocked[0]["seq"])
+        assert one is not None and one["record"]["decisions"][0]["policy"] == "prompt-injection"
+    finally:
+        store.close()
+    assert verify_path(chain_dir, [KEY]).ok
+
+
+def test_retention_removes_expired_chains_only(tmp_path: Path) -> None:
+    lines = sidecar_log(tmp_path / "sidecar", 3)
+    store = Store(tmp_path / "store", fsync=False)
+    store.open()
+    try:
+        ingest(store, lines, None)
+        assert asyncio.run(store.prune(time.time())) == []
+        removed = asyncio.run(store.prune(time.time() + 31 * 86400))
+        assert removed == [f"pods/team-a/{POD.pod}_{POD.uid}"]
+        assert index.search(store.reader(), parse({}), None) == []
+    finally:
+        store.close()
