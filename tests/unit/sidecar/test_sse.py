@@ -8,12 +8,18 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packgate_sidecar.detect.anonymize import anonymize
+from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
+from packgate_sidecar.detect.pii_stream import StreamRedactor
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import CHAT, RESPONSES
 from packgate_sidecar.sse import KEEP_ALIVE, StreamRewriter, split_events
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
+from tests.unit.sidecar.test_pii_stream import texts_and_chunks
+
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
+DET = PiiDetector(BUILTIN_ENTITIES)
 
 
 class Upper:
@@ -215,3 +221,54 @@ def test_responses_audio_transcript_deltas_are_filtered() -> None:
     event = {"type": "response.audio.transcript.delta", "delta": "call me", "sequence_number": 3}
     out = rewriter(RESPONSES, Upper()).feed(b"data: " + json.dumps(event).encode() + b"\n\n")
     assert events(out)[0]["delta"] == "CALL ME"
+
+
+# --- the whole stream path with the real redactor --------------------------------------------
+
+
+class Redacting:
+    """Stream policies with one real StreamRedactor per channel (what pii-detector installs)."""
+
+    def __init__(self) -> None:
+        self.channels: dict[Any, StreamRedactor] = {}
+
+    def feed(self, channel: Any, text: str) -> str:
+        return self.channels.setdefault(channel, StreamRedactor(DET, "redact")).feed(text)
+
+    def finish(self, channel: Any) -> str:
+        redactor = self.channels.pop(channel, None)
+        return redactor.flush() if redactor is not None else ""
+
+    def oneshot(self, text: str) -> str:
+        return anonymize(text, DET.find(text), "redact")
+
+    def open_channels(self) -> list[Any]:
+        return list(self.channels)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts_and_chunks(),
+    st.lists(st.booleans(), min_size=1),
+    st.integers(1, 400),
+)
+def test_streamed_answer_equals_redacting_the_whole_answer(
+    case: tuple[str, list[str]], compact: list[bool], split: int
+) -> None:
+    text, deltas = case
+    stream = b""
+    for number, delta in enumerate(deltas):
+        data = chunk([{"index": 0, "delta": {"content": delta}, "finish_reason": None}])
+        body = json.dumps(data, **COMPACT) if compact[number % len(compact)] else json.dumps(data)
+        stream += b"data: " + body.encode() + b"\n\n"
+    stream += (
+        b"data: " + json.dumps(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])).encode()
+    )
+    stream += b"\n\ndata: [DONE]\n\n"
+    r = rewriter(policies=Redacting())
+    out = b"".join(r.feed(stream[i : i + split]) for i in range(0, len(stream), split)) + r.end()
+    parsed = events(out)
+    assert parsed[-1] == "[DONE]"
+    finish = next(i for i, e in enumerate(parsed) if e["choices"][0]["finish_reason"] == "stop")
+    got = "".join(e["choices"][0]["delta"].get("content") or "" for e in parsed[:finish])
+    assert got == anonymize(text, DET.find(text), "redact")
