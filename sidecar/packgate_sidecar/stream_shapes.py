@@ -149,6 +149,8 @@ class ChatStream(StreamShape):
 
 
 class CompletionsStream(StreamShape):
+    drop_logprobs = ChatStream.drop_logprobs  # the same `choices[].logprobs`
+
     def parse(self, event: str | None, data: Json) -> StreamEvent:
         deltas: list[tuple[Channel, TextSlot]] = []
         closes: list[Channel] = []

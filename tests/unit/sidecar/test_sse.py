@@ -12,7 +12,7 @@ from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
 from packgate_sidecar.detect.pii_stream import StreamRedactor
 from packgate_sidecar.policy import RequestContext
-from packgate_sidecar.shapes import CHAT, RESPONSES
+from packgate_sidecar.shapes import CHAT, COMPLETIONS, RESPONSES
 from packgate_sidecar.sse import KEEP_ALIVE, StreamRewriter, split_events
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
@@ -211,6 +211,9 @@ def test_changed_text_drops_its_logprobs() -> None:
     data = chunk([{"index": 0, "delta": {"content": "secret"}, "logprobs": logprobs}])
     out = rewriter(policies=Upper()).feed(b"data: " + json.dumps(data).encode() + b"\n\n")
     assert events(out)[0]["choices"][0]["logprobs"] is None
+    data = {"choices": [{"index": 0, "text": "secret", "logprobs": {"tokens": ["secret"]}}]}
+    out = rewriter(COMPLETIONS, Upper()).feed(b"data: " + json.dumps(data).encode() + b"\n\n")
+    assert events(out)[0]["choices"][0] == {"index": 0, "text": "SECRET", "logprobs": None}
     event = {"type": "response.output_text.delta", "output_index": 0, "content_index": 0,
              "delta": "secret", "logprobs": [{"token": "secret", "logprob": -0.1}]}  # fmt: skip
     out = rewriter(RESPONSES, Upper()).feed(b"data: " + json.dumps(event).encode() + b"\n\n")
