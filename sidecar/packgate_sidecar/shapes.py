@@ -43,22 +43,34 @@ class ShapeError(ValueError):
 
 
 class TextSlot:
-    """One string inside a parsed JSON body: who wrote it, where it is, and a way to replace it."""
+    """One string inside a parsed JSON body: who wrote it, where it is, and a way to replace it.
 
-    __slots__ = ("key", "parent", "path", "role")
+    `tokens` names the object whose `logprobs` spell out this text token by token, and what they
+    become once the text changed (null or []): set() drops them then, because a rewrite that
+    left them would still hand the client the original text (redacted PII included)."""
+
+    __slots__ = ("key", "parent", "path", "role", "tokens")
 
     def __init__(self, parent: Any, key: str | int, role: str, path: str) -> None:
         self.parent = parent
         self.key = key
         self.role = role
         self.path = path
+        self.tokens: tuple[Json, Any] | None = None
 
     def get(self) -> str:
         value: str = self.parent[self.key]
         return value
 
     def set(self, text: str) -> None:
+        self._drop_tokens(text)
         self.parent[self.key] = text
+
+    def _drop_tokens(self, text: str) -> None:
+        if self.tokens is not None and text != self.get():
+            owner, emptied = self.tokens
+            if owner.get("logprobs"):
+                owner["logprobs"] = emptied
 
     def __repr__(self) -> str:
         return f"TextSlot({self.path!r}, role={self.role!r})"
@@ -99,6 +111,7 @@ class DataUrlSlot(TextSlot):
         return self._text
 
     def set(self, text: str) -> None:
+        self._drop_tokens(text)
         self._text = text
         self.parent[self.key] = self.prefix + base64.b64encode(text.encode()).decode()
 
@@ -588,6 +601,7 @@ def _chat_response(body: Json) -> list[TextSlot]:
         message = choice.get("message")
         if not isinstance(message, dict):
             continue
+        first = len(out)
         path = f"choices[{index}].message"
         for spec in (
             "content*",
@@ -599,6 +613,9 @@ def _chat_response(body: Json) -> list[TextSlot]:
             "reasoning_content",
         ):
             _walk(out, message, spec, "assistant", path, False)
+        # One `logprobs` per choice covers all its texts (as in chat streams): null on any change.
+        for slot in out[first:]:
+            slot.tokens = (choice, None)
     return out
 
 
@@ -606,7 +623,9 @@ def _completions_response(body: Json) -> list[TextSlot]:
     out: list[TextSlot] = []
     for index, choice in choices_of(body):
         if isinstance(choice.get("text"), str):
-            out.append(TextSlot(choice, "text", "assistant", f"choices[{index}].text"))
+            slot = TextSlot(choice, "text", "assistant", f"choices[{index}].text")
+            slot.tokens = (choice, None)
+            out.append(slot)
     return out
 
 
@@ -616,6 +635,12 @@ def _responses_response(body: Json) -> list[TextSlot]:
     if isinstance(output, list):
         for index, item in enumerate(output):
             _response_item(out, item, f"output[{index}]", strict=False)
+    for slot in out:
+        # An `output_text` part carries the logprobs of its own text ([] once changed, as in
+        # streams).
+        part = slot.parent
+        if slot.key == "text" and isinstance(part, dict) and part.get("type") == "output_text":
+            slot.tokens = (part, [])
     return out
 
 

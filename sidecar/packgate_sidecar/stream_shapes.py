@@ -186,9 +186,9 @@ def _item_channels(output_index: int, item: Any) -> list[tuple[Channel, TextSlot
             if isinstance(part, dict):
                 for field, name in (("text", "text"), ("refusal", "refusal")):
                     if isinstance(part.get(field), str):
-                        out.append(
-                            ((output_index, index, name), TextSlot(part, field, "assistant", ""))
-                        )
+                        slot = TextSlot(part, field, "assistant", "")
+                        slot.tokens = (part, [])  # an output_text part's logprobs
+                        out.append(((output_index, index, name), slot))
     elif kind in ("function_call", "mcp_call", "mcp_approval_request"):
         if isinstance(item.get("arguments"), str):
             out.append(((output_index, "args"), TextSlot(item, "arguments", "assistant", "")))
@@ -261,7 +261,9 @@ class ResponsesStream(StreamShape):
             if suffix == "done":
                 snapshots = []
                 if isinstance(data.get(whole_key), str):
-                    snapshots.append((channel, TextSlot(data, whole_key, "assistant", "")))
+                    slot = TextSlot(data, whole_key, "assistant", "")
+                    slot.tokens = (data, [])  # `output_text.done` repeats every token
+                    snapshots.append((channel, slot))
                 return StreamEvent([], [channel], snapshots)
         if kind in ("response.content_part.added", "response.content_part.done"):
             output, index = _int(data, "output_index"), _int(data, "content_index")
@@ -271,6 +273,7 @@ class ResponsesStream(StreamShape):
                 for field in ("text", "refusal"):
                     if isinstance(part.get(field), str):
                         slot = TextSlot(part, field, "assistant", "")
+                        slot.tokens = (part, [])
                         snaps.append(((output, index, field), slot))
             closes: list[Channel] = [(output, index)] if kind.endswith("done") else []
             return StreamEvent([], closes, snaps)
