@@ -9,7 +9,9 @@ what the sidecar scores, and the shipped model was trained on the data as it is 
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ pytest.importorskip("numpy", reason="numpy is needed to train (dev/test dependen
 from packgate_quality import injection_data as data
 from packgate_quality import injection_eval as evaluation
 from packgate_quality import injection_train as train
+from packgate_sidecar.cli import main
 from packgate_sidecar.detect.injection import DEFAULT_MODEL_PATH, InjectionScorer
 
 pytestmark = pytest.mark.skipif(
@@ -136,3 +139,43 @@ def test_the_shipped_model_was_trained_on_the_data_as_it_is(rows: list[data.Row]
         train.MIN_DF,
         train.TARGET_FPR,
     ), stale
+
+
+def small_copy(tmp: Path, per_source: int = 8) -> Path:
+    """The first rows of every dataset file, in the same formats, in `tmp`."""
+    for source, name in data.SOURCES.items():
+        original = data.DEFAULT_DATASETS / name
+        if name.endswith(".jsonl"):
+            lines = original.read_text(encoding="utf-8").splitlines()
+            # deepset lists benign rows first: take some of each label.
+            picked = lines[:per_source] + lines[-per_source:] if source == "deepset" else lines
+            (tmp / name).write_text("\n".join(picked[: 2 * per_source]) + "\n", encoding="utf-8")
+        elif name.endswith(".json"):
+            items = json.loads(original.read_text(encoding="utf-8"))[:per_source]
+            (tmp / name).write_text(json.dumps(items), encoding="utf-8")
+        else:
+            with original.open(encoding="utf-8", newline="") as fh:
+                records = list(csv.DictReader(fh))
+            chosen = [r for r in records if r["type"] == "jailbreak"][:per_source]
+            chosen += [r for r in records if r["type"] == "benign"][:per_source]
+            with (tmp / name).open("w", encoding="utf-8", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+                writer.writeheader()
+                writer.writerows(chosen)
+    return tmp
+
+
+def test_the_command_reports_every_source_and_retrains_reproducibly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    datasets = small_copy(tmp_path)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for out in (first, second):
+        args = ["quality", "injection", "--datasets", str(datasets), "--retrain"]
+        status = main([*args, "--model-out", str(out), "--json", "--latency-iterations", "5"])
+        report = json.loads(capsys.readouterr().out)
+        assert status == (0 if report["passed"] else 1)
+    assert first.read_bytes() == second.read_bytes()
+    assert [r["name"] for r in report["leave_one_source_out"]] == list(data.SOURCES)
+    deepset = report["leave_one_source_out"][0]
+    assert deepset["rows"] == 16 and 0 < deepset["positives"] < 16
