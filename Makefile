@@ -5,7 +5,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# Keyed on what `pip install` builds from: a changed C source rebuilds the extension too.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sidecar/packgate_sidecar/detect/*.c | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: help demo test check lint format tools node-tools image crds bench clean
@@ -20,7 +21,8 @@ help:
 	@echo "make crds   - regenerate crds/ and the chart's copy from the models"
 	@echo "make bench  - long performance measurements (not part of make test)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard sidecar/packgate_sidecar/detect/*.c)
+	@$(PYTHON) cluster/build-deps.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -1,13 +1,16 @@
 """Training and calibration of the shipped prompt-injection model, on spans, from every source.
 
 Why this exists: the sidecar's detector (`packgate_sidecar.detect.injection`) is a logistic
-regression whose weights ship as JSON; this module regenerates that file deterministically, and
+regression over hashed n-grams whose weights ship as JSON (format 2, see that module's
+docstring); this module regenerates that file deterministically, and
 its `fit` is the one procedure the evaluation (`injection_eval`) repeats on every fold, so what is
 measured is how the shipped model was made. numpy is used here only (a dev/test dependency).
 
 The model scores spans (`detect/segments.py`: the whole text or its windows, and its sentences)
 and a text's logit is the highest span logit plus the weights of the phrase rules matched on the
-whole text. Training therefore works on spans too:
+whole text. Features live in bucket space: each column is one of the 2**HASH_BITS buckets (or a
+rule), taken from the same compiled core the sidecar scores with, so hash collisions are part of
+what is fitted and the sidecar computes exactly the fitted function. Training works on spans:
 - a benign text gives every one of its spans as a negative;
 - an injection gives its whole-text/window spans as positives; its sentences are left out of
   training (most sentences of a long jailbreak are harmless on their own), but count at
@@ -30,18 +33,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from packgate_sidecar.detect import ngram, ngram_ref
 from packgate_sidecar.detect.injection import (
     CASED_RULES,
     MODEL_FORMAT,
     RULES,
-    Features,
-    featurize,
+    matched_rules,
 )
 from packgate_sidecar.detect.normalize import variants
 from packgate_sidecar.detect.segments import (
@@ -59,6 +63,14 @@ IntArray = npt.NDArray[np.int64]
 
 SEED = 20240601
 CHAR_SIZES = (4,)
+HASH_BITS = 20  # 2**20 buckets: about one collision per 1 KB text, 4 MB of float32 in the sidecar
+# One FNV-1a start state per feature group, so one string in two groups lands in two buckets.
+_GOLDEN = 0x9E3779B97F4A7C15
+SEEDS = {
+    "words": ngram_ref.FNV_BASIS,
+    "chars": ngram_ref.FNV_BASIS ^ _GOLDEN,
+    "tail": ngram_ref.FNV_BASIS ^ ((2 * _GOLDEN) & ((1 << 64) - 1)),
+}
 L2 = 3e-4  # regularisation strength on the mean weighted log-loss
 MIN_DF = 2  # a feature must occur in two training texts to get a weight
 MAX_FEATURES = 40_000  # pruning budget (largest |weight| kept)
@@ -85,26 +97,25 @@ CELL_WEIGHT: dict[tuple[str, int], float] = {
 }
 
 
-def _groups(f: Features) -> list[tuple[str, set[str], float]]:
-    out: list[tuple[str, set[str], float]] = []
-    for name, members in (("words", f.words), ("chars", f.chars), ("tail", f.tail)):
-        if members:
-            out.append((name, members, 1.0 / math.sqrt(len(members))))
-    return out
-
-
 class Corpus:
     """Every text's variants and spans featurised once, as one sparse matrix.
 
     Matrix rows are spans (`doc`, `variant` (0 = plain text) and `kind` (0 = whole text or
-    window, 1 = sentence) per row). Values follow the runtime scorer: 1/sqrt(group size) for the
-    span's n-gram groups, 1 for each rule matched on the whole variant.
+    window, 1 = sentence) per row). Columns are buckets and rules. Values follow the runtime
+    scorer: 1/sqrt(distinct buckets of the group) for each of the span's n-gram groups (a bucket
+    hit by two groups gets both), 1 for each rule matched on the whole variant.
     """
 
     def __init__(self, rows: Sequence[Row], char_sizes: tuple[int, ...] = CHAR_SIZES) -> None:
         self.rows = list(rows)
         self.char_sizes = char_sizes
-        self.names: list[tuple[str, str]] = []  # (group, feature) per column
+        # Buckets do not depend on weights: an all-zero table is enough to extract them.
+        core = ngram.Scorer(
+            array("f", bytes(4 << HASH_BITS)),
+            char_sizes,
+            (SEEDS["words"], SEEDS["chars"], SEEDS["tail"]),
+        )
+        self.names: list[tuple[str, str]] = []  # ("bucket", id) or ("rules", name) per column
         index: dict[tuple[str, str], int] = {}
 
         def column(key: tuple[str, str]) -> int:
@@ -113,19 +124,26 @@ class Corpus:
                 self.names.append(key)
             return col
 
-        indptr, cols, vals, doc, variant, kind = [0], [], [], [], [], []
+        indptr, doc, variant, kind = [0], [], [], []
+        cols: list[int] = []
+        vals: list[float] = []
         for d, row in enumerate(self.rows):
             for v, text in enumerate(variants(row.text)):
-                rules = featurize(text, char_sizes).rules
+                lowered = text.lower()
+                rules = matched_rules(text, lowered)
                 rule_cols = [column(("rules", name)) for name in sorted(rules)]
-                spans = segments(text)
-                windows = window_count(len(text))
+                spans = segments(lowered)
+                windows = window_count(len(lowered))
                 for s, (start, end) in enumerate(spans):
-                    f = featurize(text[start:end], char_sizes, False)
-                    for group, members, value in _groups(f):
-                        for name in members:
-                            cols.append(column((group, name)))
-                            vals.append(value)
+                    values: dict[int, float] = {}
+                    for group in core.buckets(lowered, start, end):
+                        if group:
+                            value = 1.0 / math.sqrt(len(group))
+                            for b in group:
+                                col = column(("bucket", str(b)))
+                                values[col] = values.get(col, 0.0) + value
+                    cols.extend(values)
+                    vals.extend(values.values())
                     cols.extend(rule_cols)
                     vals.extend([1.0] * len(rule_cols))
                     indptr.append(len(cols))
@@ -348,20 +366,28 @@ def fit(
 
 
 def export(corpus: Corpus, model: Linear, meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON document the runtime loads: calibration folded into weights and bias."""
+    """The JSON document the runtime loads (format 2): calibration folded into the weights."""
     a = model.slope
-    groups: dict[str, dict[str, float]] = {"words": {}, "chars": {}, "tail": {}, "rules": {}}
+    table: dict[int, float] = {}
+    rules: dict[str, float] = {}
     for col, w in zip(model.cols.tolist(), model.weights.tolist(), strict=True):
-        group, name = corpus.names[col]
+        kind, name = corpus.names[col]
         value = float(f"{a * w:.4g}")
         if value:
-            groups[group][name] = value
+            if kind == "rules":
+                rules[name] = value
+            else:
+                table[int(name)] = value
     bias = a * (model.bias - model.cut) + math.log(THRESHOLD / (1 - THRESHOLD))
+    buckets = sorted(table)
     return {
         "format": MODEL_FORMAT,
+        "hashing": {"bits": HASH_BITS, "seeds": dict(SEEDS)},
         "char_sizes": list(corpus.char_sizes),
         "bias": round(bias, 6),
-        **{group: dict(sorted(weights.items())) for group, weights in groups.items()},
+        "rules": dict(sorted(rules.items())),
+        "buckets": buckets,
+        "weights": [table[b] for b in buckets],
         "meta": {
             **meta,
             "calibration_slope": round(a, 6),

@@ -1,9 +1,10 @@
 """Static checks of the files users build and run with: the Dockerfile and kind-config.yaml.
 
 This machine has no Docker engine, so the image is checked by reading the Dockerfile: a pinned
-slim base, a non-root user, no remote ADD, no compilers in the final stage, and entrypoints that
-exist in the package. kind-config.yaml is validated against kind's v1alpha4 Cluster schema
-(the fields kind documents, unknown keys rejected).
+slim base, a non-root user, no remote ADD, the C scoring core compiled in the build stage and no
+compilers in the final stage, and entrypoints that exist in the package. kind-config.yaml is
+validated against kind's v1alpha4 Cluster schema (the fields kind documents, unknown keys
+rejected).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -78,6 +80,24 @@ def test_entrypoints_exist_in_the_package(dockerfile: list[list[str]]) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_the_compiled_core_is_built_in_the_build_stage_only(dockerfile: list[list[str]]) -> None:
+    # pyproject declares the C extension, so `pip install .` compiles it: the build stage must
+    # have a compiler and run that install; the final stage gets the built venv and nothing
+    # that could compile (no compiler, no sources copied from the build context).
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    modules = project["tool"]["setuptools"]["ext-modules"]
+    core = next(m for m in modules if m["name"] == "packgate_sidecar.detect._ngramcore")
+    assert all((ROOT / source).is_file() for source in core["sources"])
+    build, final = "\n".join(line for stage in dockerfile[:-1] for line in stage), dockerfile[-1]
+    assert re.search(r"apt-get install[^\n]*\b(build-essential|gcc)\b", build)
+    assert re.search(r"pip install[^\n]* \.(\s|$)", build), "the build stage must pip install ."
+    final_text = "\n".join(final)
+    for tool in ("gcc", "build-essential", "clang", "apt-get install", "pip install"):
+        assert tool not in final_text, f"final stage mentions {tool}"
+    copies = [line for line in final if line.upper().startswith("COPY ")]
+    assert copies and all("--from=" in line for line in copies), copies
 
 
 # kind's Cluster v1alpha4 fields (sigs.k8s.io/kind/pkg/apis/config/v1alpha4/types.go).

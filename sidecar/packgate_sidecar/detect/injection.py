@@ -1,322 +1,79 @@
 """Prompt-injection scoring for the sidecar's `prompt-injection` policy.
 
 Why this exists: the policy compares a score in [0, 1] with its configured `threshold` on every
-request, in the proxy's hot path, so the detector must be cheap (well under a millisecond for a
-1 KB prompt), must not pull numpy or a model runtime into the sidecar, and must see through cheap
-obfuscation. The model is a logistic regression over feature groups of the normalised,
-lower-cased text — word uni/bigrams (plus each sentence's first word), character 4-grams, the
-last sentence's words, and hand-written phrase rules in English and German — trained offline by
-`packgate_quality.injection_train` and shipped as a JSON file of weights beside this
-module. The phrase rules are matched on the whole text; the n-gram groups are scored on spans
-(`segments.py`: the text or its windows, and each sentence) and the highest span counts, so an
-instruction appended to a benign request is not diluted by it. Its bias is calibrated so that the
-seed config's threshold of 0.8 is where every benign source in training, hard negatives included,
-has an out-of-fold false-positive rate of at most 1%. A text scores the maximum over its
-normalised variants (plain, base64/hex/percent-decoded, rot13, de-leeted, de-spaced, Morse), so
-encoding an attack does not lower its score.
+request, in the proxy's hot path, so the detector must be cheap (tens of microseconds for a 1 KB
+prompt), must not pull numpy or a model runtime into the sidecar, and must see through cheap
+obfuscation. The model is a logistic regression over hashed n-gram features plus hand-written
+phrase rules (`injection_rules.py`), trained offline by `packgate_quality.injection_train` and
+shipped as JSON beside this module. The phrase rules are matched on the whole text; the n-gram
+groups are scored on spans (`segments.py`: the text or its windows, and each sentence) and the
+highest span counts, so an instruction appended to a benign request is not diluted by it. Its
+bias is calibrated so that the seed config's threshold of 0.8 is where every benign source in
+training has an out-of-fold false-positive rate of at most 1%. A text scores the maximum over its
+normalised variants (plain, base64/hex/percent-decoded, rot13, de-leeted, de-spaced, Morse:
+`normalize.py`), so encoding an attack does not lower its score. The per-character work runs in
+the compiled core (`_ngramcore.c`, reference `ngram_ref.py`).
 
-`featurize` is shared with the training code so both sides compute identical features.
+Model format 2 (the contract training writes and both cores score):
+
+    {"format": 2,
+     "hashing": {"bits": B, "seeds": {"words": Sw, "chars": Sc, "tail": St}},
+     "char_sizes": [4],            # character n-gram sizes, 1..16, at most 8 of them
+     "bias": b,                    # calibrated: the seed threshold 0.8 is the operating point
+     "rules": {name: weight},      # phrase-rule weights (see injection_rules.py)
+     "buckets": [i, ...], "weights": [w, ...],   # the non-zero table entries, i < 2**B
+     "meta": {...}}                # provenance only, never read by the scorer
+
+- Text: `t` is one normalised variant, `l = t.lower()`. Tokens are the `\\w+` runs of `l`
+  (Python `re` semantics: Unicode alphanumerics and `_`). Sentences are
+  `re.split(r"[.!?:]\\s+|\\n+", l.strip())`.
+- Feature strings, three groups: *words* = every token, every adjacent token pair joined by one
+  space, and `"^" + first token` of each sentence; *chars* = every n-gram (n in `char_sizes`) of
+  `" " + " ".join(tokens) + " "`; *tail* = the tokens and adjacent pairs of the last sentence, only
+  when there is more than one sentence.
+- Hashing: a feature string `f` of group `g` goes to bucket
+  `fmix64(fnv1a64(seed_g, code points of f)) & (2**B - 1)`: FNV-1a with prime 0x100000001b3
+  stepping once per code point (`h = (h ^ cp) * prime mod 2**64`) from the group's seed, then
+  MurmurHash3's fmix64. Weights are float32 (a table of 2**B entries, zero where not listed).
+- Span n-grams: for a span `(s, e)`, the three groups are those of `l[s:e]` taken as a text of
+  its own; each group's *distinct* buckets (collisions within a group count once) contribute
+  `sum(w[b]) / sqrt(number of distinct buckets)` (0 for an empty group).
+- Score: `logit = bias + sum of the weights of the rules matching t (cased rules) or l + max over
+  segments(l) of the span n-grams`; the text's score is `sigmoid(max logit over its variants)`.
+  The core's `logit(l, s, e)` / `max_logit(l, spans)` compute span n-grams without copying.
+
+Training in bucket space (columns are buckets, not strings) makes the hashed model exact: the
+scorer computes precisely the function that was fitted, collisions included.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import dataclass
+from array import array
 from functools import lru_cache
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from packgate_sidecar.detect.normalize import iter_variants
-from packgate_sidecar.detect.segments import segments
+from . import ngram, ngram_ref
+from .injection_rules import CASED_RULES, RULES, matched_rules
+from .normalize import iter_variants
+from .segments import segments
 
-__all__ = ["DEFAULT_MODEL_PATH", "Features", "InjectionScorer", "default_scorer", "featurize"]
+__all__ = [
+    "CASED_RULES",
+    "DEFAULT_MODEL_PATH",
+    "MODEL_FORMAT",
+    "RULES",
+    "InjectionScorer",
+    "default_scorer",
+    "matched_rules",
+]
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("injection_model.json")
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
 _SATURATED = 6.0  # logit of a score of 0.9975
-
-_W = r"\W+"  # any run of separators between two words
-_SKIP = r"(?:\w+\W+){0,5}?"  # up to five filler words ("ignore all of the above instructions")
-_TARGET_EN = (
-    r"(?:instructions?|prompts?|rules|directions|guidelines|commands|orders|context|tasks"
-    r"|assignments|information|directives|constraints|programming|documents|articles)"
-)
-_TARGET_DE = (
-    r"(?:anweisungen|instruktionen|befehle|aufgaben|aufträge|regeln|vorgaben|informationen"
-    r"|angaben|alles|anleitungen|richtlinien|dokumente|artikel)"
-)
-
-
-def _rule(triggers: str, pattern: str) -> tuple[tuple[frozenset[str], ...], str]:
-    """A rule with its trigger words: "a b | c d" means (a or b) and (c or d) must be tokens.
-
-    The triggers are words every match of the pattern contains, so checking them against the
-    text's token set first skips the regex on almost every benign prompt without changing what
-    the rule matches (tests/unit/sidecar/test_injection.py checks that on real prompts).
-    """
-    return tuple(frozenset(part.split()) for part in triggers.split("|")), pattern
-
-
-# Phrase rules, matched on lower-cased normalised text. Each is one binary feature whose weight
-# the model learns, so a rule that also fires on benign text simply earns a small weight.
-RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
-    "ignore_target": _rule(
-        "ignore disregard forget skip drop override bypass abandon discard erase | instruction "
-        "instructions prompt prompts rules directions guidelines commands orders context tasks "
-        "assignments information directives constraints programming documents articles",
-        (
-            rf"\b(?:ignore|disregard|forget|skip|drop|override|bypass|abandon|discard|erase)"
-            rf"{_W}{_SKIP}{_TARGET_EN}\b"
-        ),
-    ),
-    "ignore_previous": _rule(
-        "ignore disregard forget skip drop override abandon discard erase leave | previous prior "
-        "above preceding earlier former foregoing initial original",
-        (
-            rf"\b(?:ignore|disregard|forget|skip|drop|override|abandon|discard|erase|leave)"
-            rf"{_W}(?:\w+\W+){{0,3}}?(?:previous|prior|above|preceding|earlier|former|foregoing"
-            rf"|initial|original)\b"
-        ),
-    ),
-    "forget_everything": _rule(
-        "forget ignore disregard | everything",
-        rf"\b(?:forget|ignore|disregard){_W}(?:about{_W})?everything\b",
-    ),
-    "new_task": _rule(
-        "new now | task instruction instructions assignment rules focus concentrate",
-        rf"\bnew{_W}(?:task|instructions?|assignment|rules)\b"
-        rf"|\bnow{_W}(?:focus|concentrate){_W}on\b",
-    ),
-    # Switching the model's identity for good; plain role-play ("act as a ...", "pretend to
-    # be ...") is an ordinary request and is left to the n-gram weights.
-    "role_switch": _rule(
-        "now character longer",
-        (
-            rf"\b(?:you{_W}are{_W}now|from{_W}now{_W}on{_W}you|stay{_W}in{_W}character"
-            rf"|you{_W}will{_W}now{_W}(?:act|be|respond|answer)|you{_W}are{_W}no{_W}longer)\b"
-        ),
-    ),
-    "jailbreak_names": _rule(
-        "anything developer jailbroken evil override",
-        (
-            rf"\b(?:do{_W}anything{_W}now|developer{_W}mode{_W}(?:enabled|output)|jailbroken"
-            rf"|evil{_W}(?:bot|ai|confidant)|(?:admin|sudo|root|debug|maintenance){_W}override)\b"
-        ),
-    ),
-    "no_limits": _rule(
-        "restriction restrictions limitation limitations limits filter filters filtering "
-        "censorship rules guidelines boundaries ethics moral morals policies",
-        (
-            rf"\b(?:no|without|free{_W}(?:of|from)|beyond|not{_W}bound{_W}by|remove\w*)"
-            rf"{_W}(?:any{_W})?(?:restrictions?|limitations?|limits|filters?|filtering|censorship"
-            rf"|rules|guidelines|boundaries|ethics|morals?|policies)\b"
-        ),
-    ),
-    "policy": _rule(
-        "policy policies",
-        rf"\b(?:openai|content|usage){_W}polic(?:y|ies)\b",
-    ),
-    "never_refuse": _rule(
-        "refuse decline warning warnings disclaimer disclaimers",
-        (
-            rf"\b(?:never|not|don\W?t|cannot|can\W?t|won\W?t){_W}(?:\w+\W+)?(?:refuse|decline)\b"
-            rf"|\bwithout{_W}(?:any{_W})?(?:warnings?|disclaimers?)\b"
-        ),
-    ),
-    "system_prompt": _rule(
-        "system initial original hidden secret full | prompt message instruction instructions",
-        (
-            rf"\bsystem{_W}(?:prompt|message|instructions?)\b"
-            rf"|\b(?:initial|original|hidden|secret|full){_W}(?:prompt|instructions)\b"
-        ),
-    ),
-    "reveal": _rule(
-        "reveal show print output repeat display leak spell | prompt prompts instructions "
-        "password passwords secret secrets key keys",
-        (
-            rf"\b(?:reveal|show|print|output|repeat|display|leak|spell)"
-            rf"{_W}(?:me{_W})?(?:\w+\W+){{0,3}}?(?:prompt|instructions|password|secret|api{_W}key)s?\b"
-        ),
-    ),
-    "what_above": _rule(
-        "written above before",
-        (
-            rf"\bwhat{_W}(?:was|is){_W}written{_W}(?:above|before|at{_W}the{_W}beginning)"
-            rf"|\b(?:text|words|sentences?){_W}(?:above|before{_W}this)\b"
-        ),
-    ),
-    "just_say": _rule(
-        "just only say include",
-        (
-            rf"\b(?:just|only){_W}(?:say|output|print|write|answer{_W}with|respond{_W}with)\b"
-            rf"|\bsay{_W}that{_W}you\b|\binclude{_W}that{_W}you\b"
-        ),
-    ),
-    # Flattery followed by a pivot ("Well done! Now ...") hands the model a new task.
-    "praise_pivot": _rule(
-        "now | well good great excellent very that simply fantastic congratulations",
-        (
-            r"\b(?:well done|good job|great job|excellent (?:work|performance)|very good|very well"
-            r"|that is done|that is enough|simply great|fantastic|congratulations)\b.{0,80}?"
-            rf"\b(?:now|but now){_W}(?:\w+\W+){{0,3}}?"
-            r"(?:tasks?|instructions?|write|focus|say|help)\b"
-        ),
-    ),
-    "tasks_follow": _rule(
-        "follow followed",
-        rf"\b(?:now|further|new){_W}(?:\w+\W+)?(?:tasks?|instructions?)"
-        rf"{_W}(?:follow|are{_W}followed)\b",
-    ),
-    # Steering the answer away from the retrieved context (RAG injection).
-    "context_override": _rule(
-        "article articles document documents context source sources told",
-        (
-            rf"\b(?:not|instead{_W}of|rather{_W}than|disregarding|regardless{_W}of|despite"
-            rf"|without{_W}looking{_W}at){_W}(?:\w+\W+){{0,3}}?(?:articles?|documents?|context"
-            rf"|sources?|what{_W}you\W*ve{_W}been{_W}told)\b"
-        ),
-    ),
-    "make_up": _rule(
-        "make state claim declare",
-        rf"\bmake{_W}(?:something|it|stuff){_W}up\b|\b(?:state|claim|declare){_W}that\b",
-    ),
-    "stop_command": _rule(
-        "stop attention achtung stopp",
-        (
-            rf"\b(?:stop|attention|achtung|stopp){_W}(?:\w+\W+){{0,2}}?"
-            rf"(?:write|say|print|output|schreib\w*|sag\w*)\b"
-        ),
-    ),
-    "de_pivot": _rule(
-        "jetzt nun",
-        (
-            rf"\b(?:gut{_W}gemacht|sehr{_W}gut|ausgezeichnete{_W}leistung|super{_W}gemacht"
-            rf"|das{_W}ist{_W}erledigt|das{_W}genügt|herzlichen{_W}glückwunsch)\b.{{0,80}}?"
-            rf"\b(?:jetzt|nun)\b|\b(?:nun|jetzt){_W}folgen{_W}(?:neue|weitere)\b"
-        ),
-    ),
-    "de_ignore_target": _rule(
-        "anweisungen instruktionen befehle aufgaben aufträge regeln vorgaben informationen "
-        "angaben alles anleitungen richtlinien dokumente artikel",
-        (
-            rf"\b(?:vergiss|vergessen{_W}sie|ignorier\w*|missacht\w*|verwirf|vernachlässig\w*)"
-            rf"{_W}{_SKIP}{_TARGET_DE}\b"
-        ),
-    ),
-    "de_all_previous": _rule(
-        "vergiss alle sämtliche abweichend",
-        (
-            rf"\bvergiss{_W}(?:alles|alle)\b|\b(?:alle|sämtliche){_W}(?:vorherigen|bisherigen"
-            rf"|obigen|vorangehenden|vorangegangenen|früheren){_W}(?:\w+\W+)?{_TARGET_DE}\b"
-            rf"|\babweichend{_W}(?:zu|von){_W}(?:den{_W})?(?:vorherigen|bisherigen)\b"
-        ),
-    ),
-    "de_new_task": _rule(
-        "neue konzentriere",
-        (
-            rf"\bneue{_W}(?:aufgabe|aufgaben|anweisungen?)\b"
-            rf"|\bkonzentriere{_W}dich{_W}(?:jetzt|nun){_W}auf\b"
-        ),
-    ),
-    "de_role_switch": _rule(
-        "bist tu rolle fungieren",
-        (
-            rf"\b(?:du{_W}bist{_W}(?:jetzt|nun|ab{_W}jetzt)|(?:ab{_W})?(?:jetzt|nun){_W}bist{_W}du"
-            rf"|stell{_W}dir{_W}vor{_W}du{_W}bist|tu{_W}so{_W}als|spiele{_W}die{_W}rolle"
-            rf"|als{_W}\w+{_W}fungieren|fungieren{_W}sie{_W}als)\b"
-        ),
-    ),
-    "de_reveal": _rule(
-        "zeig zeige gib nenne verrate drucke wiederhole",
-        (
-            rf"\b(?:zeige?|gib|nenne|verrate|drucke|wiederhole){_W}(?:\w+\W+){{0,3}}?"
-            rf"(?:prompt\w*|anweisungen|passwort|systemprompt)\b"
-        ),
-    ),
-    "other_lang_ignore": _rule(
-        "instrucciones instructions instrukcije инструкции consignes reglas règles",
-        (
-            r"\b(?:olvid\w+|ignor\w+|oubli\w+|zaboravi|забудь\w*|игнорир\w*)\W+(?:\w+\W+){0,3}?"
-            r"(?:instrucciones|instructions|instrukcije|инструкции|consignes|reglas|règles)\b"
-        ),
-    ),
-}
-# Case matters for these: "DAN" is a jailbreak persona, "Dan" is a name. Matched on the text
-# as written; the triggers are still checked against lower-cased tokens.
-CASED_RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
-    "dan_persona": _rule("dan stan dude aim", r"\b(?:DAN|STAN|DUDE|AIM)\b"),
-    "shouted_command": _rule(
-        "ignore forget do stop just only",
-        r"\b(?:IGNORE|FORGET|DO NOT|STOP|JUST|ONLY)\b[A-Z\W]{8,}",
-    ),
-}
-
-# (name, remaining trigger sets, regex, cased), indexed by each word of the first trigger set:
-# a text then only visits the rules one of its own words can start.
-_Compiled = tuple[str, tuple[frozenset[str], ...], re.Pattern[str], bool]
-_BY_TRIGGER: dict[str, list[_Compiled]] = {}
-for _cased, _table in ((False, RULES), (True, CASED_RULES)):
-    for _name, (_triggers, _pattern) in _table.items():
-        _entry = (_name, _triggers[1:], re.compile(_pattern), _cased)
-        for _word in _triggers[0]:
-            _BY_TRIGGER.setdefault(_word, []).append(_entry)
-_TRIGGER_WORDS = frozenset(_BY_TRIGGER)
-_WORD = re.compile(r"\w+")
-_SENTENCE_END = re.compile(r"[.!?:]\s+|\n+")
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    """The feature groups of one text: sets, because every feature is binary."""
-
-    words: set[str]  # word uni- and bigrams, plus "^word" for each sentence's first word
-    chars: set[str]  # character n-grams
-    rules: set[str]  # names of the phrase rules that matched
-    tail: set[str]  # word uni- and bigrams of the last sentence (empty for one sentence)
-
-
-def featurize(text: str, char_sizes: tuple[int, ...], with_rules: bool = True) -> Features:
-    """Features of one already-normalised text (see `normalize.variants`).
-
-    `with_rules=False` skips the phrase rules (a span's n-grams, when the rules are matched on
-    the whole text once)."""
-    lowered = text.lower()
-    tokens = _WORD.findall(lowered)
-    words = set(tokens)
-    words.update(map(" ".join, pairwise(tokens)))
-    # Character n-grams over the word sequence (punctuation dropped, one space between words)
-    # catch German compounds, inflections and partly obfuscated words that words miss.
-    joined = f" {' '.join(tokens)} "
-    chars: set[str] = set()
-    for n in char_sizes:
-        chars.update([joined[i : i + n] for i in range(len(joined) - n + 1)])
-    rules: set[str] = set()
-    for word in _TRIGGER_WORDS.intersection(tokens) if with_rules else ():
-        for name, more, regex, cased in _BY_TRIGGER[word]:
-            if (
-                name not in rules
-                and all(not t.isdisjoint(words) for t in more)
-                and regex.search(text if cased else lowered)
-            ):
-                rules.add(name)
-    # Requests open sentences with a question word or "I"; injected instructions with an
-    # imperative ("ignore", "write", "vergiss").
-    sentences = _SENTENCE_END.split(lowered.strip())
-    for sentence in sentences:
-        first = _WORD.search(sentence)
-        if first:
-            words.add("^" + first.group(0))
-    # An instruction appended to a benign request is diluted in the whole-text groups but
-    # dominates the last sentence, so that sentence gets weights of its own.
-    tail: set[str] = set()
-    if len(sentences) > 1:
-        last = _WORD.findall(sentences[-1])
-        tail.update(last)
-        tail.update(map(" ".join, pairwise(last)))
-    return Features(words, chars, rules, tail)
+_MAX_BITS = 24
 
 
 def _sigmoid(z: float) -> float:
@@ -327,56 +84,70 @@ def _sigmoid(z: float) -> float:
 
 
 class InjectionScorer:
-    """Scores texts with one shipped logistic-regression model; load once, share freely."""
+    """Scores texts with one shipped model; load once, share freely (calls hold the GIL).
 
-    def __init__(self, model_path: Path | None = None) -> None:
+    `reference=True` scores with the pure-Python reference core instead of the compiled one:
+    the same numbers, for tests and for checking the compiled core.
+    """
+
+    def __init__(self, model_path: Path | None = None, *, reference: bool = False) -> None:
         path = model_path or DEFAULT_MODEL_PATH
-        self._load(json.loads(path.read_text(encoding="utf-8")), str(path))
+        self._load(json.loads(path.read_text(encoding="utf-8")), str(path), reference)
 
     @classmethod
-    def from_dict(cls, model: dict[str, Any]) -> InjectionScorer:
+    def from_dict(cls, model: dict[str, Any], *, reference: bool = False) -> InjectionScorer:
         """A scorer over an in-memory model document (used by training and evaluation)."""
         scorer = cls.__new__(cls)
-        scorer._load(model, "<model>")
+        scorer._load(model, "<model>", reference)
         return scorer
 
-    def _load(self, model: dict[str, Any], origin: str) -> None:
+    def _load(self, model: dict[str, Any], origin: str, reference: bool) -> None:
         if model.get("format") != MODEL_FORMAT:
             raise ValueError(f"{origin}: unsupported injection model format {model.get('format')}")
-        self.char_sizes: tuple[int, ...] = tuple(int(n) for n in model["char_sizes"])
-        self.bias = float(model["bias"])
-        self.word_weights: dict[str, float] = {k: float(v) for k, v in model["words"].items()}
-        self.char_weights: dict[str, float] = {k: float(v) for k, v in model["chars"].items()}
-        self.rule_weights: dict[str, float] = {k: float(v) for k, v in model["rules"].items()}
-        self.tail_weights: dict[str, float] = {k: float(v) for k, v in model["tail"].items()}
+        try:
+            hashing = model["hashing"]
+            bits = int(hashing["bits"])
+            seeds = tuple(int(hashing["seeds"][g]) for g in ("words", "chars", "tail"))
+            char_sizes = tuple(int(n) for n in model["char_sizes"])
+            buckets = [int(b) for b in model["buckets"]]
+            weights = [float(w) for w in model["weights"]]
+            self.bias = float(model["bias"])
+            self.rule_weights = {str(k): float(v) for k, v in model["rules"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{origin}: malformed injection model ({exc!r})") from None
+        if not 1 <= bits <= _MAX_BITS or len(buckets) != len(weights):
+            raise ValueError(f"{origin}: malformed injection model (bits or table size)")
+        if any(not 0 <= b < 1 << bits for b in buckets):
+            raise ValueError(f"{origin}: a bucket id is outside the {bits}-bit table")
+        table = array("f", bytes(4 << bits))
+        for b, w in zip(buckets, weights, strict=True):
+            table[b] = w
+        self.table = table
+        self._entries = len(buckets)
+        self.bits = bits
+        self.char_sizes = char_sizes
+        self.seeds: tuple[int, int, int] = (seeds[0], seeds[1], seeds[2])
         self.meta: dict[str, Any] = dict(model.get("meta", {}))
+        self.compiled = ngram.COMPILED and not reference
+        core = ngram.Scorer if self.compiled else ngram_ref.Scorer
+        self.core = core(table, char_sizes, self.seeds)
+
+    @property
+    def nonzero_weights(self) -> int:
+        """Table entries the model sets, plus its rules (a size measure for reports)."""
+        return self._entries + len(self.rule_weights)
 
     def logit(self, normalised: str) -> float:
-        """Calibrated log-odds for one normalised text (no variants).
-
-        The phrase rules are matched on the whole text; the n-gram groups are scored on each
-        span of `segments` (the text or its windows, and its sentences) and the highest span
-        counts, so an instruction appended to a benign request is not diluted by it.
-        """
-        rules = featurize(normalised, self.char_sizes).rules
-        z = self.bias + sum(self.rule_weights.get(rule, 0.0) for rule in rules)
-        return z + max(
-            self._ngram_logit(featurize(normalised[start:end], self.char_sizes, False))
-            for start, end in segments(normalised)
+        """Calibrated log-odds for one normalised text (one variant, no decoding)."""
+        lowered = normalised.lower()
+        z = self.bias + sum(
+            self.rule_weights.get(r, 0.0) for r in matched_rules(normalised, lowered)
         )
+        return z + self.core.max_logit(lowered, segments(lowered))
 
-    def _ngram_logit(self, f: Features) -> float:
-        z = 0.0
-        # Each n-gram group is L2-normalised over all its n-grams, known to the model or not,
-        # exactly as in training; unknown n-grams weigh zero and only dilute.
-        for group, weights in (
-            (f.words, self.word_weights),
-            (f.chars, self.char_weights),
-            (f.tail, self.tail_weights),
-        ):
-            if group:
-                z += sum(filter(None, map(weights.get, group))) / math.sqrt(len(group))
-        return z
+    def span_logit(self, lowered: str, start: int, end: int) -> float:
+        """The n-gram part of one span of a lower-cased variant (no bias, no rules)."""
+        return float(self.core.logit(lowered, start, end))
 
     def score(self, text: str) -> float:
         """Injection score in [0, 1]: the worst case over the text's decoded variants."""

@@ -23,6 +23,8 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from urllib.parse import unquote
 
+from .ngram import Lexicon, count_tokens, signals
+
 __all__ = ["iter_variants", "normalize", "variants"]
 
 # Zero-width characters, soft hyphen, word joiners, BOM, Mongolian vowel separator, variation
@@ -134,7 +136,6 @@ _LEET_WORD = re.compile(
     r"(?<![\w@$!|])(?!\d+(?:st|nd|rd|th)\b)(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z][\w@$!|]*"
 )
 _LEET_MAX = 24
-_LEET_HINT = re.compile(r"[013457$][A-Za-z]")
 _LEET_TABLE = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
      "!": "i", "|": "l"}
@@ -159,8 +160,8 @@ _COMMON_WORDS = (
     "instruction prompt system forget above rules disregard tell say print reveal secret "
     "password und die der das ist nicht alle ich du vergiss ignoriere anweisungen regeln"
 )
-_COMMON = frozenset(_COMMON_WORDS.split())
-_ROT13_COMMON = frozenset(codecs.encode(w, "rot13") for w in _COMMON)
+_COMMON = Lexicon(_COMMON_WORDS.split())
+_ROT13_COMMON = Lexicon(codecs.encode(w, "rot13") for w in _COMMON_WORDS.split())
 
 
 def _printable_text(raw: bytes) -> str | None:
@@ -254,22 +255,26 @@ def iter_variants(text: str) -> Iterator[str]:
 
 
 def _decodings(base: str) -> Iterator[str | None]:
-    if _B64_BLOB.search(base):
+    # One compiled pass says which decoders can apply at all; their regexes (each a full scan
+    # of the text in Python's re) then run only on texts that show the sign.
+    b64, hexa, leet, morse, spaced, digits = signals(base)
+    if b64:
         yield _substitute(base, _B64_BLOB, _decode_b64)
-    # Hex-encoded text is mostly digits: skip the regex unless there are plenty of them.
-    if sum(map(base.count, "0123456789")) >= 16 and _HEX_BLOB.search(base):
+    # Hex-encoded text is mostly digits: skip it unless there are plenty of them.
+    if hexa and digits >= 16:
         yield _substitute(base, _HEX_BLOB, _decode_hex)
     if "%" in base and len(_PERCENT.findall(base)) >= 2:
         yield unquote(base)
-    if _LEET_HINT.search(base) and _LEET_WORD.search(base):
+    if leet:
         yield _substitute(base, _LEET_WORD, _decode_leet, pad="")
-    if base.count(".") + base.count("-") >= 16 and _MORSE_RUN.search(base):
+    if morse:
         yield _substitute(base, _MORSE_RUN, _decode_morse)
-    tokens = _WORD.findall(base.lower())
-    if list(map(len, tokens)).count(1) >= 5 and _SPACED.search(base):
+    # Token checks run in the compiled core (one pass each, no token list built in Python).
+    lowered = base.lower()
+    if spaced and count_tokens(lowered, 1) >= 5 and _SPACED.search(base):
         yield _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group(0)), base)
     # rot13 is its own inverse, so "rot13 of a token is a common word" is "the token is in the
     # rot13 of the common words": no need to encode the whole text to find out.
-    rot_hits = sum(map(_ROT13_COMMON.__contains__, tokens))
-    if rot_hits >= 2 and rot_hits > sum(map(_COMMON.__contains__, tokens)):
+    rot_hits = _ROT13_COMMON.count(lowered)
+    if rot_hits >= 2 and rot_hits > _COMMON.count(lowered):
         yield codecs.encode(base, "rot13")

@@ -26,7 +26,7 @@ from packgate_sidecar.detect.injection import (
     RULES,
     InjectionScorer,
     default_scorer,
-    featurize,
+    matched_rules,
 )
 from packgate_sidecar.detect.normalize import variants
 
@@ -142,6 +142,15 @@ def test_an_unknown_model_format_is_refused(tmp_path: Path) -> None:
         InjectionScorer(path)
 
 
+def test_a_model_with_a_bucket_outside_its_table_is_refused(tmp_path: Path) -> None:
+    model = json.loads(DEFAULT_MODEL_PATH.read_text(encoding="utf-8"))
+    model["buckets"][-1] = 1 << model["hashing"]["bits"]
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(model), encoding="utf-8")
+    with pytest.raises(ValueError, match="outside"):
+        InjectionScorer(path)
+
+
 def test_the_model_ships_inside_the_package_and_is_small() -> None:
     assert DEFAULT_MODEL_PATH.parent.name == "detect"
     assert DEFAULT_MODEL_PATH.stat().st_size < 1_000_000
@@ -169,4 +178,4 @@ def test_rule_triggers_never_hide_a_match() -> None:
         lowered = text.lower()
         expected = {n for n, (_, p) in RULES.items() if re.search(p, lowered)}
         expected |= {n for n, (_, p) in CASED_RULES.items() if re.search(p, text)}
-        assert featurize(text, (4,)).rules == expected, text
+        assert matched_rules(text, lowered) == expected, text

@@ -1,0 +1,34 @@
+"""The n-gram scoring core the detectors use: the compiled one, or its Python reference.
+
+Why this exists: one place decides which implementation runs. `pip install` (and so `make venv`
+and the image build) compiles `_ngramcore`; when it is missing (a checkout used without
+installing it), detection still works, identically but about a hundred times slower, and a
+warning says so once, so a slow sidecar is never a silent mystery. `COMPILED` tells tests and
+benchmarks which one they measure.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+__all__ = ["COMPILED", "Lexicon", "Scorer", "count_tokens", "signals"]
+
+if TYPE_CHECKING:
+    from .ngram_ref import Lexicon, Scorer, count_tokens, signals
+
+    COMPILED: bool
+else:
+    try:
+        from ._ngramcore import Lexicon, Scorer, count_tokens, signals
+
+        COMPILED = True
+    except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+        from .ngram_ref import Lexicon, Scorer, count_tokens, signals
+
+        COMPILED = False
+        logging.getLogger("packgate.detect").warning(
+            "compiled scoring core unavailable (%s); using the pure-Python reference, which is "
+            "about 100x slower: reinstall packgate (pip install .) to build it",
+            exc,
+        )

@@ -1,0 +1,178 @@
+"""The pure-Python reference of the compiled scoring core (`_ngramcore.c`), same API.
+
+Why this exists: the C core is what the sidecar runs, but C is easy to get subtly wrong, so the
+definition of the hashed model lives here in plain Python, written from the feature *strings*
+(the way a reader thinks about them) rather than from the C code's streaming loops. A test scores
+every shipped-dataset text with both and requires agreement to 1e-6; the sidecar also falls back
+to this module (slowly, with a warning) when the extension was not built. See `injection.py` for
+the model-format contract both implement.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from array import array
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
+
+__all__ = [
+    "FNV_BASIS",
+    "Lexicon",
+    "Scorer",
+    "count_tokens",
+    "features",
+    "fmix64",
+    "fnv1a",
+    "signals",
+]
+
+FNV_BASIS = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_M64 = (1 << 64) - 1
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"[.!?:]\s+|\n+")
+
+
+def fnv1a(seed: int, text: str) -> int:
+    """FNV-1a over the code points of `text` (one code point per step), from state `seed`."""
+    h = seed
+    for c in text:
+        h = ((h ^ ord(c)) * _FNV_PRIME) & _M64
+    return h
+
+
+def fmix64(k: int) -> int:
+    """MurmurHash3's 64-bit finaliser: spreads FNV's weak low bits over the whole word."""
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _M64
+    return k ^ (k >> 33)
+
+
+def features(lowered: str, char_sizes: Sequence[int]) -> tuple[set[str], set[str], set[str]]:
+    """The (words, chars, tail) feature strings of one lower-cased, normalised text.
+
+    words: every token, every pair of adjacent tokens joined by a space, and "^" + the first
+    token of each sentence; chars: the character n-grams of " " + " ".join(tokens) + " ";
+    tail: the tokens and token pairs of the last sentence when there is more than one.
+    """
+    tokens = _WORD.findall(lowered)
+    words = set(tokens)
+    words.update(map(" ".join, pairwise(tokens)))
+    sentences = _SENTENCE_END.split(lowered.strip())
+    for sentence in sentences:
+        first = _WORD.search(sentence)
+        if first:
+            words.add("^" + first.group(0))
+    joined = f" {' '.join(tokens)} "
+    chars: set[str] = set()
+    for n in char_sizes:
+        chars.update(joined[i : i + n] for i in range(len(joined) - n + 1))
+    tail: set[str] = set()
+    if len(sentences) > 1:
+        last = _WORD.findall(sentences[-1])
+        tail.update(last)
+        tail.update(map(" ".join, pairwise(last)))
+    return words, chars, tail
+
+
+class Scorer:
+    """Hashed n-gram features over a float32 weight table (the reference of `_ngramcore`)."""
+
+    def __init__(
+        self, weights: array[float], char_sizes: Sequence[int], seeds: tuple[int, int, int]
+    ) -> None:
+        n = len(weights)
+        if weights.typecode != "f" or n < 2 or n & (n - 1):
+            raise ValueError("weights must be a float32 buffer whose length is a power of two")
+        self.weights = weights
+        self.mask = n - 1
+        self.char_sizes = tuple(char_sizes)
+        self.seeds = seeds
+
+    def _buckets(self, text: str, start: int, end: int | None) -> list[list[int]]:
+        groups = features(text[start:end], self.char_sizes)
+        out = []
+        for seed, members in zip(self.seeds, groups, strict=True):
+            out.append(sorted({fmix64(fnv1a(seed, f)) & self.mask for f in members}))
+        return out
+
+    def buckets(
+        self, text: str, start: int = 0, end: int | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Distinct bucket ids of the words, chars and tail groups (sorted here)."""
+        words, chars, tail = self._buckets(text, start, end)
+        return words, chars, tail
+
+    def logit(self, text: str, start: int = 0, end: int | None = None) -> float:
+        """Sum over groups of (sum of distinct buckets' weights) / sqrt(distinct buckets)."""
+        z = 0.0
+        for group in self._buckets(text, start, end):
+            if group:
+                z += sum(self.weights[b] for b in group) / math.sqrt(len(group))
+        return z
+
+    def max_logit(self, text: str, spans: Sequence[tuple[int, int]]) -> float:
+        """The highest `logit(text, start, end)` over `spans`."""
+        if not spans:
+            raise ValueError("max_logit needs at least one span")
+        return max(self.logit(text, start, end) for start, end in spans)
+
+
+class Lexicon:
+    """Exact, case-sensitive lookups of \\w+ tokens in a fixed word list."""
+
+    def __init__(self, words: Iterable[str]) -> None:
+        self.words = frozenset(words)
+        for word in self.words:
+            if not _WORD.fullmatch(word):
+                raise ValueError(f"lexicon entries must be single \\w+ words, got {word!r}")
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def found(self, text: str, start: int = 0, end: int | None = None) -> set[str]:
+        return set(self.words.intersection(_WORD.findall(text[start:end])))
+
+    def count(self, text: str, start: int = 0, end: int | None = None) -> int:
+        return sum(map(self.words.__contains__, _WORD.findall(text[start:end])))
+
+
+def count_tokens(text: str, length: int) -> int:
+    """How many \\w+ tokens of `text` have exactly `length` characters."""
+    return sum(len(token) == length for token in _WORD.findall(text))
+
+
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}")
+_HEX_STRETCH = re.compile(r"[0-9A-Fa-f](?:[ :]?[0-9A-Fa-f]){15}")
+_LEET_START = re.compile(
+    r"(?<![\w@$!|])(?!\d+(?:st|nd|rd|th)\b)(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z]"
+)
+_MORSE_RUN = re.compile(r"[.\- /]+")
+_MORSE_GROUP = re.compile(r"[.\-]+")
+_SPACED_CHAIN = re.compile(r"\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w")
+
+
+def signals(text: str) -> tuple[bool, bool, bool, bool, bool, int]:
+    """Which decoders of `normalize.py` can apply to `text`, plus its ASCII digit count.
+
+    (base64, hex, leet, morse, spaced, digits): a maximal base64-alphabet run of 16 or more
+    with an upper-case letter and a lower-case letter or digit; 16 hex digits with at most one
+    space or colon between neighbours; a leetspeak word as `_LEET_WORD` defines it; a run of
+    dots, dashes, spaces and slashes with 8 or more dot/dash groups; five word characters
+    alternating with single separators. Each is a necessary condition of its decoder's regex.
+    """
+    b64 = any(
+        re.search("[A-Z]", run) and re.search("[a-z0-9]", run) for run in _B64_RUN.findall(text)
+    )
+    morse = any(len(_MORSE_GROUP.findall(run)) >= 8 for run in _MORSE_RUN.findall(text))
+    return (
+        bool(b64),
+        _HEX_STRETCH.search(text) is not None,
+        _LEET_START.search(text) is not None,
+        morse,
+        _SPACED_CHAIN.search(text) is not None,
+        sum(map(text.count, "0123456789")),
+    )
