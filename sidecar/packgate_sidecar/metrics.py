@@ -98,6 +98,12 @@ class Metrics:
             "Policy failures let through because the policy is configured with fail_open.",
             ("kind", "phase"),
         )
+        self.verdict_cache = self.counter(
+            "packgate_verdict_cache_lookups_total",
+            "Per-message verdict cache lookups by policy kind and result (hit, miss): a hit is a "
+            "message judged earlier under the same policy config and not judged again.",
+            ("kind", "result"),
+        )
         self.config_info = self.gauge(
             "packgate_config_info",
             "The policy config in force (value 1), labelled with its hash, pack and version.",
@@ -134,6 +140,9 @@ class Metrics:
         self._child(self.requests, route, str(status), target).inc()
         if seconds is not None:
             self._child(self.request_duration, route).observe(seconds)
+
+    def verdict_lookup(self, kind: str, hit: bool) -> None:
+        self._child(self.verdict_cache, kind, "hit" if hit else "miss").inc()
 
     def upstream_answered(self, target: str, route: str, seconds: float) -> None:
         self._child(self.upstream_latency, target, route).observe(seconds)

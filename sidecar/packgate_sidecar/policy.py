@@ -15,24 +15,32 @@ A policy has up to four hooks, each optional (the base class does nothing):
 - `on_finish(ctx)`: after the response went out; `ctx` then holds status, latency, usage and
   every decision, which is what audit logging and cost attribution need.
 
+Per-text work that depends only on the text and the policy's settings (a score, a redaction)
+goes through `Policy.memo`, so a message repeated by every turn of a conversation is judged once.
+
 Policies never see HTTP objects, and must never log or record the texts they are given.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from packgate_policy import PolicyBlock
+
+from .verdicts import VerdictCache
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
+_T = TypeVar("_T")
+_SCOPES = itertools.count()  # one verdict-cache scope per policy instance
 Action = Literal["allow", "flag", "rewrite", "block"]
 # Most severe first; used to merge the decisions of one policy over several stream channels.
 SEVERITY: dict[str, int] = {"allow": 0, "flag": 1, "rewrite": 2, "block": 3}
@@ -159,11 +167,17 @@ def _read_downward_labels(path: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PolicyRuntime:
-    """Process-wide things a policy may need when it is built: identity, metrics, a data dir."""
+    """Process-wide things a policy may need when it is built: identity, metrics, a data dir,
+    and the per-message verdict cache behind `Policy.memo`."""
 
     pod: PodIdentity = field(default_factory=PodIdentity)
     metrics: Metrics | None = None
     data_dir: Path | None = None
+    verdicts: VerdictCache = field(default_factory=VerdictCache)
+
+    def __post_init__(self) -> None:
+        if self.metrics is not None and self.verdicts.metrics is None:
+            self.verdicts.metrics = self.metrics
 
 
 @dataclass(slots=True)
@@ -243,6 +257,25 @@ class Policy:
     def __init__(self, settings: PolicyBlock, runtime: PolicyRuntime) -> None:
         self.settings = settings
         self.runtime = runtime
+        # Names this instance, and so its settings, in the verdict cache (see verdicts.py).
+        self._memo_scope = next(_SCOPES)
+
+    def memo(
+        self,
+        tag: str,
+        text: str,
+        compute: Callable[[], _T],
+        size: Callable[[_T], int] | None = None,
+    ) -> _T:
+        """`compute()`, the pure per-text work of this policy on `text`, done once per text.
+
+        Later calls with the same `tag` and text return the stored result (keep it immutable)
+        while this instance lives, i.e. until this policy's config block changes. `compute` must
+        depend on nothing but `text` and this instance's settings.
+        """
+        return self.runtime.verdicts.get_or_compute(
+            (self._memo_scope, tag), text, compute, size, self.kind
+        )
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         return ALLOW

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from packgate_policy import ContentFilter, PolicyBlock
 
@@ -144,9 +145,15 @@ class ContentFilterPolicy(Policy):
         counts: dict[str, int] = {}
         for item in texts:
             if item.text:
-                for name in self.matcher.match(item.text, builtin=item.role not in APP_ROLES):
+                builtin = item.role not in APP_ROLES
+                match = partial(self._match, item.text, builtin)
+                # Once per text and config (`memo`), not once per turn that repeats it.
+                for name in self.memo("builtin" if builtin else "own", item.text, match):
                     counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def _match(self, text: str, builtin: bool) -> tuple[str, ...]:
+        return tuple(self.matcher.match(text, builtin=builtin))
 
     async def _check(self, texts: Sequence[TextItem]) -> Decision:
         counts = await maybe_offload(sum(len(t.text) for t in texts), lambda: self.scan(texts))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from packgate_policy import PiiDetector as PiiSettings
@@ -54,6 +55,18 @@ _WARM_UP = (
     "Call +1 650-253-0000 or (650) 253-0000, phone: +44 20 7946 0958, jane@example.com, "
     "4111 1111 1111 1111, DE89 3704 0044 0532 0130 00, 192.168.0.1, 078-05-1120"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """What scanning one text found: immutable, as the verdict cache hands it out again."""
+
+    text: str | None  # the rewritten text, None when unchanged
+    findings: tuple[Finding, ...]  # plain texts only (not tool-call arguments)
+    counts: tuple[tuple[str, int], ...]
+
+    def size(self) -> int:
+        return (len(self.text) if self.text else 0) + 48 * len(self.findings)
 
 
 @dataclass
@@ -106,25 +119,42 @@ class PiiDetectorPolicy(Policy):
             return text
         return json.dumps(redacted, ensure_ascii=False)
 
+    def _scan_text(self, text: str, arguments: bool) -> _Item:
+        """One text's counts, rewrite and findings: pure in (text, settings), so memoised."""
+        counts: dict[str, int] = {}
+        # Arguments are JSON: scanned as text, an escape such as \u00c0 next to a number
+        # hides it, and a redaction could cut an escape in two and break the JSON.
+        if arguments:
+            redacted = self._arguments(text, counts)
+            if redacted is not None:
+                return _Item(None if redacted == text else redacted, (), tuple(counts.items()))
+        out, findings = self._text(text, counts)
+        return _Item(None if out == text else out, tuple(findings), tuple(counts.items()))
+
     def scan(self, texts: Sequence[TextItem]) -> _Scan:
-        """Counts by entity, the rewritten texts, and the plain texts' findings."""
+        """Counts by entity, the rewritten texts, and the plain texts' findings.
+
+        Each text is scanned once per policy config (`memo`): the earlier turns a chat re-sends
+        with every request are not scanned or redacted again.
+        """
         result = _Scan()
         for index, item in enumerate(texts):
-            if not item.text:
+            text = item.text
+            if not text:
                 continue
-            # Arguments are JSON: scanned as text, an escape such as \u00c0 next to a number
-            # hides it, and a redaction could cut an escape in two and break the JSON.
-            if item.path.endswith(".arguments") and item.text.lstrip()[:1] in ("{", "["):
-                redacted = self._arguments(item.text, result.counts)
-                if redacted is not None:
-                    if redacted != item.text:
-                        result.rewrites[index] = redacted
-                    continue
-            text, findings = self._text(item.text, result.counts)
-            if findings:
-                result.findings[index] = findings
-                if text != item.text:
-                    result.rewrites[index] = text
+            arguments = item.path.endswith(".arguments") and text.lstrip()[:1] in ("{", "[")
+            done = self.memo(
+                "arguments" if arguments else "text",
+                text,
+                partial(self._scan_text, text, arguments),
+                _Item.size,
+            )
+            for entity, count in done.counts:
+                result.counts[entity] = result.counts.get(entity, 0) + count
+            if done.findings:
+                result.findings[index] = list(done.findings)
+            if done.text is not None:
+                result.rewrites[index] = done.text
         return result
 
     def _decide(self, scanned: _Scan) -> Decision:

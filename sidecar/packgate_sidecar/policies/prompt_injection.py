@@ -32,6 +32,7 @@ attack comes back in the next request as a `tool` message, where it is scored.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from packgate_policy import PolicyBlock, PromptInjection
@@ -84,16 +85,21 @@ class PromptInjectionPolicy(Policy):
         """What is scored: the scored roles' texts, long ones as overlapping windows."""
         return [p for item in texts if item.role in UNTRUSTED_ROLES for p in windows(item.text)]
 
+    def local(self, piece: str) -> float:
+        """The shipped model's score of one piece, computed once per piece and config (`memo`):
+        the earlier turns a chat re-sends with every request cost a digest, not a scoring."""
+        return self.memo("score", piece, partial(self.scorer.score, piece))
+
     def score(self, texts: Sequence[TextItem]) -> float:
         """The highest local score over the scored roles' texts (0.0 when there are none)."""
-        return max(map(self.scorer.score, self.pieces(texts)), default=0.0)
+        return max(map(self.local, self.pieces(texts)), default=0.0)
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         pieces = self.pieces(texts)
         if not pieces:
             return Decision.allow()
         size = sum(map(len, pieces))
-        scores = await maybe_offload(size, lambda: [self.scorer.score(p) for p in pieces])
+        scores = await maybe_offload(size, lambda: [self.local(p) for p in pieces])
         local = round(max(scores), 4)
         if self.backend is None:
             return self._verdict(local >= self.config.threshold, score=local)
