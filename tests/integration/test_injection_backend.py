@@ -16,7 +16,7 @@ import pytest
 from packgate_policy import PromptInjection
 from packgate_sidecar.detect.second_opinion import BREAKER_FAILURES, BackendUnavailable
 from packgate_sidecar.metrics import Metrics
-from packgate_sidecar.policies.prompt_injection import PromptInjectionPolicy
+from packgate_sidecar.policies.prompt_injection import MAX_BACKEND_TEXTS, PromptInjectionPolicy
 from packgate_sidecar.policy import Decision, PolicyRuntime, RequestContext, TextItem
 
 from tests.support.classifier import MARKER, ClassifierServer
@@ -175,5 +175,16 @@ async def test_a_dead_classifier_is_skipped_for_a_while(server: ClassifierServer
             await ask(policy, f"question {i}")
         assert server.calls == BREAKER_FAILURES
         assert (await ask(policy, "one more")).details["backend"] == "circuit_open"
+    finally:
+        await policy.aclose()
+
+
+async def test_a_huge_text_sends_a_bounded_batch(server: ClassifierServer) -> None:
+    policy = make_policy(server.json_url)
+    try:
+        document = " ".join(f"Paragraph {i} of the report says sales rose." for i in range(2000))
+        decision = await ask(policy, document, role="tool")
+        assert decision.action == "allow"
+        assert server.calls == 1 and len(server.texts) == MAX_BACKEND_TEXTS
     finally:
         await policy.aclose()

@@ -44,6 +44,8 @@ from .common import UNTRUSTED_ROLES, maybe_offload, settings_as
 
 WINDOW = 2048
 OVERLAP = 512  # longer than any attack phrase, so none is cut in two at every window edge
+# Bounds one classifier call (a huge tool result yields thousands of windows).
+MAX_BACKEND_TEXTS = 16
 
 
 def windows(text: str, size: int = WINDOW, overlap: int = OVERLAP) -> list[str]:
@@ -104,8 +106,12 @@ class PromptInjectionPolicy(Policy):
         if self.backend is None:
             return self._verdict(local >= self.config.threshold, score=local)
         band = self.backend.config.band
-        unsure = [p for p, s in zip(pieces, scores, strict=True) if band.low <= s < band.high]
-        sure = max((s for s in scores if not band.low <= s < band.high), default=0.0)
+        ranked = sorted(zip(scores, range(len(pieces))), reverse=True)
+        in_band = [(s, i) for s, i in ranked if band.low <= s < band.high]
+        # The classifier sees the most suspicious pieces only; the rest keep the local verdict.
+        asked = {i for _, i in in_band[:MAX_BACKEND_TEXTS]}
+        unsure = [pieces[i] for i in sorted(asked)]
+        sure = max((s for s, i in ranked if i not in asked), default=0.0)
         if not unsure or sure >= self.config.threshold:
             return self._verdict(local >= self.config.threshold, score=local)
         try:
