@@ -106,7 +106,7 @@ class PromptInjectionPolicy(Policy):
         if self.backend is None:
             return self._verdict(local >= self.config.threshold, score=local)
         band = self.backend.config.band
-        ranked = sorted(zip(scores, range(len(pieces))), reverse=True)
+        ranked = sorted(zip(scores, range(len(pieces)), strict=True), reverse=True)
         in_band = [(s, i) for s, i in ranked if band.low <= s < band.high]
         # The classifier sees the most suspicious pieces only; the rest keep the local verdict.
         asked = {i for _, i in in_band[:MAX_BACKEND_TEXTS]}
