@@ -192,7 +192,16 @@ def live_gateway(
     registry: Callable[[], Registry], chain: list[str], policy: Mapping[str, Any] | None = None
 ) -> Iterator[Live]:
     """A gateway and an upstream on an event loop of their own, so a synchronous hypothesis
-    test can drive them over real HTTP."""
+    test can drive them over real HTTP.
+
+    Each chained policy gets a generous `timeout_ms` unless `policy` sets one: the gateway
+    shares this process (and the GIL) with hypothesis on a machine that may be busy, so the
+    default 200 ms wall-clock budget measures scheduling, and an overrun blocks the request
+    (fail closed). These tests are about what is checked and forwarded; budgets are tested with
+    their own policies (tests/support/policies.py FailingPolicy)."""
+    settings = {kind: dict(block) for kind, block in (policy or {}).items()}
+    for kind in chain:
+        settings.setdefault(kind, {}).setdefault("timeout_ms", 10_000)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict[str, Any] = {}
@@ -201,7 +210,7 @@ def live_gateway(
         stop = asyncio.Event()
         state["stop"] = stop
         async with FakeUpstream() as upstream:
-            config = make_config(upstream.base_url, chain=chain, policy=policy)
+            config = make_config(upstream.base_url, chain=chain, policy=settings)
             async with running_gateway(config, registry()) as gateway:
                 state["live"] = Live(gateway.base_url.removesuffix("/v1"), upstream)
                 started.set()
