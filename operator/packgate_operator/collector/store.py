@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import json
 import os
 import shutil
@@ -103,6 +104,9 @@ class Store:
         self._closing = False
         self._conn: Any = None
         self._dirty: set[int] = set()
+        self._syncer = concurrent.futures.ThreadPoolExecutor(
+            8, thread_name_prefix="collector-fsync"
+        )
         self.recovered_tails = 0
         self.reindexed = 0
 
@@ -129,6 +133,7 @@ class Store:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join()
+        self._syncer.shutdown()
         for chain in self._chains.values():
             if chain.fd >= 0:
                 os.close(chain.fd)
@@ -213,9 +218,8 @@ class Store:
                 except Exception as exc:
                     results.append((done, None, exc))
             try:
-                if self._fsync:
-                    for fd in self._dirty:
-                        os.fsync(fd)
+                if self._fsync and self._dirty:
+                    self._sync(self._dirty)
                 self._conn.commit()
             except Exception as exc:
                 results = [(done, None, exc) for done, _, _ in results]
@@ -224,6 +228,14 @@ class Store:
                     done.set_exception(error)
                 else:
                     done.set_result(value)
+
+    def _sync(self, fds: set[int]) -> None:
+        """Make every file this group wrote durable. One syncfs(2) of the volume when there
+        are many (one journal flush instead of one per pod's chain), else fsync side by side
+        (fsync waits on the disk and releases the GIL)."""
+        if len(fds) > 4 and _syncfs is not None and _syncfs(next(iter(fds))) == 0:
+            return
+        list(self._syncer.map(os.fsync, fds))
 
     def _chain(self, batch: Batch) -> _Chain:
         key = batch.pod
@@ -402,6 +414,17 @@ class Store:
                 removed.append(str(path.relative_to(self.root)))
             _fsync_dir(chain.directory)
         return removed
+
+
+def _load_syncfs() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 def _epoch(ts: str) -> float:
