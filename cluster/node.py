@@ -36,7 +36,7 @@ from typing import Any
 import clusterdns
 import nodeinit
 import sandbox
-from localcluster import ClusterError, LocalCluster
+from localcluster import SERVICE_CIDR, ClusterError, LocalCluster
 from packgate_operator.local import die_with_parent, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +100,14 @@ class Node:
                 (hierarchy / self.cgroup_root.lstrip("/")).mkdir(exist_ok=True)
             self._dns = clusterdns.serve(
                 sandbox.NODE_IP, lambda: self.cluster.get_raw("/api/v1/services")[1]
+            )
+            # The apiserver dials Service IPs (webhooks): a locally sent packet needs a route
+            # before kube-proxy's OUTPUT rules rewrite it to a pod IP. The sandbox has no
+            # default route, so the Service range gets one of its own, sourced from the node.
+            subprocess.run(
+                ["ip", "route", "replace", SERVICE_CIDR, "dev", "lo", "src", sandbox.NODE_IP],
+                check=True,
+                capture_output=True,
             )
             self._start_scheduler()
             self._spawn(
@@ -411,6 +419,7 @@ state = '{w}/containerd/state'
             self._dns = None
         self._remove_cgroups()
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+        subprocess.run(["ip", "route", "del", SERVICE_CIDR], capture_output=True, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(ClusterError):
             self.cluster.kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false")

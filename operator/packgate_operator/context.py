@@ -18,6 +18,7 @@ from .hub import Hub
 from .kube import Kube
 from .metrics import Metrics
 from .pods import PackKey, PodRegistry
+from .replicas import Replicas
 from .settings import Settings
 
 
@@ -64,6 +65,8 @@ class Context:
     packs: dict[PackKey, PackInfo] = field(default_factory=dict)
     hub: Hub = field(init=False)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when several replicas peer (replicas.py): who reconciles, other replicas' reports.
+    replicas: Replicas | None = None
 
     def __post_init__(self) -> None:
         self.hub = Hub(on_change=lambda key: self.dirty.mark([key]))

@@ -24,6 +24,7 @@ from .context import Context
 from .kube import KubeError, NotFound
 from .pods import Counts, PackKey, PodRecord, counts
 from .render import condition, in_sync_condition, now_iso
+from .replicas import merge
 
 log = logging.getLogger(__name__)
 MANAGER = "packgate-operator-convergence"
@@ -98,7 +99,11 @@ class Reporter:
         namespace, pack = key
         pods = ctx.pods.pods(key)
         current = ctx.hub.current_hash(key)
-        result = counts(pods, ctx.hub.reports, current, time.monotonic(), self.fresh_seconds)
+        clock = time.monotonic()
+        reports = ctx.hub.reports
+        if ctx.replicas is not None:  # sidecars polling the other replicas count too
+            reports = merge(ctx.hub.reports, ctx.replicas.remote, clock)
+        result = counts(pods, reports, current, clock, self.fresh_seconds)
         ctx.metrics.packs.set(ctx.hub.packs)
         gauges = (
             ctx.metrics.pods_without_sidecar,
@@ -138,6 +143,8 @@ class Reporter:
         info = ctx.packs.get(key)
         if info is None:
             return
+        if ctx.replicas is not None and not ctx.replicas.state.active:
+            return  # a replica that stopped reconciling leaves the status to the one that does
         if self.written.get(key) == (result, current, info.generation, refusing):
             return
         previous = self.conditions.get(key, {})

@@ -125,6 +125,14 @@ class Hub:
                 if key is not None:
                     self._on_change(key)
 
+    def pack_reports(self) -> dict[str, tuple[PackKey, str]]:
+        """{pod uid: (pack, hash)} of the reports this replica holds (for the other replicas)."""
+        return {
+            uid: (key, self._reports[uid].hash)
+            for uid, key in self._report_pack.items()
+            if uid in self._reports
+        }
+
     @property
     def subscriptions(self) -> int:
         return sum(1 for r in self._reports.values() if r.polling)

@@ -10,6 +10,7 @@ Errors are typed: callers tell "not found" and "conflict" from "the API is unava
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import ssl
@@ -236,6 +237,65 @@ class Kube:
             return None
         return result
 
+    # -- replicas (replicas.py): Leases with sidecar reports, kopf's peering object --
+
+    async def apply_lease(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        holder: str,
+        duration: int,
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
+        owner: Mapping[str, str] | None,
+    ) -> None:
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "annotations": dict(annotations),
+        }
+        if owner is not None:
+            meta["ownerReferences"] = [{**owner, "controller": False}]
+        await self.request(
+            "PATCH",
+            f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases/{quote(name)}",
+            body={
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": meta,
+                "spec": {
+                    "holderIdentity": holder,
+                    "leaseDurationSeconds": duration,
+                    "renewTime": _now_micro(),
+                },
+            },
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def list_leases(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        listing = await self.request(
+            "GET",
+            f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases",
+            params={"labelSelector": label_selector},
+        )
+        return list(listing.get("items", []))
+
+    async def get_peering_status(self, name: str, namespace: str | None) -> dict[str, Any]:
+        """The status of kopf's (Cluster)KopfPeering: {peer id: {priority, lastseen, ...}}."""
+        path = (
+            f"/apis/kopf.dev/v1/clusterkopfpeerings/{quote(name)}"
+            if namespace is None
+            else f"/apis/kopf.dev/v1/namespaces/{quote(namespace)}/kopfpeerings/{quote(name)}"
+        )
+        try:
+            peering = await self.request("GET", path)
+        except NotFound:
+            return {}
+        return dict(peering.get("status") or {})
+
     # -- pods, tokens, events --
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -446,6 +506,10 @@ class Kube:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("watch of %s interrupted (%s); resuming", path, exc)
                 await asyncio.sleep(0.5)
+
+
+def _now_micro() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _error(status: int, text: str) -> KubeError:

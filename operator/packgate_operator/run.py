@@ -12,15 +12,20 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import kopf
 from aiohttp import web
 
 from . import handlers, memory, signer, tls, webhook
+from . import replicas as replicas_mod
 from . import settings as settings_mod
 from .context import Context
 from .convergence import Reporter
@@ -30,6 +35,7 @@ from .propagate import Authenticator, PodPacks, SubscriptionServer, feed_hub
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("packgate.operator")
+SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +99,9 @@ def tls_files(settings: Settings) -> tls.TlsFiles:
     return tls.generate(settings_mod.tls_dir_default(settings), settings.tls_sans)
 
 
-def kopf_settings(settings: Settings, files: tls.TlsFiles) -> kopf.OperatorSettings:
+def kopf_settings(
+    settings: Settings, files: tls.TlsFiles, started: float | None = None
+) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
     # kopf keeps its own bookkeeping on PolicyPacks only (pods get event handlers, no state),
     # under packgate's annotation prefix rather than kopf.zalando.org.
@@ -120,7 +128,26 @@ def kopf_settings(settings: Settings, files: tls.TlsFiles) -> kopf.OperatorSetti
     if settings.peering:
         ks.peering.name = settings.peering
         ks.peering.mandatory = True
+        # Distinct priorities (kopf pauses all replicas that share one); a dead replica's entry
+        # expires after `lifetime`, then the next one takes over.
+        ks.peering.priority = replicas_mod.priority(time.time() if started is None else started)
+        ks.peering.lifetime = 20
     return ks
+
+
+def replica_identity() -> tuple[str, str, str, str]:
+    """(kopf peer id, pod name, pod namespace, pod uid) from the chart's downward-API env."""
+    pod = os.environ.get("PACKGATE_POD_NAME") or socket.gethostname()
+    namespace = os.environ.get("PACKGATE_POD_NAMESPACE", "")
+    if not namespace:
+        with contextlib.suppress(OSError):
+            namespace = Path(SA_NAMESPACE).read_text().strip()
+    return (
+        f"{pod}/{os.getpid()}",
+        pod,
+        namespace or "default",
+        os.environ.get("PACKGATE_POD_UID", ""),
+    )
 
 
 async def _site(
@@ -157,6 +184,18 @@ async def serve(
             signer=key,
             trusted_env=signer.trusted_env(key, settings),
         )
+        identity, pod_name, pod_namespace, pod_uid = replica_identity()
+        if settings.peering:
+            ctx.replicas = replicas_mod.Replicas(
+                kube,
+                settings.peering,
+                identity,
+                pod_namespace,
+                pod_name,
+                pod_uid,
+                settings.clusterwide,
+                tuple(settings.namespaces),
+            )
         registry = kopf.OperatorRegistry()
 
         # kopf authenticates with the credentials kube.py loaded (--kubeconfig, KUBECONFIG or the
@@ -192,6 +231,8 @@ async def serve(
                 # fails), so readiness also asks whether the webhook port accepts connections.
                 if not (kopf_ready.is_set() and hub_ready.is_set()):
                     return False
+                if ctx.replicas is not None and not ctx.replicas.state.leader_exists:
+                    return False  # no replica reconciles (peering broken): say so
                 return await _accepts(settings.webhook_host, settings.webhook_port)
 
             runners.append(
@@ -212,6 +253,7 @@ async def serve(
                     stop_flag=stop,
                     ready_flag=kopf_ready,
                     memo=kopf.Memo(),
+                    identity=cast(Any, identity),  # kopf's Identity is a NewType of str
                 ),
                 name="kopf",
             ),
@@ -221,6 +263,12 @@ async def serve(
                 memory.trim_when_connections_drop(lambda: ctx.hub.subscriptions), name="trim"
             ),
         ]
+        if ctx.replicas is not None:
+            tasks.append(
+                asyncio.create_task(
+                    ctx.replicas.run(ctx.hub.pack_reports, ctx.dirty.mark), name="replicas"
+                )
+            )
         try:
             ready = asyncio.create_task(_both(kopf_ready, hub_ready), name="ready")
             await asyncio.wait([ready, *tasks], return_when=asyncio.FIRST_COMPLETED)

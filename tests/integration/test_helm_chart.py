@@ -74,11 +74,14 @@ def test_default_render_has_the_webhook_contract(bin_dir: Path) -> None:
     kinds = sorted(str(doc["kind"]) for doc in docs if component(doc) != "audit-collector")
     assert kinds == sorted(
         [
+            "ClusterKopfPeering",  # two replicas by default: kopf peers through it
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
             "MutatingWebhookConfiguration",
             "PodDisruptionBudget",
+            "Role",  # each replica's sidecar-reports Lease
+            "RoleBinding",
             "Secret",
             "Secret",
             "Service",
@@ -149,10 +152,11 @@ def test_namespace_scope_narrows_the_webhook_and_the_rbac(bin_dir: Path) -> None
     # Nothing namespaced is granted cluster-wide any more (kube-system included).
     assert not {"/configmaps", "/pods", "/events", "packgate.dev/policypacks"} & set(cluster_role)
     assert cluster_role["authentication.k8s.io/tokenreviews"] == {"create"}
-    roles = {d["metadata"]["namespace"]: rules(d) for d in docs if d["kind"] == "Role"}  # type: ignore[index]
+    served = [d for d in docs if not str(d["metadata"]["name"]).endswith("-replicas")]  # type: ignore[index]
+    roles = {d["metadata"]["namespace"]: rules(d) for d in served if d["kind"] == "Role"}  # type: ignore[index]
     assert set(roles) == {"team-a", "team-b"}
     assert roles["team-a"]["/configmaps"] == {"get", "list", "watch", "create", "patch"}
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    bindings = [d for d in served if d["kind"] == "RoleBinding"]
     assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}  # type: ignore[index]
 
     inject, unserved = by_kind(docs, "MutatingWebhookConfiguration")["webhooks"]  # type: ignore[index]
