@@ -146,7 +146,18 @@ class Replicas:
                 if changed:
                     on_remote_change(changed)
             with contextlib.suppress(KubeError, asyncio.TimeoutError):
-                self.state = await self._peering_view()
+                state = await self._peering_view()
+                if state != self.state:
+                    log.info(
+                        "peering %s: this replica %s",
+                        self.peering,
+                        "reconciles"
+                        if state.active
+                        else "stands by"
+                        if state.leader_exists
+                        else "stands by and no replica reconciles",
+                    )
+                self.state = state
             await asyncio.sleep(1.0)
 
     async def _publish(self, reports: Mapping[str, tuple[PackKey, str]]) -> None:

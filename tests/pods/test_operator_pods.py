@@ -175,14 +175,31 @@ def test_the_chart_runs_two_replicas_that_govern_a_real_app(
         timeout=30,
         what="the pack's ConfigMap",
     )
-    logs = {
-        p["metadata"]["name"]: cluster.kubectl(
-            "logs", "-n", RELEASE_NS, p["metadata"]["name"]
-        ).stdout
-        for p in operator_pods(cluster)
-    }
-    paused = [name for name, text in logs.items() if "Pausing operations in favour of" in text]
-    assert len(paused) == 1, logs
+
+    logs: dict[str, str] = {}
+
+    def paused() -> list[str]:
+        logs.clear()
+        logs.update(
+            {
+                p["metadata"]["name"]: cluster.kubectl(
+                    "logs", "-n", RELEASE_NS, p["metadata"]["name"]
+                ).stdout
+                for p in operator_pods(cluster)
+            }
+        )
+        assert len(logs) == 2, logs
+        roles = [text.split("this replica ")[-1].split("\n")[0] for text in logs.values()]
+        return sorted(roles)
+
+    try:
+        wait_for(
+            lambda: paused() == ["reconciles", "stands by"],
+            timeout=30,
+            what="exactly one replica reconciling, the other standing by",
+        )
+    except AssertionError:
+        raise AssertionError(json.dumps(logs, indent=1)[-6000:]) from None
 
     # A Deployment opts in: its pods run 2/2 with the injected sidecar from the image.
     cluster.kubectl(
@@ -284,12 +301,13 @@ def test_one_operator_replica_gone_keeps_webhook_and_push_working(
         text=True,
     )
     time.sleep(3)  # the loop is running and being answered
-    edited = pack(provider)
-    edited["spec"]["pack"]["version"] = "1.1.0"
-    edited["spec"]["policies"]["chain"].append("content-filter")
-    edited["spec"]["policy"]["content-filter"] = {"action": "block", "terms": ["Project Zeus"]}
+    edited = pack(provider)["spec"]
+    edited["pack"]["version"] = "1.1.0"
+    edited["policies"]["chain"].append("content-filter")
+    edited["policy"]["content-filter"] = {"action": "block", "terms": ["Project Zeus"]}
+    path = f"/apis/packgate.dev/v1alpha1/namespaces/{namespace}/policypacks/{PACK}"
     started = time.time()
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(edited))
+    assert cluster.merge_patch(path, {"spec": edited}) == 200
     out, _ = watcher.communicate(timeout=60)
     blocked_at, policy = out.split()
     assert policy == "content-filter"
