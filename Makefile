@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sidecar/packgate_sidecar/detect/*.c | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help demo test check lint format tools node-tools image crds bench clean
+.PHONY: help demo test check lint format tools node-tools image browser crds bench clean
 
 help:
 	@echo "make demo   - run the packgate story on a local control plane"
@@ -49,7 +49,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) tools node-tools image check
+# Headless Chromium + chromedriver (Debian packages) for the Events page test.
+browser:
+	bash scripts/install-browser.sh >/dev/null
+
+test: $(STAMP) tools node-tools image browser check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 crds: $(STAMP)
