@@ -26,7 +26,8 @@ from tests.support.upstream import FakeUpstream
 from tests.support.waiting import wait_for
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "packgate"
-RELEASE, RELEASE_NS = "pg", "packgate-system"
+# Not packgate-system: the chart test leaves its kept audit volume there after uninstalling.
+RELEASE, RELEASE_NS = "pg", "packgate"
 
 
 @dataclass
