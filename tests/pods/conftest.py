@@ -105,11 +105,30 @@ def release(cluster: LocalCluster, node: Node, packgate_image: BuiltImage) -> It
     )
     assert result.returncode == 0, result.stderr
     try:
-        wait_for(
-            lambda: len([p for p in operator_pods(cluster) if ready(p)]) == 2,
-            timeout=120,
-            what="two Ready operator replicas",
-        )
+        try:
+            wait_for(
+                lambda: len([p for p in operator_pods(cluster) if ready(p)]) == 2,
+                timeout=120,
+                what="two Ready operator replicas",
+            )
+        except AssertionError:
+            seen = [
+                cluster.kubectl(*args, check=False).stdout[-3000:]
+                for args in (
+                    ("get", "all", "-n", RELEASE_NS, "-o", "wide"),
+                    ("get", "events", "-n", RELEASE_NS),
+                    ("get", "mutatingwebhookconfigurations"),
+                    (
+                        "logs",
+                        "-n",
+                        RELEASE_NS,
+                        "-l",
+                        "app.kubernetes.io/component=operator",
+                        "--tail=20",
+                    ),
+                )
+            ]
+            raise AssertionError("operator replicas not Ready:\n" + "\n".join(seen)) from None
         yield RELEASE_NS
     finally:
         helm(cluster, "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout=60s")
