@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sidecar/packgate_sidecar/detect/*.c | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help demo test check lint format tools node-tools image browser crds bench clean
+.PHONY: help demo test check lint format tools node-tools image browser crds bench bench-proxy clean
 
 help:
 	@echo "make demo   - run the packgate story on a local control plane"
@@ -20,6 +20,7 @@ help:
 	@echo "make image  - build or reuse the packgate image for the local node (Dockerfile recipe)"
 	@echo "make crds   - regenerate crds/ and the chart's copy from the models"
 	@echo "make bench  - long performance measurements (not part of make test)"
+	@echo "make bench-proxy - the proxy rows and their targets only (bare proxy vs seed chain, ~3 min)"
 
 $(STAMP): pyproject.toml $(wildcard sidecar/packgate_sidecar/detect/*.c)
 	@$(PYTHON) cluster/build-deps.py
@@ -64,6 +65,9 @@ demo: $(STAMP) tools node-tools image
 
 bench: $(STAMP) tools
 	$(BIN)/python bench/run.py
+
+bench-proxy: $(STAMP)
+	$(BIN)/python bench/run.py --only proxy --setups floor,packgate-empty,packgate-seed --no-peers --no-profile --out bench/results/proxy.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

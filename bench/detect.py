@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,18 @@ def throughput(call: Callable[[str], Any], text: str, seconds: float, batches: i
     return float(median(rates) or 0.0)
 
 
+def latency_p50(call: Callable[[str], Any], text: str, seconds: float) -> float:
+    """Median seconds of one call, over as many calls as fit in `seconds` (at least 21)."""
+    call(text)
+    samples = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < 21 or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call(text)
+        samples.append(time.perf_counter() - started)
+    return float(statistics.median(samples))
+
+
 def run(report: Report, opts: Options) -> None:
     cores = Cores.detect()
     section = report.section(
@@ -112,18 +125,28 @@ def run(report: Report, opts: Options) -> None:
         else:
             for label, text in texts.items():
                 rate = throughput(scorer.score, text, opts.seconds, opts.batches)
+                p50 = latency_p50(scorer.score, text, opts.seconds * opts.batches)
                 section.add(
                     Row(
                         f"packgate injection score, {label}",
-                        {"mb_s": rate, "per_text_ms": len(text) / rate / 1e3},
+                        {"mb_s": rate, "per_text_ms": p50 * 1e3},
                     )
                 )
+                if label == "1 KB":
+                    report.verdicts.append(
+                        Verdict("injection scoring p50 per KB (1 KB text)", p50 * 1e6, 50.0,
+                                " us", False)
+                    )  # fmt: skip
+                else:
+                    report.verdicts.append(
+                        Verdict("injection scoring p50, 32 KB text", p50 * 1e3, 1.0, " ms", False)
+                    )
     _presidio(section, texts, opts, cores)
     report.verdicts.append(
         Verdict(
             "PII throughput, 32 KB, six entity types",
             pii32,
-            5.0,
+            10.0,
             " MB/s",
             True,
             "" if pii32 else "PII detector not measured",

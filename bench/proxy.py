@@ -501,6 +501,16 @@ def _proxy_rows(
         )
         report.verdicts.append(
             Verdict(
+                f"stretch: seed chain RPS / bare aiohttp RPS, {kind} c32",
+                ratios.get(f"{kind}_c32_packgate-seed_floor"),
+                0.8,
+                "x",
+                True,
+                why,
+            )
+        )
+        report.verdicts.append(
+            Verdict(
                 f"seed chain RPS / LiteLLM RPS, {kind} c32",
                 ratios.get(f"{kind}_c32_packgate-seed_litellm"),
                 20.0,

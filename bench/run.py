@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable as a package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import audit_durability, audit_ship, detect, kube, proxy
+from bench import audit_durability, audit_ship, chat, detect, kube, proxy
 from bench.common import (
     BENCH,
     Report,
@@ -39,7 +39,7 @@ from bench.common import (
     write_json,
 )
 
-MODULES = ("proxy", "detect", "admission", "reload", "memory", "audit_durability", "audit")
+MODULES = ("proxy", "detect", "chat", "admission", "reload", "memory", "audit_durability", "audit")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             detect.Options(
                 seconds=0.15 if quick else 1.0, batches=1 if quick else 5, workdir=work, peers=peers
             ),
+        ),
+        "chat": lambda: chat.run(
+            report,
+            chat.Options(requests=20 if quick else 200, big_runs=1 if quick else 5, workdir=work),
         ),
         "admission": lambda: kube.admission(report, kube.Options(work, quick)),
         "reload": lambda: kube.reload(report, kube.Options(work, quick)),

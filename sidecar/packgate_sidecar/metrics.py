@@ -10,11 +10,13 @@ policy rebuilt on reload does not register its metrics twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
@@ -43,6 +45,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._own: dict[str, MetricWrapperBase] = {}
+        self._verdicts: _VerdictLookups | None = None
         self.requests = self.counter(
             "packgate_requests_total",
             "Requests answered by the gateway, by route, HTTP status and provider target.",
@@ -98,12 +101,6 @@ class Metrics:
             "Policy failures let through because the policy is configured with fail_open.",
             ("kind", "phase"),
         )
-        self.verdict_cache = self.counter(
-            "packgate_verdict_cache_lookups_total",
-            "Per-message verdict cache lookups by policy kind and result (hit, miss): a hit is a "
-            "message judged earlier under the same policy config and not judged again.",
-            ("kind", "result"),
-        )
         self.config_info = self.gauge(
             "packgate_config_info",
             "The policy config in force (value 1), labelled with its hash, pack and version.",
@@ -141,8 +138,13 @@ class Metrics:
         if seconds is not None:
             self._child(self.request_duration, route).observe(seconds)
 
-    def verdict_lookup(self, kind: str, hit: bool) -> None:
-        self._child(self.verdict_cache, kind, "hit" if hit else "miss").inc()
+    def watch_verdicts(self, lookups: Callable[[], Mapping[tuple[str, bool], int]]) -> None:
+        """Export a verdict cache's lookup counts, read when scraped: a Prometheus increment per
+        lookup (a lock and a label lookup) would cost more than the lookup itself."""
+        if self._verdicts is None:
+            self._verdicts = _VerdictLookups(lookups)
+            self.registry.register(self._verdicts)
+        self._verdicts.lookups = lookups  # the runtime built last is the one in use
 
     def upstream_answered(self, target: str, route: str, seconds: float) -> None:
         self._child(self.upstream_latency, target, route).observe(seconds)
@@ -192,3 +194,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _VerdictLookups(Collector):
+    def __init__(self, lookups: Callable[[], Mapping[tuple[str, bool], int]]) -> None:
+        self.lookups = lookups
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "packgate_verdict_cache_lookups",
+            "Per-message verdict cache lookups by policy kind and result (hit, miss): a hit is a "
+            "message judged earlier under the same policy config and not judged again.",
+            labels=("kind", "result"),
+        )
+        for (kind, hit), count in sorted(self.lookups().items()):
+            family.add_metric([kind, "hit" if hit else "miss"], count)
+        yield family

@@ -176,8 +176,8 @@ class PolicyRuntime:
     verdicts: VerdictCache = field(default_factory=VerdictCache)
 
     def __post_init__(self) -> None:
-        if self.metrics is not None and self.verdicts.metrics is None:
-            self.verdicts.metrics = self.metrics
+        if self.metrics is not None:
+            self.metrics.watch_verdicts(self.verdicts.lookups)
 
 
 @dataclass(slots=True)

@@ -25,10 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from hashlib import blake2b
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    from .metrics import Metrics
+from typing import TypeVar
 
 __all__ = ["VerdictCache", "text_digest"]
 
@@ -50,11 +47,10 @@ class VerdictCache:
         self,
         max_entries: int = MAX_ENTRIES,
         max_cost: int = MAX_COST,
-        metrics: Metrics | None = None,
     ) -> None:
         self.max_entries = max_entries
         self.max_cost = max_cost
-        self.metrics = metrics
+        self._lookups: dict[tuple[str, bool], int] = {}
         self._entries: OrderedDict[tuple[Hashable, bytes], tuple[object, int]] = OrderedDict()
         self._cost = 0
         self._lock = threading.Lock()
@@ -89,7 +85,8 @@ class VerdictCache:
                 self.hits += 1
             else:
                 self.misses += 1
-        self._count(kind, found is not None)
+            counted = (kind, found is not None)
+            self._lookups[counted] = self._lookups.get(counted, 0) + 1
         if found is not None:
             return found[0]  # type: ignore[return-value]
         value = compute()
@@ -112,6 +109,7 @@ class VerdictCache:
             self._entries.clear()
             self._cost = 0
 
-    def _count(self, kind: str, hit: bool) -> None:
-        if self.metrics is not None:
-            self.metrics.verdict_lookup(kind, hit)
+    def lookups(self) -> dict[tuple[str, bool], int]:
+        """Lookups so far by (policy kind, hit), for metrics."""
+        with self._lock:
+            return dict(self._lookups)

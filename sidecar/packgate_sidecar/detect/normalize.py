@@ -44,6 +44,39 @@ _TABLE: dict[int, str | None] = dict.fromkeys(_INVISIBLE)
 # the ASCII they encode instead of dropping them, so the hidden instruction becomes visible.
 _TABLE.update({0xE0000 + c: chr(c) for c in range(0x20, 0x7F)})
 
+
+# str.translate with a dict costs ~100 ns per character; a character-class scan finds out far
+# more cheaply whether there is anything to translate at all (almost never).
+def _char_class(codes: list[int]) -> str:
+    ranges: list[list[int]] = []
+    for c in sorted(codes):
+        if ranges and c == ranges[-1][1] + 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "[" + "".join(f"{chr(a)}-{chr(b)}" if a < b else chr(a) for a, b in ranges) + "]"
+
+
+_HAS_TABLED = re.compile(_char_class(list(_TABLE)))
+
+
+def _latin1(text: str) -> bool:
+    # Western European text (a str stored one byte per character): encoding is a copy, and it
+    # fails fast at the first wider character. Far cheaper than any regex scan of the text.
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _untable(text: str) -> str:
+    # In Latin-1 the only character of the table is the soft hyphen.
+    if "\xad" in text if _latin1(text) else _HAS_TABLED.search(text):
+        return text.translate(_TABLE)
+    return text
+
+
 # Cyrillic and Greek letters that render like Latin ones. Applied only to words that are not
 # genuinely Cyrillic/Greek (see _fold_homoglyphs), so Russian or Greek text keeps its meaning.
 _HOMOGLYPHS: dict[str, str] = {
@@ -106,10 +139,15 @@ def normalize(text: str) -> str:
         if text.isascii():
             return text
         before = text
-        text = text.translate(_TABLE)
+        text = _untable(text)
         if not unicodedata.is_normalized("NFKC", text):
             # NFKC can expose new invisibles (e.g. a compatibility form of a space joiner).
-            text = unicodedata.normalize("NFKC", text).translate(_TABLE)
+            text = _untable(unicodedata.normalize("NFKC", text))
+        if _latin1(text):
+            # Combining marks and Cyrillic/Greek letters all lie above U+00FF: nothing to fold.
+            if text == before:
+                break
+            continue
         if _LATIN_COMBINING.search(text):
             text = unicodedata.normalize("NFD", text)
             text = unicodedata.normalize("NFC", _LATIN_COMBINING.sub("", text))
