@@ -64,6 +64,17 @@ def node(cluster: LocalCluster, packgate_image: BuiltImage) -> Iterator[Node]:
     """One kubelet node joined to the session's control plane, started once per session."""
     if not sandbox.entered():
         pytest.skip("running pods needs root (a network namespace, cgroups, mounts)")
+    # Pods that earlier (apiserver-only) tests left in their namespaces were never meant to
+    # run; once a node and a scheduler exist they would be scheduled and take its CPU. Those
+    # tests are over (their namespaces are t-*), so their namespaces go before the node starts.
+    names = cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()
+    stale = [n.split("/", 1)[1] for n in names if n.startswith("namespace/t-")]
+    for name in stale:
+        cluster.kubectl(
+            "delete", "pods", "--all", "-n", name, "--force", "--grace-period=0", check=False
+        )
+    if stale:
+        cluster.kubectl("delete", "namespace", *stale, "--wait=false", check=False)
     node_bin = build_node_tools()
     pause = image.pause_image(node_bin)
     with Node(
