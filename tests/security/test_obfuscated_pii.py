@@ -10,12 +10,9 @@ streamed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from packgate_sidecar.chain import builtin_registry
 
-from tests.support.gateway import RunningGateway, make_config, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.upstream import Behavior, FakeUpstream
 
 OBFUSCATED = {
@@ -35,23 +32,11 @@ CASES = list(OBFUSCATED.values())
 IDS = list(OBFUSCATED)
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[tuple[RunningGateway, FakeUpstream]]:
-    async with FakeUpstream() as upstream:
-        config = make_config(
-            upstream.base_url,
-            chain=["pii-detector"],
-            policy={"pii-detector": {"action": "redact", "scan_responses": True}},
-        )
-        async with running_gateway(config, builtin_registry()) as gateway:
-            yield gateway, upstream
-
-
 @pytest.mark.parametrize(("value", "redacted"), CASES, ids=IDS)
 async def test_prompt_reaches_the_provider_redacted_whole(
-    setup: tuple[RunningGateway, FakeUpstream], value: str, redacted: str
+    redacting_gateway: tuple[RunningGateway, FakeUpstream], value: str, redacted: str
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     await gateway.client().chat.completions.create(
         model="m", messages=[{"role": "user", "content": f"Note: {value}, thanks"}]
     )
@@ -61,9 +46,9 @@ async def test_prompt_reaches_the_provider_redacted_whole(
 
 @pytest.mark.parametrize(("value", "redacted"), CASES, ids=IDS)
 async def test_answer_reaches_the_client_redacted_whole_and_streamed(
-    setup: tuple[RunningGateway, FakeUpstream], value: str, redacted: str
+    redacting_gateway: tuple[RunningGateway, FakeUpstream], value: str, redacted: str
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     text = f"Sure: {value} is on file."
     upstream.then(Behavior(text=text))
     whole = await gateway.client().chat.completions.create(
@@ -81,9 +66,9 @@ async def test_answer_reaches_the_client_redacted_whole_and_streamed(
 
 
 async def test_unseparated_digits_without_a_context_word_are_left_alone(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     await gateway.client().chat.completions.create(
         model="m", messages=[{"role": "user", "content": "order 078051120 shipped"}]
     )

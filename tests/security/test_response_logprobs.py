@@ -9,13 +9,9 @@ bodies; the client is the real OpenAI SDK.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from packgate_sidecar.chain import builtin_registry
-
-from tests.support.gateway import RunningGateway, make_config, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.upstream import Behavior, FakeUpstream
 
 EMAIL = "jane.doe@example.com"
@@ -40,22 +36,10 @@ def chat_logprobs(text: str) -> dict[str, Any]:
     return {"content": tokens, "refusal": None}
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[tuple[RunningGateway, FakeUpstream]]:
-    async with FakeUpstream() as upstream:
-        config = make_config(
-            upstream.base_url,
-            chain=["pii-detector"],
-            policy={"pii-detector": {"action": "redact", "scan_responses": True}},
-        )
-        async with running_gateway(config, builtin_registry()) as gateway:
-            yield gateway, upstream
-
-
 async def test_chat_logprobs_of_a_redacted_choice_are_dropped(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     choices = [
         {"index": i, "finish_reason": "stop", "logprobs": chat_logprobs(text),
          "message": {"role": "assistant", "content": text}}
@@ -76,9 +60,9 @@ async def test_chat_logprobs_of_a_redacted_choice_are_dropped(
 
 
 async def test_completions_logprobs_of_a_redacted_choice_are_dropped(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     tokens = words(LEAKY)
     logprobs = {"tokens": tokens, "token_logprobs": [-0.1] * len(tokens),
                 "top_logprobs": [{t: -0.1} for t in tokens],
@@ -93,9 +77,9 @@ async def test_completions_logprobs_of_a_redacted_choice_are_dropped(
 
 
 async def test_responses_output_text_logprobs_of_a_redacted_part_are_emptied(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
 
     def part(text: str) -> dict[str, Any]:
         logprobs = [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []}
@@ -119,11 +103,11 @@ async def test_responses_output_text_logprobs_of_a_redacted_part_are_emptied(
 
 
 async def test_responses_stream_snapshots_drop_logprobs_of_a_redacted_text(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
     """The `.done`, `content_part.done` and `response.completed` events repeat the whole text
     with its logprobs; once the streamed text was redacted, those logprobs go too."""
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
 
     def logprobs(text: str) -> list[dict[str, Any]]:
         return [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []}

@@ -12,14 +12,11 @@ parser in between) shows exactly which bytes leave the sidecar.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
-from packgate_sidecar.chain import builtin_registry
 
-from tests.support.gateway import RunningGateway, make_config, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.upstream import Behavior, FakeUpstream
 
 
@@ -44,22 +41,10 @@ STREAM = [
 ]
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[tuple[RunningGateway, FakeUpstream]]:
-    async with FakeUpstream() as upstream:
-        config = make_config(
-            upstream.base_url,
-            chain=["pii-detector"],
-            policy={"pii-detector": {"action": "redact", "scan_responses": True}},
-        )
-        async with running_gateway(config, builtin_registry()) as gateway:
-            yield gateway, upstream
-
-
 async def test_the_sdk_gets_the_whole_checked_answer(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     upstream.then(Behavior(sse=STREAM))
     stream = await gateway.client().chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -70,9 +55,9 @@ async def test_the_sdk_gets_the_whole_checked_answer(
 
 
 async def test_only_checked_events_and_bare_keep_alives_leave_the_sidecar(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     upstream.then(Behavior(sse=STREAM))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     async with (

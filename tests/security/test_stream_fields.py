@@ -8,13 +8,9 @@ for all of them. Upstream streams are scripted byte for byte; the client is the 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from packgate_sidecar.chain import builtin_registry
-
-from tests.support.gateway import RunningGateway, make_config, running_gateway
+from tests.support.gateway import RunningGateway
 from tests.support.upstream import Behavior, FakeUpstream
 
 EMAIL = "jane.doe@example.com"
@@ -40,18 +36,6 @@ def pieces(text: str, size: int = 4) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-@pytest.fixture
-async def setup() -> AsyncIterator[tuple[RunningGateway, FakeUpstream]]:
-    async with FakeUpstream() as upstream:
-        config = make_config(
-            upstream.base_url,
-            chain=["pii-detector"],
-            policy={"pii-detector": {"action": "redact", "scan_responses": True}},
-        )
-        async with running_gateway(config, builtin_registry()) as gateway:
-            yield gateway, upstream
-
-
 async def _chat(gateway: RunningGateway) -> list[Any]:
     stream = await gateway.client().chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True, n=2
@@ -60,9 +44,9 @@ async def _chat(gateway: RunningGateway) -> list[Any]:
 
 
 async def test_every_choice_of_a_stream_is_redacted(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     text = f"Mail {EMAIL} now."
     events = []
     for piece in pieces(text):  # both choices interleaved, as a provider streams n=2
@@ -79,9 +63,9 @@ async def test_every_choice_of_a_stream_is_redacted(
 
 
 async def test_a_streamed_audio_transcript_is_redacted(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     events = [chunk({"index": 0, "delta": {"role": "assistant", "audio": {"id": "a1"}}})]
     for piece in pieces(f"You can write to {EMAIL} today."):
         audio = {"transcript": piece, "data": "AAAA"}
@@ -97,9 +81,9 @@ async def test_a_streamed_audio_transcript_is_redacted(
 
 
 async def test_logprobs_do_not_spell_out_redacted_text(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     events = []
     for piece in pieces(f"Mail {EMAIL} now."):
         logprobs = {"content": [{"token": piece, "logprob": -0.1, "bytes": list(piece.encode()),
@@ -121,9 +105,9 @@ async def test_logprobs_do_not_spell_out_redacted_text(
 
 
 async def test_responses_stream_text_and_transcript_events_are_redacted(
-    setup: tuple[RunningGateway, FakeUpstream],
+    redacting_gateway: tuple[RunningGateway, FakeUpstream],
 ) -> None:
-    gateway, upstream = setup
+    gateway, upstream = redacting_gateway
     events = [sse({"type": "response.created", "sequence_number": 0,
                    "response": {"id": "r1", "object": "response", "created_at": 1, "model": "m",
                                 "status": "in_progress", "output": []}})]  # fmt: skip
