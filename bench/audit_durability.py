@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from packgate_operator.local import free_port
 
+from tests.support.gateway_cli import gateway_argv
+
 from . import payloads
 from .common import BENCH, Cores, Report, Row, Service, log, median, pinned
 from .proxy import AUDIT_KEY, UPSTREAM_KEY, Options, _loadgen, empty_config
@@ -44,12 +46,8 @@ def _start(key: str, config: dict[str, Any], port: int, work: Path, cpu: str | N
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     data = work / f"{key}-data"
     data.mkdir(exist_ok=True)
-    argv = [
-        *(sys.executable, "-m", "packgate_sidecar.cli", "gateway", "run"),
-        *("--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"),
-        *("--policy-config", str(config_path), "--data-dir", str(data)),
-        *(["--no-durable-audit"] if key == "not-durable" else []),
-    ]
+    extra = ["--no-durable-audit"] if key == "not-durable" else []
+    argv = gateway_argv(port, admin, config_path, data, *extra)
     env = {"OPENAI_API_KEY": UPSTREAM_KEY, "PACKGATE_AUDIT_KEY": AUDIT_KEY}
     service = Service(key, pinned(argv, cpu), work / f"{key}.log", env=env).start()
     service.wait_http(f"http://127.0.0.1:{admin}/readyz", 60)

@@ -35,6 +35,7 @@ if __package__ in (None, ""):
 
 from bench import kube
 from bench.common import REPO, Report, Row, Verdict, cpu_seconds, log, peak_rss_mb
+from tests.support.gateway_cli import gateway_argv
 
 SIDECARS, RATE = 100, 50
 
@@ -272,20 +273,7 @@ def _cost(
         sidecars[name] = (
             port,
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "packgate_sidecar.cli",
-                    "gateway",
-                    "run",
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--admin-listen",
-                    f"127.0.0.1:{admin}",
-                    "--policy-config",
-                    str(config),
-                    "--log-level=warning",
-                ],
+                gateway_argv(port, admin, config, None, "--log-level=warning"),
                 env=env,
                 stdout=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,

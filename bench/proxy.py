@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 from packgate_operator.local import free_port
 
+from tests.support.gateway_cli import gateway_argv
+
 from . import payloads, peers
 from .common import (
     BENCH,
@@ -106,21 +108,7 @@ def start_packgate(
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     data = work / f"{name}-data"
     data.mkdir(exist_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "packgate_sidecar.cli",
-        "gateway",
-        "run",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin}",
-        "--policy-config",
-        str(config_path),
-        "--data-dir",
-        str(data),
-    ]
+    argv = gateway_argv(port, admin, config_path, data)
     env = {"OPENAI_API_KEY": UPSTREAM_KEY, "PACKGATE_AUDIT_KEY": AUDIT_KEY}
     service = Service(name, pinned(argv, cpu), work / f"{name}.log", env=env).start()
     return service, f"http://127.0.0.1:{admin}"

@@ -45,6 +45,7 @@ from packgate_operator.local import (  # noqa: E402
 from packgate_operator.render import CONFIG_KEY, configmap_name  # noqa: E402
 
 from demo.audit import AuditDemo  # noqa: E402
+from tests.support.gateway_cli import gateway_argv  # noqa: E402
 from tests.support.upstream import FakeUpstream  # noqa: E402
 
 NAMESPACE = "demo"
@@ -118,16 +119,7 @@ def sidecar_process(
     api, admin = free_port(), free_port()
     log = (workdir / "sidecar.log").open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "packgate_sidecar.cli",
-            "gateway",
-            "run",
-            f"--listen=127.0.0.1:{api}",
-            f"--admin-listen=127.0.0.1:{admin}",
-            f"--policy-config={config}",
-        ],
+        gateway_argv(api, admin, config),
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ import yaml
 from packgate_operator.local import free_port
 
 from tests.support.gateway import make_config
+from tests.support.gateway_cli import gateway_argv
 from tests.support.upstream import Behavior, FakeUpstream
 
 PROMPT = "my card is 4111 1111 1111 1111, tell nobody"
@@ -44,19 +45,7 @@ async def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: 
         port, admin_port = free_port(), free_port()
         env = {**os.environ, "UPSTREAM_KEY": KEY}
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "packgate_sidecar.cli",
-            "gateway",
-            "run",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin-listen",
-            f"127.0.0.1:{admin_port}",
-            "--policy-config",
-            str(config),
-            "--drain-seconds",
-            "10",
+            *gateway_argv(port, admin_port, config, None, "--drain-seconds", "10"),
             env=env,
             stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

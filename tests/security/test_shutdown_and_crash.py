@@ -28,6 +28,7 @@ from packgate_operator.local import free_port
 
 from tests.integration.test_gateway_shutdown import wait_ready
 from tests.support.gateway import make_config
+from tests.support.gateway_cli import gateway_argv
 from tests.support.upstream import Behavior, FakeUpstream
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -44,20 +45,7 @@ async def sidecar(
     )
     port, admin_port = free_port(), free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "packgate_sidecar.cli",
-        "gateway",
-        "run",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin_port}",
-        "--policy-config",
-        str(config),
-        "--data-dir",
-        str(tmp_path / "data"),
-        *extra,
+        *gateway_argv(port, admin_port, config, tmp_path / "data", *extra),
         env={**os.environ, "UPSTREAM_KEY": "sk-upstream-0123456789", "PACKGATE_AUDIT_KEY": KEY},
         stderr=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
