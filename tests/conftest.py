@@ -59,22 +59,33 @@ def packgate_image() -> BuiltImage:
     return image.build()
 
 
+SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease"}
+WORKLOADS = "deployments,replicasets,statefulsets,daemonsets,jobs,cronjobs,replicationcontrollers"
+
+
+def _clear_workloads(cluster: LocalCluster) -> None:
+    names = cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()
+    namespaces = [n.split("/", 1)[1] for n in names]
+    for name in (n for n in namespaces if n not in SYSTEM_NAMESPACES):
+        cluster.kubectl("delete", WORKLOADS, "--all", "-n", name, "--wait=false", check=False)
+        cluster.kubectl(
+            "delete", "pods", "--all", "-n", name, "--force", "--grace-period=0", check=False
+        )
+    stale = [n for n in namespaces if n not in SYSTEM_NAMESPACES and n != "default"]
+    if stale:
+        cluster.kubectl("delete", "namespace", *stale, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="session")
 def node(cluster: LocalCluster, packgate_image: BuiltImage) -> Iterator[Node]:
     """One kubelet node joined to the session's control plane, started once per session."""
     if not sandbox.entered():
         pytest.skip("running pods needs root (a network namespace, cgroups, mounts)")
-    # Pods that earlier (apiserver-only) tests left in their namespaces were never meant to
-    # run; once a node and a scheduler exist they would be scheduled and take its CPU. Those
-    # tests are over (their namespaces are t-*), so their namespaces go before the node starts.
-    names = cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()
-    stale = [n.split("/", 1)[1] for n in names if n.startswith("namespace/t-")]
-    for name in stale:
-        cluster.kubectl(
-            "delete", "pods", "--all", "-n", name, "--force", "--grace-period=0", check=False
-        )
-    if stale:
-        cluster.kubectl("delete", "namespace", *stale, "--wait=false", check=False)
+    # Pods that earlier (apiserver-only) tests left behind were never meant to run; once a node
+    # and a scheduler exist they would be scheduled and take its CPU (an operator replica then
+    # stays Pending: Insufficient cpu). Those tests are over, so before the node starts every
+    # workload outside the kube-* namespaces goes, controllers first so nothing is recreated.
+    _clear_workloads(cluster)
     node_bin = build_node_tools()
     pause = image.pause_image(node_bin)
     with Node(
