@@ -32,11 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 
 from .logs import describe_exception, get_logger, log
+from .pod_identity import bearer, channel_from_env, operator_ssl_context
 
 _log = get_logger("subscribe")
 
@@ -69,37 +70,13 @@ class SubscribeSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SubscribeSettings | None:
-        url = environ.get("PACKGATE_OPERATOR_URL", "").strip()
-        if not url:
-            return None
-        if urlsplit(url).scheme != "https":
-            raise SubscribeConfigError(
-                f"PACKGATE_OPERATOR_URL={url!r}: must be https:// (config is accepted only from "
-                "an operator whose certificate verifies)"
-            )
-        missing = [
-            name
-            for name in ("POD_NAME", "POD_NAMESPACE", "PACKGATE_TOKEN_FILE")
-            if not environ.get(name)
-        ]
-        ca_pem = environ.get("PACKGATE_OPERATOR_CA") or None
-        ca_file = environ.get("PACKGATE_OPERATOR_CA_FILE") or None
-        if not (ca_pem or ca_file):
-            missing.append("PACKGATE_OPERATOR_CA or PACKGATE_OPERATOR_CA_FILE")
-        if missing:
-            raise SubscribeConfigError(
-                "PACKGATE_OPERATOR_URL is set but these are not: " + ", ".join(missing)
-            )
-        wait = float(environ.get("PACKGATE_SUBSCRIBE_WAIT_SECONDS", "25"))
-        return cls(
-            url=url.rstrip("/"),
-            namespace=environ["POD_NAMESPACE"],
-            pod=environ["POD_NAME"],
-            token_file=Path(environ["PACKGATE_TOKEN_FILE"]),
-            ca_pem=ca_pem,
-            ca_file=ca_file,
-            wait_seconds=wait,
+        channel = channel_from_env(
+            environ, "PACKGATE_OPERATOR_URL", ("PACKGATE_OPERATOR_CA",), SubscribeConfigError
         )
+        if channel is None:
+            return None
+        wait = float(environ.get("PACKGATE_SUBSCRIBE_WAIT_SECONDS", "25"))
+        return cls(**channel, wait_seconds=wait)
 
     @property
     def endpoint(self) -> str:
@@ -109,8 +86,7 @@ class SubscribeSettings:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        # Only the operator's CA: a certificate from any public CA must not be able to push.
-        return ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_pem)
+        return operator_ssl_context(self.ca_file, self.ca_pem)
 
 
 class Subscriber:
@@ -173,7 +149,6 @@ class Subscriber:
 
     async def poll_once(self, session: aiohttp.ClientSession) -> float:
         """One request; returns how long to wait before the next one."""
-        token = self.settings.token_file.read_text(encoding="utf-8").strip()
         params = {"wait": str(self.settings.wait_seconds)}
         running = self._running_hash()
         if running:
@@ -190,7 +165,7 @@ class Subscriber:
         async with session.get(
             self.settings.endpoint,
             params=params,
-            headers={"Authorization": f"Bearer {token}"},
+            headers=bearer(self.settings.token_file),
             timeout=timeout,
             allow_redirects=False,
         ) as response:

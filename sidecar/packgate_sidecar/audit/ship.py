@@ -34,18 +34,18 @@ import contextlib
 import json
 import os
 import random
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 
 from ..logs import describe_exception, get_logger, log
+from ..pod_identity import bearer, channel_from_env, operator_ssl_context
 from .chain import parse_line
 from .writer import list_segments
 
@@ -75,29 +75,16 @@ class ShipSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ShipSettings | None:
-        url = environ.get("PACKGATE_AUDIT_COLLECTOR_URL", "").strip()
-        if not url:
+        channel = channel_from_env(
+            environ,
+            "PACKGATE_AUDIT_COLLECTOR_URL",
+            ("PACKGATE_AUDIT_COLLECTOR_CA", "PACKGATE_OPERATOR_CA"),
+            ShipConfigError,
+        )
+        if channel is None:
             return None
-        if urlsplit(url).scheme != "https":
-            raise ShipConfigError(f"PACKGATE_AUDIT_COLLECTOR_URL={url!r}: must be https://")
-        missing = [
-            n for n in ("POD_NAME", "POD_NAMESPACE", "PACKGATE_TOKEN_FILE") if not environ.get(n)
-        ]
-        ca_pem = environ.get("PACKGATE_AUDIT_COLLECTOR_CA") or environ.get("PACKGATE_OPERATOR_CA")
-        ca_file = environ.get("PACKGATE_OPERATOR_CA_FILE") or None
-        if not (ca_pem or ca_file):
-            missing.append("PACKGATE_AUDIT_COLLECTOR_CA or PACKGATE_OPERATOR_CA")
-        if missing:
-            raise ShipConfigError(
-                "PACKGATE_AUDIT_COLLECTOR_URL is set but these are not: " + ", ".join(missing)
-            )
         return cls(
-            url=url.rstrip("/"),
-            namespace=environ["POD_NAMESPACE"],
-            pod=environ["POD_NAME"],
-            token_file=Path(environ["PACKGATE_TOKEN_FILE"]),
-            ca_pem=ca_pem or None,
-            ca_file=ca_file,
+            **channel,
             spool_max_bytes=int(environ.get("PACKGATE_AUDIT_SPOOL_MAX_BYTES", 64 * 1024 * 1024)),
             drain_seconds=float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", "10")),
             linger_seconds=float(environ.get("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "0.2")),
@@ -285,17 +272,14 @@ class Shipper:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            context = ssl.create_default_context(
-                cafile=self.settings.ca_file, cadata=self.settings.ca_pem
-            )
+            context = operator_ssl_context(self.settings.ca_file, self.settings.ca_pem)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=context, limit=2)
             )
         return self._session
 
     def _headers(self) -> dict[str, str]:
-        token = self.settings.token_file.read_text(encoding="utf-8").strip()
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(self.settings.token_file)
 
     async def _request(self, method: str, url: str, data: bytes | None = None) -> Any:
         timeout = aiohttp.ClientTimeout(total=30, connect=5)
