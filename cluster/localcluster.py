@@ -56,6 +56,21 @@ def build_tools() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def stop_processes(procs: list[tuple[str, subprocess.Popen[bytes]]], grace: float) -> None:
+    """Stop `procs` newest first: all get SIGTERM at once, then each `grace` seconds before
+    SIGKILL; the list is emptied. Shared by the control plane and the node."""
+    for _, proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+    for _, proc in reversed(procs):
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    procs.clear()
+
+
 # --- certificates ---------------------------------------------------------------------------
 
 
@@ -199,16 +214,7 @@ class LocalCluster:
         self.started_in = time.monotonic() - began
 
     def stop(self) -> None:
-        for _, proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs, grace=10)
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -36,7 +36,7 @@ from typing import Any
 import clusterdns
 import nodeinit
 import sandbox
-from localcluster import SERVICE_CIDR, ClusterError, LocalCluster
+from localcluster import SERVICE_CIDR, ClusterError, LocalCluster, stop_processes
 from packgate_operator.local import die_with_parent, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -404,16 +404,7 @@ state = '{w}/containerd/state'
     # -- stop --
 
     def stop(self) -> None:
-        for _, proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._procs.clear()
+        stop_processes(self._procs, grace=30)
         if self._dns is not None:
             self._dns.stop()
             self._dns = None
