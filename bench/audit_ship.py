@@ -75,8 +75,8 @@ def _token(k: kube.Kube, ns: str, pod: tuple[str, str]) -> str:
 
 
 def run(report: Report, opts: Options) -> None:
+    from collector_process import CollectorProcess
     from packgate_operator import tls
-    from packgate_operator.collector.local import CollectorProcess
 
     cluster = kube._cluster()
     k = kube.Kube(cluster.kubeconfig)
@@ -229,7 +229,7 @@ def _cost(
     work: Path,
     quick: bool,
 ) -> None:
-    from packgate_operator.local import die_with_parent, free_port
+    from processes import die_with_parent, free_port
 
     section = report.section(
         "audit_cost",

@@ -6,7 +6,7 @@ watch of PolicyPacks, its render, and its authenticated long-poll channel to the
 of that exists in a mock. The control plane is the project's own (cluster/localcluster.py: etcd,
 kube-apiserver, kube-controller-manager on loopback), started once per bench run and shared; the
 operator is `packgate operator run` as a child process with its webhook registered the way the
-chart registers it (packgate_operator.local).
+chart registers it (cluster/operator_process.py).
 
 Admission is measured here. Reload propagation and the operator's memory at scale come from
 bench/propagation.py (written with the operator; it can also run on its own): this module runs
@@ -130,7 +130,6 @@ def _cluster() -> Any:
         return _state["cluster"]
     if "cluster_error" in _state:
         raise RuntimeError(_state["cluster_error"])
-    sys.path.insert(0, str(REPO / "cluster"))
     try:
         from localcluster import LocalCluster, build_tools
 
@@ -172,7 +171,7 @@ def _namespace(kube: Kube, prefix: str) -> str:
 @contextlib.contextmanager
 def _operator(cluster: Any, kube: Kube, work: Path, namespaces: list[str]) -> Any:
     """`packgate operator run` for `namespaces`, with the webhook registered at it."""
-    from packgate_operator.local import OperatorProcess, webhook_configuration
+    from operator_process import OperatorProcess, webhook_configuration
 
     # A glob per namespace: the operator then runs one cluster-wide watch filtered by pattern
     # (with plain names, the version this was written against stopped right after start-up).
@@ -427,7 +426,7 @@ def _subscription_wired() -> str:
 @contextlib.contextmanager
 def _clusterwide_operator(cluster: Any, work: Path) -> Any:
     """The operator as propagation.py's own main() runs it: cluster-wide, webhook for all."""
-    from packgate_operator.local import OperatorProcess, webhook_configuration
+    from operator_process import OperatorProcess, webhook_configuration
 
     operator = OperatorProcess(kubeconfig=cluster.kubeconfig, workdir=work)
     try:

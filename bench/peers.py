@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from packgate_operator.local import free_port
+from processes import free_port
 
 from .common import CACHE, Service, StartError, log, pinned
 

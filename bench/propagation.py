@@ -39,13 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "cluster"))
 
 from localcluster import LocalCluster, build_tools  # noqa: E402
-from packgate_operator.local import (  # noqa: E402
-    OperatorProcess,
-    die_with_parent,
-    free_port,
-    webhook_configuration,
-)
+from operator_process import OperatorProcess, webhook_configuration  # noqa: E402
 from packgate_operator.render import render  # noqa: E402
+from processes import die_with_parent, free_port  # noqa: E402
 
 
 def log(message: str) -> None:

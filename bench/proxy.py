@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from packgate_operator.local import free_port
+from processes import free_port
 
 from tests.support.gateway_cli import gateway_argv
 

@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from packgate_operator.local import die_with_parent, free_port
+from processes import free_port, spawn, stop_processes
 
 HERE = Path(__file__).resolve().parent
 SERVICE_CIDR = "10.96.0.0/24"
@@ -54,21 +54,6 @@ def build_tools() -> Path:
     if result.returncode != 0:
         raise ClusterError(f"cluster/build-tools.sh failed with exit code {result.returncode}")
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def stop_processes(procs: list[tuple[str, subprocess.Popen[bytes]]], grace: float) -> None:
-    """Stop `procs` newest first: all get SIGTERM at once, then each `grace` seconds before
-    SIGKILL; the list is emptied. Shared by the control plane and the node."""
-    for _, proc in reversed(procs):
-        if proc.poll() is None:
-            proc.terminate()
-    for _, proc in reversed(procs):
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    procs.clear()
 
 
 # --- certificates ---------------------------------------------------------------------------
@@ -290,15 +275,7 @@ class LocalCluster:
         self._wait_ready(timeout)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
-        log.close()
+        proc = spawn(argv, self.workdir / f"{name}.log")
         self._procs.append((name, proc))
         return proc
 

@@ -36,8 +36,8 @@ from typing import Any
 import clusterdns
 import nodeinit
 import sandbox
-from localcluster import SERVICE_CIDR, ClusterError, LocalCluster, stop_processes
-from packgate_operator.local import die_with_parent, free_port
+from localcluster import SERVICE_CIDR, ClusterError, LocalCluster
+from processes import free_port, spawn, stop_processes
 
 HERE = Path(__file__).resolve().parent
 POD_CIDR = "10.244.0.0/24"
@@ -328,15 +328,7 @@ state = '{w}/containerd/state'
         return path
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        with (self.workdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-        self._procs.append((name, proc))
+        self._procs.append((name, spawn(argv, self.workdir / f"{name}.log")))
 
     def _start_scheduler(self) -> None:
         kc = self.cluster.user_kubeconfig("system:kube-scheduler", [], name="scheduler")

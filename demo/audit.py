@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from packgate_operator.collector.local import CollectorProcess
+from collector_process import CollectorProcess
 
 SECRET = "packgate-audit"  # noqa: S105 - the Secret's name
 

@@ -37,12 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "cluster"), str(ROOT)]
 
 from localcluster import LocalCluster, build_tools  # noqa: E402
-from packgate_operator.local import (  # noqa: E402
-    OperatorProcess,
-    free_port,
-    webhook_configuration,
-)
+from operator_process import OperatorProcess, webhook_configuration  # noqa: E402
 from packgate_operator.render import CONFIG_KEY, configmap_name  # noqa: E402
+from processes import free_port  # noqa: E402
 
 from demo.audit import AuditDemo  # noqa: E402
 from tests.support.gateway_cli import gateway_argv  # noqa: E402

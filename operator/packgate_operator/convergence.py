@@ -28,7 +28,8 @@ from .replicas import merge
 
 log = logging.getLogger(__name__)
 MANAGER = "packgate-operator-convergence"
-# The webhook configuration never sends these namespaces' pods (chart and local.py alike).
+# The webhook configuration never sends these namespaces' pods (the chart and
+# cluster/operator_process.py alike).
 UNINJECTABLE_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
 
 

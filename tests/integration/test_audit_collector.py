@@ -23,11 +23,11 @@ from typing import Any
 
 import openai
 import pytest
+from collector_process import CollectorProcess
 from localcluster import LocalCluster
-from packgate_operator.collector.local import CollectorProcess
-from packgate_operator.local import die_with_parent, free_port
 from packgate_sidecar.audit.chain import ChainState, parse_line, seal
 from packgate_sidecar.audit.writer import list_segments
+from processes import die_with_parent, free_port
 
 from tests.integration.test_operator_propagation import (
     Setup,

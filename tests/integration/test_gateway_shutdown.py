@@ -14,7 +14,7 @@ import aiohttp
 import openai
 import pytest
 import yaml
-from packgate_operator.local import free_port
+from processes import free_port
 
 from tests.support.gateway import make_config
 from tests.support.gateway_cli import gateway_argv

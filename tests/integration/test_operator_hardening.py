@@ -22,8 +22,9 @@ import openai
 import pytest
 import yaml
 from localcluster import LocalCluster, make_ca
-from packgate_operator.local import OperatorProcess, free_port, webhook_configuration
+from operator_process import OperatorProcess, webhook_configuration
 from packgate_operator.render import render
+from processes import free_port
 
 from tests.integration.test_operator_propagation import (
     Setup,

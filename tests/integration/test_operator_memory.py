@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from packgate_operator.local import die_with_parent, free_port
 from packgate_policy import load_text
+from processes import die_with_parent, free_port
 
 from tests.support.subscription_server import CONFIG
 from tests.support.waiting import wait_for

@@ -34,13 +34,9 @@ import aiohttp
 import openai
 import pytest
 from localcluster import LocalCluster
-from packgate_operator.local import (
-    OperatorProcess,
-    die_with_parent,
-    free_port,
-    webhook_configuration,
-)
+from operator_process import OperatorProcess, webhook_configuration
 from packgate_operator.render import render
+from processes import die_with_parent, free_port
 
 from tests.support.waiting import wait_for
 

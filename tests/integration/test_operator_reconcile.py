@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from localcluster import LocalCluster
-from packgate_operator.local import OperatorProcess, webhook_configuration
+from operator_process import OperatorProcess, webhook_configuration
 
 from tests.support.waiting import wait_for
 

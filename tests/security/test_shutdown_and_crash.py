@@ -24,7 +24,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from packgate_operator.local import free_port
+from processes import free_port
 
 from tests.integration.test_gateway_shutdown import wait_ready
 from tests.support.gateway import make_config

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from packgate_operator.local import die_with_parent, free_port
+from processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C element reference key

@@ -1,32 +1,29 @@
-"""Run the operator as a local process against a control plane: for `make demo` and the tests.
+"""Run the operator as a local process against a control plane: for `make demo`, tests, benchmarks.
 
 Why it exists: in a cluster the Helm chart deploys the operator and creates the webhook
 configuration; on a laptop (or in the test suite's loopback control plane) the operator is a
 process on 127.0.0.1, and something must register its webhook with the apiserver, pointing at
 that address with the operator's CA. The webhook configuration built here is the same shape the
 chart renders (matchConditions on the opt-in annotation, failurePolicy Fail, reinvocation
-IfNeeded, sideEffects None, 5 s timeout), so tests exercise what production runs.
+IfNeeded, sideEffects None, 5 s timeout), so tests exercise what production runs. It is part of
+the harness, not the operator package: nothing here runs in a pod.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import INJECT
-from .webhook import WEBHOOK_ID
+from packgate_operator.annotations import INJECT
+from packgate_operator.webhook import WEBHOOK_ID
+from processes import answers, free_port, log_tail, spawn, stop_processes, wait_until_ready
 
 WEBHOOK_NAME = "inject.packgate.dev"
 # The CEL matchCondition the chart renders too (helm/packgate/templates/webhook.yaml).
@@ -34,19 +31,6 @@ OPTED_IN = (
     f"has(object.metadata.annotations) && '{INJECT}' in object.metadata.annotations && "
     f"object.metadata.annotations['{INJECT}'] != 'false'"
 )
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when its parent dies (Linux), so a crashed test or
-    demo never leaves an operator running."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def webhook_configuration(
@@ -167,49 +151,20 @@ class OperatorProcess:
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env},
-                preexec_fn=die_with_parent,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the operator exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            if self.healthy():
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"the operator was not ready after {timeout}s:\n{self.log_tail()}")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
+        self.proc = spawn(self.argv(), self.log_path, env)
+        wait_until_ready(self.proc, self.healthy, "the operator", self.log_path, timeout)
+        return self
 
     def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as response:  # noqa: S310 - loopback
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return answers(self.admin_url + "/readyz")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_processes([("operator", self.proc)], grace=20)
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:  # noqa: S310 - loopback
@@ -220,9 +175,3 @@ class OperatorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running_operator(**kwargs: Any) -> Iterator[OperatorProcess]:
-    with OperatorProcess(**kwargs) as operator:
-        yield operator

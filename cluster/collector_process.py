@@ -2,24 +2,23 @@
 
 Why it exists: in a cluster the chart runs the collector as a Deployment with the chart's TLS
 Secret; on loopback it is a child process whose serving certificate is issued by the local
-operator's CA (so sidecars verify it with the CA they already trust for config pushes).
+operator's CA (so sidecars verify it with the CA they already trust for config pushes). It is
+part of the harness, not the operator package: nothing here runs in a pod.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import tls
-from ..local import die_with_parent, free_port
+from packgate_operator import tls
+from processes import answers, free_port, log_tail, spawn, stop_processes, wait_until_ready
 
 
 @dataclass
@@ -71,50 +70,22 @@ class CollectorProcess:
 
     def start(self, timeout: float = 30.0) -> CollectorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        files = self._tls()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(files),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
-                preexec_fn=die_with_parent,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"the collector exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1
-                ):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"the collector was not ready after {timeout}s:\n{self.log_tail()}")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        self.proc = spawn(self.argv(self._tls()), self.log_path, env)
+        ready = f"http://127.0.0.1:{self.admin_port}/readyz"
+        wait_until_ready(self.proc, lambda: answers(ready), "the collector", self.log_path, timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_processes([("collector", self.proc)], grace=20)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def __enter__(self) -> CollectorProcess:
         return self.start()
