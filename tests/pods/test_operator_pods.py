@@ -144,6 +144,36 @@ def ask(cluster: LocalCluster, namespace: str, pod: str, prompt: str) -> str:
     ).stdout.strip()
 
 
+def apply_pack(cluster: LocalCluster, namespace: str, provider: Provider) -> None:
+    """The provider key as a Secret and the PolicyPack that points at the fake provider."""
+    cluster.kubectl(
+        "create", "secret", "generic", "provider", "-n", namespace,
+        "--from-literal=api-key=sk-test-not-real",
+    )  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pack(provider)))
+
+
+def wait_for_app_pods(cluster: LocalCluster, namespace: str, count: int) -> list[dict[str, Any]]:
+    """Wait until exactly `count` app pods are Ready; a timeout shows pods, events and logs."""
+
+    def all_ready() -> list[dict[str, Any]]:
+        pods = app_pods(cluster, namespace)
+        return pods if len(pods) == count else []
+
+    try:
+        return wait_for(all_ready, timeout=90, what=f"{count} Ready app pod(s)")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, namespace)}") from None
+
+
+def run_app(
+    cluster: LocalCluster, namespace: str, image: str, replicas: int
+) -> list[dict[str, Any]]:
+    """Deploy the opted-in app with `replicas` pods and return them once all are Ready."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(app(image, replicas)))
+    return wait_for_app_pods(cluster, namespace, replicas)
+
+
 def test_the_chart_runs_two_replicas_that_govern_a_real_app(
     cluster: LocalCluster,
     release: str,
@@ -155,16 +185,7 @@ def test_the_chart_runs_two_replicas_that_govern_a_real_app(
     peering = get(cluster, "clusterkopfpeering", "pg-packgate")
     priorities = [peer["priority"] for peer in (peering.get("status") or {}).values()]
     assert len(priorities) == 2 and len(set(priorities)) == 2, peering
-    cluster.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "provider",
-        "-n",
-        namespace,
-        "--from-literal=api-key=sk-test-not-real",
-    )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pack(provider)))
+    apply_pack(cluster, namespace, provider)
     wait_for(
         lambda: (
             cluster.kubectl(
@@ -202,17 +223,7 @@ def test_the_chart_runs_two_replicas_that_govern_a_real_app(
         raise AssertionError(json.dumps(logs, indent=1)[-6000:]) from None
 
     # A Deployment opts in: its pods run 2/2 with the injected sidecar from the image.
-    cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=json.dumps(app(packgate_image.app_name))
-    )
-    try:
-        pods = wait_for(
-            lambda: len(app_pods(cluster, namespace)) == 2 and app_pods(cluster, namespace),
-            timeout=90,
-            what="two Ready app pods",
-        )
-    except AssertionError:
-        raise AssertionError(diagnose(cluster, namespace)) from None
+    pods = run_app(cluster, namespace, packgate_image.app_name, replicas=2)
     for pod in pods:
         statuses = pod["status"]["containerStatuses"] + pod["status"].get(
             "initContainerStatuses", []
@@ -250,34 +261,13 @@ def test_one_operator_replica_gone_keeps_webhook_and_push_working(
     provider: Provider,
     packgate_image: BuiltImage,
 ) -> None:
-    cluster.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "provider",
-        "-n",
-        namespace,
-        "--from-literal=api-key=sk-test-not-real",
-    )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pack(provider)))
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=json.dumps(app(packgate_image.app_name, replicas=1)),
-    )
-    wait_for(lambda: len(app_pods(cluster, namespace)) == 1, timeout=90, what="a Ready app pod")
+    apply_pack(cluster, namespace, provider)
+    run_app(cluster, namespace, packgate_image.app_name, replicas=1)
     victim = operator_pods(cluster)[0]["metadata"]["name"]
     cluster.kubectl("delete", "pod", "-n", RELEASE_NS, victim, "--wait=false")
     # A new opted-in pod is still injected (the webhook Service has the other replica).
     cluster.kubectl("scale", "deployment", "chat", "-n", namespace, "--replicas=2")
-    pods = wait_for(
-        lambda: len(app_pods(cluster, namespace)) == 2 and app_pods(cluster, namespace),
-        timeout=90,
-        what="the second app pod, injected",
-    )
+    pods = wait_for_app_pods(cluster, namespace, 2)
     # An edit still reaches the running sidecars within 2 s, without a restart: the app asks
     # in a loop (started before the edit) and reports when it is first blocked.
     name = pods[0]["metadata"]["name"]
@@ -323,25 +313,8 @@ def test_sidecar_restarts_jobs_complete_and_pods_outlive_the_operator(
     provider: Provider,
     packgate_image: BuiltImage,
 ) -> None:
-    cluster.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "provider",
-        "-n",
-        namespace,
-        "--from-literal=api-key=sk-test-not-real",
-    )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pack(provider)))
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=json.dumps(app(packgate_image.app_name, replicas=1)),
-    )
-    (pod,) = wait_for(lambda: app_pods(cluster, namespace), timeout=90, what="a Ready app pod")
+    apply_pack(cluster, namespace, provider)
+    (pod,) = run_app(cluster, namespace, packgate_image.app_name, replicas=1)
     name = pod["metadata"]["name"]
 
     # The kubelet restarts a killed sidecar (a native sidecar: restartPolicy Always) and
