@@ -290,6 +290,7 @@ class Collector:
         except FilterError as exc:
             raise Refused(400, "bad-filter", str(exc)) from None
         _, allowed = await self._scope(request, filters.namespace)
+        await self.store.caught_up()  # every acknowledged record is in the answer
         found = index.search(self._conn(), filters, allowed)
         if not found and wait and filters.after:
             try:
@@ -297,6 +298,7 @@ class Collector:
                     await asyncio.wait_for(self._new.wait(), wait)
             except TimeoutError:
                 pass
+            await self.store.caught_up()
             found = index.search(self._conn(), filters, allowed)
         cursor = max([filters.after, *(r["id"] for r in found)])
         if not filters.after:
@@ -309,6 +311,7 @@ class Collector:
             seq = int(request.match_info["seq"])
         except ValueError:
             raise Refused(400, "bad-seq", "seq must be a whole number") from None
+        await self.store.caught_up()
         found = index.detail(self._conn(), request.match_info["uid"], seq)
         # Same answer for "absent" and "not yours": existence is not revealed to a stranger.
         namespace = found["namespace"] if found else None
@@ -319,6 +322,7 @@ class Collector:
 
     async def problems(self, request: web.Request) -> web.Response:
         _, allowed = await self._scope(request, request.query.get("namespace") or None)
+        await self.store.caught_up()
         conn = self._conn()
         return web.json_response(
             {

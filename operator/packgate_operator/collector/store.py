@@ -13,11 +13,15 @@ the sidecar's own log. Layout under the volume:
 
 One storage thread does all writing, so a pod's chain has one writer and the event loop never
 waits on a disk: request handlers hand it batches and await the result. It groups whatever has
-queued up: every touched file is fsynced once per group, then the index commits, then the
-batches are acknowledged, so an acknowledged record is on disk. A crash can leave a torn line
-only in bytes that were never acknowledged; on start such a tail is cut off (the sidecar still
-holds those records and sends them again) and anything the index lacks is re-read from the
-segments.
+queued up: every file and directory the group touched is fsynced (side by side, one call each),
+then the batches are acknowledged, so an acknowledged record is on disk. Not ``syncfs``: on a
+volume that is a directory of the node's disk it would also wait for every other process's dirty
+data (measured: 5 ms typical, 1.5 s worst on a busy disk, against 60 ms for 60 files' fsyncs).
+The index rows follow on their own thread (``indexer.py``), off the acknowledgement's path;
+readers wait for it to catch up, so a query sees every acknowledged record. A crash can leave a
+torn line only in bytes that were never acknowledged; on start such a tail is cut off (the
+sidecar still holds those records and sends them again) and anything the index lacks is re-read
+from the segments.
 
 Retention: whole segments whose newest record is older than the pod's ``retention_days`` (from
 its PolicyPack's audit-logger) are deleted, never the newest one of a chain, and named in
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import json
 import os
 import shutil
@@ -45,6 +48,7 @@ from packgate_sidecar.audit.chain import ChainState, parse_line
 from packgate_sidecar.audit.writer import SEGMENT_RE, list_segments, read_tail
 
 from . import index
+from .indexer import Indexer, Work, sql, sql_many
 from .ingest import ChainCursor, Outcome, check
 
 _DAY = 86400.0
@@ -87,6 +91,7 @@ class _Chain:
     segment: str = ""
     fd: int = -1
     meta: dict[str, Any] = field(default_factory=dict)
+    meta_written: bool = False
 
 
 class StoreError(RuntimeError):
@@ -102,10 +107,18 @@ class Store:
         self._jobs: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._conn: Any = None
+        self._conn: Any = None  # the index writer's, once open() has recovered
+        self._rconn: Any = None  # the storage thread's view of the index (duplicates)
+        self._indexer: Indexer | None = None
+        # Per group: files and directories to make durable, index work to hand over after the
+        # fsync, whether the acknowledgement must wait for it, and hashes not yet indexed.
         self._dirty: set[int] = set()
+        self._dirty_dirs: set[Path] = set()
+        self._index_work: list[Work] = []
+        self._index_first = False
+        self._unindexed: dict[tuple[str, int], str] = {}
         self._syncer = concurrent.futures.ThreadPoolExecutor(
-            8, thread_name_prefix="collector-fsync"
+            16, thread_name_prefix="collector-fsync"
         )
         self.recovered_tails = 0
         self.reindexed = 0
@@ -124,6 +137,9 @@ class Store:
             for pod_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir()):
                 self._recover(ns_dir.name, pod_dir)
         self._conn.commit()
+        self._rconn = index.connect(self.index_path, readonly=True)
+        self._indexer = Indexer(self._conn)
+        self._indexer.start()
         self._thread = threading.Thread(target=self._run, name="collector-store", daemon=True)
         self._thread.start()
 
@@ -133,13 +149,16 @@ class Store:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join()
+        if self._indexer is not None:
+            self._indexer.close()
         self._syncer.shutdown()
         for chain in self._chains.values():
             if chain.fd >= 0:
                 os.close(chain.fd)
                 chain.fd = -1
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._rconn, self._conn):
+            if conn is not None:
+                conn.close()
 
     def reader(self) -> Any:
         return index.connect(self.index_path, readonly=True)
@@ -149,7 +168,7 @@ class Store:
         key = PodKey(namespace, pod, uid)
         segments = list_segments(pod_dir)
         meta = _read_json(pod_dir / "meta.json")
-        chain = _Chain(key, pod_dir, ChainCursor(None), meta=meta)
+        chain = _Chain(key, pod_dir, ChainCursor(None), meta=meta, meta_written=bool(meta))
         if segments:
             newest = segments[-1]
             last, fragment = read_tail(newest)
@@ -187,6 +206,16 @@ class Store:
     async def prune(self, now: float | None = None) -> list[str]:
         return await asyncio.wrap_future(self._submit(lambda: self._prune(now or time.time())))
 
+    async def caught_up(self) -> None:
+        """Wait until every acknowledged record is in the index (call before a query)."""
+        if self._indexer is not None:
+            await asyncio.wrap_future(self._indexer.submit())
+
+    def wait_indexed(self) -> None:
+        """:meth:`caught_up` for a caller outside an event loop."""
+        if self._indexer is not None:
+            self._indexer.submit().result()
+
     def head(self, uid: str) -> ChainState | None:
         chain = self._chains.get(uid)
         return None if chain is None else chain.cursor.head
@@ -210,7 +239,8 @@ class Store:
                 jobs, self._jobs = self._jobs, []
                 if not jobs and self._closing:
                     return
-            self._dirty = set()
+            self._dirty, self._dirty_dirs = set(), set()
+            self._index_work, self._index_first = [], False
             results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
             for job, done in jobs:
                 try:
@@ -218,9 +248,13 @@ class Store:
                 except Exception as exc:
                     results.append((done, None, exc))
             try:
-                if self._fsync and self._dirty:
-                    self._sync(self._dirty)
-                self._conn.commit()
+                if self._fsync:
+                    self._sync()
+                assert self._indexer is not None
+                indexed = self._indexer.submit(self._index_work)
+                self._unindexed = {}
+                if self._index_first:
+                    indexed.result()
             except Exception as exc:
                 results = [(done, None, exc) for done, _, _ in results]
             for done, value, error in results:
@@ -229,43 +263,48 @@ class Store:
                 else:
                     done.set_result(value)
 
-    def _sync(self, fds: set[int]) -> None:
-        """Make every file this group wrote durable. One syncfs(2) of the volume when there
-        are many (one journal flush instead of one per pod's chain), else fsync side by side
-        (fsync waits on the disk and releases the GIL)."""
-        if len(fds) > 4 and _syncfs is not None and _syncfs(next(iter(fds))) == 0:
-            return
-        list(self._syncer.map(os.fsync, fds))
+    def _sync(self) -> None:
+        """Make every file and directory this group wrote durable, side by side (fsync waits
+        on the disk and releases the GIL; the filesystem's journal commits them together)."""
+        targets: list[int | Path] = [*self._dirty, *self._dirty_dirs]
+        if len(targets) == 1:
+            _sync_one(targets[0])
+        elif targets:
+            list(self._syncer.map(_sync_one, targets))
+
+    def _stored_hash(self, uid: str, seq: int) -> str | None:
+        """The hash stored for ``seq`` (duplicates are told from conflicts by it)."""
+        found = self._unindexed.get((uid, seq)) or index.stored_hash(self._rconn, uid, seq)
+        if found is None and self._indexer is not None:
+            self._indexer.submit().result()  # an earlier group's rows may still be on their way
+            found = index.stored_hash(self._rconn, uid, seq)
+        return found
 
     def _chain(self, batch: Batch) -> _Chain:
         key = batch.pod
         chain = self._chains.get(key.uid)
         if chain is None or chain.key != key:
             directory = self.root / "pods" / key.namespace / key.dirname
+            if not directory.parent.exists():
+                self._dirty_dirs.add(directory.parent.parent)
             directory.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(directory.parent)
+            self._dirty_dirs.add(directory.parent)
             chain = self._chains[key.uid] = _Chain(key, directory, ChainCursor(None))
             chain.meta = {"namespace": key.namespace, "pod": key.pod, "uid": key.uid}
         wanted = {"pack": batch.pack, "retention_days": batch.retention_days}
         wanted = {k: v for k, v in wanted.items() if v is not None}
-        if (
-            any(chain.meta.get(k) != v for k, v in wanted.items())
-            or not (chain.directory / "meta.json").exists()
-        ):
+        if any(chain.meta.get(k) != v for k, v in wanted.items()) or not chain.meta_written:
             chain.meta.update(wanted)
             _write_json(chain.directory / "meta.json", chain.meta)
+            chain.meta_written = True
         return chain
 
     def _ingest(self, batch: Batch) -> Result:
         chain = self._chain(batch)
         uid = batch.pod.uid
-        outcomes = check(
-            chain.cursor, batch.lines, batch.keys, lambda s: index.stored_hash(self._conn, uid, s)
-        )
+        outcomes = check(chain.cursor, batch.lines, batch.keys, lambda s: self._stored_hash(uid, s))
         result = Result()
         buf = bytearray()
-        rows: list[index.Row] = []
-        received = _now()
         for o in outcomes:
             if o.kind == "duplicate":
                 result.duplicates += 1
@@ -280,17 +319,30 @@ class Store:
                     buf = bytearray()
                     self._next_segment(chain, o)
                 buf += o.line + b"\n"
-                rows.append(self._row(batch.pod, o.env, o.mac_checked))
+                self._unindexed[(uid, o.env.seq)] = o.env.hash
                 result.stored.append(o)
         self._write(chain, buf)
         result.head = chain.cursor.head
-        index.insert(self._conn, rows)
-        if result.gaps:
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO gaps (uid, namespace, pod, first, last, received)"
-                " VALUES (?,?,?,?,?,?)",
-                [(uid, batch.pod.namespace, batch.pod.pod, a, b, received) for a, b in result.gaps],
+        if result.stored:  # the rows are built on the index thread too
+            pod, stored = batch.pod, result.stored
+            self._index_work.append(
+                lambda conn: index.insert(
+                    conn, (self._row(pod, o.env, o.mac_checked) for o in stored)
+                )
             )
+        received = _now() if result.gaps or result.quarantined else ""
+        if result.gaps:
+            gaps = [
+                (uid, batch.pod.namespace, batch.pod.pod, a, b, received) for a, b in result.gaps
+            ]
+            self._index_work.append(
+                sql_many(
+                    "INSERT OR IGNORE INTO gaps (uid, namespace, pod, first, last, received)"
+                    " VALUES (?,?,?,?,?,?)",
+                    gaps,
+                )
+            )
+            self._index_first = True  # the index is the only record of a gap
         if result.quarantined:
             self._quarantine(batch.pod, result.quarantined, received)
         return result
@@ -307,7 +359,7 @@ class Store:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         chain.fd = os.open(chain.directory / name, flags, 0o640)
         chain.segment = name
-        _fsync_dir(chain.directory)
+        self._dirty_dirs.add(chain.directory)
 
     def _close(self, chain: _Chain) -> None:
         """Close a chain's file; what this group wrote to it is made durable first."""
@@ -315,7 +367,7 @@ class Store:
             return
         if chain.fd in self._dirty:
             if self._fsync:
-                os.fsync(chain.fd)
+                os.fdatasync(chain.fd)
             self._dirty.discard(chain.fd)
         os.close(chain.fd)
         chain.fd = -1
@@ -352,11 +404,14 @@ class Store:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._conn.executemany(
-            "INSERT INTO quarantine (uid, namespace, pod, seq, reason, received, line)"
-            " VALUES (?,?,?,?,?,?,?)",
-            rows,
+        self._index_work.append(
+            sql_many(
+                "INSERT INTO quarantine (uid, namespace, pod, seq, reason, received, line)"
+                " VALUES (?,?,?,?,?,?,?)",
+                rows,
+            )
         )
+        self._index_first = True
 
     @staticmethod
     def _row(key: PodKey, env: Any, mac_checked: bool) -> index.Row:
@@ -392,7 +447,8 @@ class Store:
             if len(expired) == len(segments):  # the whole chain has expired
                 self._close(chain)
                 shutil.rmtree(chain.directory)
-                self._conn.execute("DELETE FROM records WHERE uid = ?", (uid,))
+                self._index_work.append(sql("DELETE FROM records WHERE uid = ?", uid))
+                self._index_first = True
                 del self._chains[uid]
                 removed.append(str(chain.directory.relative_to(self.root)))
                 continue
@@ -410,21 +466,13 @@ class Store:
                 os.fsync(manifest.fileno())
             for path, env in expired:
                 path.unlink()
-                self._conn.execute("DELETE FROM records WHERE uid = ? AND seq <= ?", (uid, env.seq))
+                self._index_work.append(
+                    sql("DELETE FROM records WHERE uid = ? AND seq <= ?", uid, env.seq)
+                )
+                self._index_first = True
                 removed.append(str(path.relative_to(self.root)))
             _fsync_dir(chain.directory)
         return removed
-
-
-def _load_syncfs() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_syncfs = _load_syncfs()
 
 
 def _epoch(ts: str) -> float:
@@ -450,8 +498,20 @@ def _write_json(path: Path, value: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _sync_one(target: int | Path) -> None:
+    if isinstance(target, int):
+        os.fdatasync(target)
+    else:
+        _fsync_dir(target, missing_ok=True)
+
+
+def _fsync_dir(directory: Path, *, missing_ok: bool = False) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:  # removed by retention in the same group
+            return
+        raise
     try:
         os.fsync(fd)
     finally:

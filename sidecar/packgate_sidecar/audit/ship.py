@@ -9,10 +9,12 @@ the shipper just remembers how far the collector has acknowledged and reads on f
   and find the next one in the local segments, so a restarted sidecar or collector resumes where
   the acknowledgements stopped (duplicates are harmless: the collector drops them by seq).
 - Each time the writer makes a batch durable it calls :meth:`Shipper.notify` (from its thread);
-  after ``linger_seconds`` (0.2) more records have gathered, and the shipper sends every complete
-  line after its cursor in one POST (up to ``batch_bytes``): one POST per linger under light
-  load rather than one per request, which keeps shipping off the proxy's event loop. It
-  advances the cursor only when the collector answers 200, which it does only after fsync.
+  the shipper sends every complete line after its cursor in one POST (up to ``batch_bytes``)
+  once the oldest unsent record is ``linger_seconds`` (0.2) old: one POST per linger under
+  light load rather than one per request, which keeps shipping off the proxy's event loop.
+  The linger counts from that record's arrival, not from the last answer, so records that
+  gathered during a slow POST go out as soon as it returns. It advances the cursor only when
+  the collector answers 200, which it does only after fsync.
 - Authentication is the config channel's: the pod's projected service-account token as Bearer,
   over HTTPS verified with the operator's CA only; the collector binds the chain to the pod uid
   in the token.
@@ -125,6 +127,8 @@ class Shipper:
         self._synced = False
         self._stopping = False
         self._more = False
+        # monotonic time of the first notify() since the last read of the spool (None: nothing new)
+        self._pending_since: float | None = None
         self._metrics(metrics)
 
     def _metrics(self, metrics: Any) -> None:
@@ -173,6 +177,8 @@ class Shipper:
 
     def notify(self) -> None:
         """Called by the audit writer's thread after each durable batch."""
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: drain ran already
@@ -235,8 +241,11 @@ class Shipper:
                     continue  # the batch was cut by size: read on at once
                 if not sent:
                     await self._wait(5.0)  # re-checks the spool now and then without a wake-up
-                if self.settings.linger_seconds > 0 and not self._stopping:
-                    await asyncio.sleep(self.settings.linger_seconds)
+                since = self._pending_since
+                if since is not None and not self._stopping:
+                    linger = self.settings.linger_seconds - (time.monotonic() - since)
+                    if linger > 0:
+                        await asyncio.sleep(linger)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self._failed("error", exc)
                 delay = self._backoff * random.uniform(0.5, 1.5)
@@ -313,6 +322,7 @@ class Shipper:
             if self.cursor.next_seq != self.acked_seq + 1:
                 self.cursor = await asyncio.to_thread(self._locate, self.acked_seq + 1)
             self._synced = True
+        self._pending_since = None  # what arrives from here on waits for the next round
         data, count, first_ts = await asyncio.to_thread(self._read_batch)
         self._more = len(data) >= self.settings.batch_bytes // 2
         if not data:
