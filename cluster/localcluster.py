@@ -393,6 +393,21 @@ class LocalCluster:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        """Send `body` (JSON) to an API path as the admin user; returns (status, body)."""
+        request = urllib.request.Request(  # noqa: S310 - https to the local apiserver only
+            self.server + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        ctx = self._ssl_context()
+        try:
+            with urllib.request.urlopen(request, context=ctx, timeout=10) as response:  # noqa: S310
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
     def merge_patch(self, path: str, patch: object) -> int:
         """PATCH an API path with a JSON merge patch as the admin user (no kubectl start-up:
         for tests that time what happens after a change); returns the status."""

@@ -3,9 +3,9 @@
 Why: packgate's operator runs as pods and injects a sidecar into pods; only a real node proves
 that the chart, the image, the webhook, the native sidecar and the push channel work together.
 This joins one node (containerd + runc + the CNI bridge plugin, kubelet, kube-proxy in iptables
-mode) plus kube-scheduler and a cluster DNS to a LocalCluster started with
-`advertise_address=sandbox.NODE_IP`. Binaries come from cluster/build-node.sh, images from
-cluster/image.py.
+mode) plus kube-scheduler, a cluster DNS and a volume provisioner (storage.py) to a LocalCluster
+started with `advertise_address=sandbox.NODE_IP`. Binaries come from cluster/build-node.sh,
+images from cluster/image.py.
 
 Containment: the process must have entered its own network namespace first (sandbox.enter()):
 the pod bridge, the pods' veths, routes and kube-proxy's rules all live there, with no route out.
@@ -36,6 +36,7 @@ from typing import Any
 import clusterdns
 import nodeinit
 import sandbox
+import storage
 from localcluster import SERVICE_CIDR, ClusterError, LocalCluster
 from processes import free_port, spawn, stop_processes
 
@@ -73,6 +74,7 @@ class Node:
     started_in: float = 0.0
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _dns: Any = None
+    _volumes: storage.LocalVolumes | None = None
 
     @property
     def cgroup_root(self) -> str:
@@ -110,6 +112,9 @@ class Node:
                 capture_output=True,
             )
             self._start_scheduler()
+            # PersistentVolumeClaims (the audit collector's) bind to directories in workdir.
+            self._volumes = storage.LocalVolumes(self.cluster, self.workdir / "volumes", self.name)
+            self._volumes.start()
             self._spawn(
                 "nodeinit",
                 [
@@ -400,6 +405,9 @@ state = '{w}/containerd/state'
         if self._dns is not None:
             self._dns.stop()
             self._dns = None
+        if self._volumes is not None:
+            self._volumes.stop()
+            self._volumes = None
         self._remove_cgroups()
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
         subprocess.run(["ip", "route", "del", SERVICE_CIDR], capture_output=True, check=False)
