@@ -96,6 +96,12 @@ class Keyring:
         self.secret = secret
         self.ttl = ttl
         self._cache: dict[str, tuple[float, dict[str, bytes] | None]] = {}
+        self._current: dict[str, bytes | None] = {}
+
+    async def current(self, namespace: str) -> bytes | None:
+        """The key the namespace's Secret holds now (what the collector seals with)."""
+        await self.keys(namespace)
+        return self._current.get(namespace)
 
     async def keys(self, namespace: str, kids: Iterable[str] = ()) -> dict[str, bytes] | None:
         if not self.secret:
@@ -114,15 +120,17 @@ class Keyring:
             except KubeError as exc:
                 raise Refused(503, "key-unavailable", f"cannot read the audit key: {exc}") from None
             found: dict[str, bytes] | None = None
+            key: bytes | None = None
             if raw is not None:
                 try:
                     key = decode_key(raw, f"Secret {namespace}/{self.secret}")
                 except AuditKeyError:
                     key = None
-                if key is not None:
-                    found = {key_id(key): key}
-                    if hit is not None and hit[1]:
-                        found = {**hit[1], **found}  # keep the old key for records in flight
+            self._current[namespace] = key
+            if key is not None:
+                found = {key_id(key): key}
+                if hit is not None and hit[1]:
+                    found = {**hit[1], **found}  # keep the old key for records in flight
             hit = self._cache[namespace] = (now + self.ttl, found)
         return hit[1]
 

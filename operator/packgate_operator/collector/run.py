@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..kube import Kube
-from ..propagate import Authenticator
+from ..propagate import Authenticator, Refused
 from .access import Keyring, Readers, Retention
 from .events import EventAggregator
 from .server import Collector
@@ -127,11 +127,12 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with Kube.from_environment(args.kubeconfig) as kube:
         events = EventAggregator(kube, args.events_interval)
+        keyring = Keyring(kube, args.audit_key_secret)
         collector = Collector(
             store,
             Authenticator(kube, args.token_audience),
             Readers(kube),
-            Keyring(kube, args.audit_key_secret),
+            keyring,
             Retention(kube),
             events,
         )
@@ -142,7 +143,7 @@ async def serve(args: argparse.Namespace) -> None:
         ]
         tasks = [
             asyncio.create_task(events.run(), name="events"),
-            asyncio.create_task(_prune(store, args.prune_interval), name="prune"),
+            asyncio.create_task(_prune(store, keyring, args.prune_interval), name="prune"),
         ]
         log.info(
             "audit collector ready: ingest %s:%d, read %s:%d, store %s",
@@ -160,11 +161,20 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("audit collector stopped")
 
 
-async def _prune(store: Store, interval: float) -> None:
+async def _prune(store: Store, keyring: Keyring, interval: float) -> None:
     log = logging.getLogger("packgate.collector")
     while True:
         try:
-            removed = await store.prune()
+            # Each list of removed segments is sealed with its namespace's audit key (the
+            # collector's own key where none is configured); a namespace whose key cannot be
+            # read now keeps its segments until a later round.
+            keys: dict[str, bytes] = {}
+            for namespace in store.namespaces():
+                try:
+                    keys[namespace] = await keyring.current(namespace) or store.own_key
+                except Refused as exc:
+                    log.warning("retention skips namespace %s this round: %s", namespace, exc)
+            removed = await store.prune(keys=keys)
             if removed:
                 log.info("retention removed %s", ", ".join(removed))
         except Exception as exc:

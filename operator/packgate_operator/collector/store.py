@@ -7,7 +7,7 @@ the sidecar's own log. Layout under the volume:
 
     pods/<namespace>/<pod>_<pod uid>/audit-NNNNNN-YYYYMMDD.jsonl   the chain (only appended to)
     pods/<namespace>/<pod>_<pod uid>/meta.json                     pack and retention of the pod
-    pods/<namespace>/<pod>_<pod uid>/pruned.jsonl                  segments removed by retention
+    pods/<namespace>/<pod>_<pod uid>/pruned.jsonl                  removed by retention, sealed
     quarantine/<namespace>/<pod>_<pod uid>.jsonl                   lines that failed a check
     index.sqlite3                                                  see index.py (rebuildable)
 
@@ -25,8 +25,10 @@ from the segments.
 
 Retention: whole segments whose newest record is older than the pod's ``retention_days`` (from
 its PolicyPack's audit-logger) are deleted, never the newest one of a chain, and named in
-``pruned.jsonl`` with their last hash so a verifier accepts the shortened chain; a chain whose
-newest record has expired is removed entirely. Nothing else ever deletes or rewrites a record.
+``pruned.jsonl`` with their last hash, sealed under the namespace's audit key (``manifest.py``),
+so a verifier accepts the shortened chain and nobody without the key can excuse a deletion; a
+chain whose newest record has expired is removed entirely. Nothing else ever deletes or rewrites
+a record.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from packgate_sidecar.audit.chain import ChainState, parse_line
+from packgate_sidecar.audit.chain import ChainState, JSONValue, parse_line
 from packgate_sidecar.audit.writer import SEGMENT_RE, list_segments, read_tail
 
-from . import index
+from . import index, manifest
 from .indexer import Indexer, Work, sql, sql_many
 from .ingest import ChainCursor, Outcome, check
 
@@ -122,6 +124,9 @@ class Store:
         )
         self.recovered_tails = 0
         self.reindexed = 0
+        # Seals retention's lists where no namespace key is given (verifiable by hash chain only,
+        # like records sealed by a sidecar without the audit key Secret).
+        self.own_key = os.urandom(32)
 
     @property
     def index_path(self) -> Path:
@@ -203,8 +208,15 @@ class Store:
     async def ingest(self, batch: Batch) -> Result:
         return await asyncio.wrap_future(self._submit(lambda: self._ingest(batch)))
 
-    async def prune(self, now: float | None = None) -> list[str]:
-        return await asyncio.wrap_future(self._submit(lambda: self._prune(now or time.time())))
+    async def prune(
+        self, now: float | None = None, keys: Mapping[str, bytes] | None = None
+    ) -> list[str]:
+        """Apply retention. ``keys`` maps a namespace to the key its list of removed segments is
+        sealed with; a namespace without one keeps its segments for now (None: every namespace
+        uses :attr:`own_key`)."""
+        return await asyncio.wrap_future(
+            self._submit(lambda: self._prune(now or time.time(), keys))
+        )
 
     async def caught_up(self) -> None:
         """Wait until every acknowledged record is in the index (call before a query)."""
@@ -427,11 +439,12 @@ class Store:
             mac_checked,
         )
 
-    def _prune(self, now: float) -> list[str]:
+    def _prune(self, now: float, keys: Mapping[str, bytes] | None) -> list[str]:
         removed: list[str] = []
         for uid, chain in list(self._chains.items()):
             days = chain.meta.get("retention_days")
-            if not isinstance(days, int) or days < 1:
+            key = self.own_key if keys is None else keys.get(chain.key.namespace)
+            if not isinstance(days, int) or days < 1 or key is None:
                 continue
             cutoff = now - days * _DAY
             segments = list_segments(chain.directory)
@@ -452,18 +465,20 @@ class Store:
                 del self._chains[uid]
                 removed.append(str(chain.directory.relative_to(self.root)))
                 continue
-            with (chain.directory / "pruned.jsonl").open("a") as manifest:
-                for path, env in expired:
-                    entry = {
+            segments_body: list[JSONValue] = []
+            for path, env in expired:
+                with path.open("rb") as f:
+                    first = parse_line(f.readline().rstrip(b"\n"))
+                segments_body.append(
+                    {
                         "name": path.name,
+                        "first_seq": first.seq if not isinstance(first, str) else None,
                         "last_seq": env.seq,
                         "last_hash": env.hash,
-                        "retention_days": days,
-                        "pruned": _now(),
                     }
-                    manifest.write(json.dumps(entry) + "\n")
-                manifest.flush()
-                os.fsync(manifest.fileno())
+                )
+            body: dict[str, JSONValue] = {"retention_days": days, "segments": segments_body}
+            manifest.append(chain.directory, key, body, time.time())
             for path, env in expired:
                 path.unlink()
                 self._index_work.append(

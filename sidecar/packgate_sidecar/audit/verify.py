@@ -7,16 +7,25 @@ stdout stream; it may legitimately begin mid-chain, so its start is not held aga
 directory without segments but with chains below it (the audit collector's store, or an export
 of it) is checked chain by chain; a chain the collector shortened by retention names the
 removed segments in ``pruned.jsonl``, and one starting where that list ends is not held to the
-genesis record.
+genesis record. That list is sealed like a log of its own (``prune`` records under the audit
+key): it is verified first, its problems are reported with the chain's, and it excuses a missing
+start only when it verifies (a cut-off last line aside), so an edited or forged list excuses
+nothing.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
-from packgate_sidecar.audit.chain import SegmentData, VerifyResult, verify_segments
+from packgate_sidecar.audit.chain import (
+    Finding,
+    SegmentData,
+    VerifyResult,
+    parse_line,
+    verify_segments,
+)
 from packgate_sidecar.audit.writer import list_segments
 
 
@@ -65,16 +74,40 @@ def chain_dirs(path: str | Path) -> list[Path]:
     return found
 
 
+PRUNED = "pruned.jsonl"
+
+
 def verify_chain_dir(path: Path, keys: Iterable[bytes] = ()) -> VerifyResult:
+    keys = list(keys)
     segments, _ = load_segments(path)
-    pruned = set()
-    manifest = path / "pruned.jsonl"
-    if manifest.exists():
-        for line in manifest.read_text().splitlines():
-            try:
-                pruned.add(str(json.loads(line)["last_hash"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-    first = segments[0].data.split(b"\n", 1)[0]
-    partial = bool(pruned) and any(f'"prev":"{h}"'.encode() in first for h in pruned)
-    return verify_segments(segments, keys, partial_start=partial)
+    listed, findings = _pruned(path / PRUNED, keys)
+    first = parse_line(segments[0].data.split(b"\n", 1)[0])
+    partial = not isinstance(first, str) and first.prev in listed
+    result = verify_segments(segments, keys, partial_start=partial)
+    if not findings:
+        return result
+    return dataclasses.replace(result, findings=findings + result.findings)
+
+
+def _pruned(path: Path, keys: list[bytes]) -> tuple[set[str], tuple[Finding, ...]]:
+    """The last hashes of the segments retention removed, as the sealed list names them, and the
+    list's own problems. A list that does not verify names nothing."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return set(), ()
+    except OSError as exc:
+        raise AuditPathError(f"{path}: {exc.strerror or exc}") from None
+    result = verify_segments([SegmentData(PRUNED, data)], keys)
+    if any(f.kind != "truncated_tail" for f in result.findings):
+        return set(), result.findings
+    listed = set()
+    for raw in data.split(b"\n"):
+        env = parse_line(raw) if raw else "empty"
+        if isinstance(env, str) or env.type != "prune":
+            continue
+        segments = env.body.get("segments")
+        for segment in segments if isinstance(segments, list) else []:
+            if isinstance(segment, dict) and isinstance(segment.get("last_hash"), str):
+                listed.add(str(segment["last_hash"]))
+    return listed, result.findings
