@@ -21,7 +21,7 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,15 +101,21 @@ def empty_config(base_url: str) -> dict[str, Any]:
 
 
 def start_packgate(
-    name: str, config: dict[str, Any], port: int, work: Path, cpu: str | None
+    name: str,
+    config: dict[str, Any],
+    port: int,
+    work: Path,
+    cpu: str | None,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> tuple[Service, str]:
     admin = free_port()
     config_path = work / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     data = work / f"{name}-data"
     data.mkdir(exist_ok=True)
-    argv = gateway_argv(port, admin, config_path, data)
-    env = {"OPENAI_API_KEY": UPSTREAM_KEY, "PACKGATE_AUDIT_KEY": AUDIT_KEY}
+    argv = gateway_argv(port, admin, config_path, data, *extra)
+    env = {"OPENAI_API_KEY": UPSTREAM_KEY, "PACKGATE_AUDIT_KEY": AUDIT_KEY, **(env or {})}
     service = Service(name, pinned(argv, cpu), work / f"{name}.log", env=env).start()
     return service, f"http://127.0.0.1:{admin}"
 

@@ -7,21 +7,22 @@ raises or overruns its `timeout_ms` blocks (fail closed) unless its block says `
 every fail-open is counted. A kind in the chain without a registered implementation is a config
 error (never silently skipped), so an unimplemented policy can never mean an unenforced one.
 
-Budgets: async waits are cut by `asyncio.timeout`; CPU-bound work cannot be interrupted on the
-event loop, so an overrun is also detected after the fact from the measured duration.
+Budgets: async waits are cut by a timeout (`budget.within`: armed only once a hook waits);
+CPU-bound work cannot be interrupted on the event loop, so an overrun is also detected after the
+fact from the measured duration.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from packgate_policy import ConfigError, ConfigIssue, PolicyConfig
 
+from .budget import within
 from .logs import describe_exception, get_logger, log
 from .metrics import Metrics
 from .policy import (
@@ -180,9 +181,9 @@ class Chain:
     ) -> DecisionRecord | None:
         items = [TextItem(slot.get(), slot.role, slot.path) for slot in slots]
         for entry in entries:
-            method: Callable[[RequestContext, Sequence[TextItem]], Awaitable[Decision]] = (
-                entry.policy.on_request if phase == "request" else entry.policy.on_response
-            )
+            method: Callable[
+                [RequestContext, Sequence[TextItem]], Coroutine[Any, Any, Decision]
+            ] = entry.policy.on_request if phase == "request" else entry.policy.on_response
             decision, failure, elapsed = await self._call(entry, method, ctx, items)
             if failure is not None:
                 record = self._failed(ctx, entry, phase, failure, elapsed)
@@ -206,14 +207,13 @@ class Chain:
     async def _call(
         self,
         entry: Entry,
-        method: Callable[[RequestContext, Sequence[TextItem]], Awaitable[Decision]],
+        method: Callable[[RequestContext, Sequence[TextItem]], Coroutine[Any, Any, Decision]],
         ctx: RequestContext,
         items: Sequence[TextItem],
     ) -> tuple[Decision | None, str | None, float]:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(entry.budget):
-                decision = await method(ctx, items)
+            decision = await within(entry.budget, method(ctx, items))
             if not isinstance(decision, Decision):
                 raise TypeError(f"{entry.kind} returned {type(decision).__name__}, not Decision")
         except Blocked as blocked:
@@ -240,8 +240,9 @@ class Chain:
             round(elapsed * 1000, 3),
         )
         ctx.decisions.append(record)
-        self.metrics.policy_decisions.labels(entry.kind, phase, decision.action).inc()
-        self.metrics.policy_duration.labels(entry.kind, phase).observe(elapsed)
+        metrics = self.metrics
+        metrics.child(metrics.policy_decisions, entry.kind, phase, decision.action).inc()
+        metrics.child(metrics.policy_duration, entry.kind, phase).observe(elapsed)
         return record
 
     def _failed(
@@ -282,7 +283,7 @@ class Chain:
             entry.fail_open,
         )
         ctx.decisions.append(record)
-        self.metrics.policy_decisions.labels(entry.kind, phase, action).inc()
+        self.metrics.child(self.metrics.policy_decisions, entry.kind, phase, action).inc()
         return record
 
     # --- streams -----------------------------------------------------------------------------
@@ -299,8 +300,7 @@ class Chain:
         for entry in self.finish_entries:
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(entry.budget):
-                    await entry.policy.on_finish(ctx)
+                await within(entry.budget, entry.policy.on_finish(ctx))
             except Exception as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else "error"
                 self.metrics.policy_failures.labels(entry.kind, "finish", reason).inc()
@@ -314,7 +314,8 @@ class Chain:
                     error=describe_exception(exc),
                 )
             else:
-                self.metrics.policy_duration.labels(entry.kind, "finish").observe(_since(started))
+                duration = self.metrics.child(self.metrics.policy_duration, entry.kind, "finish")
+                duration.observe(_since(started))
 
     async def aclose(self, keep: Chain | None = None) -> None:
         """Close the policies that `keep` (the chain replacing this one) does not reuse."""

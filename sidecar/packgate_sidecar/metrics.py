@@ -126,7 +126,8 @@ class Metrics:
             ("result",),
         )
 
-    def _child(self, metric: MetricWrapperBase, *values: str) -> Any:
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: hot paths count without the label lookup."""
         key = (id(metric), *values)
         child = self._children.get(key)
         if child is None:
@@ -134,9 +135,9 @@ class Metrics:
         return child
 
     def request_done(self, route: str, status: int, target: str, seconds: float | None) -> None:
-        self._child(self.requests, route, str(status), target).inc()
+        self.child(self.requests, route, str(status), target).inc()
         if seconds is not None:
-            self._child(self.request_duration, route).observe(seconds)
+            self.child(self.request_duration, route).observe(seconds)
 
     def watch_verdicts(self, lookups: Callable[[], Mapping[tuple[str, bool], int]]) -> None:
         """Export a verdict cache's lookup counts, read when scraped: a Prometheus increment per
@@ -147,7 +148,7 @@ class Metrics:
         self._verdicts.lookups = lookups  # the runtime built last is the one in use
 
     def upstream_answered(self, target: str, route: str, seconds: float) -> None:
-        self._child(self.upstream_latency, target, route).observe(seconds)
+        self.child(self.upstream_latency, target, route).observe(seconds)
 
     def _get(self, cls: type[_M], name: str) -> _M | None:
         existing = self._own.get(name)
