@@ -12,20 +12,8 @@ set -euo pipefail
 RUNC_VERSION="${RUNC_VERSION:-v1.5.3}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 CNI_VERSION="${CNI_VERSION:-v1.10.0}"
-K8S_VERSION="${K8S_VERSION:-v1.37.2}"
-CACHE="${PACKGATE_CACHE:-$HOME/.cache/packgate}"
-BIN="$CACHE/bin"
-SRC="$CACHE/src"
-export GOFLAGS="${GOFLAGS:--buildvcs=false} -trimpath"
-
-if [[ "${1:-}" == "--print-dir" ]]; then echo "$BIN"; exit 0; fi
-mkdir -p "$BIN" "$SRC"
-
-say() { printf '[build-node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-# Each binary lands at $BIN/<name>-<version>; a stable symlink $BIN/<name> points at it, so
-# containerd finds runc and its shim on PATH by their plain names.
-have() { [[ -x "$BIN/$1-$2" ]]; }
-link() { ln -sfn "$1-$2" "$BIN/$1"; }
+# shellcheck source=cluster/build-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/build-lib.sh"
 
 # go install into a scratch directory, then move each binary to its versioned name.
 go_install() { # go_install VERSION CGO TAGS LDFLAGS pkg@ver...
@@ -80,73 +68,16 @@ build_cni() {
   say "  built CNI plugins in $(( SECONDS - start )) s"
 }
 
-k8s_ldflags() {
-  local pkg date
-  date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    printf -- '-X %s.gitVersion=%s ' "$pkg" "$K8S_VERSION"
-    printf -- '-X %s.gitMajor=1 -X %s.gitMinor=%s ' "$pkg" "$pkg" "$minor"
-    printf -- '-X %s.gitTreeState=clean -X %s.buildDate=%s ' "$pkg" "$pkg" "$date"
-  done
-  printf -- '-s -w'
-}
-
-# Same wrapper-module approach as build-tools.sh (its own directory, so the two scripts never
-# edit one go.mod): k8s.io/kubernetes replaces its staging modules with local paths, which a
-# dependent module cannot see, so each is replaced with its published version.
 build_kubernetes_node() {
-  local tools=(kubelet kube-scheduler kube-proxy) missing=() t
-  for t in "${tools[@]}"; do have "$t" "$K8S_VERSION" || missing+=("$t"); done
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    say "building ${missing[*]} $K8S_VERSION"
-    local dir="$SRC/kubernetes-node-$K8S_VERSION"
-    mkdir -p "$dir"
-    ( cd "$dir"
-      if [[ ! -f go.sum ]]; then
-        local staged
-        staged="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
-        { echo "module packgate.local/kubernetes-node-wrapper"
-          echo
-          echo "go 1.26"
-          echo
-          echo "replace ("
-          sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$staged" |
-            while read -r m; do echo "	$m => $m v0${K8S_VERSION#v1}"; done
-          echo ")"
-        } > go.mod
-        cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-)
-GO
-        go get "k8s.io/kubernetes@$K8S_VERSION"
-        go mod tidy
-      fi
-      local ldf; ldf="$(k8s_ldflags)"
-      for t in "${missing[@]}"; do
-        local start=$SECONDS
-        CGO_ENABLED=0 go build -o "$BIN/$t-$K8S_VERSION.tmp" -tags selinux,notest,grpcnotrace \
-          -ldflags "$ldf" "k8s.io/kubernetes/cmd/$t"
-        mv "$BIN/$t-$K8S_VERSION.tmp" "$BIN/$t-$K8S_VERSION"
-        say "  built $t in $(( SECONDS - start )) s"
-      done
-    )
-  fi
-  for t in "${tools[@]}"; do link "$t" "$K8S_VERSION"; done
+  build_k8s_commands "$SRC/kubernetes-node-$K8S_VERSION" packgate.local/kubernetes-node-wrapper \
+    kubelet kube-scheduler kube-proxy
 }
 
 # The sandbox ("pause") image's only binary, from the kubernetes module's own source.
 build_pause() {
   have pause "$K8S_VERSION" && { link pause "$K8S_VERSION"; return; }
   local dir
-  dir="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
+  dir="$(k8s_module_field Dir)"
   gcc -Os -static -DVERSION="$K8S_VERSION" -o "$BIN/pause-$K8S_VERSION.tmp" "$dir/build/pause/linux/pause.c"
   strip "$BIN/pause-$K8S_VERSION.tmp"
   mv "$BIN/pause-$K8S_VERSION.tmp" "$BIN/pause-$K8S_VERSION"
