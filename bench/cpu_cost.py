@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: bench/ and the harness (cluster/) importable
+    REPO = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(REPO), str(REPO / "cluster")]
 
-from packgate_operator.local import free_port
+from processes import free_port
 
 from bench import payloads
 from bench.common import BENCH, Service, log
