@@ -10,7 +10,9 @@ what was actually streamed, so no snapshot leaks the unfiltered text.
 Cost: events go out byte for byte unless a policy changed their text. The common chat event (one
 choice, one `content` string, nothing else to check) is read without parsing its JSON
 (`StreamShape.plain_delta`) and, when its text changed, the new text is spliced into its bytes;
-every other event is parsed in full. When a text changes, the event's `logprobs` (which spell out
+consecutive such events of one channel (an upstream chunk often holds dozens) go through the
+filters as one text, one call per filter instead of one per event. Every other event is parsed in
+full. When a text changes, the event's `logprobs` (which spell out
 the original tokens) are dropped.
 
 SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
@@ -110,13 +112,26 @@ class StreamRewriter:
         if not blocks:
             return b""
         out: list[bytes] = []
+        run: list[tuple[bytes, Channel, int, int]] = []  # plain deltas of one channel in a row
         try:
             for number, block in enumerate(blocks):
+                plain = self._plain_span(block) if not first else None
+                if plain is not None and (not run or run[0][1] == plain[0]):
+                    run.append((block, *plain))
+                    continue
+                if run:
+                    out.append(self._plain_run(run))
+                    run = []
+                if plain is not None:
+                    run.append((block, *plain))
+                    continue
                 out.append(self._event(block))
                 if first and out[-1]:
                     later = b"".join(b + b"\n\n" for b in blocks[number + 1 :])
                     self._rest = later + self._rest
                     break
+            if run:
+                out.append(self._plain_run(run))
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
             raise
@@ -190,6 +205,44 @@ class StreamRewriter:
                 changed = True
         return out + (encode_event(name, obj) if changed else raw)
 
+    def _plain_span(self, block: bytes) -> tuple[Channel, int, int] | None:
+        """The fast path's reading of a chat delta event, when policies filter the stream."""
+        if self.policies is None or not block.startswith(b"data: ") or b"\n" in block:
+            return None
+        return self.shape.plain_delta(block, 6)
+
+    def _plain_run(self, run: list[tuple[bytes, Channel, int, int]]) -> bytes:
+        """Consecutive plain delta events of one channel (as one upstream chunk brings them),
+        filtered as one text: one pass of each filter instead of one per event. The events keep
+        their number and order; each goes out byte for byte while the released text still
+        starts with its text, and the rest of the released text rides on the first that differs
+        (the events after it carry an empty delta), so the concatenation is what was released.
+        """
+        assert self.policies is not None
+        if len(run) == 1:
+            return self._plain(*run[0])
+        try:
+            texts = [block[start:end].decode() for block, _, start, end in run]
+        except UnicodeDecodeError:
+            raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
+        channel = run[0][1]
+        whole = "".join(texts)
+        released = self.policies.feed(channel, whole)
+        self._templates[channel] = (None, run[-1][0][6:])
+        self._sent(channel, released)
+        if released == whole:
+            return b"".join(block + b"\n\n" for block, *_ in run)
+        out: list[bytes] = []
+        at = 0
+        for (block, _, start, end), text in zip(run, texts, strict=True):
+            if at >= 0 and released.startswith(text, at):
+                out.append(block + b"\n\n")
+                at += len(text)
+                continue
+            out.append(_splice(block, start, end, released[at:] if at >= 0 else ""))
+            at = -1
+        return b"".join(out)
+
     def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
         """An event whose only text is block[start:end], a JSON string without escapes."""
         try:
@@ -204,11 +257,7 @@ class StreamRewriter:
         self._sent(channel, text)
         if text == original:
             return block + b"\n\n"
-        if _JSON_SPECIAL.search(text):
-            value = json.dumps(text, ensure_ascii=False)[1:-1].encode()
-        else:
-            value = text.encode()
-        return block[:start] + value + block[end:] + b"\n\n"
+        return _splice(block, start, end, text)
 
     def _flush(self, prefixes: list[Channel], skip: set[Channel]) -> bytes:
         assert self.policies is not None
@@ -231,6 +280,15 @@ class StreamRewriter:
         self.ctx.output_chars += len(text)
         if self.shape.has_snapshots:
             self._emitted[channel] = self._emitted.get(channel, "") + text
+
+
+def _splice(block: bytes, start: int, end: int, text: str) -> bytes:
+    """The event `block` with `text` in place of its JSON string content block[start:end]."""
+    if _JSON_SPECIAL.search(text):
+        value = json.dumps(text, ensure_ascii=False)[1:-1].encode()
+    else:
+        value = text.encode()
+    return block[:start] + value + block[end:] + b"\n\n"
 
 
 def _reframed(event: str | None, data: str) -> bytes:

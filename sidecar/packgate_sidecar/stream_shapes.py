@@ -66,11 +66,14 @@ _PLAIN_CHAT = re.compile(
 # Keys that need the full parse: other text fields, the end of a channel, usage, errors,
 # logprobs (dropped when a text changes); and raw control characters (invalid JSON).
 # (One literal first character lets `re` skip between quotes in C.)
+# (The first letter is a class so `re` rejects most quotes at once; it over-matches harmless
+# look-alikes such as "tudio", which only send an event down the full parse.)
 _NEEDS_PARSE = re.compile(
-    rb'"(?:(?:refusal|reasoning[^"]*|tool_calls|function_call|audio|error)"'
-    rb'|(?:finish_reason|usage|logprobs)":(?!null))'
+    rb'"[rtfaeul](?:efusal"|easoning|ool_calls"|unction_call"|udio"|rror"'
+    rb'|inish_reason":(?!null)|sage":(?!null)|ogprobs":(?!null))'
 )
-_CONTROL = re.compile(rb"[\x00-\x1f]")
+# A backslash (an escape: keys and quotes may hide behind it) or a raw control character.
+_ESCAPE_OR_CONTROL = bytes(range(0x20)) + b"\\"
 
 
 class ChatStream(StreamShape):
@@ -79,15 +82,15 @@ class ChatStream(StreamShape):
     def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
         # Without a backslash there are no escapes: every quote delimits a string and every key
         # is spelled literally, so finding and counting literal keys is exact.
-        match = _PLAIN_CHAT.search(block, at)
         if (
-            match is None
-            or b"\\" in block
+            len(block.translate(None, _ESCAPE_OR_CONTROL)) != len(block)
             or block.count(b'"delta"') != 1
             or block.count(b'"content"') != 1
             or _NEEDS_PARSE.search(block, at)
-            or _CONTROL.search(block)
         ):
+            return None
+        match = _PLAIN_CHAT.search(block, at)
+        if match is None:
             return None
         return ((int(match.group(1)), "content"), match.start(2), match.end(2))
 
