@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .query import Filters
-from .summary import acting_policies, outcome
+from .summary import summarise
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -59,6 +59,7 @@ class Row:
     pod: str
     body: dict[str, Any]
     mac_checked: bool
+    body_json: str | None = None  # the body as sealed (canonical JSON), when at hand
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -76,9 +77,16 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def insert(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
-    values = []
+    values: list[tuple[Any, ...]] = []
     for r in rows:
-        access = r.type == "access"
+        if r.type != "access":
+            values.append(
+                (r.uid, r.seq, r.hash, r.type, r.ts, r.namespace, r.pod, r.ts)
+                + (None,) * 5
+                + (int(r.mac_checked),)
+            )
+            continue
+        word, acting = summarise(r.body)
         values.append(
             (
                 r.uid,
@@ -88,12 +96,12 @@ def insert(conn: sqlite3.Connection, rows: Iterable[Row]) -> None:
                 r.ts,
                 r.namespace,
                 r.pod,
-                str(r.body.get("time") or r.ts) if access else r.ts,
-                r.body.get("pack") if access else None,
-                r.body.get("status") if access else None,
-                outcome(r.body) if access else None,
-                "," + ",".join(acting_policies(r.body)) + "," if access else None,
-                json.dumps(r.body, separators=(",", ":")) if access else None,
+                str(r.body.get("time") or r.ts),
+                r.body.get("pack"),
+                r.body.get("status"),
+                word,
+                "," + ",".join(acting) + ",",
+                r.body_json or json.dumps(r.body, separators=(",", ":")),
                 int(r.mac_checked),
             )
         )

@@ -54,6 +54,7 @@ from .indexer import Indexer, Work, sql, sql_many
 from .ingest import ChainCursor, Outcome, check
 
 _DAY = 86400.0
+_HEAD = b'{"body":'
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,11 @@ class Store:
 
     @staticmethod
     def _row(key: PodKey, env: Any, mac_checked: bool) -> index.Row:
+        # The body exactly as sealed (canonical JSON): sliced from the hashed content rather than
+        # encoded again. The envelope's own "kid" is the last one: a string in the body cannot
+        # hold an unescaped quote.
+        content: bytes = env.content
+        body = content[len(_HEAD) : content.rindex(b',"kid":"')].decode("ascii")
         return index.Row(
             key.uid,
             env.seq,
@@ -437,6 +443,7 @@ class Store:
             key.pod,
             env.body,
             mac_checked,
+            body,
         )
 
     def _prune(self, now: float, keys: Mapping[str, bytes] | None) -> list[str]:

@@ -48,25 +48,35 @@ def incidents(body: Mapping[str, Any]) -> list[Incident]:
 
 def outcome(body: Mapping[str, Any]) -> str:
     """One word for the whole request: the strongest thing any policy did."""
-    seen = {str(d.get("decision")) for d in decisions_of(body)}
-    if "block" in seen:
-        return "blocked"
-    if any(str(d.get("reason") or "").endswith(",fail_open") for d in decisions_of(body)):
-        return "failed_open"
-    if "rewrite" in seen or "redact" in seen:
-        return "rewritten"
-    if seen - {"allow"}:
-        return "flagged"
-    return "allowed"
+    return summarise(body)[0]
 
 
 def acting_policies(body: Mapping[str, Any]) -> list[str]:
     """Policies that did something other than allow (or failed), in chain order, once each."""
-    out: list[str] = []
+    return summarise(body)[1]
+
+
+def summarise(body: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """:func:`outcome` and :func:`acting_policies` in one pass (the index needs both per record)."""
+    seen: set[str] = set()
+    failed_open = False
+    acting: list[str] = []
     for d in decisions_of(body):
-        reason = str(d.get("reason") or "")
-        if d.get("decision") != "allow" or reason.endswith(("fail_open", "fail_closed")):
+        decision, reason = str(d.get("decision")), str(d.get("reason") or "")
+        seen.add(decision)
+        failed_open = failed_open or reason.endswith(",fail_open")
+        if decision != "allow" or reason.endswith(("fail_open", "fail_closed")):
             policy = str(d.get("policy") or "")
-            if policy and policy not in out:
-                out.append(policy)
-    return out
+            if policy and policy not in acting:
+                acting.append(policy)
+    if "block" in seen:
+        word = "blocked"
+    elif failed_open:
+        word = "failed_open"
+    elif "rewrite" in seen or "redact" in seen:
+        word = "rewritten"
+    elif seen - {"allow"}:
+        word = "flagged"
+    else:
+        word = "allowed"
+    return word, acting
