@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: help demo test check lint format tools node-tools image browser crds bench bench-proxy clean
 
 help:
-	@echo "make demo   - run the packgate story on a local control plane"
+	@echo "make demo   - the packgate story on real pods: local control plane, kubelet node, the chart (root)"
 	@echo "make test   - lint, type-check and run every test (builds what it needs)"
 	@echo "make check  - ruff and mypy only"
 	@echo "make tools  - build or reuse etcd, kube-apiserver, kube-controller-manager, kubectl, helm"
