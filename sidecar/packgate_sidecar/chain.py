@@ -380,6 +380,10 @@ class StreamPolicies:
             self.channels[channel] = stages
         return stages
 
+    def joinable(self, channel: Channel) -> bool:
+        """Whether deltas of `channel` may be fed joined: none of its filters can block."""
+        return not any(stage.filter.may_block for stage in self._stages(channel))
+
     def feed(self, channel: Channel, text: str) -> str:
         """Pass one delta through every filter; may raise StreamBlocked."""
         for stage in self._stages(channel):

@@ -109,6 +109,11 @@ class TextItem(NamedTuple):
 class StreamFilter:
     """Per-channel filter of a streamed response; the default passes text through unchanged."""
 
+    # Whether `feed` may raise Blocked. A filter that never blocks may be fed several deltas
+    # joined as one text (the stream rewriter joins the deltas of one upstream chunk); one that
+    # may block is fed delta by delta, so the deltas before the blocking one still go out.
+    may_block = True
+
     def feed(self, text: str) -> str:
         """Take the next delta; return the text that may be sent now (possibly "")."""
         return text

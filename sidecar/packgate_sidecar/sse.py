@@ -11,9 +11,10 @@ Cost: events go out byte for byte unless a policy changed their text. The common
 choice, one `content` string, nothing else to check) is read without parsing its JSON
 (`StreamShape.plain_delta`) and, when its text changed, the new text is spliced into its bytes;
 consecutive such events of one channel (an upstream chunk often holds dozens) go through the
-filters as one text, one call per filter instead of one per event. Every other event is parsed in
-full. When a text changes, the event's `logprobs` (which spell out
-the original tokens) are dropped.
+filters as one text, one call per filter instead of one per event, unless a filter may block
+(`StreamFilter.may_block`: then the events before the blocking one must still go out). Every
+other event is parsed in full. When a text changes, the event's `logprobs` (which spell out the
+original tokens) are dropped.
 
 SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
 other than `event` and `data` are ignored; a block without data dispatches nothing. A comment-only
@@ -133,7 +134,7 @@ class StreamRewriter:
             if run:
                 out.append(self._plain_run(run))
         except StreamBlocked as blocked:
-            blocked.partial = b"".join(out)
+            blocked.partial = b"".join(out) + blocked.partial
             raise
         return b"".join(out)
 
@@ -219,8 +220,8 @@ class StreamRewriter:
         (the events after it carry an empty delta), so the concatenation is what was released.
         """
         assert self.policies is not None
-        if len(run) == 1:
-            return self._plain(*run[0])
+        if len(run) == 1 or not self.policies.joinable(run[0][1]):
+            return self._plain_each(run)
         try:
             texts = [block[start:end].decode() for block, _, start, end in run]
         except UnicodeDecodeError:
@@ -241,6 +242,18 @@ class StreamRewriter:
                 continue
             out.append(_splice(block, start, end, released[at:] if at >= 0 else ""))
             at = -1
+        return b"".join(out)
+
+    def _plain_each(self, run: list[tuple[bytes, Channel, int, int]]) -> bytes:
+        """A run event by event: a filter that may block sees each delta alone, and the events
+        before the one it blocks on still go out."""
+        out: list[bytes] = []
+        try:
+            for block, channel, start, end in run:
+                out.append(self._plain(block, channel, start, end))
+        except StreamBlocked as blocked:
+            blocked.partial = b"".join(out)
+            raise
         return b"".join(out)
 
     def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:

@@ -191,6 +191,7 @@ class PiiDetectorPolicy(Policy):
 
 class _RedactingFilter(StreamFilter):
     __slots__ = ("redactor",)
+    may_block = False
 
     def __init__(self, redactor: StreamRedactor) -> None:
         self.redactor = redactor

@@ -38,6 +38,9 @@ class Upper:
     def oneshot(self, text: str) -> str:
         return text.upper()
 
+    def joinable(self, channel: Any) -> bool:
+        return True
+
     def open_channels(self) -> list[Any]:
         return []
 
@@ -110,6 +113,17 @@ def test_first_returns_after_the_first_event_and_keeps_the_rest() -> None:
     assert first.count(b"data:") == 1
     rest = r.feed(b"")
     assert rest.count(b"data:") == 2 and not r.feed(b"")
+
+
+def test_the_deltas_of_one_chunk_reach_a_filter_that_cannot_block_as_one_text() -> None:
+    pieces = [chunk([{"index": 0, "delta": {"content": p}}]) for p in ("one ", "two ", "three")]
+    stream = b"".join(b"data: " + json.dumps(p, **COMPACT).encode() + b"\n\n" for p in pieces)
+    policies = Upper()
+    out = rewriter(policies=policies).feed(stream)
+    assert policies.fed == [((0, "content"), "one two three")]
+    # Every event is kept, and together they carry what the filter released.
+    assert "".join(e["choices"][0]["delta"]["content"] for e in events(out)) == "ONE TWO THREE"
+    assert len(events(out)) == 3
 
 
 # --- the chat fast path agrees with the full parse -------------------------------------------
@@ -244,6 +258,9 @@ class Redacting:
 
     def oneshot(self, text: str) -> str:
         return anonymize(text, DET.find(text), "redact")
+
+    def joinable(self, channel: Any) -> bool:
+        return True
 
     def open_channels(self) -> list[Any]:
         return list(self.channels)
