@@ -42,7 +42,7 @@ from .errors import (
     sse_error_event,
     too_large,
 )
-from .forward import Forwarder
+from .forward import Durable, Forwarder
 from .logs import describe_exception, get_logger, log
 from .metrics import Metrics
 from .policy import PolicyRuntime, RequestContext
@@ -249,14 +249,16 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 0.5)
 
-    async def _write_ahead(self, ctx: RequestContext, active: Active) -> None:
-        """Durable `started` records (audit-logger) before a stream goes upstream."""
+    def _write_ahead(self, ctx: RequestContext, active: Active) -> list[Durable]:
+        """Queue the `started` records (audit-logger) of a stream about to go upstream; the
+        forwarder holds the stream's first byte until they are durable."""
+        pending: list[Durable] = []
         for entry in active.chain.finish_entries:
             hook = getattr(entry.policy, "write_ahead", None)
             if hook is None:
                 continue
             try:
-                await hook(ctx)
+                durable = hook(ctx)
             except Exception as exc:
                 log(_log, 40, "write-ahead failed", kind=entry.kind, error=describe_exception(exc))
                 raise ApiError(
@@ -264,6 +266,9 @@ class Gateway:
                     "audit_unavailable",
                     "The request could not be audited, so it was not sent (fail closed)",
                 ) from None
+            if durable is not None:
+                pending.append(durable)
+        return pending
 
     def _context(
         self, request: web.Request, request_id: str, route: str, active: Active
@@ -311,12 +316,11 @@ class Gateway:
         if blocked is not None:
             raise policy_blocked("request", blocked.kind, blocked.reason)
         assert self._forwarder is not None, "the app has started"
-        if ctx.stream and self.options.durable_audit:
-            await self._write_ahead(ctx, active)
+        ahead = self._write_ahead(ctx, active) if ctx.stream and self.options.durable_audit else []
         # What goes upstream is the serialisation of `body`, the object the chain checked (and
         # maybe rewrote), never the client's bytes: see strict_json.py.
         return await self._forwarder.forward(
-            request, active.upstreams, active.chain, ctx.route, body, ctx
+            request, active.upstreams, active.chain, ctx.route, body, ctx, ahead
         )
 
     async def _read_body(self, request: web.Request) -> bytes:

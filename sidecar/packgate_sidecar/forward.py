@@ -11,6 +11,8 @@ filters; an upstream that breaks mid-stream ends the client's stream with an err
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,8 @@ USER_AGENT = "packgate-sidecar/0.1"
 # Upstream response headers worth passing on: request ids, rate limits, retry hints.
 _PASS_PREFIXES = ("x-request-id", "openai-", "x-ratelimit-", "retry-after")
 _ERROR_BODY_LIMIT = 64 * 1024
+# A record being made durable (audit write-ahead): resolves once it is fsynced.
+Durable = concurrent.futures.Future[list[str]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,20 @@ def _broken(ctx: RequestContext, timed_out: bool) -> ApiError:
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
     return strict_json.dumps(body)
+
+
+async def _durable(ahead: Sequence[Durable]) -> None:
+    """Wait for the write-ahead records of a stream: none of it reaches the client before they
+    are on disk, and if one cannot be written the answer is not relayed (fail closed)."""
+    for durable in ahead:
+        try:
+            await asyncio.wrap_future(durable)
+        except Exception:
+            raise ApiError(
+                503,
+                "audit_unavailable",
+                "The request could not be audited, so its answer was not relayed (fail closed)",
+            ) from None
 
 
 def _too_big(ctx: RequestContext, limit: int) -> ApiError:
@@ -149,8 +167,10 @@ class Forwarder:
         route: str,
         body: dict[str, Any],
         ctx: RequestContext,
+        ahead: Sequence[Durable] = (),
     ) -> web.StreamResponse:
-        """Send `body` (the object the chain checked) to the first target that answers."""
+        """Send `body` (the object the chain checked) to the first target that answers; a
+        stream's first byte waits until the records in `ahead` are durable."""
         failure: ApiError | _UpstreamError | None = None
         for upstream in upstreams:
             model = upstream.model or ctx.model
@@ -194,6 +214,7 @@ class Forwarder:
                         return await self._error_answer(error, chain, ctx)
                     streamed = answer.status == 200 and answer.content_type == "text/event-stream"
                     if ctx.stream and streamed:
+                        await _durable(ahead)
                         return await self._relay(request, answer, chain, route, ctx)
                     return await self._whole(answer, chain, route, ctx)
             except TimeoutError:

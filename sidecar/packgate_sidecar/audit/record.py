@@ -120,8 +120,9 @@ class AuditRecord:
     (``chat.completions``, ``embeddings``, ...); ``status`` is the HTTP status returned to the app.
     ``outcome`` says how the request ended (``ok``, ``blocked``, ``error``, ``upstream_error``,
     ``client_disconnected``, ``drained``); ``started`` marks a write-ahead record, made durable
-    before a streamed request goes upstream (its ``status`` is null; the outcome record with the
-    same ``request_id`` follows once the stream ends, unless the process was killed first).
+    before any byte of a streamed answer reaches the client (its ``status`` is null; the outcome
+    record with the same ``request_id`` follows once the stream ends, unless the process was
+    killed first).
     """
 
     time: str

@@ -24,9 +24,10 @@ loop; `packgate audit verify DIR` checks them.
 - Durability (issue 13): a record that must exist survives a `kill -9` of the sidecar. A
   non-streamed response is handed to the client only after its record is fsynced (`on_finish`
   leaves the record's durability future in `ctx.state`, and the gateway waits for it before
-  sending the response); a streamed request, whose bytes reach the client as
-  they come, gets a durable write-ahead record (`outcome: started`, see `write_ahead`) before
-  it goes upstream, and its outcome record is appended when it ends. Concurrent requests share
+  sending the response); a streamed request, whose bytes reach the client as they come, gets a
+  write-ahead record (`outcome: started`, see `write_ahead`), queued before it goes upstream and
+  durable before the first byte of the answer reaches the client, and its outcome record is
+  appended when it ends. Concurrent requests share
   fsyncs (group commit); `make bench` (`audit_durability`) measures the cost.
 - Shipping: with `PACKGATE_AUDIT_COLLECTOR_URL` set (the injector sets it), `audit/ship.py`
   ships every sealed record to the audit collector; a spool the collector has not acknowledged
@@ -41,6 +42,7 @@ loop; `packgate audit verify DIR` checks them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -263,10 +265,13 @@ class AuditLoggerPolicy(Policy):
                                    f"{self.shipper.unacked_bytes} bytes")  # fmt: skip
         return ALLOW
 
-    async def write_ahead(self, ctx: RequestContext) -> None:
-        """Make a `started` record durable before a streamed request goes upstream."""
-        if self.config.log_all_access or acted_on(ctx):
-            await self.writer.put_durable(build_record(ctx, started=True))
+    def write_ahead(self, ctx: RequestContext) -> concurrent.futures.Future[list[str]] | None:
+        """Queue a `started` record for a streamed request; the future resolves once it is
+        fsynced. The gateway sends no byte of the stream to the client before that (the write
+        overlaps the provider's time to first token). Raises if the log cannot take it."""
+        if not (self.config.log_all_access or acted_on(ctx)):
+            return None
+        return self.writer.submit_durable(build_record(ctx, started=True))
 
     async def on_finish(self, ctx: RequestContext) -> None:
         if not self.config.log_all_access and not acted_on(ctx):
