@@ -176,9 +176,12 @@ class Shipper:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def notify(self) -> None:
-        """Called by the audit writer's thread after each durable batch."""
-        if self._pending_since is None:
-            self._pending_since = time.monotonic()
+        """Called by the audit writer's thread after each durable batch. Only the first one since
+        the spool was last read wakes the loop: the rest are read with it, and a wake-up per
+        request is a cross-thread call on the proxy's event loop."""
+        if self._pending_since is not None:
+            return
+        self._pending_since = time.monotonic()
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: drain ran already
@@ -255,6 +258,7 @@ class Shipper:
                 deadline = time.monotonic() + delay
                 while (left := deadline - time.monotonic()) > 0 and not self._stopping:
                     self._wake.clear()
+                    self._pending_since = None  # the next durable batch wakes the recount
                     await self._wait(left)
                     await asyncio.to_thread(self._spool)
 
