@@ -227,7 +227,9 @@ state = '{w}/containerd/state'
   [plugins.'io.containerd.server.v1.ttrpc']
     address = '{sock}.ttrpc'
   [plugins.'io.containerd.shim.v1.manager']
-    socket_dir = '{w}/containerd/s'
+    # At most 42 characters or containerd loads no CRI (shim socket paths must fit sun_path):
+    # not under the work dir, whose length follows TMPDIR. /run is the node's private tmpfs.
+    socket_dir = '/run/packgate-shims'
 """)
         (w / "resolv.conf").write_text(f"nameserver {sandbox.NODE_IP}\n")
         kubelet_config = {
