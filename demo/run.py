@@ -158,6 +158,7 @@ def start(stack: contextlib.ExitStack) -> tuple[LocalCluster, Node, image.BuiltI
             node_tools,
             images=[pause.tarball, built.tarball],
             pause_image=pause.name,
+            workdir=Path(tempfile.mkdtemp(prefix="packgate-demo-node-")),
         )
     )
     return cluster, node, built
