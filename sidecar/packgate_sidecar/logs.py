@@ -26,19 +26,18 @@ def get_logger(name: str = "") -> logging.Logger:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": _iso(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
+        entry = dict(fields) if isinstance(fields, dict) else {}
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = describe_exception(record.exc_info[1])
-        # Defence in depth: no field should hold a secret, but none may ever print one.
-        return scrub_text(json.dumps(entry, default=str, separators=(",", ":")))
+        return _line(record.created, record.levelname, record.name, record.getMessage(), entry)
+
+
+def _line(created: float, level: str, logger: str, event: str, fields: dict[str, Any]) -> str:
+    entry = {"ts": _iso(created), "level": level.lower(), "logger": logger, "event": event}
+    entry.update(fields)
+    # Defence in depth: no field should hold a secret, but none may ever print one.
+    return scrub_text(json.dumps(entry, default=str, separators=(",", ":")))
 
 
 def _iso(epoch: float) -> str:
@@ -57,9 +56,28 @@ def describe_exception(exc: BaseException | None) -> str:
     return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+# The handler `configure` installed: `log` writes its lines straight to it. A LogRecord (caller
+# lookup, thread and process names, two passes through the logging machinery) costs more than
+# the JSON line itself, and the gateway logs one line per request.
+_handler: logging.StreamHandler[Any] | None = None
+
+
 def log(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
-    if logger.isEnabledFor(level):
+    if not logger.isEnabledFor(level):
+        return
+    handler = _handler
+    if handler is None or logger.handlers or not logger.name.startswith(LOGGER_NAME + "."):
         logger.log(level, event, extra={"fields": fields})
+        return
+    line = _line(time.time(), logging.getLevelName(level), logger.name, event, fields)
+    handler.acquire()
+    try:
+        handler.stream.write(line + "\n")
+        handler.stream.flush()
+    except Exception:  # noqa: S110 - a broken log stream must not fail the request
+        pass
+    finally:
+        handler.release()
 
 
 def configure(level: str = "info", stream: Any = None) -> None:
@@ -69,6 +87,8 @@ def configure(level: str = "info", stream: Any = None) -> None:
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
+    global _handler
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
+    _handler = handler

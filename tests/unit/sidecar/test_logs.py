@@ -1,0 +1,53 @@
+"""Structured logs: one JSON object per line, the same whether written by `log` or by logging."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from packgate_sidecar import logs, scrub
+from packgate_sidecar.logs import LOGGER_NAME, configure, get_logger, log
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    root = logging.getLogger(LOGGER_NAME)
+    saved = (root.level, root.propagate, list(root.handlers), logs._handler)
+    out = io.StringIO()
+    configure("info", out)
+    yield out
+    # As the tests that follow expect it (unconfigured, records propagating to pytest's capture).
+    root.level, root.propagate, root.handlers, logs._handler = saved
+
+
+def test_log_writes_one_json_line_with_its_fields(stream: io.StringIO) -> None:
+    log(get_logger("access"), logging.INFO, "request", status=200, route="/v1/chat/completions")
+    log(get_logger("access"), logging.DEBUG, "hidden", detail="below the level")
+    [line] = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "info" and entry["logger"] == f"{LOGGER_NAME}.access"
+    assert entry["event"] == "request" and entry["status"] == 200
+    assert entry["ts"].endswith("Z")
+
+
+def test_lines_from_log_and_from_the_logging_module_have_the_same_shape(
+    stream: io.StringIO,
+) -> None:
+    logger = get_logger("t")
+    log(logger, logging.WARNING, "direct", n=1)
+    logger.warning("via logging", extra={"fields": {"n": 1}})
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first.keys() == second.keys()
+    assert {k: v for k, v in first.items() if k not in ("ts", "event")} == {
+        k: v for k, v in second.items() if k not in ("ts", "event")
+    }
+
+
+def test_a_secret_in_a_field_is_scrubbed_from_the_line(stream: io.StringIO) -> None:
+    secret = "sk-test-log-secret-0123456789"
+    scrub.register([secret])
+    log(get_logger("t"), logging.ERROR, "oops", detail=f"Bearer {secret}")
+    assert secret not in stream.getvalue() and "[REDACTED]" in stream.getvalue()
