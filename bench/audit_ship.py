@@ -208,7 +208,7 @@ def _fleet(
         (
             "collector time per batch",
             round(per_batch, 1),
-            f"ms mean over {batches:.0f} batches (verify, append, fsync)",
+            f"ms mean over {batches:.0f} POSTs (body, queue, verify, append, fsync)",
         ),
         ("load generator CPU", round(load_cpu / elapsed * 100, 1), "% of one core (2 processes)"),
         (
