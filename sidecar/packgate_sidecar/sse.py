@@ -37,6 +37,8 @@ from .stream_shapes import StreamShape
 KEEP_ALIVE = b":\n\n"
 # Characters a JSON string must escape.
 _JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
+# Bytes that could end or escape a JSON string's text, or are not allowed in it raw.
+_NOT_PLAIN_TEXT = bytes(range(0x20)) + b'"\\'
 
 
 class UnreadableEvent(ValueError):
@@ -101,6 +103,8 @@ class StreamRewriter:
         # A channel's last event, as parsed JSON or raw data bytes (parsed when first needed).
         self._templates: dict[Channel, tuple[str | None, dict[str, Any] | bytes]] = {}
         self._emitted: dict[Channel, str] = {}
+        # The last plain delta event around its text: (bytes before, bytes after, channel).
+        self._frame: tuple[bytes, bytes, Channel] | None = None
 
     def feed(self, chunk: bytes, first: bool = False) -> bytes:
         """Bytes to send for this upstream chunk; raises StreamBlocked or UnreadableEvent.
@@ -207,10 +211,28 @@ class StreamRewriter:
         return out + (encode_event(name, obj) if changed else raw)
 
     def _plain_span(self, block: bytes) -> tuple[Channel, int, int] | None:
-        """The fast path's reading of a chat delta event, when policies filter the stream."""
-        if self.policies is None or not block.startswith(b"data: ") or b"\n" in block:
+        """The fast path's reading of a chat delta event, when policies filter the stream.
+
+        A stream's delta events differ only in their text, so an event that is the last plain
+        one's bytes around a different text (one without quotes, backslashes or control
+        characters, so it cannot change the JSON around it) is plain on the same channel.
+        """
+        if self.policies is None:
             return None
-        return self.shape.plain_delta(block, 6)
+        if self._frame is not None:
+            head, tail, channel = self._frame
+            end = len(block) - len(tail)
+            if end >= len(head) and block.startswith(head) and block.endswith(tail):
+                text = block[len(head) : end]
+                if len(text.translate(None, _NOT_PLAIN_TEXT)) == len(text):
+                    return channel, len(head), end
+        if not block.startswith(b"data: ") or b"\n" in block:
+            return None
+        found = self.shape.plain_delta(block, 6)
+        if found is not None:
+            channel, start, end = found
+            self._frame = (block[:start], block[end:], channel)
+        return found
 
     def _plain_run(self, run: list[tuple[bytes, Channel, int, int]]) -> bytes:
         """Consecutive plain delta events of one channel (as one upstream chunk brings them),

@@ -185,6 +185,27 @@ def test_fast_path_answers_exactly_as_the_full_parse_or_not_at_all(
     assert events(spliced)[0] == parsed_data_with(text, slot.get())
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(usual, st.lists(choices, max_size=2)), st.booleans()),
+                min_size=1, max_size=6))  # fmt: skip
+def test_events_read_from_the_last_plain_frame_agree_with_the_full_parse(
+    stream: list[tuple[list[dict[str, Any]], bool]],
+) -> None:
+    shape = STREAM_SHAPES[CHAT]
+    r = rewriter(policies=Upper())
+    for choice_list, compact in stream:
+        data = chunk(choice_list)
+        text = json.dumps(data, **COMPACT) if compact else json.dumps(data)
+        block = b"data: " + text.encode()
+        fast = r._plain_span(block)
+        if fast is None:
+            continue
+        parsed = shape.parse(None, json.loads(text))
+        assert not parsed.closes and parsed.usage is None
+        [(channel, slot)] = parsed.deltas
+        assert fast[0] == channel and block[fast[1] : fast[2]].decode() == slot.get()
+
+
 def parsed_data_with(text: str, content: str) -> Any:
     data = json.loads(text)
     for choice in data["choices"]:
