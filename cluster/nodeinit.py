@@ -76,6 +76,12 @@ def private_filesystem(work: Path) -> None:
     _mount("-t", "tmpfs", "-o", "mode=755", "packgate-node-log", "/var/log")
     # libcni's cache directory is fixed at /var/lib/cni; the node needs nothing else there.
     _mount("-t", "tmpfs", "-o", "mode=755", "packgate-node-varlib", "/var/lib")
+    # containerd's image store and unpacked layers (~0.9 GB, ~21,000 files): in memory, so that
+    # neither the import at start nor their removal at stop waits on a shared disk (removing
+    # them took 8-30 s); they vanish with this mount namespace.
+    images = work / "containerd" / "root"
+    images.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", "mode=700", "packgate-node-images", str(images))
     sysctls = work / "sysctl"
     sysctls.mkdir(exist_ok=True)
     for key, value in KUBELET_SYSCTLS.items():
