@@ -2,12 +2,13 @@
 
 Why it exists: since issue 13 a whole response is sent only once its audit record is fsynced,
 and a stream's first byte waits for its durable write-ahead record (written while the request is
-upstream), so a `kill -9` cannot lose the record of an answer a client got. That wait sits on the request path; this measures it
-side by side in one run: the seed-style audit chain (`audit-logger`, every request logged) as
-shipped, the same with `--no-durable-audit` (records written by the same thread, but not waited
-for), and an empty chain as the floor. Concurrent requests share fsyncs (group commit), so the
-cost per request falls as concurrency rises. The data directory is on the bench work directory's
-filesystem (named in the notes); on a slower disk the fsync, and so the cost, is larger.
+upstream), so a `kill -9` cannot lose the record of an answer a client got. That wait sits on
+the request path; this measures it side by side in one run: the seed-style audit chain
+(`audit-logger`, every request logged) as shipped, the same with `--no-durable-audit` (records
+written by the same thread, but not waited for), and an empty chain as the floor. Concurrent
+requests share fsyncs (group commit), so the cost per request falls as concurrency rises. The
+data directory is on the bench work directory's filesystem (named in the notes); on a slower
+disk the fsync, and so the cost, is larger.
 """
 
 from __future__ import annotations
