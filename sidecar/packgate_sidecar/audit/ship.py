@@ -10,7 +10,7 @@ the shipper just remembers how far the collector has acknowledged and reads on f
   the acknowledgements stopped (duplicates are harmless: the collector drops them by seq).
 - Each time the writer makes a batch durable it calls :meth:`Shipper.notify` (from its thread);
   the shipper sends every complete line after its cursor in one POST (up to ``batch_bytes``)
-  once the oldest unsent record is ``linger_seconds`` (0.2) old: one POST per linger under
+  once the oldest unsent record is ``linger_seconds`` (0.35) old: one POST per linger under
   light load rather than one per request, which keeps shipping off the proxy's event loop.
   The linger counts from that record's arrival, not from the last answer, so records that
   gathered during a slow POST go out as soon as it returns. It advances the cursor only when
@@ -71,8 +71,11 @@ class ShipSettings:
     batch_bytes: int = 1024 * 1024
     drain_seconds: float = 10.0
     # How long new records gather before a POST: one request per linger under light load instead
-    # of one per record, which keeps shipping's CPU off the proxy's event loop.
-    linger_seconds: float = 0.2
+    # of one per record, which keeps shipping's CPU off the proxy's event loop. Each POST also
+    # costs the collector about a millisecond of CPU (TLS, HTTP, a thread hand-off, an fsync):
+    # with 100 sidecars at 50 records/s, 0.35 s instead of 0.2 s made 30 % fewer POSTs and a
+    # lower ack p99 (704-796 ms against 939 ms, interleaved runs on the same loaded machine).
+    linger_seconds: float = 0.35
     max_backoff: float = 30.0
 
     @classmethod
@@ -89,7 +92,7 @@ class ShipSettings:
             **channel,
             spool_max_bytes=int(environ.get("PACKGATE_AUDIT_SPOOL_MAX_BYTES", 64 * 1024 * 1024)),
             drain_seconds=float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", "10")),
-            linger_seconds=float(environ.get("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "0.2")),
+            linger_seconds=float(environ.get("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "0.35")),
         )
 
     @property
