@@ -120,3 +120,34 @@ def test_retention_removes_expired_chains_only(tmp_path: Path) -> None:
         assert index.search(store.reader(), parse({}), None) == []
     finally:
         store.close()
+
+
+def test_overlapping_batches_at_once_are_stored_once_and_queryable_on_ack(tmp_path: Path) -> None:
+    """At-least-once delivery: the same records arrive twice, side by side (a sidecar's retry
+    racing its first attempt), possibly in one group commit, before the index has them."""
+    from packgate_sidecar.audit.chain import key_id
+
+    lines = sidecar_log(tmp_path / "sidecar", 12)
+    keys = {key_id(KEY): KEY}
+    store = Store(tmp_path / "store", fsync=True)  # the real commit path: fdatasync, dir fsyncs
+    store.open()
+
+    async def both() -> list[object]:
+        first = store.ingest(Batch(POD, lines[:8], keys, "gateway", 30))
+        second = store.ingest(Batch(POD, lines[4:], keys, "gateway", 30))
+        results = list(await asyncio.gather(first, second))
+        await store.caught_up()
+        return results
+
+    try:
+        a, b = asyncio.run(both())
+        assert len(a.stored) + len(b.stored) == len(lines)  # type: ignore[attr-defined]
+        assert a.duplicates + b.duplicates == 4  # type: ignore[attr-defined]
+        assert not a.quarantined and not b.quarantined  # type: ignore[attr-defined]
+        # Acknowledged means queryable: every access record is in the index at once.
+        found = index.search(store.reader(), parse({}), None)
+        assert sorted(r["request_id"] for r in found) == sorted(f"r{i}" for i in range(12))
+    finally:
+        store.close()
+    chain_dir = tmp_path / "store" / "pods" / "team-a" / f"{POD.pod}_{POD.uid}"
+    assert [ln for p in list_segments(chain_dir) for ln in p.read_bytes().splitlines()] == lines
