@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
     configure("info", out)
     yield out
+    logs.flush()
     # As the tests that follow expect it (unconfigured, records propagating to pytest's capture).
     root.level, root.propagate, root.handlers, logs._handler = saved
 
@@ -51,3 +53,16 @@ def test_a_secret_in_a_field_is_scrubbed_from_the_line(stream: io.StringIO) -> N
     scrub.register([secret])
     log(get_logger("t"), logging.ERROR, "oops", detail=f"Bearer {secret}")
     assert secret not in stream.getvalue() and "[REDACTED]" in stream.getvalue()
+
+
+async def test_on_the_event_loop_the_lines_of_one_iteration_go_out_together_in_order(
+    stream: io.StringIO,
+) -> None:
+    for n in range(3):
+        log(get_logger("access"), logging.INFO, "request", n=n)
+    assert stream.getvalue() == ""  # still this loop iteration
+    await asyncio.sleep(0)
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [0, 1, 2]
+    log(get_logger("access"), logging.INFO, "request", n=3)
+    logs.flush()  # what shutdown and exit do with the last iteration's lines
+    assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 3
