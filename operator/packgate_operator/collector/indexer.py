@@ -12,6 +12,9 @@ once everything submitted before it is committed: readers use one so that a quer
 acknowledged record, and the storage thread waits on one before acknowledging the rare rows that
 have no other durable home than the index (sequence gaps) or that a caller expects to see at once
 (quarantine, retention).
+
+A round that fails (a full disk, say) is rolled back, logged and reported to ``on_failure``: the
+store then marks the index incomplete, and its next start re-reads every chain into it.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ def sql_many(statement: str, rows: Sequence[Sequence[Any]]) -> Work:
 
 
 class Indexer:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, on_failure: Callable[[], object] | None = None
+    ) -> None:
         self._conn = conn
+        self._on_failure = on_failure
         self._cv = threading.Condition()
         self._queue: list[tuple[Sequence[Work], concurrent.futures.Future[None]]] = []
         self._closing = False
@@ -88,6 +94,11 @@ class Indexer:
                 self.failures += 1
                 log.error("the audit index could not be updated: %s", exc)
                 self._conn.rollback()
+                if self._on_failure is not None:
+                    try:
+                        self._on_failure()
+                    except OSError as marker:
+                        log.error("could not mark the audit index incomplete: %s", marker)
             for _, done in round_:
                 if error is None:
                     done.set_result(None)

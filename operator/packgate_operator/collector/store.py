@@ -55,6 +55,7 @@ from .ingest import ChainCursor, Outcome, check
 
 _DAY = 86400.0
 _HEAD = b'{"body":'
+_INCOMPLETE = "index.incomplete"  # an index round failed: the next start re-reads every chain
 
 
 @dataclass(frozen=True)
@@ -139,12 +140,16 @@ class Store:
         (self.root / "pods").mkdir(parents=True, exist_ok=True)
         (self.root / "quarantine").mkdir(exist_ok=True)
         self._conn = index.connect(self.index_path)
+        # An index round that failed left holes anywhere: re-read every chain once.
+        incomplete = (self.root / _INCOMPLETE).exists()
         for ns_dir in sorted((self.root / "pods").iterdir()):
             for pod_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir()):
-                self._recover(ns_dir.name, pod_dir)
+                self._recover(ns_dir.name, pod_dir, everything=incomplete)
         self._conn.commit()
+        if incomplete:
+            (self.root / _INCOMPLETE).unlink()
         self._rconn = index.connect(self.index_path, readonly=True)
-        self._indexer = Indexer(self._conn)
+        self._indexer = Indexer(self._conn, on_failure=(self.root / _INCOMPLETE).touch)
         self._indexer.start()
         self._thread = threading.Thread(target=self._run, name="collector-store", daemon=True)
         self._thread.start()
@@ -169,7 +174,7 @@ class Store:
     def reader(self) -> Any:
         return index.connect(self.index_path, readonly=True)
 
-    def _recover(self, namespace: str, pod_dir: Path) -> None:
+    def _recover(self, namespace: str, pod_dir: Path, *, everything: bool = False) -> None:
         pod, _, uid = pod_dir.name.rpartition("_")
         key = PodKey(namespace, pod, uid)
         segments = list_segments(pod_dir)
@@ -187,22 +192,23 @@ class Store:
             if env is not None and not isinstance(env, str):
                 chain.cursor.head = env.state_after
                 chain.segment = newest.name
-            if chain.cursor.head is not None and index.max_seq(self._conn, uid) < (
-                chain.cursor.head.seq - 1
+            if chain.cursor.head is not None and (
+                everything or index.max_seq(self._conn, uid) < chain.cursor.head.seq - 1
             ):
-                self._reindex(chain, segments)
+                self._reindex(chain, segments, everything)
         self._chains[uid] = chain
 
-    def _reindex(self, chain: _Chain, segments: Sequence[Path]) -> None:
-        known = index.max_seq(self._conn, chain.key.uid)
+    def _reindex(self, chain: _Chain, segments: Sequence[Path], everything: bool) -> None:
+        known = -1 if everything else index.max_seq(self._conn, chain.key.uid)
         rows = []
         for path in segments:
             for raw in path.read_bytes().split(b"\n"):
                 env = parse_line(raw) if raw else "empty"
                 if not isinstance(env, str) and env.seq > known:
                     rows.append(self._row(chain.key, env, False))
+        before = self._conn.total_changes
         index.insert(self._conn, rows)
-        self.reindexed += len(rows)
+        self.reindexed += self._conn.total_changes - before
 
     # -- the API the server uses (any thread) --------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -151,3 +152,30 @@ def test_overlapping_batches_at_once_are_stored_once_and_queryable_on_ack(tmp_pa
         store.close()
     chain_dir = tmp_path / "store" / "pods" / "team-a" / f"{POD.pod}_{POD.uid}"
     assert [ln for p in list_segments(chain_dir) for ln in p.read_bytes().splitlines()] == lines
+
+
+def test_a_failed_index_round_is_repaired_on_the_next_start(tmp_path: Path) -> None:
+    lines = sidecar_log(tmp_path / "sidecar", 6)
+    store = Store(tmp_path / "store", fsync=False)
+    store.open()
+    try:
+        ingest(store, lines[:3], None)
+        store.wait_indexed()
+        with sqlite3.connect(store.index_path) as other:  # whatever breaks the index (disk full)
+            other.execute("DROP TABLE records")
+        result = ingest(store, lines[3:], None)
+        assert len(result.stored) == len(lines) - 3  # type: ignore[attr-defined]  # acknowledged
+        store.wait_indexed()
+        assert (tmp_path / "store" / "index.incomplete").exists()
+    finally:
+        store.close()
+    store = Store(tmp_path / "store", fsync=False)
+    store.open()
+    try:
+        assert (
+            store.reindexed == len(lines) and not (tmp_path / "store" / "index.incomplete").exists()
+        )
+        found = index.search(store.reader(), parse({}), None)
+        assert sorted(r["request_id"] for r in found) == [f"r{i}" for i in range(6)]
+    finally:
+        store.close()
