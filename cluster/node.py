@@ -442,6 +442,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"image: {built.name}")
         print(f"app image: {built.app_name}")
         print(f"kubeconfig: {cluster.kubeconfig}")
+        print(f"cgroup root: {node.cgroup_root}")
         print(f"kubectl: nsenter --net=/proc/{os.getpid()}/ns/net {tools}/kubectl get pods -A")
         print("ready", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
