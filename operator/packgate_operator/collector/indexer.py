@@ -57,7 +57,9 @@ class Indexer:
         self._thread.start()
 
     def submit(self, work: Sequence[Work] = ()) -> concurrent.futures.Future[None]:
-        """Queue ``work``; the future resolves once it (and all before it) is committed."""
+        """Queue ``work``; the future resolves once it (and all before it) is committed, or
+        raises if its own round failed. With no work it is a barrier: it resolves once everything
+        queued before it was applied or failed (a failure marks the index incomplete)."""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._cv:
             if self._closing:
@@ -99,8 +101,10 @@ class Indexer:
                         self._on_failure()
                     except OSError as marker:
                         log.error("could not mark the audit index incomplete: %s", marker)
-            for _, done in round_:
-                if error is None:
+            for work, done in round_:
+                # A barrier (no work of its own) only waits for the work before it: whether it
+                # shares a round with a failed write is timing, so it never inherits the error.
+                if error is None or not work:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
