@@ -14,6 +14,8 @@ from packgate_sidecar.audit.chain import key_id, parse_line, seal
 from packgate_sidecar.audit.writer import AuditWriter, list_segments
 from packgate_sidecar.cli import main
 
+from tests.support.audit_records import access_record
+
 KEY = bytes(range(32))
 
 
@@ -26,15 +28,7 @@ def build_store(root: Path, pods: int = 2, records: int = 6) -> Path:
             writer = AuditWriter(root.parent / f"sidecar-{n}", KEY, fsync=False)
             writer.start()
             for i in range(records):
-                writer.submit(
-                    {
-                        "time": "2025-03-01T12:00:00.000Z",
-                        "request_id": f"r{i}",
-                        "endpoint": "chat.completions",
-                        "status": 200,
-                        "latency_ms": 1.0,
-                    }
-                )
+                writer.submit(access_record(i))
             writer.close()
             lines = [
                 ln for p in list_segments(writer.directory) for ln in p.read_bytes().splitlines()
@@ -86,15 +80,7 @@ def pruned_chain(root: Path) -> Path:
         if i == 3:
             writer.flush()
             clock[0] = now  # a new day: a new segment
-        writer.submit(
-            {
-                "time": "2025-03-01T12:00:00.000Z",
-                "request_id": f"r{i}",
-                "endpoint": "chat.completions",
-                "status": 200,
-                "latency_ms": 1.0,
-            }
-        )
+        writer.submit(access_record(i))
     writer.close()
     lines = [ln for p in list_segments(writer.directory) for ln in p.read_bytes().splitlines()]
     store = Store(root, fsync=False)

@@ -9,6 +9,8 @@ from packgate_sidecar.audit.chain import parse_line
 from packgate_sidecar.audit.ship import ShipConfigError, Shipper, ShipSettings
 from packgate_sidecar.audit.writer import AuditWriter, list_segments
 
+from tests.support.audit_records import access_record
+
 KEY = bytes(range(32))
 
 
@@ -16,15 +18,7 @@ def log_with_segments(directory: Path, records: int) -> list[bytes]:
     writer = AuditWriter(directory, KEY, fsync=False, max_segment_bytes=2000)
     writer.start()
     for i in range(records):
-        writer.submit(
-            {
-                "time": "2025-03-01T12:00:00.000Z",
-                "request_id": f"r{i}",
-                "endpoint": "chat.completions",
-                "status": 200,
-                "latency_ms": 1.0,
-            }
-        )
+        writer.submit(access_record(i))
         writer.flush()
     writer.close()
     return [ln for p in list_segments(directory) for ln in p.read_bytes().splitlines()]
