@@ -38,7 +38,13 @@ from localcluster import LocalCluster, build_tools  # noqa: E402
 from node import Node, build_node_tools  # noqa: E402
 
 from demo.audit import AUDIT_SECRET, AuditDemo  # noqa: E402
-from tests.support.realpods import Provider, install_release, pods, ready  # noqa: E402
+from tests.support.realpods import (  # noqa: E402
+    Provider,
+    install_release,
+    opted_in_app,
+    pods,
+    ready,
+)
 from tests.support.waiting import wait_for  # noqa: E402
 
 NAMESPACE = "demo"
@@ -106,36 +112,13 @@ def policy_pack(spec: dict[str, Any]) -> str:
 
 
 def deployment(app_image: str) -> dict[str, Any]:
-    labels = {"app": "chat-app", "team": "support", "project": "helpdesk"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "chat-app", "namespace": NAMESPACE},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "chat-app"}},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        "packgate.dev/inject": "true",
-                        "packgate.dev/policy-pack": PACK,
-                    },
-                },
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": app_image,
-                            "imagePullPolicy": "Never",
-                            "command": ["sleep", "infinity"],
-                        }
-                    ],
-                },
-            },
-        },
-    }
+    return opted_in_app(
+        "chat-app",
+        app_image,
+        PACK,
+        labels={"team": "support", "project": "helpdesk"},
+        namespace=NAMESPACE,
+    )
 
 
 def start(stack: contextlib.ExitStack) -> tuple[LocalCluster, Node, image.BuiltImage]:

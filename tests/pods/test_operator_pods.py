@@ -17,6 +17,7 @@ from image import BuiltImage
 from localcluster import LocalCluster
 
 from tests.pods.conftest import RELEASE_NS, Provider, operator_pods, ready
+from tests.support.realpods import opted_in_app
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.pods]
@@ -78,35 +79,7 @@ def pack(provider: Provider, blocked_words: list[str] | None = None) -> dict[str
 
 
 def app(image: str, replicas: int = 2) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "chat"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "chat"}},
-            "template": {
-                "metadata": {
-                    "labels": {"app": "chat"},
-                    "annotations": {
-                        "packgate.dev/inject": "true",
-                        "packgate.dev/policy-pack": PACK,
-                    },
-                },
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": image,
-                            "imagePullPolicy": "Never",
-                            "command": ["sleep", "infinity"],
-                        }
-                    ],
-                },
-            },
-        },
-    }
+    return opted_in_app("chat", image, PACK, replicas=replicas)
 
 
 def get(cluster: LocalCluster, *args: str) -> Any:

@@ -73,6 +73,51 @@ class Provider:
         self.stop()
 
 
+def opted_in_app(
+    name: str,
+    image: str,
+    pack: str,
+    *,
+    labels: dict[str, str] | None = None,
+    replicas: int = 1,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """A Deployment whose pods opt in to the sidecar for ``pack``; its app container idles (the
+    caller runs the OpenAI SDK in it with ``kubectl exec``)."""
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name, **(labels or {})},
+                    "annotations": {
+                        "packgate.dev/inject": "true",
+                        "packgate.dev/policy-pack": pack,
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "command": ["sleep", "infinity"],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 def helm(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(cluster.bin_dir / "helm"), f"--kubeconfig={cluster.kubeconfig}", *args],
