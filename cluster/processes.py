@@ -33,9 +33,13 @@ def free_port() -> int:
 
 
 def spawn(
-    argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` with stdout and stderr appended to `log_path`, dying with its parent."""
+    """Start `argv` (in `cwd`) with stdout and stderr appended to `log_path`, dying with its
+    parent."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -44,6 +48,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=None if env is None else dict(env),
+            cwd=cwd,
             preexec_fn=die_with_parent,
         )
 

@@ -27,7 +27,6 @@ from collector_process import CollectorProcess
 from localcluster import LocalCluster
 from packgate_sidecar.audit.chain import ChainState, parse_line, seal
 from packgate_sidecar.audit.writer import list_segments
-from processes import die_with_parent, free_port
 
 from tests.integration.test_operator_propagation import (
     Setup,
@@ -35,6 +34,7 @@ from tests.integration.test_operator_propagation import (
     deployment,
 )
 from tests.support.browser import Browser, install
+from tests.support.upstream import upstream_process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -254,22 +254,12 @@ def pods_of_app(setup: Setup, ns: str, app: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def env(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditEnv]:
-    port = free_port()
     root = tmp_path_factory.mktemp("audit")
-    with (root / "upstream.log").open("wb") as log:
-        provider = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--text", "hi"],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-    try:
-        with AuditEnv(cluster, root, f"http://127.0.0.1:{port}/v1") as running:
-            yield running
-    finally:
-        provider.terminate()
-        provider.wait(timeout=10)
+    with (
+        upstream_process(root / "upstream.log") as upstream_url,
+        AuditEnv(cluster, root, upstream_url) as running,
+    ):
+        yield running
 
 
 def chat(sidecar: Sidecar, text: str) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import ssl
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from operator_process import OperatorProcess, webhook_configuration
 from packgate_operator.render import render
 from processes import die_with_parent, free_port
 
+from tests.support.upstream import upstream_process
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -339,22 +339,8 @@ def percentile(values: list[float], p: float) -> float:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("upstream") / "upstream.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--text", "hi"],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 20, "upstream")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+    with upstream_process(tmp_path_factory.mktemp("upstream") / "upstream.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

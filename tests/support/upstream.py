@@ -29,7 +29,10 @@ import signal
 import struct
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -553,6 +556,32 @@ def _responses_events(
     emit("response.output_item.done", output_index=0, item=item)
     emit("response.completed", response=_response(model, text, prompt, "completed", output=[item]))
     return events
+
+
+@contextmanager
+def upstream_process(log_path: Path, text: str = "hi") -> Iterator[str]:
+    """This fake upstream as a child process on a free loopback port (for a sidecar or an
+    operator in another process); yields its base URL once it accepts connections."""
+    import socket
+    import sys
+
+    from processes import free_port, spawn, stop_processes, wait_until_ready
+
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.support.upstream", "--port", str(port), "--text", text]
+    proc = spawn(argv, log_path, cwd=Path(__file__).resolve().parents[2])
+    procs = [("fake upstream", proc)]
+    try:
+        wait_until_ready(
+            proc,
+            lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0,
+            "fake upstream",
+            log_path,
+            timeout=20,
+        )
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_processes(procs, grace=10)
 
 
 async def _serve(host: str, port: int, default: Behavior) -> None:
