@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -36,6 +37,7 @@ if __package__ in (None, ""):
 from bench import kube
 from bench.common import REPO, Report, Row, Verdict, cpu_seconds, log, peak_rss_mb
 from tests.support.gateway_cli import gateway_argv
+from tests.support.upstream import upstream_process
 
 SIDECARS, RATE = 100, 50
 
@@ -246,20 +248,14 @@ def _cost(
         "Audit shipping: added latency per request",
         [("p50_ms", "p50 ms"), ("mean_ms", "mean ms"), ("n", "requests")],
     )
-    up_port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.upstream", "--port", str(up_port), "--text", "hi"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
-    )
+    stack = contextlib.ExitStack()
+    upstream_url = stack.enter_context(upstream_process(work / "upstream.log"))
     config = work / "seed.yaml"
     seed = (REPO / "examples/policy-configs/chatgpt-enterprise-gateway.yaml").read_text()
     config.write_text(
         seed.replace(
             "provider: openai:chat:gpt-4o",
-            f"provider: openai:chat:gpt-4o\n      base_url: http://127.0.0.1:{up_port}/v1",
+            f"provider: openai:chat:gpt-4o\n      base_url: {upstream_url}",
         )
     )
     (work / "token").write_text(token)
@@ -299,8 +295,7 @@ def _cost(
         for _, proc in sidecars.values():
             proc.terminate()
             proc.wait(timeout=30)
-        upstream.terminate()
-        upstream.wait(timeout=10)
+        stack.close()
     medians = {}
     for name, values in samples.items():
         medians[name] = statistics.median(values) * 1000
