@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from packgate_sidecar.audit.chain import VerifyResult
+from packgate_sidecar.audit.chain import Finding, VerifyResult
 from packgate_sidecar.audit.keys import AuditKeyError, configured_key, read_key_file
 from packgate_sidecar.audit.verify import (
     AuditPathError,
@@ -95,16 +95,7 @@ def run(args: argparse.Namespace) -> int:
             "head": None
             if result.head is None
             else {"seq": result.head.seq - 1, "hash": result.head.prev},
-            "findings": [
-                {
-                    "kind": f.kind,
-                    "segment": f.segment,
-                    "line": f.line,
-                    "seq": f.seq,
-                    "detail": f.detail,
-                }
-                for f in result.findings
-            ],
+            "findings": [finding_json(f) for f in result.findings],
             "notes": list(result.notes),
         }
         print(json.dumps(report, indent=2))
@@ -133,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
     return TAMPERED
 
 
+def finding_json(f: Finding) -> dict[str, Any]:
+    """One finding in the ``--json`` reports of a log and of a store alike."""
+    return {"kind": f.kind, "segment": f.segment, "line": f.line, "seq": f.seq, "detail": f.detail}
+
+
 def run_store(args: argparse.Namespace, keys: list[bytes]) -> int:
     """Check every chain of a collector store (or export), classifying every finding."""
     root = Path(args.path)
@@ -154,15 +150,7 @@ def run_store(args: argparse.Namespace, keys: list[bytes]) -> int:
                 "records": result.records,
                 "mac_checked": result.mac_checked,
                 "findings": [
-                    {
-                        "class": category(f.kind),
-                        "kind": f.kind,
-                        "segment": f.segment,
-                        "line": f.line,
-                        "seq": f.seq,
-                        "detail": f.detail,
-                    }
-                    for f in result.findings
+                    {"class": category(f.kind), **finding_json(f)} for f in result.findings
                 ],
             }
         )
