@@ -307,18 +307,18 @@ class Kube:
             return None
         return result
 
-    async def token_review(self, token: str, audience: str) -> TokenIdentity | None:
-        """Who a token belongs to, when it is a valid pod-bound token for `audience`."""
+    async def _review_token(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """POST a TokenReview; its status (empty when the apiserver gave none)."""
         review = await self.request(
             "POST",
             "/apis/authentication.k8s.io/v1/tokenreviews",
-            body={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token, "audiences": [audience]},
-            },
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
         )
-        status = review.get("status") or {}
+        return dict(review.get("status") or {})
+
+    async def token_review(self, token: str, audience: str) -> TokenIdentity | None:
+        """Who a token belongs to, when it is a valid pod-bound token for `audience`."""
+        status = await self._review_token({"token": token, "audiences": [audience]})
         if not status.get("authenticated") or audience not in (status.get("audiences") or []):
             return None
         user = status.get("user") or {}
@@ -334,16 +334,7 @@ class Kube:
     async def review_user_token(self, token: str) -> UserInfo | None:
         """Who a person's bearer token belongs to (any authenticator the apiserver trusts, the
         apiserver's own audience), or None when it does not authenticate."""
-        review = await self.request(
-            "POST",
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            body={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token},
-            },
-        )
-        status = review.get("status") or {}
+        status = await self._review_token({"token": token})
         if not status.get("authenticated"):
             return None
         user = status.get("user") or {}
