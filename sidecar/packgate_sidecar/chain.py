@@ -9,7 +9,9 @@ error (never silently skipped), so an unimplemented policy can never mean an une
 
 Budgets: async waits are cut by a timeout (`budget.within`: armed only once a hook waits);
 CPU-bound work cannot be interrupted on the event loop, so an overrun is also detected after the
-fact from the measured duration.
+fact, and judged by the CPU time the loop thread spent (`_overran`): wall time would also count
+time the sidecar spent descheduled on a busy node or waiting for the GIL, and turn overload into
+spurious fail-closed blocks that no policy caused.
 """
 
 from __future__ import annotations
@@ -211,7 +213,7 @@ class Chain:
         ctx: RequestContext,
         items: Sequence[TextItem],
     ) -> tuple[Decision | None, str | None, float]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             decision = await within(entry.budget, method(ctx, items))
             if not isinstance(decision, Decision):
@@ -226,7 +228,8 @@ class Chain:
         elapsed = _since(started)
         # An overrun in CPU-bound code is only visible afterwards; it is still an overrun. When
         # failing open, the (late) decision is still applied: it is the safer text.
-        return decision, ("timeout" if elapsed > entry.budget else None), elapsed
+        failure = "timeout" if _overran(entry.budget, elapsed, cpu_started) else None
+        return decision, failure, elapsed
 
     def _record(
         self, ctx: RequestContext, entry: Entry, phase: str, decision: Decision, elapsed: float
@@ -338,6 +341,13 @@ def _since(started: float) -> float:
     return time.perf_counter() - started
 
 
+def _overran(budget: float, elapsed: float, cpu_started: float) -> bool:
+    """Whether a hook that finished overran its budget: `elapsed` wall seconds and, read only
+    then, the loop thread's CPU seconds since `cpu_started` both exceed it. Waiting is already cut
+    in wall time by `within`; what is left to judge here is the work the hook did itself."""
+    return elapsed > budget and time.thread_time() - cpu_started > budget
+
+
 def _apply(rewrites: Mapping[int, str], items: list[TextItem], slots: list[TextSlot]) -> None:
     for index, text in rewrites.items():
         if not isinstance(text, str) or not isinstance(index, int) or index < 0:
@@ -418,7 +428,7 @@ class StreamPolicies:
 
     def _step(self, stage: _Stage, call: Callable[[str], str], text: str) -> str:
         entry = stage.entry
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             out = call(text)
             if not isinstance(out, str):
@@ -431,7 +441,7 @@ class StreamPolicies:
             return self._fail(stage, "error", text, _since(started))
         elapsed = _since(started)
         stage.spent += elapsed
-        if elapsed > entry.budget:
+        if _overran(entry.budget, elapsed, cpu_started):
             self._fail(stage, "timeout", out, elapsed)
         return out
 

@@ -146,8 +146,8 @@ class FailingPolicy(Policy):
         if self.mode == "sleep":
             await asyncio.sleep(5)
         if self.mode == "spin":
-            deadline = time.perf_counter() + self.settings.timeout_ms / 1000 * 2
-            while time.perf_counter() < deadline:
+            deadline = time.thread_time() + self.settings.timeout_ms / 1000 * 2
+            while time.thread_time() < deadline:
                 pass
         return Decision.flag("looked", score=0.5)
 

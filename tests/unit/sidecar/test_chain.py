@@ -154,6 +154,49 @@ async def test_the_time_budget_cuts_an_async_wait_short() -> None:
     assert asyncio.get_running_loop().time() - started < 2  # the policy sleeps for 5 s
 
 
+class Descheduled(Policy):
+    """Finishes quickly in CPU terms but late by the clock: its thread is held up without running,
+    as on a busy node where the sidecar waits for a core (a blocking sleep stands in for that)."""
+
+    def _held_up(self) -> None:
+        time.sleep(self.settings.timeout_ms / 1000 * 3)
+
+    async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
+        self._held_up()
+        return Decision.allow()
+
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
+        policy = self
+
+        class Late(StreamFilter):
+            def feed(self, text: str) -> str:
+                policy._held_up()
+                return text
+
+        return Late()
+
+
+async def test_time_the_sidecar_spends_descheduled_is_not_a_policy_timeout() -> None:
+    chain = build(
+        ["pii-detector"], registry_with(pii_detector=Descheduled), pii_detector={"timeout_ms": 20}
+    )
+    ctx = RequestContext("r", CHAT)
+    assert await chain.run_request(ctx, chat("hello")[1]) is None
+    assert ctx.decisions[0].failure is None and ctx.decisions[0].duration_ms >= 60
+    stream = chain.open_stream(ctx)
+    assert stream is not None
+    assert stream.feed((0, "content"), "text") == "text"
+    for phase in ("request", "stream"):
+        failures = sample(
+            chain,
+            "packgate_policy_failures_total",
+            kind="pii-detector",
+            phase=phase,
+            reason="timeout",
+        )
+        assert failures == 0
+
+
 async def test_bad_rewrites_count_as_a_policy_error() -> None:
     class Bad(Policy):
         async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
