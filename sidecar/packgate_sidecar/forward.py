@@ -41,7 +41,7 @@ USER_AGENT = "packgate-sidecar/0.1"
 _PASS_PREFIXES = ("x-request-id", "openai-", "x-ratelimit-", "retry-after")
 _ERROR_BODY_LIMIT = 64 * 1024
 # A record being made durable (audit write-ahead): resolves once it is fsynced.
-Durable = concurrent.futures.Future[list[str]]
+Durable = asyncio.Future[Any] | concurrent.futures.Future[Any]
 
 
 @dataclass(frozen=True)

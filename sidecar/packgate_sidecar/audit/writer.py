@@ -1,34 +1,39 @@
-"""Appends sealed audit records to segment files, off the event loop, crash-safely.
+"""Appends sealed audit records to segment files crash-safely, with ``fsync`` off the event loop.
 
-Why it exists: every proxied request produces an audit record, and neither hashing nor ``fsync``
-may stall the event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``),
-which only validates the record and appends it to an in-memory queue; one writer thread seals
-whatever has queued up, writes the batch with a single ``os.write`` on an ``O_APPEND`` descriptor
-and ``fsync``s once per batch, so throughput grows with load instead of paying one ``fsync`` per
-request.
+Why it exists: every proxied request produces an audit record, and no ``fsync`` may stall the
+event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``), which validates
+and seals the record on the spot (hash and MAC: a few tens of microseconds, cheaper than handing
+the record to another thread) and appends the line to an in-memory batch. One writer thread takes
+whatever batch has built up, writes it with a single ``os.write`` on an ``O_APPEND`` descriptor
+and ``fsync``s once, so throughput grows with load instead of paying one ``fsync`` per request.
+The hand-off costs one thread wake-up per batch (only when the thread sleeps) and one wake-up of
+each waiting event loop per batch, whose callback resolves all of that batch's futures at once:
+never a cross-thread call per record.
 
 On disk: ``DIR/audit-NNNNNN-YYYYMMDD.jsonl`` segments, one sealed JSON record per line (see
 ``chain.py``). A segment is created atomically (header written to a temp file, fsynced, then
 hard-linked into place), starts with a ``segment`` record naming the previous segment, and is
 only ever appended to. A new segment starts on each writer start, each UTC day and once the
 current one has reached ``max_segment_bytes`` (so a segment may overshoot by one record).
+Records are sealed, queued and written in one order (``seq``), headers and prune records included.
 
 Crash safety: bytes already written are never rewritten. After ``kill -9`` mid-write the newest
 segment may end in a torn line; the next start chains on from the last complete line, in a new
 segment, and seals a ``recovered`` record naming the torn bytes (offset, length, SHA-256) so the
 verifier can tell a crash from tampering. A record is durable once the batch holding it is
-fsynced; records still queued at a crash are lost. ``await put_durable`` returns only once the
-record's batch is fsynced (records queued together share one fsync: group commit), for records
-that must survive a crash of the process the moment after. The stdout copy is written by the
-same thread, so a stalled stdout slows the writer and, through the bounded queue, the requests,
-rather than letting the two copies diverge.
+fsynced; records still queued at a crash are lost. :meth:`submit_durable` returns a future of the
+caller's event loop that resolves only once the record's batch is fsynced (records queued
+together share one fsync: group commit), for records that must survive a crash of the process
+the moment after; ``await put_durable`` waits for the same. The stdout copy is written by the
+same thread after the fsync, so a stalled stdout slows the writer and, through the bounded queue,
+the requests, rather than letting the two copies diverge.
 
 Backpressure: the queue holds ``max_queue`` records (plus the batch being written). When it is
 full, :meth:`submit` raises :class:`AuditQueueFull` (counted in ``stats.rejected``) so the caller
 can fail the request closed, and ``await put`` waits for room (counted in ``stats.waited``),
 slowing requests down to the disk's pace. Records are never dropped silently. If the disk fails,
-the writer stops, every later call raises :class:`AuditWriterError`, and queued records are
-counted in ``stats.lost``.
+the writer stops, every waiting future and every later call gets :class:`AuditWriterError`, and
+queued records are counted in ``stats.lost``.
 
 Retention: with ``retention_days`` set, whole segments whose newest record is older than that
 are deleted, oldest first and never the current one, after a ``prune`` record naming them and
@@ -44,17 +49,14 @@ import contextlib
 import hashlib
 import hmac
 import os
-import re
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 from packgate_sidecar.audit.chain import (
     GENESIS_STATE,
@@ -66,48 +68,35 @@ from packgate_sidecar.audit.chain import (
     seal,
 )
 from packgate_sidecar.audit.record import AuditRecord, utc_time
+from packgate_sidecar.audit.segments import (
+    DAY,
+    SEGMENT_RE,
+    create_segment,
+    expired_segments,
+    fsync_dir,
+    list_segments,
+    read_tail,
+    segment_name,
+    segno,
+    write_all,
+)
 
 # ctx.state key under which audit-logger leaves the futures of records that must be durable
 # before the gateway sends a whole response (the wait is I/O, outside any policy's time budget).
 DURABLE_STATE_KEY = "audit-logger/durable"
-SEGMENT_RE = re.compile(r"audit-(\d{6,})-(\d{8})\.jsonl")
-_DAY = 86400.0
-
-
-def segment_name(segno: int, epoch: float) -> str:
-    return f"audit-{segno:06d}-{datetime.fromtimestamp(epoch, tz=UTC):%Y%m%d}.jsonl"
-
-
-def list_segments(directory: Path) -> list[Path]:
-    """The segment files of a log directory in chain order (by segment number)."""
-    return sorted((p for p in directory.iterdir() if SEGMENT_RE.fullmatch(p.name)), key=_segno)
-
-
-def _segno(path: Path) -> int:
-    match = SEGMENT_RE.fullmatch(path.name)
-    return int(match.group(1)) if match else -1
-
-
-def read_tail(path: Path, chunk: int = 65536) -> tuple[bytes | None, bytes]:
-    """The last complete line of a file (without newline) and any torn bytes after it."""
-    with path.open("rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        data, start = b"", end
-        while start > 0:
-            start = max(0, start - chunk)
-            f.seek(start)
-            data = f.read(end - start)
-            cut = data.rfind(b"\n")
-            if cut >= 0 and (data.rfind(b"\n", 0, cut) >= 0 or start == 0):
-                break
-    cut = data.rfind(b"\n")
-    if cut < 0:
-        return None, data
-    return data[data.rfind(b"\n", 0, cut) + 1 : cut], data[cut + 1 :]
-
-
-def _epoch(ts: str) -> float:
-    return datetime.fromisoformat(ts).timestamp()
+# Importers of the directory layout from here (shipper, verifier, collector) keep working.
+__all__ = [
+    "DURABLE_STATE_KEY",
+    "SEGMENT_RE",
+    "AuditQueueFull",
+    "AuditRecoveryError",
+    "AuditStats",
+    "AuditWriter",
+    "AuditWriterError",
+    "list_segments",
+    "read_tail",
+    "segment_name",
+]
 
 
 class AuditWriterError(RuntimeError):
@@ -126,7 +115,7 @@ class AuditQueueFull(RuntimeError):
 class AuditStats:
     submitted: int = 0  # accepted into the queue
     written: int = 0  # records durable on disk (fsynced), headers and prune records included
-    batches: int = 0
+    batches: int = 0  # fsyncs of appended records
     rejected: int = 0  # submit() refused: queue full
     waited: int = 0  # put() calls that had to wait for room
     segments: int = 0  # segments opened by this writer
@@ -135,7 +124,49 @@ class AuditStats:
     echo_errors: int = 0  # failed writes of the stdout copy (the file copy is unaffected)
 
 
-_Item = tuple[str, Any, Any]
+# What the writer thread does, in seal order: append lines, start a segment (its header already
+# sealed), look for expired segments, delete them once the prune record naming them is durable.
+@dataclass(slots=True)
+class _Write:
+    data: bytearray
+    records: int = 0
+    access: int = 0
+
+
+@dataclass(slots=True)
+class _Open:
+    name: str
+    header: bytes
+    now: float
+
+
+@dataclass(slots=True)
+class _Prune:
+    now: float
+    done: concurrent.futures.Future[list[str]] | None
+
+
+@dataclass(slots=True)
+class _Unlink:
+    paths: list[Path]
+    done: concurrent.futures.Future[list[str]] | None
+
+
+_Op = _Write | _Open | _Prune | _Unlink
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Everything queued since the writer thread last took a batch, and who waits for it."""
+
+    ops: list[_Op] = field(default_factory=list)
+    tail: _Write | None = None  # the last op, while new lines may still be added to it
+    access: int = 0  # access records in ops (the queue's length)
+    loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = field(default_factory=dict)
+    threads: list[concurrent.futures.Future[list[str]]] = field(default_factory=list)
+
+    def waiting(self) -> bool:
+        return bool(self.ops or self.loops or self.threads)
 
 
 class AuditWriter:
@@ -161,16 +192,21 @@ class AuditWriter:
         self._echo = echo_stream if echo_stream is not None else stdout
         self._echo_stream = echo_stream
         self._clock = clock
-        self._cv = threading.Condition()
-        self._pending: deque[_Item] = deque()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._cv = threading.Condition(threading.Lock())
+        # Guarded by _cv: the queue, and the sealing side of the chain (head, segment, size).
+        self._batch = _Batch()
+        self._room: list[asyncio.Future[None]] = []  # put() calls waiting for room
+        self._sleeping = False  # the writer thread waits for work (a submit must wake it)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._error: BaseException | None = None
-        # Owned by the writer thread once it runs.
         self._state = GENESIS_STATE
-        self._fd = -1
-        self._segno, self._seg_name, self._day, self._size = 0, "", "", 0
+        self._segno, self._seg_name, self._size = 0, "", 0
+        self._day_start = self._day_end = 0.0
+        # Owned by the writer thread once it runs (by start() before): the open segment file.
+        self._fd, self._file_seg = -1, ""
+        self._unsynced = _Write(bytearray())  # written, not yet fsynced (echoed after the fsync)
+        self._pruning: set[str] = set()
         self._access_written = 0
         # Called on the writer thread after each durable batch (the shipper's wake-up).
         self.on_durable: Callable[[], None] | None = None
@@ -182,6 +218,7 @@ class AuditWriter:
 
     @property
     def segment(self) -> str:
+        """The segment records are being sealed into (the newest one)."""
         return self._seg_name
 
     @property
@@ -196,7 +233,7 @@ class AuditWriter:
                 self._error is None
                 and self._thread is not None
                 and not self._closing
-                and len(self._pending) < self._max_queue
+                and self._batch.access < self._max_queue
             )
 
     def reconfigure(self, *, retention_days: int | None, echo_stdout: bool) -> None:
@@ -232,7 +269,7 @@ class AuditWriter:
             ):
                 raise AuditRecoveryError(f"cannot continue audit log {newest}: last record altered")
             self._state, self._seg_name = env.state_after, newest.name
-            self._segno = _segno(newest)
+            self._segno = segno(newest)
             if fragment:
                 torn = {
                     "segment": newest.name,
@@ -241,10 +278,16 @@ class AuditWriter:
                     "sha256": hashlib.sha256(fragment).hexdigest(),
                     "last_seq": env.seq,
                 }
-        self._open_segment(now, "recovery" if torn else "start")
-        if torn is not None:
-            self._flush(bytearray(self._seal("recovered", torn, now)), 1, access=False)
-        self._prune(now)
+        with self._cv:
+            self._roll(now, "recovery" if torn else "start")
+            if torn is not None:
+                self._append(self._seal("recovered", torn, now), access=False)
+        while True:  # the header, the recovered record, then what start-up pruning queues
+            with self._cv:
+                batch, self._batch = self._batch, _Batch()
+            if not batch.ops:
+                break
+            self._apply(batch.ops)
         self._thread = threading.Thread(target=self._run, name="packgate-audit", daemon=True)
         self._thread.start()
 
@@ -286,91 +329,109 @@ class AuditWriter:
         if self._error is not None:
             raise AuditWriterError(f"audit writer failed: {self._error}") from self._error
 
-    # -- producers (any thread; submit never blocks) ------------------------------------------
+    # -- producers (submit and submit_durable never block) -----------------------------------
 
     def submit(self, record: AuditRecord | Mapping[str, object]) -> None:
-        """Queue a record for sealing; raises :class:`AuditQueueFull` rather than block."""
-        body = _body(record)
-        with self._cv:
-            self._check_open()
-            if len(self._pending) >= self._max_queue:
-                self.stats.rejected += 1
-                raise AuditQueueFull(f"audit queue full ({self._max_queue} records waiting)")
-            self._pending.append(("access", body, None))
-            self.stats.submitted += 1
-            self._cv.notify()
+        """Seal and queue a record (any thread); raises :class:`AuditQueueFull` rather than
+        block."""
+        self._enqueue(_body(record), None, None)
 
     async def put(self, record: AuditRecord | Mapping[str, object]) -> None:
         """Queue a record, waiting (without blocking the loop) while the queue is full."""
-        body = _body(record)
-        loop = asyncio.get_running_loop()
-        waited = False
-        while True:
-            room: asyncio.Future[None] = loop.create_future()
-            with self._cv:
-                self._check_open()
-                if len(self._pending) < self._max_queue:
-                    self._pending.append(("access", body, None))
-                    self.stats.submitted += 1
-                    self._cv.notify()
-                    return
-                self._waiters.append((loop, room))
-                if not waited:
-                    self.stats.waited += 1
-                    waited = True
-            await room
+        await self._put(_body(record), None)
 
-    def submit_durable(
-        self, record: AuditRecord | Mapping[str, object]
-    ) -> concurrent.futures.Future[list[str]]:
-        """Queue a record like :meth:`submit`; the returned future resolves once the record's
-        batch is fsynced (records queued together share one fsync: group commit)."""
-        body = _body(record)
-        done: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
-        with self._cv:
-            self._check_open()
-            if len(self._pending) >= self._max_queue:
-                self.stats.rejected += 1
-                raise AuditQueueFull(f"audit queue full ({self._max_queue} records waiting)")
-            self._pending.append(("access", body, done))
-            self.stats.submitted += 1
-            self._cv.notify()
+    def submit_durable(self, record: AuditRecord | Mapping[str, object]) -> asyncio.Future[None]:
+        """Queue a record like :meth:`submit` (from a running event loop); the returned future
+        of that loop resolves once the record's batch is fsynced, or fails with
+        :class:`AuditWriterError` if it cannot be written."""
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(_body(record), done, None)
         return done
 
     async def put_durable(self, record: AuditRecord | Mapping[str, object]) -> None:
         """Queue a record (waiting for room) and return once it is fsynced."""
-        while True:
-            try:
-                done = self.submit_durable(record)
-                break
-            except AuditQueueFull:
-                await self.put(record)  # waits for room, then queues (not durable-tracked)
-                await self.aflush()
-                return
-        await asyncio.wrap_future(done)
+        done = asyncio.get_running_loop().create_future()
+        await self._put(_body(record), done)
+        await done
 
     def prune(self, now: float | None = None) -> list[str]:
         """Delete expired segments now (through the writer thread); returns their names.
         Blocks until done: from a coroutine use :meth:`aprune`."""
-        return self._command("prune", now).result()
+        return self._command(now).result()
 
     async def aprune(self, now: float | None = None) -> list[str]:
-        return await asyncio.wrap_future(self._command("prune", now))
+        return await asyncio.wrap_future(self._command(now))
 
     def flush(self) -> None:
         """Block until every record submitted before this call is fsynced."""
-        self._command("flush", None).result()
-
-    async def aflush(self) -> None:
-        await asyncio.wrap_future(self._command("flush", None))
-
-    def _command(self, kind: str, arg: float | None) -> concurrent.futures.Future[list[str]]:
         done: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
         with self._cv:
             self._check_open()
-            self._pending.append((kind, arg, done))
+            self._batch.threads.append(done)
+            self._cv.notify()
+        done.result()
+
+    async def aflush(self) -> None:
+        done = asyncio.get_running_loop().create_future()
+        with self._cv:
+            self._check_open()
+            self._batch.loops.setdefault(done.get_loop(), []).append(done)
+            self._cv.notify()
+        await done
+
+    def _command(self, now: float | None) -> concurrent.futures.Future[list[str]]:
+        done: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        with self._cv:
+            self._check_open()
+            self._batch.ops.append(_Prune(self._clock() if now is None else now, done))
             self._cv.notify()
         return done
+
+    async def _put(self, body: dict[str, JSONValue], done: asyncio.Future[None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        waited = False
+        while True:
+            room = loop.create_future()
+            if self._enqueue(body, done, room):
+                return
+            if not waited:
+                waited = True
+                with self._cv:
+                    self.stats.waited += 1
+            await room
+
+    def _enqueue(
+        self,
+        body: dict[str, JSONValue],
+        done: asyncio.Future[None] | None,
+        room: asyncio.Future[None] | None,
+    ) -> bool:
+        """Seal the record and queue its line. With the queue full: raise AuditQueueFull, or,
+        given ``room``, return False with it registered to be resolved once there is room
+        (under the same lock as the check, so that wake-up cannot be missed)."""
+        with self._cv:
+            self._check_open()
+            batch = self._batch
+            if batch.access >= self._max_queue:
+                if room is None:
+                    self.stats.rejected += 1
+                    raise AuditQueueFull(f"audit queue full ({self._max_queue} records waiting)")
+                self._room.append(room)
+                return False
+            now = self._clock()
+            if not self._day_start <= now < self._day_end:
+                self._roll(now, "day")
+            elif self._size >= self._max_bytes:  # so a segment overshoots by one record at most
+                self._roll(now, "size")
+            self._append(self._seal("access", body, now), access=True)
+            batch.access += 1
+            self.stats.submitted += 1
+            if done is not None:
+                batch.loops.setdefault(done.get_loop(), []).append(done)
+            if self._sleeping:  # otherwise the thread takes this batch when it finishes its own
+                self._sleeping = False
+                self._cv.notify()
+            return True
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -378,61 +439,7 @@ class AuditWriter:
         if self._thread is None or self._closing:
             raise AuditWriterError("audit writer is not running")
 
-    # -- the writer thread --------------------------------------------------------------------
-
-    def _run(self) -> None:
-        batch: deque[_Item] = deque()
-        try:
-            while True:
-                with self._cv:
-                    while not self._pending and not self._closing:
-                        self._cv.wait()
-                    batch, self._pending = self._pending, deque()
-                    waiters, self._waiters = self._waiters, []
-                _wake(waiters)
-                if not batch:
-                    return  # closing, and everything queued has been written
-                self._write_batch(batch)
-        except BaseException as exc:
-            with self._cv:
-                self._error = exc
-                lost, self._pending = list(batch) + list(self._pending), deque()
-                waiters, self._waiters = self._waiters, []
-                self.stats.lost = self.stats.submitted - self._access_written
-            for _, _, done in lost:
-                if done is not None and not done.done():
-                    done.set_exception(AuditWriterError(f"audit writer failed: {exc}"))
-            _wake(waiters)
-
-    def _write_batch(self, batch: deque[_Item]) -> None:
-        buf, count = bytearray(), 0
-        durable: list[concurrent.futures.Future[list[str]]] = []
-        while batch:
-            kind, payload, done = batch[0]
-            if kind != "access":
-                self._flush(buf, count)
-                buf, count = bytearray(), 0
-                if kind == "prune":
-                    done.set_result(self._prune(self._clock() if payload is None else payload))
-                else:
-                    done.set_result([])
-                batch.popleft()
-                continue
-            now = self._clock()
-            # A segment may overshoot max_segment_bytes by one record: the header must come first.
-            if self._day != _day(now) or self._size + len(buf) >= self._max_bytes:
-                self._flush(buf, count)
-                buf, count = bytearray(), 0
-                self._open_segment(now, "day" if self._day != _day(now) else "size")
-                self._prune(now)
-            buf += self._seal("access", payload, now)
-            count += 1
-            if done is not None:
-                durable.append(done)
-            batch.popleft()
-        self._flush(buf, count)
-        for waiter in durable:  # written and fsynced (when fsync is on)
-            waiter.set_result([])
+    # -- sealing (with _cv held) -------------------------------------------------------------
 
     def _seal(self, kind: RecordType, body: Mapping[str, JSONValue], now: float) -> bytes:
         line, self._state = seal(
@@ -440,84 +447,136 @@ class AuditWriter:
         )
         return line
 
-    def _flush(self, buf: bytearray, count: int, *, access: bool = True) -> None:
-        if not buf:
+    def _append(self, line: bytes, *, access: bool) -> None:
+        tail = self._batch.tail
+        if tail is None:
+            tail = self._batch.tail = _Write(bytearray())
+            self._batch.ops.append(tail)
+        tail.data += line
+        tail.records += 1
+        tail.access += access
+        self._size += len(line)
+
+    def _roll(self, now: float, reason: str) -> None:
+        """Seal the header of the next segment; later lines go to it once the thread made it."""
+        name = segment_name(self._segno + 1, now)
+        header = {"segment": name, "reason": reason, "prev_segment": self._seg_name or None}
+        line = self._seal("segment", header, now)
+        self._batch.ops.append(_Open(name, line, now))
+        self._batch.tail = None
+        self._segno, self._seg_name, self._size = self._segno + 1, name, len(line)
+        self._day_start = now - now % DAY  # POSIX time: every UTC day is 86400 s long
+        self._day_end = self._day_start + DAY
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch = _Batch()
+        try:
+            while True:
+                with self._cv:
+                    while not self._batch.waiting() and not self._closing:
+                        self._sleeping = True
+                        self._cv.wait()
+                    self._sleeping = False
+                    batch, self._batch = self._batch, _Batch()
+                    room, self._room = self._room, []
+                _wake(room, None)
+                if not batch.waiting():
+                    return  # closing, and everything queued has been written
+                self._apply(batch.ops)
+                _settle(batch, None)
+        except BaseException as exc:
+            with self._cv:
+                self._error = exc
+                lost, self._batch = self._batch, _Batch()
+                room, self._room = self._room, []
+                self.stats.lost = self.stats.submitted - self._access_written
+            error = AuditWriterError(f"audit writer failed: {exc}")
+            for failed in (batch, lost):
+                _settle(failed, error)
+            _wake(room, None)  # put() tries again and gets the error
+
+    def _apply(self, ops: list[_Op]) -> None:
+        """Write the ops in order; everything written is fsynced when this returns."""
+        for op in ops:
+            if isinstance(op, _Write):
+                write_all(self._fd, op.data)
+                self._unsynced.data += op.data
+                self._unsynced.records += op.records
+                self._unsynced.access += op.access
+            elif isinstance(op, _Open):
+                self._open_segment(op)
+            elif isinstance(op, _Prune):
+                self._prune(op.now, op.done)
+            else:
+                self._sync()  # the prune record naming them is durable before they go
+                for path in op.paths:
+                    path.unlink()
+                fsync_dir(self.directory)
+                self._pruning.difference_update(path.name for path in op.paths)
+                self.stats.pruned += len(op.paths)
+                if op.done is not None:
+                    op.done.set_result([path.name for path in op.paths])
+        self._sync()
+
+    def _sync(self) -> None:
+        done = self._unsynced
+        if not done.records:
             return
-        _write_all(self._fd, buf)
+        self._unsynced = _Write(bytearray())
         if self._fsync:
             os.fsync(self._fd)
-        self._size += len(buf)
-        self.stats.written += count
-        self._access_written += count if access else 0
+        self.stats.written += done.records
+        self._access_written += done.access
         self.stats.batches += 1
-        self._echo_lines(buf)
+        self._echo_lines(done.data)
         if self.on_durable is not None:
             self.on_durable()
 
     def _echo_lines(self, data: bytes | bytearray) -> None:
-        if self._echo is None:
+        echo = self._echo
+        if echo is None:
             return
         try:
-            self._echo.write(data)
-            self._echo.flush()
+            echo.write(data)
+            echo.flush()
         except (OSError, ValueError):
             self.stats.echo_errors += 1
 
-    def _open_segment(self, now: float, reason: str) -> None:
-        name = segment_name(self._segno + 1, now)
-        header = {"segment": name, "reason": reason, "prev_segment": self._seg_name or None}
-        line = self._seal("segment", header, now)
-        tmp = self.directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, self.directory / name)  # unlike rename, never replaces an existing segment
-        tmp.unlink()
-        _fsync_dir(self.directory)
+    def _open_segment(self, op: _Open) -> None:
+        self._sync()  # the old segment's lines are durable before the next segment exists
+        fd = create_segment(self.directory, op.name, op.header)
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd = os.open(self.directory / name, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self._segno, self._seg_name, self._day, self._size = (
-            self._segno + 1,
-            name,
-            _day(now),
-            len(line),
-        )
+        self._fd = fd
+        self._file_seg = op.name
         self.stats.segments += 1
         self.stats.written += 1
-        self._echo_lines(line)
+        self._echo_lines(op.header)
+        self._prune(op.now, None)
 
-    def _prune(self, now: float) -> list[str]:
-        if self._retention is None:
-            return []
-        cutoff = now - self._retention * _DAY
-        expired: list[tuple[Path, dict[str, JSONValue]]] = []
-        for path in list_segments(self.directory):
-            if path.name == self._seg_name:
-                break
-            last, _ = read_tail(path)
-            with path.open("rb") as f:
-                first = parse_line(f.readline().rstrip(b"\n"))
-            env = parse_line(last) if last is not None else "empty"
-            if isinstance(env, str) or isinstance(first, str) or _epoch(env.ts) >= cutoff:
-                break  # only a contiguous run of the oldest, fully expired, readable segments
-            info: dict[str, JSONValue] = {"name": path.name, "first_seq": first.seq}
-            expired.append((path, info | {"last_seq": env.seq, "last_hash": env.hash}))
+    def _prune(self, now: float, done: concurrent.futures.Future[list[str]] | None) -> None:
+        """Find the expired segments; queue the prune record naming them and their deletion
+        (which waits for that record to be durable). ``done`` gets the names once deleted."""
+        retention = self._retention
+        expired = []
+        if retention is not None:
+            cutoff = now - retention * DAY
+            expired = expired_segments(self.directory, self._file_seg, self._pruning, cutoff)
         if not expired:
-            return []
+            if done is not None:
+                done.set_result([])
+            return
         body: dict[str, JSONValue] = {
-            "retention_days": self._retention,
+            "retention_days": retention,
             "segments": [info for _, info in expired],
         }
-        self._flush(bytearray(self._seal("prune", body, now)), 1, access=False)
-        for path, _ in expired:
-            path.unlink()
-        _fsync_dir(self.directory)
-        self.stats.pruned += len(expired)
-        return [path.name for path, _ in expired]
+        with self._cv:
+            self._append(self._seal("prune", body, now), access=False)
+            self._batch.ops.append(_Unlink([path for path, _ in expired], done))
+            self._batch.tail = None
+        self._pruning.update(path.name for path, _ in expired)
 
 
 def _body(record: AuditRecord | Mapping[str, object]) -> dict[str, JSONValue]:
@@ -526,30 +585,38 @@ def _body(record: AuditRecord | Mapping[str, object]) -> dict[str, JSONValue]:
     return AuditRecord.from_body(record).to_body()
 
 
-def _day(epoch: float) -> str:
-    return f"{datetime.fromtimestamp(epoch, tz=UTC):%Y%m%d}"
+def _settle(batch: _Batch, error: BaseException | None) -> None:
+    """Resolve everyone waiting for a batch: one call into each waiting event loop, whose
+    callback resolves all of that loop's futures."""
+    for loop, futures in batch.loops.items():
+        with contextlib.suppress(RuntimeError):  # that loop has been closed meanwhile
+            loop.call_soon_threadsafe(_resolve_all, futures, error)
+    for done in batch.threads:
+        if error is None:
+            done.set_result([])
+        else:
+            done.set_exception(error)
+    for op in batch.ops if error is not None else ():  # commands: resolved by their op if run
+        if isinstance(op, _Prune | _Unlink) and op.done is not None and not op.done.done():
+            op.done.set_exception(error)
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _wake(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for future in futures:
+        loops.setdefault(future.get_loop(), []).append(future)
+    _settle(_Batch(loops=loops), error)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-    for loop, room in waiters:
-        with contextlib.suppress(RuntimeError):  # the waiting loop has been closed meanwhile
-            loop.call_soon_threadsafe(_resolve, room)
-
-
-def _resolve(room: asyncio.Future[None]) -> None:
-    if not room.done():
-        room.set_result(None)
+def _resolve_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue  # cancelled: the request stopped waiting
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            # Marked as retrieved: a caller that does not wait for durability (the gateway with
+            # --no-durable-audit) learns of the failure from the next submit, not from a
+            # "Future exception was never retrieved" at garbage collection.
+            future.exception()

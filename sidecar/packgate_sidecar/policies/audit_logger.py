@@ -3,8 +3,8 @@
 Why it exists: compliance needs to show, after the fact, who sent what kind of request through
 which pack and what every policy decided, without the log itself becoming a store of prompts.
 Records are `audit.record.AuditRecord`s (short tokens and numbers only: no prompt, completion or
-secret can be written), sealed into the hash chain by `audit.writer.AuditWriter` off the event
-loop; `packgate audit verify DIR` checks them.
+secret can be written), sealed into the hash chain by `audit.writer.AuditWriter` (on the event
+loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks them.
 
 - `log_all_access: true`: a record for every request; false: only for requests where some
   policy did not simply allow (flag, rewrite, block) or failed.
@@ -42,7 +42,6 @@ loop; `packgate audit verify DIR` checks them.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import re
@@ -265,7 +264,7 @@ class AuditLoggerPolicy(Policy):
                                    f"{self.shipper.unacked_bytes} bytes")  # fmt: skip
         return ALLOW
 
-    def write_ahead(self, ctx: RequestContext) -> concurrent.futures.Future[list[str]] | None:
+    def write_ahead(self, ctx: RequestContext) -> asyncio.Future[None] | None:
         """Queue a `started` record for a streamed request; the future resolves once it is
         fsynced. The gateway sends no byte of the stream to the client before that (the write
         overlaps the provider's time to first token). Raises if the log cannot take it."""

@@ -287,25 +287,27 @@ def test_deleting_an_unexpired_segment_is_still_caught_after_pruning(tmp_path: P
     assert [f.kind for f in found] == ["deleted"] and segs[1].name in found[0].detail
 
 
-async def test_full_queue_rejects_submit_and_makes_put_wait(tmp_path: Path) -> None:
-    gate, blocked = threading.Event(), threading.Event()
-    gate.set()
-
-    def clock() -> float:
-        if not gate.is_set():
-            blocked.set()
-            gate.wait()
-        return T0
-
-    w = AuditWriter(tmp_path, KEY, max_queue=3, clock=clock)
+async def test_full_queue_rejects_submit_and_makes_put_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = AuditWriter(tmp_path, KEY, max_queue=3)
     await w.astart()
-    gate.clear()
+    real_fsync = os.fsync
+    gate, stuck = threading.Event(), threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        stuck.set()
+        gate.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
     w.submit(record(0))
-    assert await asyncio.to_thread(blocked.wait, 5)  # the writer thread holds that record
+    assert await asyncio.to_thread(stuck.wait, 5)  # the writer thread holds that record
     for i in range(1, 4):
         w.submit(record(i))
     with pytest.raises(AuditQueueFull):
         w.submit(record(4))
+    assert not w.accepting
     waiting = asyncio.create_task(w.put(record(5)))
     await asyncio.sleep(0.05)
     assert not waiting.done()
@@ -356,7 +358,7 @@ async def test_disk_failure_stops_the_writer_loudly(
     def enospc(fd: int, data: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer_mod, "_write_all", enospc)
+    monkeypatch.setattr(writer_mod, "write_all", enospc)
     w.submit(record(1))
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -399,3 +401,91 @@ def test_without_a_key_a_random_one_is_used_with_a_warning_that_hides_it(
     assert first != second and len(first) == 32
     assert "cannot be verified" in caplog.text
     assert first.hex() not in caplog.text and second.hex() not in caplog.text
+
+
+async def test_a_durable_future_resolves_only_once_its_record_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = AuditWriter(tmp_path, KEY)
+    await w.astart()
+    real_fsync = os.fsync
+    synced: list[bytes] = []  # the segment's bytes each time an fsync of it returned
+
+    def watching_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(list_segments(tmp_path)[-1].read_bytes())
+
+    monkeypatch.setattr(os, "fsync", watching_fsync)
+    checked = 0
+
+    async def request(i: int) -> None:
+        nonlocal checked
+        await asyncio.sleep(i % 7 * 0.0003)  # finish at different moments: batches of all sizes
+        await w.submit_durable(record(i))
+        assert any(b'"req-%d"' % i in data for data in synced), f"req-{i} not fsynced yet"
+        checked += 1
+
+    await asyncio.gather(*(request(i) for i in range(300)))
+    await w.aclose()
+    assert checked == 300
+    assert 1 < w.stats.batches < 300  # group commit: concurrent requests shared fsyncs
+
+
+def test_records_from_many_threads_and_rollovers_keep_one_gapless_order(tmp_path: Path) -> None:
+    write_log(tmp_path, 3, Clock(T0 - 2 * DAY))
+    clock = Clock(T0)
+    w = AuditWriter(tmp_path, KEY, max_segment_bytes=4000, retention_days=3, clock=clock)
+    w.start()
+
+    def producer(n: int) -> None:
+        for i in range(150):
+            w.submit(record(n * 1000 + i))
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    clock.now = T0 + 1.5 * DAY  # a new day (and the oldest segment expired) while they submit
+    for t in threads:
+        t.join()
+    w.close()
+    lines = lines_of(tmp_path)
+    assert [line["seq"] for line in lines] == list(range(lines[0]["seq"], lines[-1]["seq"] + 1))
+    ids = [int(line["body"]["request_id"][4:]) for line in lines if line["type"] == "access"]
+    assert sorted(ids) == [n * 1000 + i for n in range(4) for i in range(150)]
+    for n in range(4):  # each producer's records in its own order
+        mine = [i for i in ids if i // 1000 == n]
+        assert mine == sorted(mine)
+    types = [line["type"] for line in lines]
+    assert types.count("segment") > 3 and types.count("prune") == 1
+    assert verify_path(tmp_path, [KEY]).ok
+
+
+async def test_a_failed_fsync_fails_every_waiting_record_and_refuses_new_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = AuditWriter(tmp_path, KEY)
+    await w.astart()
+    real_fsync = os.fsync
+    gate = threading.Event()
+
+    def failing_fsync(fd: int) -> None:
+        gate.wait(10)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    first = w.submit_durable(record(0))
+    await asyncio.sleep(0.05)  # the writer thread is in fsync with record 0
+    queued = [w.submit_durable(record(i)) for i in range(1, 5)]
+    gate.set()
+    for future in [first, *queued]:
+        with pytest.raises(AuditWriterError, match="Input/output error"):
+            await asyncio.wait_for(future, 5)
+    assert not w.accepting
+    with pytest.raises(AuditWriterError):
+        w.submit_durable(record(5))
+    with pytest.raises(AuditWriterError):
+        await w.put_durable(record(6))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    with pytest.raises(AuditWriterError):
+        await w.aclose()
+    assert w.stats.lost == 5 and w.stats.written == 1  # only the segment header is durable
