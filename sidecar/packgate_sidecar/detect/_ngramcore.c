@@ -4,8 +4,10 @@
  * of its text and summing their weights; in Python that costs about 1 ms per KB, on every
  * request. This file does the same per-character loop in C (a few microseconds per KB): tokens
  * are \w+ runs exactly as Python's `re` defines them, every feature is hashed with FNV-1a over
- * its code points plus a 64-bit finaliser into a 2^bits table of float32 weights, and a stamp
- * array de-duplicates buckets without clearing anything between calls. The exact definition of
+ * its code points plus a 64-bit finaliser into a 2^bits table of float32 weights, and a small
+ * open-addressing set de-duplicates buckets per span. `pooled_logit` also finds the spans
+ * (segments.py's windows and sentences) and pools them, so a variant costs one call; `Lexicon`
+ * finds the phrase rules' words and where they start. The exact definition of
  * the features, the hash and the model file lives in `injection.py`'s docstring; the pure-Python
  * reference (`ngram_ref.py`) implements the same functions and a test holds both to 1e-6.
  *
@@ -186,18 +188,22 @@ typedef struct {
     uint64_t seed_words, seed_chars, seed_tail;
     int char_sizes[MAX_CHAR_SIZES];
     int n_char_sizes;
-    Spans tokens, sentences;
-    uint64_t *raw; /* per-token FNV state, so a bigram continues from its first word */
-    Py_ssize_t raw_cap;
+    Spans tokens, sentences, segs;
     Py_UCS4 *joined;
     Py_ssize_t joined_cap;
 } Scorer;
 
-/* One feature group being summed: distinct buckets, their weight sum, optionally their ids. */
+/* One feature group being summed: distinct buckets, their weight sum, optionally their ids.
+ * It carries its own copies of the set and table pointers: the hot loops work on a local copy,
+ * which the compiler keeps in registers (through `self`, a store into the set could alias the
+ * Scorer's fields and force reloads, and the sum would live in memory). */
 typedef struct {
     double sum;
     Py_ssize_t n;
     PyObject *ids; /* list of bucket ids, or NULL when only the sum is wanted */
+    uint32_t *seen; /* open-addressing set of bucket + 1 */
+    uint32_t seen_mask, mask;
+    const float *weights;
 } Group;
 
 /* Start a group of at most `expected` features. Distinct buckets are found with a set sized
@@ -219,30 +225,35 @@ static int group_open(Scorer *self, Group *g, PyObject *ids, Py_ssize_t expected
         self->seen_cap = size;
     }
     memset(self->seen, 0, (size_t)size * sizeof(uint32_t));
-    self->seen_mask = (uint32_t)(size - 1);
+    g->seen = self->seen;
+    g->seen_mask = (uint32_t)(size - 1);
+    g->mask = self->mask;
+    g->weights = (const float *)self->weights.buf;
     return 0;
 }
 
-static inline int group_add(Scorer *self, Group *g, uint64_t h) {
-    uint32_t b = (uint32_t)(fmix64(h) & self->mask);
-    /* bucket ids are uniform hash bits already: their low bits index the set directly */
-    uint32_t i = b & self->seen_mask;
-    while (self->seen[i]) {
-        if (self->seen[i] == b + 1) return 0;
-        i = (i + 1) & self->seen_mask;
+static int append_id(PyObject *ids, uint32_t b) {
+    PyObject *id = PyLong_FromUnsignedLong(b);
+    if (!id || PyList_Append(ids, id) < 0) {
+        Py_XDECREF(id);
+        return -1;
     }
-    self->seen[i] = b + 1;
-    g->n++;
-    g->sum += ((const float *)self->weights.buf)[b];
-    if (g->ids) {
-        PyObject *id = PyLong_FromUnsignedLong(b);
-        if (!id || PyList_Append(g->ids, id) < 0) {
-            Py_XDECREF(id);
-            return -1;
-        }
-        Py_DECREF(id);
-    }
+    Py_DECREF(id);
     return 0;
+}
+
+__attribute__((always_inline)) static inline int group_add(Group *g, uint64_t h) {
+    uint32_t b = (uint32_t)(fmix64(h) & g->mask);
+    /* bucket ids are uniform hash bits already: their low bits index the set directly */
+    uint32_t i = b & g->seen_mask;
+    while (g->seen[i]) {
+        if (g->seen[i] == b + 1) return 0;
+        i = (i + 1) & g->seen_mask;
+    }
+    g->seen[i] = b + 1;
+    g->n++;
+    g->sum += g->weights[b];
+    return g->ids ? append_id(g->ids, b) : 0;
 }
 
 static inline double group_value(const Group *g) { return g->n ? g->sum / sqrt((double)g->n) : 0.0; }
@@ -274,37 +285,34 @@ static int split_sentences(const Text *t, Spans *out) {
     return spans_push(out, piece, s1);
 }
 
-static int reserve_scratch(Scorer *self, Py_ssize_t ntok, Py_ssize_t nchars) {
-    if (ntok > self->raw_cap) {
-        uint64_t *raw = PyMem_Realloc(self->raw, (size_t)ntok * sizeof(uint64_t));
-        if (!raw) goto nomem;
-        self->raw = raw;
-        self->raw_cap = ntok;
-    }
+static int reserve_joined(Scorer *self, Py_ssize_t nchars) {
     if (nchars > self->joined_cap) {
         Py_UCS4 *joined = PyMem_Realloc(self->joined, (size_t)nchars * sizeof(Py_UCS4));
-        if (!joined) goto nomem;
+        if (!joined) {
+            PyErr_NoMemory();
+            return -1;
+        }
         self->joined = joined;
         self->joined_cap = nchars;
     }
     return 0;
-nomem:
-    PyErr_NoMemory();
-    return -1;
 }
 
 /* Word unigrams and bigrams of tokens[first:last] into g, hashed from `seed`. */
 static int add_words(Scorer *self, Group *g, const Text *t, Py_ssize_t first, Py_ssize_t last,
                      uint64_t seed) {
     const Span *tok = self->tokens.items;
-    for (Py_ssize_t k = first; k < last; k++) {
+    Group acc = *g;
+    int failed = 0;
+    uint64_t prev = 0;
+    for (Py_ssize_t k = first; k < last && !failed; k++) {
         uint64_t h = hash_span(seed, t, tok[k]);
-        self->raw[k] = h;
-        if (group_add(self, g, h) < 0) return -1;
-        if (k > first && group_add(self, g, hash_span(fnv(self->raw[k - 1], ' '), t, tok[k])) < 0)
-            return -1;
+        failed = group_add(&acc, h) < 0 ||
+                 (k > first && group_add(&acc, hash_span(fnv(prev, ' '), t, tok[k])) < 0);
+        prev = h;
     }
-    return 0;
+    *g = acc;
+    return failed ? -1 : 0;
 }
 
 /* The three hashed groups of t; fills `groups` (words, chars, tail). */
@@ -314,7 +322,7 @@ static int extract(Scorer *self, const Text *t, Group groups[3], PyObject *ids[3
     Py_ssize_t ntok = self->tokens.len;
     Py_ssize_t joined_len = 1;
     for (Py_ssize_t k = 0; k < ntok; k++) joined_len += tok[k].end - tok[k].start + 1;
-    if (reserve_scratch(self, ntok, joined_len + 1) < 0) return -1;
+    if (reserve_joined(self, joined_len + 1) < 0) return -1;
 
     /* words: unigrams, bigrams over the whole text, and "^" + each sentence's first word */
     Group *words = &groups[0];
@@ -326,7 +334,7 @@ static int extract(Scorer *self, const Text *t, Group groups[3], PyObject *ids[3
         Span piece = self->sentences.items[p];
         while (k < ntok && tok[k].start < piece.start) k++;
         if (k < ntok && tok[k].start < piece.end) {
-            if (group_add(self, words, hash_span(caret, t, tok[k])) < 0) return -1;
+            if (group_add(words, hash_span(caret, t, tok[k])) < 0) return -1;
         }
     }
 
@@ -353,15 +361,18 @@ static int extract(Scorer *self, const Text *t, Group groups[3], PyObject *ids[3
     j[len++] = ' ';
     Group *chars = &groups[1];
     if (group_open(self, chars, ids[1], self->n_char_sizes * len) < 0) return -1;
-    for (int s = 0; s < self->n_char_sizes; s++) {
+    Group acc = *chars;
+    int failed = 0;
+    for (int s = 0; s < self->n_char_sizes && !failed; s++) {
         Py_ssize_t n = self->char_sizes[s];
-        for (Py_ssize_t i = 0; i + n <= len; i++) {
+        for (Py_ssize_t i = 0; i + n <= len && !failed; i++) {
             uint64_t h = self->seed_chars;
             for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, j[i + c]);
-            if (group_add(self, chars, h) < 0) return -1;
+            failed = group_add(&acc, h) < 0;
         }
     }
-    return 0;
+    *chars = acc;
+    return failed ? -1 : 0;
 }
 
 /* Drop scratch a very large text grew (a 500 KB prompt scored whole must not pin ~10 MB). */
@@ -374,14 +385,17 @@ static void scorer_trim(Scorer *self) {
     }
     if (self->joined_cap > (1 << 18)) {
         PyMem_Free(self->joined);
-        PyMem_Free(self->raw);
         PyMem_Free(self->tokens.items);
         PyMem_Free(self->sentences.items);
         self->joined = NULL;
-        self->raw = NULL;
         self->tokens.items = self->sentences.items = NULL;
-        self->joined_cap = self->raw_cap = 0;
+        self->joined_cap = 0;
         self->tokens.cap = self->sentences.cap = 0;
+    }
+    if (self->segs.cap > (1 << 14)) {
+        PyMem_Free(self->segs.items);
+        self->segs.items = NULL;
+        self->segs.cap = 0;
     }
 }
 
@@ -434,6 +448,104 @@ fail:
     Py_DECREF(seq);
     scorer_trim(self);
     return NULL;
+}
+
+/* segments.py, exactly: the whole text (up to WINDOW) or its overlapping windows, then, when
+ * there is more than one, the sentences of at least MIN_SENTENCE characters: the matches of
+ * `[^.!?:\n]+(?:[.!?:]+|\n+|$)` with surrounding whitespace trimmed, cut to WINDOW, except a
+ * sentence that is the whole text. */
+#define WINDOW 512
+#define STRIDE 256
+#define MIN_SENTENCE 12
+
+static inline int is_terminator(Py_UCS4 c) {
+    return c == '.' || c == '!' || c == '?' || c == ':' || c == '\n';
+}
+
+static int find_segments(const Text *t, Spans *out) {
+    Py_ssize_t n = t->end;
+    out->len = 0;
+    if (n <= WINDOW) {
+        if (spans_push(out, 0, n) < 0) return -1;
+    } else {
+        for (Py_ssize_t s = 0; s < n - STRIDE; s += STRIDE)
+            if (spans_push(out, s, s + WINDOW < n ? s + WINDOW : n) < 0) return -1;
+    }
+    Py_ssize_t windows = out->len, i = 0;
+    while (i < n) {
+        if (is_terminator(CH(t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t end = i;
+        while (end < n && !is_terminator(CH(t, end))) end++;
+        if (end < n && CH(t, end) == '\n') {
+            while (end < n && CH(t, end) == '\n') end++;
+        } else {
+            while (end < n && is_terminator(CH(t, end)) && CH(t, end) != '\n') end++;
+        }
+        Py_ssize_t a = i, b = end;
+        while (a < b && Py_UNICODE_ISSPACE(CH(t, a))) a++;
+        while (b > a && Py_UNICODE_ISSPACE(CH(t, b - 1))) b--;
+        if (b - a >= MIN_SENTENCE && spans_push(out, a, b < a + WINDOW ? b : a + WINDOW) < 0)
+            return -1;
+        i = end;
+    }
+    if (out->len - windows <= 1) {
+        out->len = windows;
+        return 0;
+    }
+    Py_ssize_t kept = windows;
+    for (Py_ssize_t k = windows; k < out->len; k++) {
+        Span sp = out->items[k];
+        if (sp.start != 0 || sp.end != n) out->items[kept++] = sp;
+    }
+    out->len = kept;
+    return 0;
+}
+
+static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Text whole;
+    if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &self->text, &whole) < 0) return NULL;
+    double best = -INFINITY;
+    int failed = find_segments(&whole, &self->segs) < 0;
+    for (Py_ssize_t k = 0; !failed && k < self->segs.len; k++) {
+        Text t = {whole.u, self->segs.items[k].start, self->segs.items[k].end};
+        Group g[3];
+        PyObject *ids[3] = {NULL, NULL, NULL};
+        failed = extract(self, &t, g, ids) < 0;
+        double z = group_value(&g[0]) + group_value(&g[1]) + group_value(&g[2]);
+        if (!failed && z > best) best = z;
+    }
+    scorer_trim(self);
+    return failed ? NULL : PyFloat_FromDouble(best);
+}
+
+static PyObject *module_segments(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    (void)module;
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Text t;
+    Spans out = {NULL, 0, 0};
+    if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &shared_scratch, &t) < 0) return NULL;
+    PyObject *list = NULL;
+    if (find_segments(&t, &out) == 0 && (list = PyList_New(out.len))) {
+        for (Py_ssize_t k = 0; k < out.len; k++) {
+            PyObject *pair = Py_BuildValue("(nn)", out.items[k].start, out.items[k].end);
+            if (!pair) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, k, pair);
+        }
+    }
+    PyMem_Free(out.items);
+    scratch_trim(&shared_scratch);
+    return list;
 }
 
 static PyObject *Scorer_buckets(Scorer *self, PyObject *args, PyObject *kwargs) {
@@ -510,7 +622,7 @@ static void Scorer_dealloc(Scorer *self) {
     PyMem_Free(self->text.buf);
     PyMem_Free(self->tokens.items);
     PyMem_Free(self->sentences.items);
-    PyMem_Free(self->raw);
+    PyMem_Free(self->segs.items);
     PyMem_Free(self->joined);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -523,6 +635,10 @@ static PyMethodDef Scorer_methods[] = {
     {"max_logit", (PyCFunction)(void (*)(void))Scorer_max_logit, METH_VARARGS | METH_KEYWORDS,
      "max_logit(text, spans) -> float\n\n"
      "The highest logit(text, start, end) over `spans`, a sequence of (start, end) pairs."},
+    {"pooled_logit", (PyCFunction)(void (*)(void))Scorer_pooled_logit,
+     METH_VARARGS | METH_KEYWORDS,
+     "pooled_logit(text) -> float\n\n"
+     "max_logit(text, segments(text)), the span set computed here (segments.py's definition)."},
     {"buckets", (PyCFunction)(void (*)(void))Scorer_buckets, METH_VARARGS | METH_KEYWORDS,
      "buckets(text, start=0, end=len(text)) -> (words, chars, tail)\n\n"
      "The distinct bucket ids of each group, in first-seen order (training and tests)."},
@@ -541,11 +657,14 @@ static PyTypeObject ScorerType = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
-/* Lexicon: which of a fixed word list occur as tokens of a text, without building the tokens. */
+/* Lexicon: which of a fixed word list occur as tokens of a text, without building the tokens.
+ * An entry ending in "*" is a prefix: it matches every token that starts with it. */
 
 typedef struct {
     uint64_t hash;
-    PyObject *word; /* NULL marks an empty slot */
+    PyObject *word; /* the entry as given (with its "*"); NULL marks an empty slot */
+    Py_ssize_t len; /* characters compared: the entry without its "*" */
+    int prefix;
 } Slot;
 
 typedef struct {
@@ -553,22 +672,27 @@ typedef struct {
     Slot *slots;
     uint64_t mask;
     Py_ssize_t size;
+    uint64_t prefix_lengths; /* bit L set: some prefix entry has L characters (L < 64) */
 } Lexicon;
 
 static inline uint64_t word_hash(const Text *t, Span s) { return fmix64(hash_span(FNV_BASIS, t, s)); }
 
-static PyObject *lexicon_lookup(const Lexicon *self, const Text *t, Span s) {
-    if (!self->slots) return NULL;
-    uint64_t h = word_hash(t, s);
+static PyObject *lexicon_probe(const Lexicon *self, const Text *t, Span s, uint64_t h, int prefix) {
     Py_ssize_t len = s.end - s.start;
     for (uint64_t i = h & self->mask;; i = (i + 1) & self->mask) {
         const Slot *slot = &self->slots[i];
         if (!slot->word) return NULL;
-        if (slot->hash != h || PyUnicode_GET_LENGTH(slot->word) != len) continue;
+        if (slot->hash != h || slot->len != len || slot->prefix != prefix) continue;
         Py_ssize_t k = 0;
         while (k < len && PyUnicode_READ_CHAR(slot->word, k) == CH(t, s.start + k)) k++;
         if (k == len) return slot->word;
     }
+}
+
+/* The exact (non-prefix) entry equal to the token s, or NULL. */
+static PyObject *lexicon_lookup(const Lexicon *self, const Text *t, Span s) {
+    if (!self->slots) return NULL;
+    return lexicon_probe(self, t, s, word_hash(t, s), 0);
 }
 
 static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
@@ -596,10 +720,13 @@ static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
     if (!it) return -1;
     while ((word = PyIter_Next(it))) {
         Py_ssize_t len = PyUnicode_Check(word) ? PyUnicode_GET_LENGTH(word) : 0;
-        int ok = len > 0;
+        int prefix = len > 1 && PyUnicode_READ_CHAR(word, len - 1) == '*';
+        len -= prefix;
+        int ok = len > 0 && (!prefix || len < 64);
         for (Py_ssize_t i = 0; ok && i < len; i++) ok = is_word(PyUnicode_READ_CHAR(word, i));
         if (!ok) {
-            PyErr_Format(PyExc_ValueError, "lexicon entries must be single \\w+ words, got %R",
+            PyErr_Format(PyExc_ValueError,
+                         "lexicon entries must be single \\w+ words (or a word and *), got %R",
                          word);
             Py_DECREF(word);
             Py_DECREF(it);
@@ -617,10 +744,68 @@ static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
         while (self->slots[i].word) i = (i + 1) & self->mask;
         self->slots[i].hash = h;
         self->slots[i].word = word; /* takes the reference PyIter_Next returned */
+        self->slots[i].len = len;
+        self->slots[i].prefix = prefix;
+        if (prefix) self->prefix_lengths |= 1ULL << len;
         self->size++;
     }
     Py_DECREF(it);
     return PyErr_Occurred() ? -1 : 0;
+}
+
+static int append_position(PyObject *where, PyObject *entry, Py_ssize_t at) {
+    PyObject *list = PyDict_GetItemWithError(where, entry);
+    if (!list) {
+        if (PyErr_Occurred() || !(list = PyList_New(0))) return -1;
+        int failed = PyDict_SetItem(where, entry, list);
+        Py_DECREF(list); /* the dict holds it */
+        if (failed) return -1;
+    }
+    PyObject *pos = PyLong_FromSsize_t(at);
+    int failed = !pos || PyList_Append(list, pos) < 0;
+    Py_XDECREF(pos);
+    return failed ? -1 : 0;
+}
+
+/* Where each entry occurs: every token equal to a word entry, or starting with a prefix entry,
+ * adds its start offset to that entry's list. */
+static PyObject *Lexicon_where(Lexicon *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *text;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &text)) return NULL;
+    Text t;
+    if (text_view(text, 0, PyUnicode_GET_LENGTH(text), &shared_scratch, &t) < 0) return NULL;
+    PyObject *where = PyDict_New();
+    if (!where || !self->slots) return where;
+    Py_ssize_t i = t.start;
+    while (i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < t.end && is_word(CH(&t, j))) j++;
+        Span s = {i, j};
+        PyObject *word = lexicon_lookup(self, &t, s);
+        if (word && append_position(where, word, i) < 0) goto fail;
+        if (self->prefix_lengths) {
+            uint64_t h = FNV_BASIS;
+            for (Py_ssize_t k = i; k < j && k - i < 63; k++) {
+                h = fnv(h, CH(&t, k));
+                Py_ssize_t len = k - i + 1;
+                if (!(self->prefix_lengths >> len & 1)) continue;
+                Span p = {i, k + 1};
+                PyObject *entry = lexicon_probe(self, &t, p, fmix64(h), 1);
+                if (entry && append_position(where, entry, i) < 0) goto fail;
+            }
+        }
+        i = j;
+    }
+    scratch_trim(&shared_scratch);
+    return where;
+fail:
+    Py_DECREF(where);
+    return NULL;
 }
 
 static PyObject *Lexicon_found(Lexicon *self, PyObject *args, PyObject *kwargs) {
@@ -680,6 +865,9 @@ static void Lexicon_dealloc(Lexicon *self) {
 static PyMethodDef Lexicon_methods[] = {
     {"found", (PyCFunction)(void (*)(void))Lexicon_found, METH_VARARGS | METH_KEYWORDS,
      "found(text, start=0, end=len(text)) -> set[str]: lexicon words occurring as \\w+ tokens."},
+    {"where", (PyCFunction)(void (*)(void))Lexicon_where, METH_VARARGS | METH_KEYWORDS,
+     "where(text) -> dict[str, list[int]]: each entry's token start offsets\n"
+     "(a word entry: tokens equal to it; a prefix entry \"word*\": tokens starting with it)."},
     {"count", (PyCFunction)(void (*)(void))Lexicon_count, METH_VARARGS | METH_KEYWORDS,
      "count(text, start=0, end=len(text)) -> int: tokens that are lexicon words (with repeats)."},
     {NULL, NULL, 0, NULL},
@@ -691,7 +879,7 @@ static PyTypeObject LexiconType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.Lexicon",
     .tp_basicsize = sizeof(Lexicon),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Lexicon(words): exact, case-sensitive lookups of \\w+ tokens in a word list.",
+    .tp_doc = "Lexicon(words): exact, case-sensitive lookups of \\w+ tokens in a word list (\"w*\": a prefix).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Lexicon_init,
     .tp_dealloc = (destructor)Lexicon_dealloc,
@@ -848,6 +1036,8 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
 static PyMethodDef module_methods[] = {
     {"count_tokens", (PyCFunction)(void (*)(void))count_tokens, METH_VARARGS | METH_KEYWORDS,
      "count_tokens(text, length) -> int: how many \\w+ tokens have exactly `length` characters."},
+    {"segments", (PyCFunction)(void (*)(void))module_segments, METH_VARARGS | METH_KEYWORDS,
+     "segments(text) -> list[(start, end)]: the spans segments.py gives (for tests)."},
     {"signals", (PyCFunction)(void (*)(void))signals, METH_VARARGS | METH_KEYWORDS,
      "signals(text) -> (base64, hex, leet, morse, spaced, ascii_digits)\n\n"
      "Whether each decoder of normalize.py can apply; see ngram_ref.signals."},

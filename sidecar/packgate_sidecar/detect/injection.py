@@ -40,7 +40,8 @@ Model format 2 (the contract training writes and both cores score):
   `sum(w[b]) / sqrt(number of distinct buckets)` (0 for an empty group).
 - Score: `logit = bias + sum of the weights of the rules matching t (cased rules) or l + max over
   segments(l) of the span n-grams`; the text's score is `sigmoid(max logit over its variants)`.
-  The core's `logit(l, s, e)` / `max_logit(l, spans)` compute span n-grams without copying.
+  The core's `logit(l, s, e)` / `max_logit(l, spans)` compute span n-grams without copying;
+  `pooled_logit(l)` is `max_logit(l, segments(l))` with the spans found in the core too.
 
 Training in bucket space (columns are buckets, not strings) makes the hashed model exact: the
 scorer computes precisely the function that was fitted, collisions included.
@@ -56,9 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from . import ngram, ngram_ref
-from .injection_rules import CASED_RULES, RULES, matched_rules
+from .injection_rules import CASED_RULES, RULES, matched_rules, searched_rules
 from .normalize import iter_variants
-from .segments import segments
 
 __all__ = [
     "CASED_RULES",
@@ -86,8 +86,9 @@ def _sigmoid(z: float) -> float:
 class InjectionScorer:
     """Scores texts with one shipped model; load once, share freely (calls hold the GIL).
 
-    `reference=True` scores with the pure-Python reference core instead of the compiled one:
-    the same numbers, for tests and for checking the compiled core.
+    `reference=True` scores with the pure-Python reference core instead of the compiled one,
+    and matches the phrase rules by plain regex search: the same numbers by definition rather
+    than by shortcut, for tests and for checking the fast path.
     """
 
     def __init__(self, model_path: Path | None = None, *, reference: bool = False) -> None:
@@ -140,10 +141,9 @@ class InjectionScorer:
     def logit(self, normalised: str) -> float:
         """Calibrated log-odds for one normalised text (one variant, no decoding)."""
         lowered = normalised.lower()
-        z = self.bias + sum(
-            self.rule_weights.get(r, 0.0) for r in matched_rules(normalised, lowered)
-        )
-        return z + self.core.max_logit(lowered, segments(lowered))
+        rules = matched_rules if self.compiled else searched_rules
+        z = self.bias + sum(self.rule_weights.get(r, 0.0) for r in rules(normalised, lowered))
+        return z + self.core.pooled_logit(lowered)
 
     def span_logit(self, lowered: str, start: int, end: int) -> float:
         """The n-gram part of one span of a lower-cased variant (no bias, no rules)."""

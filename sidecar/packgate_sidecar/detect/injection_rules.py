@@ -6,16 +6,19 @@ learn from a few thousand examples; each rule is one feature whose weight the mo
 rule that also fires on benign text simply earns a small weight). Rules run on the normalised
 text (lower-cased, except `CASED_RULES`), and only when the text contains their trigger words:
 the compiled core's `Lexicon` finds those words in one pass, so a benign prompt usually runs no
-regex at all.
+regex at all. The same pass gives the offsets of each rule's possible first words, and the regex
+is tried only there (`re.match` at an offset costs the length of a phrase; `re.search` scans the
+whole text once per rule, which cost ~100 us per KB on prompts full of common trigger words).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .ngram import Lexicon
 
-__all__ = ["CASED_RULES", "RULES", "matched_rules"]
+__all__ = ["CASED_RULES", "RULES", "Rule", "matched_rules", "searched_rules"]
 
 _W = r"\W+"  # any run of separators between two words
 _SKIP = r"(?:\w+\W+){0,5}?"  # up to five filler words ("ignore all of the above instructions")
@@ -29,19 +32,33 @@ _TARGET_DE = (
 )
 
 
-def _rule(triggers: str, pattern: str) -> tuple[tuple[frozenset[str], ...], str]:
-    """A rule with its trigger words: "a b | c d" means (a or b) and (c or d) must be tokens.
+@dataclass(frozen=True)
+class Rule:
+    """One phrase rule: its regex and the words that let the matcher skip or anchor it.
 
-    The triggers are words every match of the pattern contains, so checking them against the
-    text's token set first skips the regex on almost every benign prompt without changing what
-    the rule matches (tests/unit/sidecar/test_injection.py checks that on real prompts).
+    `triggers`: sets of words; a match contains a word of every set as a token, so a text
+    lacking one runs no regex. `starts`: lexicon entries (a word, or "prefix*" for every token
+    starting with it) one of which is the first token of every match, so the regex is tried
+    only where such a token starts (`re.match` at that offset) instead of scanning the text.
+    Both are shortcuts that never change what matches (tests/unit/sidecar/test_injection.py
+    checks the patterns' leading words and compares with a plain search on real prompts).
     """
-    return tuple(frozenset(part.split()) for part in triggers.split("|")), pattern
+
+    triggers: tuple[frozenset[str], ...]
+    pattern: str
+    starts: frozenset[str]
+
+
+def _rule(triggers: str, pattern: str, starts: str | None = None) -> Rule:
+    """A rule; "a b | c d" means (a or b) and (c or d) must be tokens; `starts` defaults to the
+    first trigger set (the rule's leading words)."""
+    sets = tuple(frozenset(part.split()) for part in triggers.split("|"))
+    return Rule(sets, pattern, frozenset(starts.split()) if starts else sets[0])
 
 
 # Phrase rules, matched on lower-cased normalised text. Each is one binary feature whose weight
 # the model learns, so a rule that also fires on benign text simply earns a small weight.
-RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
+RULES: dict[str, Rule] = {
     "ignore_target": _rule(
         "ignore disregard forget skip drop override bypass abandon discard erase | instruction "
         "instructions prompt prompts rules directions guidelines commands orders context tasks "
@@ -77,6 +94,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\b(?:you{_W}are{_W}now|from{_W}now{_W}on{_W}you|stay{_W}in{_W}character"
             rf"|you{_W}will{_W}now{_W}(?:act|be|respond|answer)|you{_W}are{_W}no{_W}longer)\b"
         ),
+        starts="you from stay",
     ),
     "jailbreak_names": _rule(
         "anything developer jailbroken evil override",
@@ -84,6 +102,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\b(?:do{_W}anything{_W}now|developer{_W}mode{_W}(?:enabled|output)|jailbroken"
             rf"|evil{_W}(?:bot|ai|confidant)|(?:admin|sudo|root|debug|maintenance){_W}override)\b"
         ),
+        starts="do developer jailbroken evil admin sudo root debug maintenance",
     ),
     "no_limits": _rule(
         "restriction restrictions limitation limitations limits filter filters filtering "
@@ -93,10 +112,12 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"{_W}(?:any{_W})?(?:restrictions?|limitations?|limits|filters?|filtering|censorship"
             rf"|rules|guidelines|boundaries|ethics|morals?|policies)\b"
         ),
+        starts="no without free beyond not remove*",
     ),
     "policy": _rule(
         "policy policies",
         rf"\b(?:openai|content|usage){_W}polic(?:y|ies)\b",
+        starts="openai content usage",
     ),
     "never_refuse": _rule(
         "refuse decline warning warnings disclaimer disclaimers",
@@ -104,6 +125,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\b(?:never|not|don\W?t|cannot|can\W?t|won\W?t){_W}(?:\w+\W+)?(?:refuse|decline)\b"
             rf"|\bwithout{_W}(?:any{_W})?(?:warnings?|disclaimers?)\b"
         ),
+        starts="never not don dont cannot can cant won wont without",
     ),
     "system_prompt": _rule(
         "system initial original hidden secret full | prompt message instruction instructions",
@@ -111,6 +133,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\bsystem{_W}(?:prompt|message|instructions?)\b"
             rf"|\b(?:initial|original|hidden|secret|full){_W}(?:prompt|instructions)\b"
         ),
+        starts="system initial original hidden secret full",
     ),
     "reveal": _rule(
         "reveal show print output repeat display leak spell | prompt prompts instructions "
@@ -126,6 +149,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\bwhat{_W}(?:was|is){_W}written{_W}(?:above|before|at{_W}the{_W}beginning)"
             rf"|\b(?:text|words|sentences?){_W}(?:above|before{_W}this)\b"
         ),
+        starts="what text words sentence sentences",
     ),
     "just_say": _rule(
         "just only say include",
@@ -143,11 +167,13 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\b(?:now|but now){_W}(?:\w+\W+){{0,3}}?"
             r"(?:tasks?|instructions?|write|focus|say|help)\b"
         ),
+        starts="well good great excellent very that simply fantastic congratulations",
     ),
     "tasks_follow": _rule(
         "follow followed",
         rf"\b(?:now|further|new){_W}(?:\w+\W+)?(?:tasks?|instructions?)"
         rf"{_W}(?:follow|are{_W}followed)\b",
+        starts="now further new",
     ),
     # Steering the answer away from the retrieved context (RAG injection).
     "context_override": _rule(
@@ -157,6 +183,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"|without{_W}looking{_W}at){_W}(?:\w+\W+){{0,3}}?(?:articles?|documents?|context"
             rf"|sources?|what{_W}you\W*ve{_W}been{_W}told)\b"
         ),
+        starts="not instead rather disregarding regardless despite without",
     ),
     "make_up": _rule(
         "make state claim declare",
@@ -176,6 +203,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"|das{_W}ist{_W}erledigt|das{_W}genügt|herzlichen{_W}glückwunsch)\b.{{0,80}}?"
             rf"\b(?:jetzt|nun)\b|\b(?:nun|jetzt){_W}folgen{_W}(?:neue|weitere)\b"
         ),
+        starts="gut sehr ausgezeichnete super das herzlichen nun jetzt",
     ),
     "de_ignore_target": _rule(
         "anweisungen instruktionen befehle aufgaben aufträge regeln vorgaben informationen "
@@ -184,6 +212,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"\b(?:vergiss|vergessen{_W}sie|ignorier\w*|missacht\w*|verwirf|vernachlässig\w*)"
             rf"{_W}{_SKIP}{_TARGET_DE}\b"
         ),
+        starts="vergiss vergessen ignorier* missacht* verwirf vernachlässig*",
     ),
     "de_all_previous": _rule(
         "vergiss alle sämtliche abweichend",
@@ -207,6 +236,7 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             rf"|stell{_W}dir{_W}vor{_W}du{_W}bist|tu{_W}so{_W}als|spiele{_W}die{_W}rolle"
             rf"|als{_W}\w+{_W}fungieren|fungieren{_W}sie{_W}als)\b"
         ),
+        starts="du ab jetzt nun stell tu spiele als fungieren",
     ),
     "de_reveal": _rule(
         "zeig zeige gib nenne verrate drucke wiederhole",
@@ -221,11 +251,12 @@ RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
             r"\b(?:olvid\w+|ignor\w+|oubli\w+|zaboravi|забудь\w*|игнорир\w*)\W+(?:\w+\W+){0,3}?"
             r"(?:instrucciones|instructions|instrukcije|инструкции|consignes|reglas|règles)\b"
         ),
+        starts="olvid* ignor* oubli* zaboravi забудь* игнорир*",
     ),
 }
 # Case matters for these: "DAN" is a jailbreak persona, "Dan" is a name. Matched on the text
 # as written; the triggers are still checked against lower-cased tokens.
-CASED_RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
+CASED_RULES: dict[str, Rule] = {
     "dan_persona": _rule("dan stan dude aim", r"\b(?:DAN|STAN|DUDE|AIM)\b"),
     "shouted_command": _rule(
         "ignore forget do stop just only",
@@ -233,31 +264,68 @@ CASED_RULES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
     ),
 }
 
-# (name, remaining trigger sets, regex, cased), indexed by each word of the first trigger set:
-# a text then only visits the rules one of its own words can start.
-_Compiled = tuple[str, tuple[frozenset[str], ...], re.Pattern[str], bool]
+
+@dataclass(frozen=True)
+class _Compiled:
+    name: str
+    more: tuple[frozenset[str], ...]  # the trigger sets after the first
+    regex: re.Pattern[str]
+    cased: bool
+    starts: tuple[str, ...]
+
+
+# Indexed by each word of the first trigger set: a text only visits the rules one of its own
+# words can trigger.
 _BY_TRIGGER: dict[str, list[_Compiled]] = {}
 for _cased, _table in ((False, RULES), (True, CASED_RULES)):
-    for _name, (_triggers, _pattern) in _table.items():
-        _entry = (_name, _triggers[1:], re.compile(_pattern), _cased)
-        for _word in _triggers[0]:
+    for _name, _r in _table.items():
+        _entry = _Compiled(
+            _name, _r.triggers[1:], re.compile(_r.pattern), _cased, tuple(sorted(_r.starts))
+        )
+        for _word in _r.triggers[0]:
             _BY_TRIGGER.setdefault(_word, []).append(_entry)
-# Every trigger word of every set: the words one lexicon pass over the text must report.
-_TRIGGERS = Lexicon(
-    {w for _, (sets, _) in (*RULES.items(), *CASED_RULES.items()) for s in sets for w in s}
+# Every trigger word and start entry: one lexicon pass over the text reports them all.
+_LEXICON = Lexicon(
+    {
+        w
+        for r in (*RULES.values(), *CASED_RULES.values())
+        for s in (*r.triggers, r.starts)
+        for w in s
+    }
 )
 
 
 def matched_rules(text: str, lowered: str) -> set[str]:
     """Names of the rules that match `text` (normalised; `lowered` is `text.lower()`)."""
-    found = _TRIGGERS.found(lowered)
+    where = _LEXICON.where(lowered)
+    found = where.keys()
+    # Offsets in `lowered` are offsets in `text` when lower-casing kept every character's length
+    # (it does except for a few letters such as "İ"); otherwise cased rules search the text.
+    aligned = len(text) == len(lowered)
     rules: set[str] = set()
-    for word in found.intersection(_BY_TRIGGER):
-        for name, more, regex, cased in _BY_TRIGGER[word]:
-            if (
-                name not in rules
-                and all(not t.isdisjoint(found) for t in more)
-                and regex.search(text if cased else lowered)
-            ):
-                rules.add(name)
+    for word in found & _BY_TRIGGER.keys():
+        for rule in _BY_TRIGGER[word]:
+            if rule.name in rules or any(t.isdisjoint(found) for t in rule.more):
+                continue
+            subject = text if rule.cased else lowered
+            if rule.cased and not aligned:
+                hit = rule.regex.search(subject) is not None
+            else:
+                match = rule.regex.match
+                hit = any(match(subject, at) for s in rule.starts for at in where.get(s, ()))
+            if hit:
+                rules.add(rule.name)
     return rules
+
+
+_SEARCHED = [
+    (name, re.compile(rule.pattern), cased)
+    for cased, table in ((False, RULES), (True, CASED_RULES))
+    for name, rule in table.items()
+]
+
+
+def searched_rules(text: str, lowered: str) -> set[str]:
+    """`matched_rules` by definition: every regex searched over the whole text, no shortcuts
+    (the reference scorer's path, and what the tests compare the fast one with)."""
+    return {n for n, regex, cased in _SEARCHED if regex.search(text if cased else lowered)}

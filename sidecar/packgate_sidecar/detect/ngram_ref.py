@@ -16,6 +16,8 @@ from array import array
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
+from .segments import segments
+
 __all__ = [
     "FNV_BASIS",
     "Lexicon",
@@ -120,24 +122,48 @@ class Scorer:
             raise ValueError("max_logit needs at least one span")
         return max(self.logit(text, start, end) for start, end in spans)
 
+    def pooled_logit(self, text: str) -> float:
+        """`max_logit(text, segments(text))`: the n-gram part of one lower-cased variant."""
+        return self.max_logit(text, segments(text))
+
 
 class Lexicon:
-    """Exact, case-sensitive lookups of \\w+ tokens in a fixed word list."""
+    """Exact, case-sensitive lookups of \\w+ tokens in a fixed word list.
+
+    An entry ending in "*" is a prefix: `where` reports every token that starts with it
+    (`found` and `count` look at the word entries only).
+    """
 
     def __init__(self, words: Iterable[str]) -> None:
-        self.words = frozenset(words)
-        for word in self.words:
-            if not _WORD.fullmatch(word):
+        entries = frozenset(words)
+        for word in entries:
+            key = word[:-1] if len(word) > 1 and word.endswith("*") else word
+            if not _WORD.fullmatch(key) or (key != word and len(key) >= 64):
                 raise ValueError(f"lexicon entries must be single \\w+ words, got {word!r}")
+        self.size = len(entries)
+        self.words = frozenset(w for w in entries if not (len(w) > 1 and w.endswith("*")))
+        self.prefixes = tuple(sorted(w[:-1] for w in entries - self.words))
 
     def __len__(self) -> int:
-        return len(self.words)
+        return self.size
 
     def found(self, text: str, start: int = 0, end: int | None = None) -> set[str]:
         return set(self.words.intersection(_WORD.findall(text[start:end])))
 
     def count(self, text: str, start: int = 0, end: int | None = None) -> int:
         return sum(map(self.words.__contains__, _WORD.findall(text[start:end])))
+
+    def where(self, text: str) -> dict[str, list[int]]:
+        """Each entry's token start offsets, for the entries that occur."""
+        out: dict[str, list[int]] = {}
+        for match in _WORD.finditer(text):
+            token = match.group(0)
+            if token in self.words:
+                out.setdefault(token, []).append(match.start())
+            for prefix in self.prefixes:
+                if token.startswith(prefix):
+                    out.setdefault(prefix + "*", []).append(match.start())
+        return out
 
 
 def count_tokens(text: str, length: int) -> int:

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packgate_quality import __file__ as quality_init
@@ -176,6 +177,67 @@ def test_rule_triggers_never_hide_a_match() -> None:
         texts += [json.loads(line)["text"] for line in deepset.read_text().splitlines()]
     for text in [v for t in texts for v in variants(t)]:
         lowered = text.lower()
-        expected = {n for n, (_, p) in RULES.items() if re.search(p, lowered)}
-        expected |= {n for n, (_, p) in CASED_RULES.items() if re.search(p, text)}
+        expected = {n for n, r in RULES.items() if re.search(r.pattern, lowered)}
+        expected |= {n for n, r in CASED_RULES.items() if re.search(r.pattern, text)}
         assert matched_rules(text, lowered) == expected, text
+
+
+def _leading_words(pattern: str) -> set[tuple[str, bool]]:
+    """The literal word each top-level alternative of a rule starts with, after its leading `\\b`,
+    and whether the first token may run past it (a `\\w` or optional non-word comes next)."""
+    from re import _parser as parser  # test-only: the regex's structure, not its behaviour
+
+    def non_word(op: Any, arg: Any) -> bool:
+        # Whether this element can only match non-word characters (or a boundary).
+        if op is parser.AT:
+            return True
+        if op is parser.LITERAL:
+            return not (chr(arg).isalnum() or chr(arg) == "_")
+        if op is parser.IN:
+            return all(
+                (o is parser.CATEGORY and a is parser.CATEGORY_NOT_WORD)
+                or (o is parser.LITERAL and not (chr(a).isalnum() or chr(a) == "_"))
+                for o, a in arg
+            )
+        return False
+
+    def firsts(items: list[Any], word: str = "") -> set[tuple[str, bool]]:
+        for k, (op, arg) in enumerate(items):
+            rest = items[k + 1 :]
+            if op is parser.LITERAL and (chr(arg).isalnum() or chr(arg) == "_"):
+                word += chr(arg)
+                continue
+            if op is parser.SUBPATTERN:
+                return firsts([*arg[3], *rest], word)
+            if op is parser.BRANCH:
+                return {w for alt in arg[1] for w in firsts([*alt, *rest], word)}
+            if op in (parser.MAX_REPEAT, parser.MIN_REPEAT):
+                low, _, sub = arg
+                once = firsts([*sub, *rest], word)
+                return once | firsts(rest, word) if low == 0 else once
+            # The first token ends here unless this element can match a word character.
+            return {(word, not non_word(op, arg))}
+        return {(word, False)}
+
+    parsed = list(parser.parse(pattern))
+    alternatives = parsed[0][1][1] if parsed[0][0] is parser.BRANCH else [parsed]
+    out: set[tuple[str, bool]] = set()
+    for alt in alternatives:
+        alt = list(alt)
+        assert alt[0] == (parser.AT, parser.AT_BOUNDARY), pattern  # every match starts a token
+        out |= firsts(alt[1:])
+    return out
+
+
+@pytest.mark.parametrize("name", [*RULES, *CASED_RULES])
+def test_every_rule_match_starts_with_one_of_its_start_words(name: str) -> None:
+    # The matcher tries a rule's regex only where one of its `starts` begins a token: a leading
+    # word missing from `starts` would silently stop the rule from firing.
+    rule = RULES.get(name) or CASED_RULES[name]
+    words = {w for w in rule.starts if not w.endswith("*")}
+    prefixes = [w[:-1] for w in rule.starts if w.endswith("*")]
+    for word, open_ended in _leading_words(rule.pattern):
+        word = word.lower()
+        assert word, f"{name}: a match can start without a literal word"
+        covered = any(word.startswith(p) for p in prefixes) or (not open_ended and word in words)
+        assert covered, f"{name}: matches can start with {word!r}{'...' if open_ended else ''}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packgate_quality import injection_corpus
 from packgate_sidecar.detect import _ngramcore, ngram, ngram_ref
 from packgate_sidecar.detect.injection import InjectionScorer, default_scorer
 from packgate_sidecar.detect.normalize import (
@@ -31,6 +32,7 @@ from packgate_sidecar.detect.normalize import (
     _SPACED,
     variants,
 )
+from packgate_sidecar.detect.segments import segments
 
 DATASETS = Path(__file__).resolve().parents[4] / "shared/datasets/prompt-injection"
 ODD = [
@@ -71,6 +73,14 @@ def texts() -> list[str]:
     return [*ODD, *dataset_texts()]
 
 
+@pytest.fixture(scope="module")
+def obfuscated() -> list[str]:
+    # Dataset texts with look-alike letters, invisible characters, leetspeak, base64, spacing,
+    # rot13, combining marks and tag characters: every normalisation and decoding path.
+    dataset_texts()  # skips when the datasets are missing
+    return injection_corpus.obfuscated_rows()[::3]
+
+
 @functools.cache
 def reference_scorer() -> InjectionScorer:
     return InjectionScorer(reference=True)
@@ -97,6 +107,22 @@ def test_every_dataset_text_scores_the_same_with_both_cores(
     for text in texts:
         worst = max(worst, abs(compiled.score(text) - reference.score(text)))
     assert worst <= 1e-6
+
+
+def test_obfuscated_dataset_texts_score_the_same_with_both_cores(
+    obfuscated: list[str], scorers: tuple[InjectionScorer, InjectionScorer]
+) -> None:
+    # The reference path matches the rules by plain regex search and segments in Python: the
+    # fast path's shortcuts (anchored rule matching, spans and pooling in C) change no score.
+    compiled, reference = scorers
+    worst = max(abs(compiled.score(t) - reference.score(t)) for t in obfuscated)
+    assert worst <= 1e-6
+
+
+def test_the_compiled_segments_are_segments_py(texts: list[str], obfuscated: list[str]) -> None:
+    for text in [*texts, *obfuscated, "word " * 400, "x" * 1300, "a. " * 300]:
+        lowered = text.lower()
+        assert _ngramcore.segments(lowered) == segments(lowered), text[:80]
 
 
 def test_every_variant_hits_the_same_buckets(
@@ -153,13 +179,14 @@ def test_malformed_tables_and_lexicons_are_refused() -> None:
 
 
 def test_lexicons_agree(texts: list[str]) -> None:
-    words = ["ignore", "the", "previous", "über", "中文", "x_y"]
+    words = ["ignore", "the", "previous", "über", "中文", "x_y", "re*", "t*", "забудь*", "the*"]
     compiled, reference = _ngramcore.Lexicon(words), ngram_ref.Lexicon(words)
     assert len(compiled) == len(reference) == len(words)
     for text in [*ODD, *texts[::11]]:
         lowered = text.lower()
         assert compiled.found(lowered) == reference.found(lowered)
         assert compiled.count(lowered) == reference.count(lowered)
+        assert compiled.where(lowered) == reference.where(lowered)
         assert _ngramcore.count_tokens(lowered, 1) == ngram_ref.count_tokens(lowered, 1)
 
 
