@@ -13,6 +13,12 @@ A line further ahead than the next ``seq`` starts after a gap, which is reported
 records may have been pruned before they could be shipped, or quarantined), and the chain goes on
 from it when its hash and MAC hold.
 
+Each line's envelope is read without decoding its body (``envelope.py``): the hash and the MAC
+are over the body's bytes, so checking them needs no JSON, and this runs on the storage thread
+inside every acknowledgement. A line whose MAC is not checked (no key configured) must also hold
+a JSON object as its body before it is stored; with a MAC, the body is decoded for the index
+after the acknowledgement.
+
 Pure: state in, decisions out; ``store.py`` applies them.
 """
 
@@ -24,7 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from packgate_sidecar.audit.chain import GENESIS, ChainState, Envelope, parse_line
+from packgate_sidecar.audit.chain import GENESIS, ChainState
+from packgate_sidecar.audit.envelope import Sealed, read_sealed
 
 Kind = Literal["stored", "duplicate", "quarantined"]
 
@@ -33,7 +40,7 @@ Kind = Literal["stored", "duplicate", "quarantined"]
 class Outcome:
     kind: Kind
     line: bytes
-    env: Envelope | None = None
+    env: Sealed | None = None
     reason: str = ""  # why a line was quarantined (a short code, then detail)
     gap: tuple[int, int] | None = None  # seqs missing right before this stored record
     mac_checked: bool = False
@@ -74,7 +81,7 @@ def _one(
     keys: Mapping[str, bytes] | None,
     stored_hash: Callable[[int], str | None],
 ) -> Outcome:
-    env = parse_line(line)
+    env = read_sealed(line)
     if isinstance(env, str):
         return Outcome("quarantined", line, None, f"malformed: {env}")
     if hashlib.sha256(env.content).hexdigest() != env.hash or not env.exact:
@@ -90,6 +97,11 @@ def _one(
                 "quarantined", line, env, f"bad_mac: record seq {env.seq} not sealed with the key"
             )
         checked = True
+    else:  # nothing vouches for the body: it must be what a sidecar seals, a JSON object
+        try:
+            env.body()
+        except ValueError:
+            return Outcome("quarantined", line, env, "malformed: the body is not a JSON object")
     head = cursor.head
     expected = head.seq if head is not None else 0
     if env.seq < expected:

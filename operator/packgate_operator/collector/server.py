@@ -47,7 +47,7 @@ from .access import Keyring, Readers, Retention
 from .events import EventAggregator
 from .query import FilterError, parse
 from .store import Batch, PodKey, Store
-from .summary import incidents
+from .summary import incidents, may_have_incidents
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024
@@ -185,10 +185,12 @@ class Collector:
             log.warning("quarantined a record from %s/%s: %s", key.namespace, key.pod, o.reason)
         if self.events is not None:
             for o in result.stored:
-                if o.env is not None and o.env.type == "access":
-                    self.events.note(
-                        key, str(o.env.body.get("pack") or pack or ""), incidents(o.env.body)
-                    )
+                if o.env is not None and o.env.type == "access" and may_have_incidents(o.line):
+                    try:
+                        values = o.env.body()
+                    except ValueError:  # logged by the index, which decodes it too
+                        continue
+                    self.events.note(key, str(values.get("pack") or pack or ""), incidents(values))
             for o in result.quarantined:
                 self.events.problem(key, "quarantined", o.reason.split(":", 1)[0])
             for first, last in result.gaps:

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -47,14 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from packgate_sidecar.audit.chain import ChainState, JSONValue, parse_line
+from packgate_sidecar.audit.envelope import Sealed, read_sealed
 from packgate_sidecar.audit.writer import SEGMENT_RE, list_segments, read_tail
 
 from . import index, manifest
 from .indexer import Indexer, Work, sql, sql_many
 from .ingest import ChainCursor, Outcome, check
 
+log = logging.getLogger(__name__)
 _DAY = 86400.0
-_HEAD = b'{"body":'
 _INCOMPLETE = "index.incomplete"  # an index round failed: the next start re-reads every chain
 
 
@@ -203,7 +206,7 @@ class Store:
         rows = []
         for path in segments:
             for raw in path.read_bytes().split(b"\n"):
-                env = parse_line(raw) if raw else "empty"
+                env = read_sealed(raw) if raw else "empty"
                 if not isinstance(env, str) and env.seq > known:
                     rows.append(self._row(chain.key, env, False))
         before = self._conn.total_changes
@@ -342,12 +345,11 @@ class Store:
                 result.stored.append(o)
         self._write(chain, buf)
         result.head = chain.cursor.head
-        if result.stored:  # the rows are built on the index thread too
-            pod, stored = batch.pod, result.stored
+        if result.stored:  # the rows are built (bodies decoded) on the index thread
+            pod = batch.pod
+            stored = [(o.env, o.mac_checked) for o in result.stored if o.env is not None]
             self._index_work.append(
-                lambda conn: index.insert(
-                    conn, (self._row(pod, o.env, o.mac_checked) for o in stored)
-                )
+                lambda conn: index.insert(conn, (self._row(pod, e, m) for e, m in stored))
             )
         received = _now() if result.gaps or result.quarantined else ""
         if result.gaps:
@@ -368,7 +370,10 @@ class Store:
 
     def _next_segment(self, chain: _Chain, first: Outcome) -> None:
         assert first.env is not None
-        name = str(first.env.body.get("segment") or "") if first.env.type == "segment" else ""
+        name = ""
+        if first.env.type == "segment":
+            with contextlib.suppress(ValueError):
+                name = str(first.env.body().get("segment") or "")
         if not SEGMENT_RE.fullmatch(name):
             # Mid-chain start (or an odd header): a name that sorts before the sidecar's own.
             name = chain.segment or f"audit-000000-{first.env.ts[:10].replace('-', '')}.jsonl"
@@ -433,12 +438,15 @@ class Store:
         self._index_first = True
 
     @staticmethod
-    def _row(key: PodKey, env: Any, mac_checked: bool) -> index.Row:
-        # The body exactly as sealed (canonical JSON): sliced from the hashed content rather than
-        # encoded again. The envelope's own "kid" is the last one: a string in the body cannot
-        # hold an unescaped quote.
-        content: bytes = env.content
-        body = content[len(_HEAD) : content.rindex(b',"kid":"')].decode("ascii")
+    def _row(key: PodKey, env: Sealed, mac_checked: bool) -> index.Row:
+        # Runs on the index thread: the body is decoded here, after the acknowledgement, and
+        # its text kept exactly as sealed (canonical JSON) rather than encoded again.
+        body: dict[str, Any] = {}
+        text: str | None = None
+        try:
+            body, text = env.body(), env.body_bytes.decode("ascii")
+        except ValueError as exc:  # sealed by a key holder, yet not what a sidecar seals
+            log.error("record seq %d of pod %s has an unreadable body: %s", env.seq, key.uid, exc)
         return index.Row(
             key.uid,
             env.seq,
@@ -447,9 +455,9 @@ class Store:
             env.ts,
             key.namespace,
             key.pod,
-            env.body,
-            mac_checked,
             body,
+            mac_checked,
+            text,
         )
 
     def _prune(self, now: float, keys: Mapping[str, bytes] | None) -> list[str]:

@@ -46,6 +46,14 @@ def incidents(body: Mapping[str, Any]) -> list[Incident]:
     return found
 
 
+def may_have_incidents(line: bytes) -> bool:
+    """False when a sealed line surely holds no incident, without decoding it: a sidecar seals
+    canonical JSON, where a block is spelled ``"decision":"block"`` and a fail-open reason ends
+    in ``,fail_open"``. Most records are neither, and their bodies are then not decoded on the
+    event loop at all."""
+    return b'"decision":"block"' in line or b',fail_open"' in line
+
+
 def outcome(body: Mapping[str, Any]) -> str:
     """One word for the whole request: the strongest thing any policy did."""
     return summarise(body)[0]

@@ -97,3 +97,22 @@ def test_without_a_key_hashes_and_links_are_still_checked() -> None:
     assert not any(o.mac_checked for o in out)
     out = check(ChainCursor(None), [b"not json"], None, lambda s: None)
     assert out[0].reason.startswith("malformed")
+
+
+def test_without_a_key_a_body_that_is_not_json_is_quarantined() -> None:
+    # Its hash holds (anyone can compute one); with no MAC to vouch for it, the body must be what
+    # a sidecar seals before the chain is extended with it.
+    import hashlib
+    import hmac
+
+    from packgate_sidecar.audit.chain import _Parts, key_id
+
+    parts = _Parts(b"{oops", key_id(KEY), GENESIS_STATE.prev, 0, TS, "access")
+    content = parts.content()
+    mac = hmac.new(KEY, content, hashlib.sha256).hexdigest()
+    line = parts.line(hashlib.sha256(content).hexdigest(), mac)
+    out = check(ChainCursor(None), [line], None, lambda s: None)
+    assert out[0].kind == "quarantined" and out[0].reason.startswith("malformed")
+    # Sealed with the namespace's key, the same bytes are the key holder's record: kept as sealed.
+    out = check(ChainCursor(None), [line], KEYS, lambda s: None)
+    assert out[0].kind == "stored" and out[0].mac_checked
