@@ -274,11 +274,11 @@ class Gateway:
         self, request: web.Request, request_id: str, route: str, active: Active
     ) -> RequestContext:
         config = active.config
-        headers = {
-            name.lower(): value
-            for name, value in request.headers.items()
-            if name.lower().startswith("x-packgate-")
-        }
+        headers = {}
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower.startswith("x-packgate-"):
+                headers[lower] = value
         return RequestContext(
             request_id,
             route,
@@ -327,9 +327,15 @@ class Gateway:
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
+        # A client that trickles its body ties up a connection; the whole body has a deadline
+        # (not needed for a body that arrived with its headers, as most do: nothing to wait for).
+        deadline = (
+            contextlib.nullcontext()
+            if request.content.is_eof()
+            else asyncio.timeout(self.options.body_timeout)
+        )
         try:
-            # A client that trickles its body ties up a connection; the whole body has a deadline.
-            async with asyncio.timeout(self.options.body_timeout):
+            async with deadline:
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large(limit) from None

@@ -35,16 +35,27 @@ class JsonFormatter(logging.Formatter):
         return _line(record.created, record.levelname, record.name, record.getMessage(), entry)
 
 
+# One encoder for every line: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
 def _line(created: float, level: str, logger: str, event: str, fields: dict[str, Any]) -> str:
     entry = {"ts": _iso(created), "level": level.lower(), "logger": logger, "event": event}
     entry.update(fields)
     # Defence in depth: no field should hold a secret, but none may ever print one.
-    return scrub_text(json.dumps(entry, default=str, separators=(",", ":")))
+    return scrub_text(_ENCODER.encode(entry))
+
+
+# The formatted second of the last timestamp: lines come many per second (one per request).
+_second: tuple[int, str] = (-1, "")
 
 
 def _iso(epoch: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
-    return f"{seconds}.{int(epoch % 1 * 1000):03d}Z"
+    global _second
+    whole = int(epoch)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(epoch % 1 * 1000):03d}Z"
 
 
 def describe_exception(exc: BaseException | None) -> str:

@@ -19,11 +19,14 @@ Refused, each with a message naming the problem and where it is:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 # Deeper than any OpenAI request needs (JSON schemas included), far below the recursion limit.
 MAX_DEPTH = 64
+# An escape that decodes to a UTF-16 surrogate (paired or not).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 class JsonRefused(ValueError):
@@ -78,13 +81,27 @@ def loads(raw: bytes) -> Any:
         if isinstance(exc, JsonRefused):
             raise
         raise JsonRefused("invalid_json", f"The request body is not valid JSON: {exc}") from None
-    _check_tree(value)
+    if _may_hide_problems(raw):
+        _check_tree(value)
     return value
+
+
+# Built once: `json.dumps` with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def dumps(value: Any) -> bytes:
     """The bytes forwarded upstream: compact, UTF-8, no NaN (a rewritten body is still JSON)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(value).encode()
+
+
+def _may_hide_problems(raw: bytes) -> bool:
+    """Whether the parsed body needs the tree walk. Strictly decoded UTF-8 holds no surrogate,
+    so one can only come from a `\\uD800`-`\\uDFFF` escape; and a document with at most
+    MAX_DEPTH brackets cannot nest deeper. Most bodies have neither and skip the walk."""
+    return _SURROGATE_ESCAPE.search(raw) is not None or (
+        raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+    )
 
 
 def _too_deep() -> JsonRefused:
