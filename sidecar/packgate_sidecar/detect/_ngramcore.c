@@ -888,6 +888,295 @@ static PyTypeObject LexiconType = {
 };
 
 /* ------------------------------------------------------------------------------------------ */
+/* Translator: str.translate for tables that map characters to at most one character. The    */
+/* normaliser deletes invisible characters and folds look-alikes in every obfuscated prompt;   */
+/* str.translate with a dict costs ~50-100 ns per character, this a few.                      */
+
+typedef struct {
+    Py_UCS4 key;
+    Py_UCS4 value; /* the replacement, or DELETE */
+} Mapping;
+
+#define DELETE 0xFFFFFFFFu
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t filter[0x10000 / 8]; /* bit c set: some key is c (BMP) or has c's low 16 bits */
+    Mapping *slots; /* open addressing on the key; key 0 marks an empty slot (0 is never a key) */
+    uint32_t mask;
+} Translator;
+
+static inline uint32_t key_hash(Py_UCS4 c) { return (uint32_t)(fmix64(c) & 0xffffffffu); }
+
+static inline const Mapping *translator_find(const Translator *self, Py_UCS4 c) {
+    if (!(self->filter[(c & 0xffff) >> 3] >> (c & 7) & 1)) return NULL;
+    for (uint32_t i = key_hash(c) & self->mask;; i = (i + 1) & self->mask) {
+        if (self->slots[i].key == c) return &self->slots[i];
+        if (!self->slots[i].key) return NULL;
+    }
+}
+
+static int Translator_init(Translator *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"table", NULL};
+    PyObject *table;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!", keywords, &PyDict_Type, &table)) return -1;
+    if (self->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Translator is already initialised");
+        return -1;
+    }
+    uint32_t cap = 8;
+    while (cap < 2 * (uint32_t)PyDict_GET_SIZE(table)) cap <<= 1;
+    self->slots = PyMem_Calloc(cap, sizeof(Mapping));
+    if (!self->slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = cap - 1;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        long c = PyLong_Check(key) ? PyLong_AsLong(key) : -1;
+        int ok = c > 0 && c <= 0x10FFFF &&
+                 (value == Py_None || (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) == 1));
+        if (!ok) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError,
+                             "a translation maps a code point > 0 to one character or None, "
+                             "got %R: %R", key, value);
+            return -1;
+        }
+        Py_UCS4 to = value == Py_None ? DELETE : PyUnicode_READ_CHAR(value, 0);
+        uint32_t i = key_hash((Py_UCS4)c) & self->mask;
+        while (self->slots[i].key && self->slots[i].key != (Py_UCS4)c) i = (i + 1) & self->mask;
+        self->slots[i] = (Mapping){(Py_UCS4)c, to};
+        self->filter[(c & 0xffff) >> 3] |= (uint8_t)(1u << (c & 7));
+    }
+    return 0;
+}
+
+/* text.translate(table), for the table given at construction; the text itself when unchanged. */
+static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0;
+    if (!self->slots) return Py_NewRef(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_UCS4 maxchar = 0;
+    int changed = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        const Mapping *m = translator_find(self, c);
+        if (m) {
+            changed = 1;
+            c = m->value;
+            if (c == DELETE) continue;
+        }
+        if (c > maxchar) maxchar = c;
+        out_len++;
+    }
+    if (!changed) return Py_NewRef(s);
+    PyObject *out = PyUnicode_New(out_len, maxchar);
+    if (!out) return NULL;
+    int out_kind = PyUnicode_KIND(out);
+    void *out_data = PyUnicode_DATA(out);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        const Mapping *m = translator_find(self, c);
+        if (m) {
+            c = m->value;
+            if (c == DELETE) continue;
+        }
+        PyUnicode_WRITE(out_kind, out_data, k++, c);
+    }
+    return out;
+}
+
+static void Translator_dealloc(Translator *self) {
+    PyMem_Free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Translator_methods[] = {
+    {"apply", (PyCFunction)(void (*)(void))Translator_apply, METH_VARARGS | METH_KEYWORDS,
+     "apply(text) -> str: text.translate(table)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TranslatorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.Translator",
+    .tp_basicsize = sizeof(Translator),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Translator(table): str.translate for a {code point: one character or None} dict.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Translator_init,
+    .tp_dealloc = (destructor)Translator_dealloc,
+    .tp_methods = Translator_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* CharClasses: which of up to eight character classes a text contains, in one pass. The       */
+/* normaliser asks this of every non-ASCII prompt (invisible characters? combining marks?       */
+/* Cyrillic look-alikes?); a regex character-class scan per question cost 3-20 us per KB.       */
+
+typedef struct {
+    Py_UCS4 lo, hi;
+    uint8_t mask;
+} Range;
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *bmp; /* class bits of every code point below 0x10000 */
+    Range *astral; /* ranges above it, few */
+    Py_ssize_t nastral;
+} CharClasses;
+
+static inline uint8_t class_of(const CharClasses *self, Py_UCS4 c) {
+    if (c < 0x10000) return self->bmp[c];
+    uint8_t mask = 0;
+    for (Py_ssize_t k = 0; k < self->nastral; k++)
+        if (c >= self->astral[k].lo && c <= self->astral[k].hi) mask |= self->astral[k].mask;
+    return mask;
+}
+
+static int CharClasses_init(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"classes", NULL};
+    PyObject *classes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", keywords, &classes)) return -1;
+    if (self->bmp) {
+        PyErr_SetString(PyExc_RuntimeError, "CharClasses is already initialised");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(classes, "classes must be a sequence of range lists");
+    if (!seq) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (count > 8) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "at most 8 character classes");
+        return -1;
+    }
+    self->bmp = PyMem_Calloc(0x10000, 1);
+    if (!self->bmp) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *ranges = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, k),
+                                           "a class is a sequence of (low, high) code points");
+        if (!ranges) goto fail;
+        for (Py_ssize_t r = 0; r < PySequence_Fast_GET_SIZE(ranges); r++) {
+            unsigned int lo, hi;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ranges, r), "II;a range is (low, high)",
+                                  &lo, &hi) ||
+                lo > hi || hi > 0x10FFFF) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad code point range");
+                Py_DECREF(ranges);
+                goto fail;
+            }
+            uint8_t bit = (uint8_t)(1u << k);
+            for (unsigned int c = lo; c <= hi && c < 0x10000; c++) self->bmp[c] |= bit;
+            if (hi >= 0x10000) {
+                Range *grown = PyMem_Realloc(self->astral, (size_t)(self->nastral + 1) * sizeof(Range));
+                if (!grown) {
+                    Py_DECREF(ranges);
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                self->astral = grown;
+                self->astral[self->nastral++] = (Range){lo < 0x10000 ? 0x10000 : lo, hi, bit};
+            }
+        }
+        Py_DECREF(ranges);
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
+}
+
+/* The union of the classes of the text's characters (stops early once every class is seen). */
+static PyObject *CharClasses_which(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    if (!self->bmp) return PyLong_FromLong(0);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    unsigned int mask = 0;
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *p = data;
+        for (Py_ssize_t i = 0; i < n; i++) mask |= self->bmp[p[i]];
+    } else if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *p = data;
+        for (Py_ssize_t i = 0; i < n; i++) mask |= self->bmp[p[i]];
+    } else {
+        const Py_UCS4 *p = data;
+        for (Py_ssize_t i = 0; i < n && mask != 0xff; i++) mask |= class_of(self, p[i]);
+    }
+    return PyLong_FromUnsignedLong(mask);
+}
+
+/* (start, end) of each \w+ token holding characters of every class in `need`. */
+static PyObject *CharClasses_tokens(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "need", NULL};
+    PyObject *s;
+    unsigned int need;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UI", keywords, &s, &need)) return NULL;
+    Text t;
+    if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &shared_scratch, &t) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    Py_ssize_t i = 0;
+    while (out && self->bmp && i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        unsigned int mask = 0;
+        Py_ssize_t j = i;
+        while (j < t.end && is_word(CH(&t, j))) mask |= class_of(self, CH(&t, j++));
+        if ((mask & need) == need) {
+            PyObject *span = Py_BuildValue("(nn)", i, j);
+            if (!span || PyList_Append(out, span) < 0) Py_CLEAR(out);
+            Py_XDECREF(span);
+        }
+        i = j;
+    }
+    scratch_trim(&shared_scratch);
+    return out;
+}
+
+static void CharClasses_dealloc(CharClasses *self) {
+    PyMem_Free(self->bmp);
+    PyMem_Free(self->astral);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef CharClasses_methods[] = {
+    {"which", (PyCFunction)(void (*)(void))CharClasses_which, METH_VARARGS | METH_KEYWORDS,
+     "which(text) -> int: bit k set when the text has a character of class k."},
+    {"tokens", (PyCFunction)(void (*)(void))CharClasses_tokens, METH_VARARGS | METH_KEYWORDS,
+     "tokens(text, need) -> list[(start, end)]: the \\w+ tokens with a character of every class\n"
+     "whose bit is set in `need` (one character may count for several classes)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CharClassesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.CharClasses",
+    .tp_basicsize = sizeof(CharClasses),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "CharClasses(classes): up to 8 classes, each a list of inclusive code point ranges.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CharClasses_init,
+    .tp_dealloc = (destructor)CharClasses_dealloc,
+    .tp_methods = CharClasses_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
 
 static PyObject *count_tokens(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", "length", NULL};
@@ -947,6 +1236,13 @@ static int ordinal_start(const Text *t, Py_ssize_t a, Py_ssize_t end) {
     return suffix && (i + 2 == end || !is_word(CH(t, i + 2)));
 }
 
+static int push_span(PyObject *list, Py_ssize_t start, Py_ssize_t end) {
+    PyObject *span = Py_BuildValue("(nn)", start, end);
+    int failed = !span || PyList_Append(list, span) < 0;
+    Py_XDECREF(span);
+    return failed ? -1 : 0;
+}
+
 static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", NULL};
     (void)module;
@@ -954,16 +1250,19 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
     Text t;
     if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &shared_scratch, &t) < 0) return NULL;
+    PyObject *b64 = PyList_New(0), *hex = PyList_New(0), *leet = PyList_New(0);
     Py_ssize_t n = t.end, digits = 0;
-    int b64 = 0, hex = 0, leet = 0, morse = 0, spaced = 0;
+    int morse = 0, spaced = 0, failed = !b64 || !hex || !leet;
     /* base64: a maximal [A-Za-z0-9+/_-] run of >= 16 with an upper-case letter and a lower-case
        letter or digit (what _B64_BLOB matches and _decode_b64 accepts) */
     Py_ssize_t run = 0;
     int upper = 0, lower_digit = 0;
-    /* hex: >= 16 hex digits, consecutive ones at most one [ :] apart (_HEX_BLOB's shape) */
-    Py_ssize_t hex_digits = 0;
-    int hex_gap = 0;
-    /* leet: a run of [\w@$!|] of length >= 3, not an ordinal, holding [013457$][A-Za-z] */
+    /* hex: a maximal run of [0-9A-Fa-f :] holding >= 16 hex digits, consecutive ones at most
+       one [ :] apart (_HEX_BLOB's shape): the only places _HEX_BLOB can match */
+    Py_ssize_t hex_digits = 0, hex_start = -1;
+    int hex_gap = 0, hex_hit = 0;
+    /* leet: a maximal run of [\w@$!|] of length >= 3, not an ordinal, holding
+       [013457$][A-Za-z]: exactly what _LEET_WORD matches */
     Py_ssize_t leet_start = -1;
     int leet_pair = 0;
     /* morse: a run of [.\- /] holding >= 8 groups of dots/dashes */
@@ -971,7 +1270,7 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     int in_group = 0;
     /* spaced: \w s \w s \w s \w s \w with s in [ .\-_*]: chain[i] counts word chars */
     Py_ssize_t chain1 = 0, chain2 = 0; /* chain length ending at i-1 and at i-2 */
-    for (Py_ssize_t i = 0; i <= n; i++) {
+    for (Py_ssize_t i = 0; i <= n && !failed; i++) {
         Py_UCS4 c = i < n ? CH(&t, i) : 0;
         int end = i == n;
         if (!end && c >= '0' && c <= '9') digits++;
@@ -981,20 +1280,28 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
             upper |= c >= 'A' && c <= 'Z';
             lower_digit |= (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
         } else {
-            b64 |= run >= 16 && upper && lower_digit;
+            if (run >= 16 && upper && lower_digit) failed = push_span(b64, i - run, i) < 0;
             run = 0;
             upper = lower_digit = 0;
         }
 
+        int sep = c == ' ' || c == ':';
         if (!end && is_hex(c)) {
             hex_digits++;
             hex_gap = 0;
-            hex |= hex_digits >= 16;
-        } else if (!end && (c == ' ' || c == ':') && hex_digits && !hex_gap) {
+            hex_hit |= hex_digits >= 16;
+        } else if (!end && sep && hex_digits && !hex_gap) {
             hex_gap = 1;
         } else {
             hex_digits = 0;
             hex_gap = 0;
+        }
+        if (!end && (is_hex(c) || sep)) {
+            if (hex_start < 0) hex_start = i;
+        } else if (hex_start >= 0) {
+            if (hex_hit) failed = push_span(hex, hex_start, i) < 0;
+            hex_start = -1;
+            hex_hit = 0;
         }
 
         if (!end && is_leet_class(c)) {
@@ -1004,7 +1311,8 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
             }
             if (i > leet_start && is_ascii_letter(c) && is_leet_sub(CH(&t, i - 1))) leet_pair = 1;
         } else if (leet_start >= 0) {
-            leet |= leet_pair && i - leet_start >= 3 && !ordinal_start(&t, leet_start, i);
+            if (leet_pair && i - leet_start >= 3 && !ordinal_start(&t, leet_start, i))
+                failed = push_span(leet, leet_start, i) < 0;
             leet_start = -1;
         }
 
@@ -1028,8 +1336,13 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
         chain1 = chain;
     }
     scratch_trim(&shared_scratch);
-    return Py_BuildValue("(OOOOOn)", b64 ? Py_True : Py_False, hex ? Py_True : Py_False,
-                         leet ? Py_True : Py_False, morse ? Py_True : Py_False,
+    if (failed) {
+        Py_XDECREF(b64);
+        Py_XDECREF(hex);
+        Py_XDECREF(leet);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNOOn)", b64, hex, leet, morse ? Py_True : Py_False,
                          spaced ? Py_True : Py_False, digits);
 }
 
@@ -1040,7 +1353,8 @@ static PyMethodDef module_methods[] = {
      "segments(text) -> list[(start, end)]: the spans segments.py gives (for tests)."},
     {"signals", (PyCFunction)(void (*)(void))signals, METH_VARARGS | METH_KEYWORDS,
      "signals(text) -> (base64, hex, leet, morse, spaced, ascii_digits)\n\n"
-     "Whether each decoder of normalize.py can apply; see ngram_ref.signals."},
+     "Where each decoder of normalize.py can apply (spans for base64 blobs, hex regions and\n"
+     "leetspeak words; flags for Morse and spaced letters); see ngram_ref.signals."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1051,13 +1365,19 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__ngramcore(void) {
-    if (PyType_Ready(&ScorerType) < 0 || PyType_Ready(&LexiconType) < 0) return NULL;
+    if (PyType_Ready(&ScorerType) < 0 || PyType_Ready(&LexiconType) < 0 ||
+        PyType_Ready(&CharClassesType) < 0 || PyType_Ready(&TranslatorType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     Py_INCREF(&ScorerType);
     Py_INCREF(&LexiconType);
+    Py_INCREF(&CharClassesType);
+    Py_INCREF(&TranslatorType);
     if (PyModule_AddObject(m, "Scorer", (PyObject *)&ScorerType) < 0 ||
-        PyModule_AddObject(m, "Lexicon", (PyObject *)&LexiconType) < 0) {
+        PyModule_AddObject(m, "Lexicon", (PyObject *)&LexiconType) < 0 ||
+        PyModule_AddObject(m, "CharClasses", (PyObject *)&CharClassesType) < 0 ||
+        PyModule_AddObject(m, "Translator", (PyObject *)&TranslatorType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

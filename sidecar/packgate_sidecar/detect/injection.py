@@ -154,7 +154,7 @@ class InjectionScorer:
         if not text or text.isspace():
             return 0.0
         best = -math.inf
-        for variant in iter_variants(text):
+        for variant in iter_variants(text, reference=not self.compiled):
             best = max(best, self.logit(variant))
             # Past this the score is within 0.003 of 1 and no threshold tells the rest apart:
             # stop instead of scoring the remaining decoded readings.

@@ -1,4 +1,5 @@
-"""The n-gram scoring core the detectors use: the compiled one, or its Python reference.
+"""The compiled core the detectors use (n-gram scoring, lexicons, character classes and
+translation tables, decoder signals), or its Python reference.
 
 Why this exists: one place decides which implementation runs. `pip install` (and so `make venv`
 and the image build) compiles `_ngramcore`; when it is missing (a checkout used without
@@ -12,19 +13,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-__all__ = ["COMPILED", "Lexicon", "Scorer", "count_tokens", "signals"]
+__all__ = ["COMPILED", "CharClasses", "Lexicon", "Scorer", "Translator", "count_tokens", "signals"]
 
 if TYPE_CHECKING:
-    from .ngram_ref import Lexicon, Scorer, count_tokens, signals
+    from .ngram_ref import CharClasses, Lexicon, Scorer, Translator, count_tokens, signals
 
     COMPILED: bool
 else:
     try:
-        from ._ngramcore import Lexicon, Scorer, count_tokens, signals
+        from ._ngramcore import CharClasses, Lexicon, Scorer, Translator, count_tokens, signals
 
         COMPILED = True
     except ImportError as exc:  # pragma: no cover - exercised only on a broken install
-        from .ngram_ref import Lexicon, Scorer, count_tokens, signals
+        from .ngram_ref import CharClasses, Lexicon, Scorer, Translator, count_tokens, signals
 
         COMPILED = False
         logging.getLogger("packgate.detect").warning(

@@ -20,8 +20,10 @@ from .segments import segments
 
 __all__ = [
     "FNV_BASIS",
+    "CharClasses",
     "Lexicon",
     "Scorer",
+    "Translator",
     "count_tokens",
     "features",
     "fmix64",
@@ -166,38 +168,91 @@ class Lexicon:
         return out
 
 
+class CharClasses:
+    """Which of up to eight character classes (lists of inclusive code point ranges) occur."""
+
+    def __init__(self, classes: Sequence[Sequence[tuple[int, int]]]) -> None:
+        if len(classes) > 8:
+            raise ValueError("at most 8 character classes")
+        self.classes = [tuple(ranges) for ranges in classes]
+
+    def _mask(self, c: str) -> int:
+        code = ord(c)
+        return sum(
+            1 << k
+            for k, ranges in enumerate(self.classes)
+            if any(lo <= code <= hi for lo, hi in ranges)
+        )
+
+    def which(self, text: str) -> int:
+        mask = 0
+        for c in set(text):
+            mask |= self._mask(c)
+        return mask
+
+    def tokens(self, text: str, need: int) -> list[tuple[int, int]]:
+        return [m.span() for m in _WORD.finditer(text) if self.which(m.group(0)) & need == need]
+
+
+class Translator:
+    """`str.translate` for a table mapping code points to one character or None."""
+
+    def __init__(self, table: dict[int, str | None]) -> None:
+        for key, value in table.items():
+            if not (isinstance(key, int) and 0 < key <= 0x10FFFF) or not (
+                value is None or (isinstance(value, str) and len(value) == 1)
+            ):
+                raise ValueError(
+                    f"a translation maps a code point > 0 to one character or None, "
+                    f"got {key!r}: {value!r}"
+                )
+        self.table = dict(table)
+
+    def apply(self, text: str) -> str:
+        return text.translate(self.table)
+
+
 def count_tokens(text: str, length: int) -> int:
     """How many \\w+ tokens of `text` have exactly `length` characters."""
     return sum(len(token) == length for token in _WORD.findall(text))
 
 
 _B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}")
+_HEX_RUN = re.compile(r"[0-9A-Fa-f :]+")
 _HEX_STRETCH = re.compile(r"[0-9A-Fa-f](?:[ :]?[0-9A-Fa-f]){15}")
-_LEET_START = re.compile(
-    r"(?<![\w@$!|])(?!\d+(?:st|nd|rd|th)\b)(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z]"
+_LEET_WORD = re.compile(
+    r"(?<![\w@$!|])(?!\d+(?:st|nd|rd|th)\b)(?=[\w@$!|]{3})[\w@$!|]*[013457$][A-Za-z][\w@$!|]*"
 )
 _MORSE_RUN = re.compile(r"[.\- /]+")
 _MORSE_GROUP = re.compile(r"[.\-]+")
 _SPACED_CHAIN = re.compile(r"\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w")
 
+Spans = list[tuple[int, int]]
 
-def signals(text: str) -> tuple[bool, bool, bool, bool, bool, int]:
-    """Which decoders of `normalize.py` can apply to `text`, plus its ASCII digit count.
 
-    (base64, hex, leet, morse, spaced, digits): a maximal base64-alphabet run of 16 or more
-    with an upper-case letter and a lower-case letter or digit; 16 hex digits with at most one
-    space or colon between neighbours; a leetspeak word as `_LEET_WORD` defines it; a run of
-    dots, dashes, spaces and slashes with 8 or more dot/dash groups; five word characters
-    alternating with single separators. Each is a necessary condition of its decoder's regex.
+def signals(text: str) -> tuple[Spans, Spans, Spans, bool, bool, int]:
+    """Where the decoders of `normalize.py` can apply to `text`, plus its ASCII digit count.
+
+    (base64, hex, leet, morse, spaced, digits): the maximal base64-alphabet runs of 16 or more
+    with an upper-case letter and a lower-case letter or digit (what `_B64_BLOB` matches, less
+    its `=` padding, and `_decode_b64` accepts); the maximal runs of hex digits, spaces and
+    colons that hold 16 hex digits with at most one space or colon between neighbours (the only
+    places `_HEX_BLOB` can match); the leetspeak words `_LEET_WORD` matches; whether a run of
+    dots, dashes, spaces and slashes has 8 or more dot/dash groups; whether five word
+    characters alternate with single separators. The flags are necessary conditions of their
+    decoders' regexes.
     """
-    b64 = any(
-        re.search("[A-Z]", run) and re.search("[a-z0-9]", run) for run in _B64_RUN.findall(text)
-    )
+    b64 = [
+        m.span()
+        for m in _B64_RUN.finditer(text)
+        if re.search("[A-Z]", m.group(0)) and re.search("[a-z0-9]", m.group(0))
+    ]
+    hexa = [m.span() for m in _HEX_RUN.finditer(text) if _HEX_STRETCH.search(m.group(0))]
     morse = any(len(_MORSE_GROUP.findall(run)) >= 8 for run in _MORSE_RUN.findall(text))
     return (
-        bool(b64),
-        _HEX_STRETCH.search(text) is not None,
-        _LEET_START.search(text) is not None,
+        b64,
+        hexa,
+        [m.span() for m in _LEET_WORD.finditer(text)],
         morse,
         _SPACED_CHAIN.search(text) is not None,
         sum(map(text.count, "0123456789")),

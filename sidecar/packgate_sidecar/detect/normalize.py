@@ -7,7 +7,9 @@ blobs, rot13, leetspeak and s p a c e d letters. `normalize` folds the character
 into plain text; `variants` additionally returns decoded readings of the encoding tricks so a
 detector can score each reading and keep the worst. Both are pure and cheap: plain ASCII prompts
 take a fast path, and a decoded variant is produced only when the text shows a sign of that
-encoding, so ordinary prompts yield a single variant.
+encoding, so ordinary prompts yield a single variant. The per-character work runs in the
+compiled core (`ngram.py`): one pass says which character classes a prompt holds
+(`CharClasses`), tables apply with `Translator`, and `signals` finds the blobs to decode.
 """
 
 # The look-alike letters below are the point of this module.
@@ -20,10 +22,10 @@ import binascii
 import codecs
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import unquote
 
-from .ngram import Lexicon, count_tokens, signals
+from .ngram import CharClasses, Lexicon, Translator, count_tokens, signals
 
 __all__ = ["iter_variants", "normalize", "variants"]
 
@@ -43,38 +45,7 @@ _TABLE: dict[int, str | None] = dict.fromkeys(_INVISIBLE)
 # Unicode tag characters mirror ASCII and render as nothing ("ASCII smuggling"): read them as
 # the ASCII they encode instead of dropping them, so the hidden instruction becomes visible.
 _TABLE.update({0xE0000 + c: chr(c) for c in range(0x20, 0x7F)})
-
-
-# str.translate with a dict costs ~100 ns per character; a character-class scan finds out far
-# more cheaply whether there is anything to translate at all (almost never).
-def _char_class(codes: list[int]) -> str:
-    ranges: list[list[int]] = []
-    for c in sorted(codes):
-        if ranges and c == ranges[-1][1] + 1:
-            ranges[-1][1] = c
-        else:
-            ranges.append([c, c])
-    return "[" + "".join(f"{chr(a)}-{chr(b)}" if a < b else chr(a) for a, b in ranges) + "]"
-
-
-_HAS_TABLED = re.compile(_char_class(list(_TABLE)))
-
-
-def _latin1(text: str) -> bool:
-    # Western European text (a str stored one byte per character): encoding is a copy, and it
-    # fails fast at the first wider character. Far cheaper than any regex scan of the text.
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _untable(text: str) -> str:
-    # In Latin-1 the only character of the table is the soft hyphen.
-    if "\xad" in text if _latin1(text) else _HAS_TABLED.search(text):
-        return text.translate(_TABLE)
-    return text
+_UNTABLE = Translator(_TABLE)  # str.translate, compiled: a dict table costs ~100 ns a character
 
 
 # Cyrillic and Greek letters that render like Latin ones. Applied only to words that are not
@@ -95,37 +66,65 @@ _HOMOGLYPHS: dict[str, str] = {
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
     "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
 }  # fmt: skip
-_HOMOGLYPH_TABLE = str.maketrans(_HOMOGLYPHS)
+_FOLD = Translator({ord(k): v for k, v in _HOMOGLYPHS.items()})
 _HOMOGLYPH_CHARS = "".join(_HOMOGLYPHS)
-_HAS_HOMOGLYPH = re.compile(f"[{_HOMOGLYPH_CHARS}]")
-_REAL_CYRILLIC_GREEK = re.compile(
-    "[" + "".join(chr(c) for c in range(0x0370, 0x0530) if chr(c) not in _HOMOGLYPHS) + "]"
-)
-_WORD = re.compile(r"\w+")
 # A combining mark after a Latin letter survives NFKC only when no precomposed letter exists:
 # in practice that is "Zalgo" noise laid over a keyword. Such a text is decomposed and every
 # mark on a Latin letter dropped (its accents too: a price only texts that carry the noise pay).
 _MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
 _LATIN = "A-Za-z\u00c0-\u024f\u1e00-\u1eff"
 _LATIN_COMBINING = re.compile(f"(?<=[{_LATIN}])[{_MARKS}]+")
-_LATIN_LETTER = re.compile(f"[{_LATIN}]")
 
 
-def _fold_word(match: re.Match[str]) -> str:
-    word = match.group(0)
-    # A mixed-script word ("іgnore" with a Cyrillic і) is always a disguise.
-    if _LATIN_LETTER.search(word) and _HAS_HOMOGLYPH.search(word):
-        return word.translate(_HOMOGLYPH_TABLE)
-    return word
+def _ranges(codes: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for c in sorted(set(codes)):
+        if out and c == out[-1][1] + 1:
+            out[-1] = (out[-1][0], c)
+        else:
+            out.append((c, c))
+    return out
 
 
-def _fold_homoglyphs(text: str) -> str:
+def _class(spec: str) -> list[tuple[int, int]]:
+    # A regex-style class body ("a-z\u0300-\u036f") as code point ranges.
+    return [
+        (ord(m.group(1)), ord(m.group(2) or m.group(1))) for m in re.finditer(r"(.)(?:-(.))?", spec)
+    ]
+
+
+# One compiled pass over a prompt says which of these it contains (a regex scan per question
+# cost 3-20 us per KB): characters of the table, combining marks, look-alike letters, Cyrillic or
+# Greek letters without a Latin twin (real Russian or Greek), Latin letters.
+_TABLED, _MARK, _HOMOGLYPH, _REAL_CYRILLIC_GREEK, _LATIN_LETTER = 1, 2, 4, 8, 16
+_CLASSES = CharClasses(
+    [
+        _ranges(list(_TABLE)),
+        _class(_MARKS),
+        _ranges([ord(c) for c in _HOMOGLYPH_CHARS]),
+        _ranges([c for c in range(0x0370, 0x0530) if chr(c) not in _HOMOGLYPHS]),
+        _class(_LATIN),
+    ]
+)
+
+
+def _fold_homoglyphs(text: str, present: int) -> str:
     # Text with Cyrillic/Greek letters that have no Latin twin is real Russian/Greek: fold only
-    # mixed-script words there, so "все" keeps its meaning. Otherwise every Cyrillic/Greek
-    # letter is a look-alike in Latin text and all of them fold ("ѕау" becomes "say").
-    if _REAL_CYRILLIC_GREEK.search(text):
-        return _WORD.sub(_fold_word, text)
-    return text.translate(_HOMOGLYPH_TABLE)
+    # mixed-script words there (a word with a Latin letter and a look-alike is always a
+    # disguise), so "все" keeps its meaning. Otherwise every Cyrillic/Greek letter is a
+    # look-alike in Latin text and all of them fold ("ѕау" becomes "say").
+    if not present & _REAL_CYRILLIC_GREEK:
+        return _FOLD.apply(text)
+    mixed = _CLASSES.tokens(text, _LATIN_LETTER | _HOMOGLYPH)
+    if not mixed:
+        return text
+    parts: list[str] = []
+    last = 0
+    for start, end in mixed:
+        parts += (text[last:start], _FOLD.apply(text[start:end]))
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def normalize(text: str) -> str:
@@ -139,20 +138,22 @@ def normalize(text: str) -> str:
         if text.isascii():
             return text
         before = text
-        text = _untable(text)
+        present = _CLASSES.which(text)
+        if present & _TABLED:
+            text = _UNTABLE.apply(text)
         if not unicodedata.is_normalized("NFKC", text):
             # NFKC can expose new invisibles (e.g. a compatibility form of a space joiner).
-            text = _untable(unicodedata.normalize("NFKC", text))
-        if _latin1(text):
-            # Combining marks and Cyrillic/Greek letters all lie above U+00FF: nothing to fold.
-            if text == before:
-                break
-            continue
-        if _LATIN_COMBINING.search(text):
+            text = unicodedata.normalize("NFKC", text)
+            if _CLASSES.which(text) & _TABLED:
+                text = _UNTABLE.apply(text)
+        if text is not before:
+            present = _CLASSES.which(text)
+        if present & _MARK and _LATIN_COMBINING.search(text):
             text = unicodedata.normalize("NFD", text)
             text = unicodedata.normalize("NFC", _LATIN_COMBINING.sub("", text))
-        if _HAS_HOMOGLYPH.search(text):
-            text = _fold_homoglyphs(text)
+            present = _CLASSES.which(text)
+        if present & _HOMOGLYPH:
+            text = _fold_homoglyphs(text, present)
         if text == before:
             break
     return text
@@ -202,6 +203,11 @@ _COMMON = Lexicon(_COMMON_WORDS.split())
 _ROT13_COMMON = Lexicon(codecs.encode(w, "rot13") for w in _COMMON_WORDS.split())
 
 
+_GOOD_PUNCTUATION = " .,:;!?'\"-\n()"
+_LETTERS_ASCII = bytes(c for c in range(128) if chr(c).isalpha())
+_GOOD_ASCII = _LETTERS_ASCII + b"0123456789" + _GOOD_PUNCTUATION.encode()
+
+
 def _printable_text(raw: bytes) -> str | None:
     try:
         text = raw.decode("utf-8")
@@ -209,8 +215,12 @@ def _printable_text(raw: bytes) -> str | None:
         return None
     if not text:
         return None
-    good = sum(1 for c in text if c.isalnum() or c in " .,:;!?'\"-\n()")
-    letters = sum(1 for c in text if c.isalpha())
+    if text.isascii():  # the usual case, counted at C speed (ASCII isalnum/isalpha are these)
+        good = len(raw) - len(raw.translate(None, _GOOD_ASCII))
+        letters = len(raw) - len(raw.translate(None, _LETTERS_ASCII))
+    else:
+        good = sum(1 for c in text if c.isalnum() or c in _GOOD_PUNCTUATION)
+        letters = sum(1 for c in text if c.isalpha())
     if good < 0.85 * len(text) or letters < 0.5 * len(text):
         return None
     return text
@@ -256,6 +266,40 @@ def _substitute(
     return out if changed else None
 
 
+def _replace(
+    text: str, spans: Iterable[tuple[int, int]], decode: Callable[[str], str | None], pad: str = " "
+) -> str | None:
+    """`_substitute` over blobs already found (sorted, disjoint spans): the same result."""
+    parts: list[str] = []
+    last = 0
+    for start, end in spans:
+        decoded = decode(text[start:end])
+        if decoded is not None:
+            parts += (text[last:start], decoded if pad == "" else f"{pad}{decoded}{pad}")
+            last = end
+    if not parts:
+        return None
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def _with_padding(text: str, runs: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    # _B64_BLOB's matches: each run with up to two "=" that follow it.
+    for start, end in runs:
+        stop = end
+        while stop < len(text) and stop - end < 2 and text[stop] == "=":
+            stop += 1
+        yield start, stop
+
+
+def _hex_blobs(text: str, regions: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    # _HEX_BLOB matches only hex digits, spaces and colons, so every match of it lies inside one
+    # of the maximal runs of those that `signals` reports: search only there.
+    for start, end in regions:
+        for match in _HEX_BLOB.finditer(text, start, end):
+            yield match.span()
+
+
 def _decode_morse(run: str) -> str | None:
     words = re.split(r" ?/ ?| {2,}", run.strip())
     decoded = " ".join("".join(_MORSE.get(c, "") for c in w.split()) for w in words)
@@ -275,16 +319,18 @@ def variants(text: str) -> list[str]:
     return list(iter_variants(text))
 
 
-def iter_variants(text: str) -> Iterator[str]:
+def iter_variants(text: str, *, reference: bool = False) -> Iterator[str]:
     """`variants`, lazily: a caller that stops early skips the remaining decoders.
 
     Each decoder sits behind a cheap test (a character count or a short regex) because this runs
-    on every request and nearly every prompt encodes nothing.
+    on every request and nearly every prompt encodes nothing. The blobs to decode come from the
+    compiled core's one pass (`signals`); `reference=True` finds them with the decoders' own
+    regexes instead (the definition, for checking the fast path).
     """
     base = normalize(text)
     yield base
     seen = {base}
-    for candidate in _decodings(base):
+    for candidate in _decodings(base, reference):
         if candidate is not None:
             candidate = normalize(candidate)
             if candidate not in seen:
@@ -292,19 +338,28 @@ def iter_variants(text: str) -> Iterator[str]:
                 yield candidate
 
 
-def _decodings(base: str) -> Iterator[str | None]:
-    # One compiled pass says which decoders can apply at all; their regexes (each a full scan
-    # of the text in Python's re) then run only on texts that show the sign.
+def _decodings(base: str, reference: bool) -> Iterator[str | None]:
+    # One compiled pass says where each decoder can apply; a regex scan of the whole text per
+    # decoder (Python's re, ~10 ns a character each) runs only for the rare Morse and spacing.
     b64, hexa, leet, morse, spaced, digits = signals(base)
     if b64:
-        yield _substitute(base, _B64_BLOB, _decode_b64)
+        if reference:
+            yield _substitute(base, _B64_BLOB, _decode_b64)
+        else:
+            yield _replace(base, _with_padding(base, b64), _decode_b64)
     # Hex-encoded text is mostly digits: skip it unless there are plenty of them.
     if hexa and digits >= 16:
-        yield _substitute(base, _HEX_BLOB, _decode_hex)
+        if reference:
+            yield _substitute(base, _HEX_BLOB, _decode_hex)
+        else:
+            yield _replace(base, _hex_blobs(base, hexa), _decode_hex)
     if "%" in base and len(_PERCENT.findall(base)) >= 2:
         yield unquote(base)
     if leet:
-        yield _substitute(base, _LEET_WORD, _decode_leet, pad="")
+        if reference:
+            yield _substitute(base, _LEET_WORD, _decode_leet, pad="")
+        else:
+            yield _replace(base, leet, _decode_leet, pad="")
     if morse:
         yield _substitute(base, _MORSE_RUN, _decode_morse)
     # Token checks run in the compiled core (one pass each, no token list built in Python).

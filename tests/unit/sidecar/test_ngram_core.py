@@ -206,17 +206,47 @@ _TRICKY = st.text(
 def test_signals_agree_and_never_hide_a_decodable_text(text: str) -> None:
     b64, hexa, leet, morse, spaced, digits = _ngramcore.signals(text)
     assert (b64, hexa, leet, morse, spaced, digits) == ngram_ref.signals(text)
-    blobs = _B64_BLOB.findall(text)
-    if any(re.search("[A-Z]", b) and re.search("[a-z0-9]", b) for b in blobs):
-        assert b64
-    if _HEX_BLOB.search(text):
-        assert hexa
-    if _LEET_WORD.search(text):
-        assert leet
+    # The fast path decodes exactly these spans instead of running the decoders' regexes.
+    blobs = [m for m in _B64_BLOB.finditer(text) if re.search("[A-Z]", m.group(0))]
+    blobs = [m for m in blobs if re.search("[a-z0-9]", m.group(0))]
+    assert [(m.start(), m.start() + len(m.group(0).rstrip("="))) for m in blobs] == b64
+    for match in _HEX_BLOB.finditer(text):
+        assert any(a <= match.start() and match.end() <= b for a, b in hexa)
+    assert [m.span() for m in _LEET_WORD.finditer(text)] == leet
     if _MORSE_RUN.search(text):
         assert morse
     if _SPACED.search(text):
         assert spaced
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from("aAzZ_ 09\u200b\u00ad\u0301іаоΑαиж中🙂\U000e0041"), max_size=40
+    )
+)
+def test_char_classes_and_translators_agree(text: str) -> None:
+    classes = [
+        [(0x61, 0x7A)],
+        [(0x200B, 0x200F), (0xAD, 0xAD)],
+        [(0x0400, 0x04FF)],
+        [(0xE0000, 0xE007F)],
+    ]
+    compiled, reference = _ngramcore.CharClasses(classes), ngram_ref.CharClasses(classes)
+    assert compiled.which(text) == reference.which(text)
+    for need in (1, 5, 12, 15):
+        assert compiled.tokens(text, need) == reference.tokens(text, need)
+    table = {0x200B: None, 0x0430: "a", 0xE0041: "A", 0x4E2D: "\U0001f642", 0xAD: None}
+    assert _ngramcore.Translator(table).apply(text) == text.translate(table)
+    assert ngram_ref.Translator(table).apply(text) == text.translate(table)
+
+
+def test_malformed_translators_are_refused() -> None:
+    for impl in (_ngramcore, ngram_ref):
+        with pytest.raises(ValueError, match="one character"):
+            impl.Translator({0x41: "ab"})
+        with pytest.raises(ValueError, match="one character"):
+            impl.Translator({0: "a"})
 
 
 @settings(max_examples=300, deadline=None)
