@@ -191,6 +191,7 @@ typedef struct {
     Spans tokens, sentences, segs;
     Py_UCS4 *joined;
     Py_ssize_t joined_cap;
+    struct Pool *pool; /* the whole variant's features, reused by every span (pooled_logit) */
 } Scorer;
 
 /* One feature group being summed: distinct buckets, their weight sum, optionally their ids.
@@ -254,6 +255,40 @@ __attribute__((always_inline)) static inline int group_add(Group *g, uint64_t h)
     g->n++;
     g->sum += g->weights[b];
     return g->ids ? append_id(g->ids, b) : 0;
+}
+
+/* A feature whose bucket and weight are already known (computed once per text, see Pool). */
+typedef struct {
+    uint32_t bucket;
+    float weight;
+} Feat;
+
+/* Weights of features whose buckets are set, read with prefetching: the table (4 MB for 2^20
+ * buckets) does not fit a core's cache, and these reads are a large share of the scoring time
+ * when each waits for its cache miss. */
+static void gather_weights(Feat *f, Py_ssize_t len, const float *weights) {
+    for (Py_ssize_t k = 0; k < len; k++) {
+        if (k + 16 < len) __builtin_prefetch(&weights[f[k + 16].bucket]);
+        f[k].weight = weights[f[k].bucket];
+    }
+}
+
+static inline uint32_t bucket_of(uint32_t mask, uint64_t h) { return (uint32_t)(fmix64(h) & mask); }
+
+static inline Feat feat_of(const Group *g, uint64_t h) {
+    uint32_t b = (uint32_t)(fmix64(h) & g->mask);
+    return (Feat){b, g->weights[b]};
+}
+
+__attribute__((always_inline)) static inline void group_put(Group *g, Feat f) {
+    uint32_t i = f.bucket & g->seen_mask;
+    while (g->seen[i]) {
+        if (g->seen[i] == f.bucket + 1) return;
+        i = (i + 1) & g->seen_mask;
+    }
+    g->seen[i] = f.bucket + 1;
+    g->n++;
+    g->sum += f.weight;
 }
 
 static inline double group_value(const Group *g) { return g->n ? g->sum / sqrt((double)g->n) : 0.0; }
@@ -504,6 +539,346 @@ static int find_segments(const Text *t, Spans *out) {
     return 0;
 }
 
+/* Pooling reuses work across spans. A variant's spans (its windows and sentences) cover its
+ * text about three times over, and extracting each span from scratch hashed and de-duplicated
+ * every feature three times. Here the features of the whole text are computed once, in three
+ * sequences: the words (token k's unigram at 2k, its bigram with token k - 1 at 2k - 1), the
+ * same with the tail seed, and the character n-grams of the whole joined text. A span's whole
+ * tokens are a contiguous range of each sequence (its joined text is a slice of the whole one),
+ * and in a range [a, b) the distinct buckets are the features whose previous occurrence in the
+ * sequence lies before a: a branch-free sum, no set. The few other features of a span (the
+ * pieces of tokens a window cuts, the sentences' first words) are hashed, checked against the
+ * range through each bucket's sorted occurrences, and de-duplicated with the usual set. Only a
+ * single character n-gram size takes this path (the shipped model's); others extract each span
+ * from scratch, as `logit` does. */
+typedef struct {
+    Feat *f;
+    int32_t *prev;  /* previous index with the same bucket, or -1 */
+    Py_ssize_t len, cap;
+    uint32_t *keys; /* bucket + 1 -> id (open addressing), 0 when empty */
+    int32_t *ids;
+    Py_ssize_t kcap;
+    uint32_t kmask; /* of the part in use for the current text */
+    int32_t *first, *count, *occ; /* per id: its positions, ascending, at occ[first[id]...] */
+    int32_t *fid;                 /* each feature's id */
+} Seq;
+
+typedef struct Pool {
+    Spans tok;           /* the whole text's tokens */
+    Py_ssize_t tcap;     /* capacity of the per-token arrays */
+    uint64_t *hw, *ht;   /* FNV state after each token, word and tail seeds */
+    Py_ssize_t *jo;      /* offset of each token in the joined text */
+    Py_UCS4 *joined, *sj; /* the whole text's joined tokens; one span's */
+    Py_ssize_t jcap;
+    Seq words, tail, chars;
+} Pool;
+
+static void seq_free(Seq *q) {
+    PyMem_Free(q->f);
+    PyMem_Free(q->prev);
+    PyMem_Free(q->keys);
+    PyMem_Free(q->ids);
+    PyMem_Free(q->first);
+    PyMem_Free(q->count);
+    PyMem_Free(q->occ);
+    PyMem_Free(q->fid);
+}
+
+static void pool_free(Pool *p) {
+    if (!p) return;
+    PyMem_Free(p->tok.items);
+    PyMem_Free(p->hw);
+    PyMem_Free(p->ht);
+    PyMem_Free(p->jo);
+    PyMem_Free(p->joined);
+    PyMem_Free(p->sj);
+    seq_free(&p->words);
+    seq_free(&p->tail);
+    seq_free(&p->chars);
+    PyMem_Free(p);
+}
+
+#define GROW(ptr, n)                                                       \
+    do {                                                                   \
+        void *grown_ = PyMem_Realloc((ptr), (size_t)(n) * sizeof(*(ptr))); \
+        if (!grown_) goto nomem;                                           \
+        (ptr) = grown_;                                                    \
+    } while (0)
+
+static int seq_reserve(Seq *q, Py_ssize_t len) {
+    q->len = 0;
+    if (len > q->cap) {
+        GROW(q->f, len);
+        GROW(q->prev, len);
+        GROW(q->first, len);
+        GROW(q->count, len);
+        GROW(q->occ, len);
+        GROW(q->fid, len);
+        q->cap = len;
+    }
+    Py_ssize_t kcap = 64;
+    while (kcap < 2 * len) kcap <<= 1;
+    if (kcap > q->kcap) {
+        GROW(q->keys, kcap);
+        GROW(q->ids, kcap);
+        q->kcap = kcap;
+    }
+    q->kmask = (uint32_t)(kcap - 1);
+    memset(q->keys, 0, (size_t)kcap * sizeof(uint32_t));
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+static int pool_reserve(Pool *p, Py_ssize_t ntok, Py_ssize_t njoined) {
+    if (ntok > p->tcap) {
+        GROW(p->hw, ntok);
+        GROW(p->ht, ntok);
+        GROW(p->jo, ntok);
+        p->tcap = ntok;
+    }
+    if (njoined > p->jcap) {
+        GROW(p->joined, njoined);
+        GROW(p->sj, njoined);
+        p->jcap = njoined;
+    }
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* The id of a bucket in q's map, or -1. */
+static inline int32_t seq_id(const Seq *q, uint32_t bucket) {
+    uint32_t mask = q->kmask;
+    for (uint32_t i = bucket & mask;; i = (i + 1) & mask) {
+        if (q->keys[i] == bucket + 1) return q->ids[i];
+        if (!q->keys[i]) return -1;
+    }
+}
+
+/* prev[] and the occurrence lists of q's features (q->f[0..len) filled in). */
+static void seq_index(Seq *q) {
+    uint32_t mask = q->kmask;
+    int32_t next_id = 0;
+    int32_t *last = q->occ; /* scratch until the occurrence lists are written */
+    for (Py_ssize_t k = 0; k < q->len; k++) {
+        uint32_t b = q->f[k].bucket, i = b & mask;
+        while (q->keys[i] && q->keys[i] != b + 1) i = (i + 1) & mask;
+        int32_t id;
+        if (!q->keys[i]) {
+            q->keys[i] = b + 1;
+            q->ids[i] = id = next_id++;
+            q->count[id] = 0;
+            q->prev[k] = -1;
+        } else {
+            id = q->ids[i];
+            q->prev[k] = last[id];
+        }
+        last[id] = (int32_t)k;
+        q->fid[k] = id;
+        q->count[id]++;
+    }
+    int32_t at = 0;
+    for (int32_t id = 0; id < next_id; id++) {
+        q->first[id] = at;
+        at += q->count[id];
+        q->count[id] = 0; /* refilled below as a cursor */
+    }
+    for (Py_ssize_t k = 0; k < q->len; k++) {
+        int32_t id = q->fid[k];
+        q->occ[q->first[id] + q->count[id]++] = (int32_t)k;
+    }
+}
+
+/* Whether a feature with this bucket sits at a position in [a, b) of q. */
+static inline int seq_holds(const Seq *q, uint32_t bucket, Py_ssize_t a, Py_ssize_t b) {
+    if (a >= b) return 0;
+    int32_t id = seq_id(q, bucket);
+    if (id < 0) return 0;
+    const int32_t *pos = q->occ + q->first[id];
+    Py_ssize_t lo = 0, hi = q->count[id];
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (pos[mid] < a) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < q->count[id] && pos[lo] < b;
+}
+
+/* Distinct buckets of q's range [a, b): sum of their weights and their number. */
+static void seq_range(const Seq *q, Py_ssize_t a, Py_ssize_t b, double *sum, Py_ssize_t *n) {
+    double total = 0.0;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t k = a; k < b; k++) {
+        int fresh = q->prev[k] < a;
+        total += fresh ? (double)q->f[k].weight : 0.0;
+        count += fresh;
+    }
+    *sum = total;
+    *n = count;
+}
+
+/* One of a span's own features: counted unless the range [a, b) of q or an earlier one of the
+ * span's own features (the set of g) has its bucket. */
+static inline void put_extra(Group *g, const Seq *q, Py_ssize_t a, Py_ssize_t b, uint64_t h) {
+    Feat f = feat_of(g, h);
+    if (!seq_holds(q, f.bucket, a, b)) group_put(g, f);
+}
+
+/* The whole text's features (see above). */
+static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
+    if (tokenize(t, &p->tok) < 0) return -1;
+    const Span *tok = p->tok.items;
+    Py_ssize_t ntok = p->tok.len, jlen = 1;
+    for (Py_ssize_t k = 0; k < ntok; k++) jlen += tok[k].end - tok[k].start + 1;
+    Py_ssize_t nwords = ntok ? 2 * ntok - 1 : 0, nchars = jlen >= n ? jlen - n + 1 : 0;
+    if (pool_reserve(p, ntok + 1, jlen + 1) < 0 || seq_reserve(&p->words, nwords + 1) < 0 ||
+        seq_reserve(&p->tail, nwords + 1) < 0 || seq_reserve(&p->chars, nchars + 1) < 0)
+        return -1;
+    uint32_t mask = self->mask;
+    Feat *w = p->words.f, *tl = p->tail.f, *ch = p->chars.f;
+    Py_UCS4 *j = p->joined;
+    Py_ssize_t len = 0;
+    j[len++] = ' ';
+    for (Py_ssize_t k = 0; k < ntok; k++) {
+        p->hw[k] = hash_span(self->seed_words, t, tok[k]);
+        p->ht[k] = hash_span(self->seed_tail, t, tok[k]);
+        w[2 * k].bucket = bucket_of(mask, p->hw[k]);
+        tl[2 * k].bucket = bucket_of(mask, p->ht[k]);
+        if (k) {
+            w[2 * k - 1].bucket = bucket_of(mask, hash_span(fnv(p->hw[k - 1], ' '), t, tok[k]));
+            tl[2 * k - 1].bucket = bucket_of(mask, hash_span(fnv(p->ht[k - 1], ' '), t, tok[k]));
+            j[len++] = ' ';
+        }
+        p->jo[k] = len;
+        for (Py_ssize_t i = tok[k].start; i < tok[k].end; i++) j[len++] = CH(t, i);
+    }
+    j[len++] = ' ';
+    for (Py_ssize_t i = 0; i < nchars; i++) {
+        uint64_t h = self->seed_chars;
+        for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, j[i + c]);
+        ch[i].bucket = bucket_of(mask, h);
+    }
+    const float *weights = (const float *)self->weights.buf;
+    gather_weights(w, nwords, weights);
+    gather_weights(tl, nwords, weights);
+    gather_weights(ch, nchars, weights);
+    p->words.len = p->tail.len = nwords;
+    p->chars.len = nchars;
+    seq_index(&p->words);
+    seq_index(&p->tail);
+    seq_index(&p->chars);
+    return 0;
+}
+
+/* First token of the pool starting at or after `at` (tokens are sorted). */
+static Py_ssize_t first_token_from(const Pool *p, Py_ssize_t at) {
+    Py_ssize_t lo = 0, hi = p->tok.len;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (p->tok.items[mid].start < at) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static inline double mean_like(double sum, Py_ssize_t n) { return n ? sum / sqrt((double)n) : 0.0; }
+
+/* The logit of span t from the pool; 1 when the span has no whole token (the caller then
+ * extracts it from scratch), 0 on success, -1 on error. */
+static int pool_span(Scorer *self, Pool *p, const Text *t, int n, double *z) {
+    const Span *tok = p->tok.items;
+    Py_ssize_t s = t->start, e = t->end;
+    Py_ssize_t i = first_token_from(p, s), j = first_token_from(p, e);
+    Span left = {0, 0}, right = {0, 0}; /* pieces of the tokens the span cuts, if it cuts one */
+    int has_left = i > 0 && tok[i - 1].end > s, has_right = j > i && tok[j - 1].end > e;
+    if (has_left) left = (Span){s, tok[i - 1].end < e ? tok[i - 1].end : e};
+    Py_ssize_t fe = has_right ? j - 1 : j; /* whole tokens: [i, fe) */
+    if (has_right) right = (Span){tok[j - 1].start, e};
+    if (fe <= i) return 1;
+
+    if (split_sentences(t, &self->sentences) < 0) return -1;
+    const Spans *pieces = &self->sentences;
+    Py_ssize_t whole = fe - i, count = whole + has_left + has_right;
+    /* the span's tokens in order: left?, tok[i..fe), right? */
+#define SPAN_TOKEN(k) \
+    ((has_left && (k) == 0) ? left : ((k) - has_left < whole ? tok[i + (k) - has_left] : right))
+    double sum;
+    Py_ssize_t cnt;
+    Group g;
+
+    /* words: the range [2i, 2fe - 1) plus the cut pieces' features and each piece's "^" word */
+    Py_ssize_t wa = 2 * i, wb = 2 * fe - 1;
+    if (group_open(self, &g, NULL, 4 + pieces->len) < 0) return -1;
+    if (has_left) {
+        uint64_t h = hash_span(self->seed_words, t, left);
+        put_extra(&g, &p->words, wa, wb, h);
+        put_extra(&g, &p->words, wa, wb, hash_span(fnv(h, ' '), t, tok[i]));
+    }
+    if (has_right) {
+        put_extra(&g, &p->words, wa, wb, hash_span(fnv(p->hw[fe - 1], ' '), t, right));
+        put_extra(&g, &p->words, wa, wb, hash_span(self->seed_words, t, right));
+    }
+    uint64_t caret = fnv(self->seed_words, '^');
+    for (Py_ssize_t q = 0, k = 0; q < pieces->len; q++) {
+        Span piece = pieces->items[q];
+        while (k < count && SPAN_TOKEN(k).start < piece.start) k++;
+        if (k < count && SPAN_TOKEN(k).start < piece.end)
+            put_extra(&g, &p->words, wa, wb, hash_span(caret, t, SPAN_TOKEN(k)));
+    }
+    seq_range(&p->words, wa, wb, &sum, &cnt);
+    *z = mean_like(sum + g.sum, cnt + g.n);
+
+    /* tail: the last piece's tokens, when there is more than one piece */
+    if (pieces->len > 1) {
+        Py_ssize_t from = pieces->items[pieces->len - 1].start, f = 0;
+        while (f < count && SPAN_TOKEN(f).start < from) f++;
+        /* f >= has_left: a cut first token starts the first piece, before the last one */
+        Py_ssize_t first = i + f - has_left; /* pool index of the first whole tail token */
+        Py_ssize_t ta = 2 * first, tb = first < fe ? 2 * fe - 1 : ta;
+        if (group_open(self, &g, NULL, 2) < 0) return -1;
+        if (has_right && f < count) { /* the cut last token is in the tail */
+            if (first < fe)
+                put_extra(&g, &p->tail, ta, tb, hash_span(fnv(p->ht[fe - 1], ' '), t, right));
+            put_extra(&g, &p->tail, ta, tb, hash_span(self->seed_tail, t, right));
+        }
+        seq_range(&p->tail, ta, tb, &sum, &cnt);
+        *z += mean_like(sum + g.sum, cnt + g.n);
+    }
+
+    /* chars: the span's joined text is " " + left + the whole tokens' slice of the joined text
+     * + right + " "; n-grams inside the slice are the range, the others are hashed */
+    Py_ssize_t m_from = p->jo[i] - 1;
+    Py_ssize_t m_to = p->jo[fe - 1] + (tok[fe - 1].end - tok[fe - 1].start) + 1;
+    Py_ssize_t m_at = has_left ? 1 + (left.end - left.start) : 0, len = 0;
+    Py_ssize_t m_end = m_at + (m_to - m_from);
+    Py_ssize_t ca = m_from, cb = m_to - n + 1 > m_from ? m_to - n + 1 : m_from;
+    Py_UCS4 *sj = p->sj;
+    if (has_left) {
+        sj[len++] = ' ';
+        for (Py_ssize_t c = left.start; c < left.end; c++) sj[len++] = CH(t, c);
+    }
+    memcpy(sj + len, p->joined + m_from, (size_t)(m_to - m_from) * sizeof(Py_UCS4));
+    len += m_to - m_from;
+    if (has_right) {
+        for (Py_ssize_t c = right.start; c < right.end; c++) sj[len++] = CH(t, c);
+        sj[len++] = ' ';
+    }
+    if (group_open(self, &g, NULL, len - (m_to - m_from) + 2 * n) < 0) return -1;
+    for (Py_ssize_t q = 0; q + n <= len; q++) {
+        if (q >= m_at && q + n <= m_end) continue; /* in the range */
+        uint64_t h = self->seed_chars;
+        for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, sj[q + c]);
+        put_extra(&g, &p->chars, ca, cb, h);
+    }
+    seq_range(&p->chars, ca, cb, &sum, &cnt);
+    *z += mean_like(sum + g.sum, cnt + g.n);
+#undef SPAN_TOKEN
+    return 0;
+}
+
 static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", NULL};
     PyObject *s;
@@ -512,13 +887,31 @@ static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwa
     if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &self->text, &whole) < 0) return NULL;
     double best = -INFINITY;
     int failed = find_segments(&whole, &self->segs) < 0;
+    int n = self->char_sizes[0], pooled = self->n_char_sizes == 1 && !failed;
+    if (pooled && !self->pool && !(self->pool = PyMem_Calloc(1, sizeof(Pool)))) {
+        PyErr_NoMemory();
+        failed = 1;
+    }
+    if (pooled && !failed) failed = pool_build(self, self->pool, &whole, n) < 0;
     for (Py_ssize_t k = 0; !failed && k < self->segs.len; k++) {
         Text t = {whole.u, self->segs.items[k].start, self->segs.items[k].end};
-        Group g[3];
-        PyObject *ids[3] = {NULL, NULL, NULL};
-        failed = extract(self, &t, g, ids) < 0;
-        double z = group_value(&g[0]) + group_value(&g[1]) + group_value(&g[2]);
+        double z = 0.0;
+        int scratch = 1;
+        if (pooled) {
+            scratch = pool_span(self, self->pool, &t, n, &z);
+            failed = scratch < 0;
+        }
+        if (scratch == 1) {
+            Group g[3];
+            PyObject *ids[3] = {NULL, NULL, NULL};
+            failed = extract(self, &t, g, ids) < 0;
+            z = group_value(&g[0]) + group_value(&g[1]) + group_value(&g[2]);
+        }
         if (!failed && z > best) best = z;
+    }
+    if (self->pool && self->pool->jcap > (1 << 18)) {
+        pool_free(self->pool);
+        self->pool = NULL;
     }
     scorer_trim(self);
     return failed ? NULL : PyFloat_FromDouble(best);
@@ -624,6 +1017,7 @@ static void Scorer_dealloc(Scorer *self) {
     PyMem_Free(self->sentences.items);
     PyMem_Free(self->segs.items);
     PyMem_Free(self->joined);
+    pool_free(self->pool);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 

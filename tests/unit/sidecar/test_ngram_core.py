@@ -249,6 +249,25 @@ def test_malformed_translators_are_refused() -> None:
             impl.Translator({0: "a"})
 
 
+# Long enough for windows, with short and long words, so windows and capped sentences cut
+# tokens at every kind of place.
+_LONG = st.text(alphabet=st.sampled_from("ab c.\n!:İ中_"), min_size=300, max_size=1400)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_LONG)
+def test_pooling_scores_each_span_as_if_extracted_alone(text: str) -> None:
+    # pooled_logit computes the whole text's features once and reuses them for every span; it
+    # must equal extracting each span on its own (max_logit), for the shipped model's single
+    # n-gram size and for a model with several (which takes the from-scratch path).
+    scorer = default_scorer()
+    several = _ngramcore.Scorer(scorer.table, (3, 5), scorer.seeds)
+    lowered = text.lower()
+    spans = segments(lowered)
+    for core in (scorer.core, several):
+        assert core.pooled_logit(lowered) == pytest.approx(core.max_logit(lowered, spans), abs=1e-9)
+
+
 @settings(max_examples=300, deadline=None)
 @given(_TRICKY)
 def test_random_texts_score_the_same_with_both_cores(text: str) -> None:
