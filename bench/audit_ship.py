@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,10 +187,14 @@ def _fleet(
     batches = sums.get("packgate_collector_ingest_seconds_count", 0.0)
     per_batch = sums.get("packgate_collector_ingest_seconds_sum", 0.0) / max(1.0, batches) * 1000
     latencies: list[float] = []
+    waits: list[float] = []
+    trips: list[float] = []
     records = 0
     for path in outputs:
         data = json.loads(path.read_text())
         latencies += data["latencies"]
+        waits += data["waits"]
+        trips += data["trips"]
         records += data["records"]
     latencies.sort()
     files = [p for p in collector.store.rglob("*") if p.is_file()]
@@ -204,6 +209,16 @@ def _fleet(
         ("records acknowledged", len(latencies), f"of {records} sealed"),
         ("ack latency p50", round(p50, 1) if p50 else None, "ms"),
         ("ack latency p99", round(p99, 1) if p99 else None, "ms"),
+        (
+            "  of which: sealed -> POST sent",
+            _percentiles(waits),
+            "ms p50 / p99 (the shipper's linger and the load process's own lag)",
+        ),
+        (
+            "  of which: POST round trip",
+            _percentiles(trips),
+            "ms p50 / p99 (TLS, the collector's queue, verify, append, fsync)",
+        ),
         ("collector CPU", round(cpu * 100, 1), "% of one core"),
         ("collector CPU per record", round(cpu_used / acked * 1e6, 1), "us (all its threads)"),
         ("collector peak RSS", round(peak_rss_mb(pid), 1), "MiB"),
@@ -363,16 +378,38 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     # queue behind asyncio's default pool of a few threads.
     asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(64))
     latencies: list[float] = []
+    # Where each record's time went: sealed -> its POST sent (the shipper's linger, and this
+    # process's own scheduling), and that POST's round trip (the collector, TLS both ways).
+    waits: list[float] = []
+    trips: list[float] = []
     sealed = 0
-    measuring = [True]
 
-    def on_ack(data: bytes) -> None:
-        now = time.time()
-        for line in data.splitlines():
-            at = line.rfind(b'"ts":"')
-            stamp = line[at + 6 : at + 30].split(b'"')[0].decode()
-            if measuring[0] and b'"type":"access"' in line:
-                latencies.append(now - _epoch(stamp))
+    def timed(shipper: Shipper) -> Callable[[bytes], None]:
+        post = [0.0, 0.0]
+        request = shipper._request
+
+        async def timed_request(method: str, url: str, data: bytes | None = None) -> Any:
+            started = time.time()
+            try:
+                return await request(method, url, data)
+            finally:
+                if data is not None:
+                    post[:] = [started, time.time()]
+
+        shipper._request = timed_request  # type: ignore[method-assign]
+
+        def on_ack(data: bytes) -> None:
+            now = time.time()
+            for line in data.splitlines():
+                if b'"type":"access"' not in line:
+                    continue
+                at = line.rfind(b'"ts":"')
+                stamp = _epoch(line[at + 6 : at + 30].split(b'"')[0].decode())
+                latencies.append(now - stamp)
+                waits.append(post[0] - stamp)
+                trips.append(post[1] - post[0])
+
+        return on_ack
 
     writers, shippers = [], []
     for i, side in enumerate(spec["sidecars"]):
@@ -391,7 +428,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
             ca_pem=spec["ca"],
         )
         shipper = Shipper(settings, directory / "audit")
-        shipper.on_ack = on_ack
+        shipper.on_ack = timed(shipper)
         writer.on_durable = shipper.notify
         shipper.start()
         writers.append(writer)
@@ -438,7 +475,15 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     for writer, shipper in zip(writers, shippers, strict=True):
         await shipper.close()
         await writer.aclose()
-    return {"latencies": latencies, "records": sealed}
+    return {"latencies": latencies, "waits": waits, "trips": trips, "records": sealed}
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "-"
+    values = sorted(values)
+    p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+    return f"{values[len(values) // 2] * 1000:.0f} / {p99 * 1000:.0f}"
 
 
 def _epoch(stamp: str) -> float:

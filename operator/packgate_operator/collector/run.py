@@ -126,9 +126,10 @@ async def serve(args: argparse.Namespace) -> None:
     log = logging.getLogger("packgate.collector")
     store = Store(Path(args.store), fsync=not args.no_fsync)
     await asyncio.to_thread(store.open)
-    if store.recovered_tails or store.reindexed:
+    if store.replayed or store.recovered_tails or store.reindexed:
         log.info(
-            "recovered: %d torn tail(s) cut, %d record(s) re-indexed",
+            "recovered: %d logged append(s) replayed, %d torn tail(s) cut, %d record(s) re-indexed",
+            store.replayed,
             store.recovered_tails,
             store.reindexed,
         )

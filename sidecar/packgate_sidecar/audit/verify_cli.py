@@ -129,6 +129,13 @@ def finding_json(f: Finding) -> dict[str, Any]:
     return {"kind": f.kind, "segment": f.segment, "line": f.line, "seq": f.seq, "detail": f.detail}
 
 
+def _unreplayed(root: Path) -> list[str]:
+    """The collector's write-ahead log files that hold entries (a live collector's newest one, or
+    what a crash left): a checkpoint or the next start puts them into the chain files."""
+    logs = (root / "wal").glob("wal-*.log") if (root / "wal").is_dir() else []
+    return sorted(p.name for p in logs if p.stat().st_size)
+
+
 def run_store(args: argparse.Namespace, keys: list[bytes]) -> int:
     """Check every chain of a collector store (or export), classifying every finding."""
     root = Path(args.path)
@@ -157,9 +164,27 @@ def run_store(args: argparse.Namespace, keys: list[bytes]) -> int:
     ok = not any(totals.values())
     # Same exit codes as for one log: torn tails alone are TORN, anything else TAMPERED.
     code = OK if ok else TORN if not (totals["tampering"] or totals["gap"]) else TAMPERED
+    unreplayed = _unreplayed(root)
     if args.json:
-        print(json.dumps({"ok": ok, "chains": report, "records": records, **totals}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "chains": report,
+                    "records": records,
+                    **totals,
+                    "unreplayed": unreplayed,
+                },
+                indent=2,
+            )
+        )
         return code
+    if unreplayed:
+        print(
+            f"note: {len(unreplayed)} write-ahead log file(s) in wal/ not replayed: after a crash, "
+            "records acknowledged in the last second before it may be only there; start the "
+            "collector on this store (it replays them) and verify again"
+        )
     for item in report:
         status = "OK" if item["ok"] else "PROBLEMS"
         checked = "MACs checked" if item["mac_checked"] else "hash chain only"

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from packgate_operator.collector import index
 from packgate_operator.collector.query import parse
 from packgate_operator.collector.store import Batch, PodKey, Store
@@ -179,3 +180,76 @@ def test_a_failed_index_round_is_repaired_on_the_next_start(tmp_path: Path) -> N
         assert sorted(r["request_id"] for r in found) == [f"r{i}" for i in range(6)]
     finally:
         store.close()
+
+
+def test_what_a_power_cut_takes_from_the_chain_files_comes_back_from_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acknowledgement makes only the write-ahead log durable; the chain files follow at the
+    next checkpoint. The disk as a power cut right after the acknowledgements could leave it:
+    the log intact, one chain file cut short and another pod's directory gone entirely."""
+    import shutil
+
+    from packgate_operator.collector import store as store_module
+    from packgate_sidecar.audit.chain import key_id
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 3600.0)  # no checkpoint in between
+    keys = {key_id(KEY): KEY}
+    lines = sidecar_log(tmp_path / "sidecar", 10)
+    other = PodKey("team-b", "chat-2", "9a8b-uid")
+    store = Store(tmp_path / "store", fsync=True)
+    store.open()
+    try:
+        ingest(store, lines[:4], keys)
+        ingest(store, lines[4:], keys)
+        asyncio.run(store.ingest(Batch(other, lines, keys, "gateway", 30)))
+        # The state on disk at this moment, had the power gone (the page cache lost).
+        crashed = tmp_path / "crashed"
+        shutil.copytree(tmp_path / "store", crashed)
+    finally:
+        store.close()
+    assert not list((tmp_path / "store" / "wal").iterdir())  # a clean close leaves no log
+    chain_dir = crashed / "pods" / "team-a" / f"{POD.pod}_{POD.uid}"
+    segment = list_segments(chain_dir)[-1]
+    with segment.open("r+b") as f:
+        f.truncate(len(lines[0]) + 7)  # the first record survived, a torn piece of the second
+    shutil.rmtree(crashed / "pods" / "team-b")
+    (crashed / "index.sqlite3").unlink()
+
+    store = Store(crashed, fsync=True)
+    store.open()
+    try:
+        assert store.replayed >= 2 and store.recovered_tails == 0
+        found = index.search(store.reader(), parse({}), None)
+        access = sum(b'"type":"access"' in line for line in lines)
+        assert len(found) == 2 * access == 20  # every acknowledged access record of both pods
+        assert ingest(store, lines[-3:], keys).duplicates == 3  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    for directory in (chain_dir, crashed / "pods" / "team-b" / f"{other.pod}_{other.uid}"):
+        assert [ln for p in list_segments(directory) for ln in p.read_bytes().splitlines()] == lines
+        assert verify_path(directory, [KEY]).ok
+
+
+def test_retention_checkpoints_first_so_no_log_brings_a_pruned_chain_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from packgate_operator.collector import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 3600.0)
+    lines = sidecar_log(tmp_path / "sidecar", 3)
+    store = Store(tmp_path / "store", fsync=True)
+    store.open()
+    try:
+        ingest(store, lines, None)
+        asyncio.run(store.prune(time.time() + 31 * 86400))
+        shutil.copytree(tmp_path / "store", tmp_path / "crashed")  # a crash right after
+    finally:
+        store.close()
+    again = Store(tmp_path / "crashed", fsync=True)
+    again.open()
+    again.close()
+    assert again.replayed == 0
+    assert not (tmp_path / "crashed" / "pods" / "team-a" / f"{POD.pod}_{POD.uid}").exists()

@@ -134,3 +134,34 @@ def test_an_edited_or_forged_retention_list_is_reported(
     listed.write_text(json.dumps({"name": "x", "last_hash": "0" * 64}) + "\n")
     code, report = verify(tmp_path / "store", capsys)
     assert code == 1 and report["gap"] == 1 and report["tampering"] == 1
+
+
+def test_a_store_left_by_a_crash_names_its_unreplayed_log_until_the_collector_replays_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packgate_operator.collector import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 3600.0)
+    writer = AuditWriter(tmp_path / "sidecar", KEY, fsync=False)
+    writer.start()
+    for i in range(4):
+        writer.submit(access_record(i))
+    writer.close()
+    lines = [ln for p in list_segments(writer.directory) for ln in p.read_bytes().splitlines()]
+    store = Store(tmp_path / "store", fsync=True)
+    store.open()
+    try:
+        asyncio.run(store.ingest(Batch(PodKey("team-a", "chat-0", "uid-0"), lines, None)))
+        shutil.copytree(tmp_path / "store", tmp_path / "crashed")
+    finally:
+        store.close()
+    segment = list_segments(tmp_path / "crashed" / "pods" / "team-a" / "chat-0_uid-0")[-1]
+    with segment.open("r+b") as f:  # the power cut took the unsynced end of the chain file
+        f.truncate(segment.stat().st_size - 10)
+    code, report = verify(tmp_path / "crashed", capsys)
+    assert code != 0 and report["torn_tail"] == 1 and len(report["unreplayed"]) == 1  # type: ignore[arg-type]
+    reopened = Store(tmp_path / "crashed", fsync=True)
+    reopened.open()
+    reopened.close()
+    code, report = verify(tmp_path / "crashed", capsys)
+    assert code == 0 and report["ok"] and report["unreplayed"] == []
