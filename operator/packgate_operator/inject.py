@@ -7,6 +7,14 @@ own pieces by name, and returns no operations for a pod that already has everyth
 
 The names it uses are reserved (reserved.py refuses pods that bring their own), and the
 `packgate.dev/status` record is always written here, over any value the pod came with.
+
+One value of the user's is raised, never lowered: `terminationGracePeriodSeconds`. On SIGTERM
+the sidecar lets requests finish for up to its drain time, then ships the audit records the
+collector has not acknowledged yet for up to the flush time; a pod killed before that loses
+them with its emptyDir. So a grace period shorter than `grace_seconds()` is raised to it. (The
+sidecar is a native sidecar: the kubelet stops it after the app containers, within the same
+grace period, so an app that itself needs long to stop should set its grace to its own time
+plus this.)
 """
 
 from __future__ import annotations
@@ -51,6 +59,13 @@ ENV_AUDIT_KEY = "PACKGATE_AUDIT_KEY"
 ENV_CONFIG_KEYS = "PACKGATE_CONFIG_KEYS"  # packgate_policy.signing.ENV_TRUSTED_KEYS
 ENV_AUDIT_COLLECTOR_URL = "PACKGATE_AUDIT_COLLECTOR_URL"
 AUDIT_KEY_KEY = "audit-key"  # the key inside settings.audit_key_secret
+
+# The sidecar's shutdown, as `packgate gateway run` runs it by default (the sidecar's own
+# constants; a unit test holds the two in step): requests drain, then audit shipping flushes.
+SIDECAR_DRAIN_SECONDS = 25  # packgate_sidecar.run.DRAIN_SECONDS
+AUDIT_FLUSH_SECONDS = 10  # packgate_sidecar.audit.ship.DRAIN_SECONDS
+STOP_MARGIN_SECONDS = 5  # signal delivery, closing policies, process exit
+DEFAULT_GRACE_SECONDS = 30  # what Kubernetes gives a pod that sets none
 
 Op = dict[str, Any]
 
@@ -99,6 +114,7 @@ def build_patch(pod: Mapping[str, Any], injection: Injection, settings: Settings
         if container.get("name") == SIDECAR_NAME:
             continue
         ops += _app_env_ops(container, index)
+    ops += _grace_ops(spec, settings)
     annotations = (pod.get("metadata") or {}).get("annotations")
     record = status_record(injection, settings)
     if annotations is None:
@@ -109,6 +125,23 @@ def build_patch(pod: Mapping[str, Any], injection: Injection, settings: Settings
             {"op": "add", "path": "/metadata/annotations/" + _escape(ann.STATUS), "value": record}
         )
     return ops
+
+
+def grace_seconds(settings: Settings) -> int:
+    """The grace period the sidecar needs to stop without losing audit records."""
+    need = SIDECAR_DRAIN_SECONDS + STOP_MARGIN_SECONDS
+    if settings.subscribe_url and settings.audit_collector_url:  # the sidecar ships
+        need += AUDIT_FLUSH_SECONDS
+    return need
+
+
+def _grace_ops(spec: Mapping[str, Any], settings: Settings) -> list[Op]:
+    have = spec.get("terminationGracePeriodSeconds")
+    need = grace_seconds(settings)
+    if (have if isinstance(have, int) else DEFAULT_GRACE_SECONDS) >= need:
+        return []
+    # `add` on an existing member replaces it (RFC 6902): the one value raised, never lowered.
+    return [{"op": "add", "path": "/spec/terminationGracePeriodSeconds", "value": need}]
 
 
 def _append_items(

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from . import subscribe
 from .app import Gateway, GatewayOptions
+from .audit import ship
 from .chain import builtin_registry
 from .conn_guard import ConnectionGuard
 from .logs import configure, get_logger, log
@@ -33,6 +34,7 @@ from .policy import PodIdentity, PolicyRuntime
 from .reload import ConfigHolder, FileWatcher
 
 _log = get_logger("run")
+DRAIN_SECONDS = 25.0  # default of --drain-seconds; the injector sizes the grace period with it
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -167,7 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-seconds",
         type=float,
-        default=25.0,
+        default=DRAIN_SECONDS,
         metavar="SECONDS",
         help="how long in-flight requests may finish after SIGTERM (default 25)",
     )
@@ -329,7 +331,10 @@ async def serve(args: argparse.Namespace) -> int:
     reserve = min(1.0, args.drain_seconds * 0.2)
     await _quietly(gateway.drain(deadline - reserve))
     await _quietly(api.cleanup())
-    await _quietly(_until(deadline, holder.close()))
+    # Closing the policies ships the audit records still unacknowledged: that flush has time of
+    # its own after the requests' deadline, so a request that ran until then does not cut it
+    # short (the injector sizes the pod's grace period for both: operator inject.py).
+    await _quietly(_until(deadline + ship.flush_seconds(os.environ), holder.close()))
     await _quietly(admin.cleanup())
     log(_log, 20, "stopped", drained=len(gateway.drained))
     return 0

@@ -53,6 +53,7 @@ from .writer import list_segments
 
 _log = get_logger("audit.ship")
 _live: set[Shipper] = set()
+DRAIN_SECONDS = 10.0  # default of PACKGATE_AUDIT_DRAIN_SECONDS
 
 
 class ShipConfigError(ValueError):
@@ -69,7 +70,7 @@ class ShipSettings:
     ca_file: str | None = None
     spool_max_bytes: int = 64 * 1024 * 1024
     batch_bytes: int = 1024 * 1024
-    drain_seconds: float = 10.0
+    drain_seconds: float = DRAIN_SECONDS
     # How long new records gather before a POST: one request per linger under light load instead
     # of one per record, which keeps shipping's CPU off the proxy's event loop. Each POST also
     # costs the collector about a millisecond of CPU (TLS, HTTP, a thread hand-off, an fsync):
@@ -91,7 +92,7 @@ class ShipSettings:
         return cls(
             **channel,
             spool_max_bytes=int(environ.get("PACKGATE_AUDIT_SPOOL_MAX_BYTES", 64 * 1024 * 1024)),
-            drain_seconds=float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", "10")),
+            drain_seconds=float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS)),
             linger_seconds=float(environ.get("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "0.35")),
         )
 
@@ -460,6 +461,18 @@ def _first_ts(data: bytes) -> float | None:
         ).timestamp()
     except ValueError:
         return None
+
+
+def flush_seconds(environ: Mapping[str, str]) -> float:
+    """How long a stopping sidecar may spend shipping what is left once its requests are done
+    (``PACKGATE_AUDIT_DRAIN_SECONDS``; 0 without a collector). The injector counts it into the
+    pod's ``terminationGracePeriodSeconds`` (operator ``inject.py``)."""
+    if not environ.get("PACKGATE_AUDIT_COLLECTOR_URL"):
+        return 0.0
+    try:
+        return max(0.0, float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS)))
+    except ValueError:
+        return DRAIN_SECONDS
 
 
 def status() -> list[dict[str, Any]]:

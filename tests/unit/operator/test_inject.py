@@ -356,3 +356,49 @@ def test_the_api_token_mount_added_by_admission_is_not_a_conflict_but_a_mount_ov
     over = {"name": "mine", "mountPath": "/etc/packgate/config/policy.yaml", "subPath": "x"}
     sidecar_of(once)["volumeMounts"].append(over)
     assert reserved.conflicts(once, injection(), SETTINGS)
+
+
+# --- the grace period: long enough for the sidecar to drain and ship its last records ---------
+
+
+def test_a_short_grace_period_is_raised_to_what_the_sidecar_needs_and_a_longer_one_kept() -> None:
+    shipping = Settings(
+        subscribe_url=SETTINGS.subscribe_url,
+        audit_collector_url="https://packgate-audit-collector.packgate.svc:8445",
+        sidecar_image="reg/packgate:1.2.3",
+    )
+    need = inject.grace_seconds(shipping)
+    assert need == 25 + 10 + 5  # drain, audit flush, margin
+
+    short = pod(containers=[{"name": "app", "image": "a"}], terminationGracePeriodSeconds=1)
+    ops = build_patch(short, injection(), shipping)
+    assert {"op": "add", "path": "/spec/terminationGracePeriodSeconds", "value": need} in ops
+    raised = apply_patch(short, ops)
+    assert raised["spec"]["terminationGracePeriodSeconds"] == need
+    assert build_patch(raised, injection(), shipping) == []  # a second pass changes nothing
+
+    default = pod()  # no value: Kubernetes gives 30, short of 40 with shipping
+    assert injected_with(default, shipping)["spec"]["terminationGracePeriodSeconds"] == need
+
+    long = pod(containers=[{"name": "app", "image": "a"}], terminationGracePeriodSeconds=120)
+    assert injected_with(long, shipping)["spec"]["terminationGracePeriodSeconds"] == 120
+
+    # Without a collector the sidecar only drains requests: Kubernetes' default 30 s is enough.
+    assert inject.grace_seconds(SETTINGS) == 30
+    assert "terminationGracePeriodSeconds" not in injected(pod())["spec"]
+
+
+def test_the_grace_period_follows_the_sidecar_s_own_shutdown_times() -> None:
+    from packgate_sidecar import run
+    from packgate_sidecar.audit import ship
+
+    assert inject.SIDECAR_DRAIN_SECONDS == run.DRAIN_SECONDS
+    assert inject.AUDIT_FLUSH_SECONDS == ship.DRAIN_SECONDS
+    environ = {"PACKGATE_AUDIT_COLLECTOR_URL": "https://c:8445"}
+    assert ship.flush_seconds(environ) == ship.DRAIN_SECONDS
+    assert ship.flush_seconds({**environ, "PACKGATE_AUDIT_DRAIN_SECONDS": "3"}) == 3.0
+    assert ship.flush_seconds({}) == 0.0
+
+
+def injected_with(source: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    return apply_patch(source, build_patch(source, injection(), settings))
