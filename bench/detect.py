@@ -10,6 +10,14 @@ its own virtual environment (see peers.py) through bench/presidio_runner.py.
 
 Everything here runs pinned to the SUT core, one text at a time, repeated until a minimum time
 has passed; the figure is the median over batches of bytes scanned per second (1 MB = 10^6 B).
+
+The injection scorer's targets (issue 15: p50 at most 50 us per KB, at most 1 ms for 32 KB) are
+judged on text drawn from the shipped datasets (`../shared/datasets/prompt-injection/`, training
+files only), plain and with obfuscations applied (look-alike letters, invisible characters,
+leetspeak, full-width forms, base64, spacing, rot13, combining marks, tag characters:
+`packgate_quality.injection_corpus`), cut to 1 KB and 32 KB of UTF-8: the p50 over texts of each
+text's median time per call. Dataset text is far heavier than the support prose (trigger words
+that wake the phrase rules, non-ASCII text that needs normalising, decoded variants each scored).
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ from . import payloads, peers
 from .common import BENCH, Cores, Report, Row, Verdict, median, pinned, python_in
 
 SIZES = {"1 KB": 1024, "32 KB": 32 * 1024}
+# label -> (UTF-8 bytes, obfuscated, p50 limit in seconds)
+CORPUS = {
+    "1 KB dataset text": (1024, False, 50e-6),
+    "1 KB obfuscated dataset text": (1024, True, 50e-6),
+    "32 KB dataset text": (32 * 1024, False, 1e-3),
+    "32 KB obfuscated dataset text": (32 * 1024, True, 1e-3),
+}
 SIX = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS")
 
 
@@ -83,6 +98,52 @@ def latency_p50(call: Callable[[str], Any], text: str, seconds: float) -> float:
     return float(statistics.median(samples))
 
 
+def corpus_latency(
+    call: Callable[[str], Any], texts: list[str], repeats: int
+) -> tuple[float, float]:
+    """(p50, p90) over texts of each text's median seconds per call."""
+    per_text = []
+    for text in texts:
+        call(text)
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call(text)
+            samples.append(time.perf_counter() - started)
+        per_text.append(statistics.median(samples))
+    per_text.sort()
+    return statistics.median(per_text), per_text[min(len(per_text) - 1, len(per_text) * 9 // 10)]
+
+
+def _injection_corpus(section: Any, report: Report, opts: Options, score: Any) -> None:
+    try:
+        from packgate_quality import injection_corpus
+    except ImportError as exc:  # numpy missing: the test extra is not installed
+        section.add(Row("packgate injection, dataset text", status="skipped", note=str(exc)))
+        return
+    quick = opts.batches == 1
+    for label, (size, obfuscated, limit) in CORPUS.items():
+        count = (12 if quick else 120) if size <= 1024 else (2 if quick else 12)
+        try:
+            texts = injection_corpus.sized_texts(size, count, obfuscated=obfuscated)
+        except FileNotFoundError as exc:
+            section.add(Row(f"packgate injection score, {label}", status="skipped", note=str(exc)))
+            report.verdicts.append(
+                Verdict(f"injection scoring p50, {label}", None, limit * 1e6, " us", False)
+            )
+            continue
+        p50, p90 = corpus_latency(score, texts, 3 if quick else 11)
+        section.add(
+            Row(
+                f"packgate injection score, {label} (p50 of {count} texts; p90 {p90 * 1e3:.3f} ms)",
+                {"mb_s": size / p50 / 1e6, "per_text_ms": p50 * 1e3},
+            )
+        )
+        report.verdicts.append(
+            Verdict(f"injection scoring p50, {label}", p50 * 1e6, limit * 1e6, " us", False)
+        )
+
+
 def run(report: Report, opts: Options) -> None:
     cores = Cores.detect()
     section = report.section(
@@ -128,19 +189,11 @@ def run(report: Report, opts: Options) -> None:
                 p50 = latency_p50(scorer.score, text, opts.seconds * opts.batches)
                 section.add(
                     Row(
-                        f"packgate injection score, {label}",
+                        f"packgate injection score, {label} support prose",
                         {"mb_s": rate, "per_text_ms": p50 * 1e3},
                     )
                 )
-                if label == "1 KB":
-                    report.verdicts.append(
-                        Verdict("injection scoring p50 per KB (1 KB text)", p50 * 1e6, 50.0,
-                                " us", False)
-                    )  # fmt: skip
-                else:
-                    report.verdicts.append(
-                        Verdict("injection scoring p50, 32 KB text", p50 * 1e3, 1.0, " ms", False)
-                    )
+            _injection_corpus(section, report, opts, scorer.score)
     _presidio(section, texts, opts, cores)
     report.verdicts.append(
         Verdict(

@@ -561,10 +561,13 @@ typedef struct {
     uint32_t kmask; /* of the part in use for the current text */
     int32_t *first, *count, *occ; /* per id: its positions, ascending, at occ[first[id]...] */
     int32_t *fid;                 /* each feature's id */
+    int32_t ids_used;
+    int occ_ready;                /* occ is built on the first membership question */
 } Seq;
 
 typedef struct Pool {
     Spans tok;           /* the whole text's tokens */
+    int tail_ready;      /* the tail sequence is built for the first span that has a tail */
     Py_ssize_t tcap;     /* capacity of the per-token arrays */
     uint64_t *hw, *ht;   /* FNV state after each token, word and tail seeds */
     Py_ssize_t *jo;      /* offset of each token in the joined text */
@@ -680,7 +683,13 @@ static void seq_index(Seq *q) {
         q->fid[k] = id;
         q->count[id]++;
     }
-    int32_t at = 0;
+    q->ids_used = next_id;
+    q->occ_ready = 0;
+}
+
+/* Each bucket's sorted occurrences (for seq_holds), once per text and only when asked. */
+static void seq_occurrences(Seq *q) {
+    int32_t at = 0, next_id = q->ids_used;
     for (int32_t id = 0; id < next_id; id++) {
         q->first[id] = at;
         at += q->count[id];
@@ -690,13 +699,15 @@ static void seq_index(Seq *q) {
         int32_t id = q->fid[k];
         q->occ[q->first[id] + q->count[id]++] = (int32_t)k;
     }
+    q->occ_ready = 1;
 }
 
 /* Whether a feature with this bucket sits at a position in [a, b) of q. */
-static inline int seq_holds(const Seq *q, uint32_t bucket, Py_ssize_t a, Py_ssize_t b) {
+static inline int seq_holds(Seq *q, uint32_t bucket, Py_ssize_t a, Py_ssize_t b) {
     if (a >= b) return 0;
     int32_t id = seq_id(q, bucket);
     if (id < 0) return 0;
+    if (!q->occ_ready) seq_occurrences(q);
     const int32_t *pos = q->occ + q->first[id];
     Py_ssize_t lo = 0, hi = q->count[id];
     while (lo < hi) {
@@ -722,7 +733,7 @@ static void seq_range(const Seq *q, Py_ssize_t a, Py_ssize_t b, double *sum, Py_
 
 /* One of a span's own features: counted unless the range [a, b) of q or an earlier one of the
  * span's own features (the set of g) has its bucket. */
-static inline void put_extra(Group *g, const Seq *q, Py_ssize_t a, Py_ssize_t b, uint64_t h) {
+static inline void put_extra(Group *g, Seq *q, Py_ssize_t a, Py_ssize_t b, uint64_t h) {
     Feat f = feat_of(g, h);
     if (!seq_holds(q, f.bucket, a, b)) group_put(g, f);
 }
@@ -738,18 +749,15 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
         seq_reserve(&p->tail, nwords + 1) < 0 || seq_reserve(&p->chars, nchars + 1) < 0)
         return -1;
     uint32_t mask = self->mask;
-    Feat *w = p->words.f, *tl = p->tail.f, *ch = p->chars.f;
+    Feat *w = p->words.f, *ch = p->chars.f;
     Py_UCS4 *j = p->joined;
     Py_ssize_t len = 0;
     j[len++] = ' ';
     for (Py_ssize_t k = 0; k < ntok; k++) {
         p->hw[k] = hash_span(self->seed_words, t, tok[k]);
-        p->ht[k] = hash_span(self->seed_tail, t, tok[k]);
         w[2 * k].bucket = bucket_of(mask, p->hw[k]);
-        tl[2 * k].bucket = bucket_of(mask, p->ht[k]);
         if (k) {
             w[2 * k - 1].bucket = bucket_of(mask, hash_span(fnv(p->hw[k - 1], ' '), t, tok[k]));
-            tl[2 * k - 1].bucket = bucket_of(mask, hash_span(fnv(p->ht[k - 1], ' '), t, tok[k]));
             j[len++] = ' ';
         }
         p->jo[k] = len;
@@ -763,14 +771,27 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     }
     const float *weights = (const float *)self->weights.buf;
     gather_weights(w, nwords, weights);
-    gather_weights(tl, nwords, weights);
     gather_weights(ch, nchars, weights);
     p->words.len = p->tail.len = nwords;
     p->chars.len = nchars;
     seq_index(&p->words);
-    seq_index(&p->tail);
     seq_index(&p->chars);
+    p->tail_ready = 0;
     return 0;
+}
+
+/* The tail-seed sequence: only spans with more than one sentence piece use it. */
+static void pool_build_tail(Scorer *self, Pool *p, const Text *t) {
+    const Span *tok = p->tok.items;
+    Feat *tl = p->tail.f;
+    for (Py_ssize_t k = 0; k < p->tok.len; k++) {
+        p->ht[k] = hash_span(self->seed_tail, t, tok[k]);
+        tl[2 * k].bucket = bucket_of(self->mask, p->ht[k]);
+        if (k) tl[2 * k - 1].bucket = bucket_of(self->mask, hash_span(fnv(p->ht[k - 1], ' '), t, tok[k]));
+    }
+    gather_weights(tl, p->tail.len, (const float *)self->weights.buf);
+    seq_index(&p->tail);
+    p->tail_ready = 1;
 }
 
 /* First token of the pool starting at or after `at` (tokens are sorted). */
@@ -833,6 +854,7 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, double *z) {
 
     /* tail: the last piece's tokens, when there is more than one piece */
     if (pieces->len > 1) {
+        if (!p->tail_ready) pool_build_tail(self, p, t);
         Py_ssize_t from = pieces->items[pieces->len - 1].start, f = 0;
         while (f < count && SPAN_TOKEN(f).start < from) f++;
         /* f >= has_left: a cut first token starts the first piece, before the last one */
