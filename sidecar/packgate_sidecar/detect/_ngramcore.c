@@ -1089,6 +1089,8 @@ typedef struct {
     uint64_t mask;
     Py_ssize_t size;
     uint64_t prefix_lengths; /* bit L set: some prefix entry has L characters (L < 64) */
+    uint64_t prefix_starts;  /* bit (c & 63) set: some prefix entry starts with c */
+    Py_ssize_t prefix_max;   /* the longest prefix entry */
 } Lexicon;
 
 static inline uint64_t word_hash(const Text *t, Span s) { return fmix64(hash_span(FNV_BASIS, t, s)); }
@@ -1162,7 +1164,11 @@ static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
         self->slots[i].word = word; /* takes the reference PyIter_Next returned */
         self->slots[i].len = len;
         self->slots[i].prefix = prefix;
-        if (prefix) self->prefix_lengths |= 1ULL << len;
+        if (prefix) {
+            self->prefix_lengths |= 1ULL << len;
+            self->prefix_starts |= 1ULL << (PyUnicode_READ_CHAR(word, 0) & 63);
+            if (len > self->prefix_max) self->prefix_max = len;
+        }
         self->size++;
     }
     Py_DECREF(it);
@@ -1204,9 +1210,9 @@ static PyObject *Lexicon_where(Lexicon *self, PyObject *args, PyObject *kwargs) 
         Span s = {i, j};
         PyObject *word = lexicon_lookup(self, &t, s);
         if (word && append_position(where, word, i) < 0) goto fail;
-        if (self->prefix_lengths) {
+        if (self->prefix_starts >> (CH(&t, i) & 63) & 1) {
             uint64_t h = FNV_BASIS;
-            for (Py_ssize_t k = i; k < j && k - i < 63; k++) {
+            for (Py_ssize_t k = i; k < j && k - i < self->prefix_max; k++) {
                 h = fnv(h, CH(&t, k));
                 Py_ssize_t len = k - i + 1;
                 if (!(self->prefix_lengths >> len & 1)) continue;
@@ -1659,6 +1665,50 @@ static int push_span(PyObject *list, Py_ssize_t start, Py_ssize_t end) {
     return failed ? -1 : 0;
 }
 
+/* What each character is to the decoders, looked up once per character (ASCII from a table). */
+enum {
+    C_B64 = 1 << 0,      /* [A-Za-z0-9+/_-] */
+    C_HEX = 1 << 1,      /* [0-9A-Fa-f] */
+    C_HEXSEP = 1 << 2,   /* [ :] */
+    C_LEET = 1 << 3,     /* [\w@$!|] */
+    C_SUB = 1 << 4,      /* [013457$] */
+    C_LETTER = 1 << 5,   /* [A-Za-z] */
+    C_UPPER = 1 << 6,    /* [A-Z] */
+    C_LOWDIG = 1 << 7,   /* [a-z0-9] */
+    C_DIGIT = 1 << 8,    /* [0-9] */
+    C_MARK = 1 << 9,     /* [.-] (Morse) */
+    C_GAP = 1 << 10,     /* [ /] (between Morse letters) */
+    C_WORD = 1 << 11,    /* \w */
+    C_SPACESEP = 1 << 12 /* [ .\-_*] (spaced letters) */
+};
+
+static uint16_t ascii_class[128];
+
+static void init_ascii_class(void) {
+    for (int c = 0; c < 128; c++) {
+        uint16_t k = 0;
+        if (is_b64((Py_UCS4)c)) k |= C_B64;
+        if (is_hex((Py_UCS4)c)) k |= C_HEX;
+        if (c == ' ' || c == ':') k |= C_HEXSEP;
+        if (is_leet_class((Py_UCS4)c)) k |= C_LEET;
+        if (is_leet_sub((Py_UCS4)c)) k |= C_SUB;
+        if (is_ascii_letter((Py_UCS4)c)) k |= C_LETTER;
+        if (c >= 'A' && c <= 'Z') k |= C_UPPER;
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) k |= C_LOWDIG;
+        if (c >= '0' && c <= '9') k |= C_DIGIT;
+        if (c == '.' || c == '-') k |= C_MARK;
+        if (c == ' ' || c == '/') k |= C_GAP;
+        if (is_word((Py_UCS4)c)) k |= C_WORD;
+        if (is_spaced_sep((Py_UCS4)c)) k |= C_SPACESEP;
+        ascii_class[c] = k;
+    }
+}
+
+static inline uint16_t class_at(Py_UCS4 c) {
+    if (c < 128) return ascii_class[c];
+    return is_word(c) ? (C_WORD | C_LEET) : 0;
+}
+
 static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", NULL};
     (void)module;
@@ -1686,33 +1736,33 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     int in_group = 0;
     /* spaced: \w s \w s \w s \w s \w with s in [ .\-_*]: chain[i] counts word chars */
     Py_ssize_t chain1 = 0, chain2 = 0; /* chain length ending at i-1 and at i-2 */
+    uint16_t before = 0; /* the previous character's class */
     for (Py_ssize_t i = 0; i <= n && !failed; i++) {
-        Py_UCS4 c = i < n ? CH(&t, i) : 0;
         int end = i == n;
-        if (!end && c >= '0' && c <= '9') digits++;
+        uint16_t k = end ? 0 : class_at(CH(&t, i));
+        digits += (k & C_DIGIT) != 0;
 
-        if (!end && is_b64(c)) {
+        if (k & C_B64) {
             run++;
-            upper |= c >= 'A' && c <= 'Z';
-            lower_digit |= (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+            upper |= (k & C_UPPER) != 0;
+            lower_digit |= (k & C_LOWDIG) != 0;
         } else {
             if (run >= 16 && upper && lower_digit) failed = push_span(b64, i - run, i) < 0;
             run = 0;
             upper = lower_digit = 0;
         }
 
-        int sep = c == ' ' || c == ':';
-        if (!end && is_hex(c)) {
+        if (k & C_HEX) {
             hex_digits++;
             hex_gap = 0;
             hex_hit |= hex_digits >= 16;
-        } else if (!end && sep && hex_digits && !hex_gap) {
+        } else if ((k & C_HEXSEP) && hex_digits && !hex_gap) {
             hex_gap = 1;
         } else {
             hex_digits = 0;
             hex_gap = 0;
         }
-        if (!end && (is_hex(c) || sep)) {
+        if (k & (C_HEX | C_HEXSEP)) {
             if (hex_start < 0) hex_start = i;
         } else if (hex_start >= 0) {
             if (hex_hit) failed = push_span(hex, hex_start, i) < 0;
@@ -1720,23 +1770,23 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
             hex_hit = 0;
         }
 
-        if (!end && is_leet_class(c)) {
+        if (k & C_LEET) {
             if (leet_start < 0) {
                 leet_start = i;
                 leet_pair = 0;
             }
-            if (i > leet_start && is_ascii_letter(c) && is_leet_sub(CH(&t, i - 1))) leet_pair = 1;
+            if (i > leet_start && (k & C_LETTER) && (before & C_SUB)) leet_pair = 1;
         } else if (leet_start >= 0) {
             if (leet_pair && i - leet_start >= 3 && !ordinal_start(&t, leet_start, i))
                 failed = push_span(leet, leet_start, i) < 0;
             leet_start = -1;
         }
 
-        if (!end && (c == '.' || c == '-')) {
+        if (k & C_MARK) {
             morse_groups += !in_group;
             in_group = 1;
             morse |= morse_groups >= 8;
-        } else if (!end && (c == ' ' || c == '/')) {
+        } else if (k & C_GAP) {
             in_group = 0;
         } else {
             morse_groups = 0;
@@ -1744,12 +1794,13 @@ static PyObject *signals(PyObject *module, PyObject *args, PyObject *kwargs) {
         }
 
         Py_ssize_t chain = 0;
-        if (!end && is_word(c)) {
-            chain = (i >= 2 && chain2 && is_spaced_sep(CH(&t, i - 1))) ? chain2 + 1 : 1;
+        if (k & C_WORD) {
+            chain = (i >= 2 && chain2 && (before & C_SPACESEP)) ? chain2 + 1 : 1;
             spaced |= chain >= 5;
         }
         chain2 = chain1;
         chain1 = chain;
+        before = k;
     }
     scratch_trim(&shared_scratch);
     if (failed) {
@@ -1781,6 +1832,7 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__ngramcore(void) {
+    init_ascii_class();
     if (PyType_Ready(&ScorerType) < 0 || PyType_Ready(&LexiconType) < 0 ||
         PyType_Ready(&CharClassesType) < 0 || PyType_Ready(&TranslatorType) < 0)
         return NULL;
