@@ -373,6 +373,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
 
     from packgate_sidecar.audit.ship import Shipper, ShipSettings
     from packgate_sidecar.audit.writer import AuditWriter
+    from packgate_sidecar.pod_identity import Channel
 
     # Each real sidecar has its own process and thread pool; 50 of them in one process must not
     # queue behind asyncio's default pool of a few threads.
@@ -421,11 +422,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         writer = AuditWriter(directory / "audit", bytes.fromhex(spec["key"]), fsync=False)
         writer.start()
         settings = ShipSettings(
-            url=spec["url"],
-            namespace=spec["ns"],
-            pod=side["pod"],
-            token_file=token,
-            ca_pem=spec["ca"],
+            Channel(spec["url"], spec["ns"], side["pod"], token, ca_pem=spec["ca"])
         )
         shipper = Shipper(settings, directory / "audit")
         shipper.on_ack = timed(shipper)

@@ -26,18 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import aiohttp
 
 from .logs import describe_exception, get_logger, log
-from .pod_identity import bearer, channel_from_env, operator_ssl_context
+from .pod_identity import Channel, channel_from_env
 
 _log = get_logger("subscribe")
 
@@ -59,12 +56,7 @@ class _Holder(Protocol):
 
 @dataclass(frozen=True)
 class SubscribeSettings:
-    url: str
-    namespace: str
-    pod: str
-    token_file: Path
-    ca_pem: str | None = None
-    ca_file: str | None = None
+    channel: Channel  # the operator's URL, this pod's identity and token, the operator's CA
     wait_seconds: float = 25.0
     max_backoff: float = 2.0
 
@@ -76,17 +68,11 @@ class SubscribeSettings:
         if channel is None:
             return None
         wait = float(environ.get("PACKGATE_SUBSCRIBE_WAIT_SECONDS", "25"))
-        return cls(**channel, wait_seconds=wait)
+        return cls(channel, wait_seconds=wait)
 
     @property
     def endpoint(self) -> str:
-        return (
-            f"{self.url}/v1/namespaces/{quote(self.namespace, safe='')}"
-            f"/pods/{quote(self.pod, safe='')}/config"
-        )
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return operator_ssl_context(self.ca_file, self.ca_pem)
+        return self.channel.pod_url("config")
 
 
 class Subscriber:
@@ -113,7 +99,7 @@ class Subscriber:
         self.connected = False
 
     async def run(self) -> None:
-        connector = aiohttp.TCPConnector(ssl=self.settings.ssl_context(), limit=1)
+        connector = aiohttp.TCPConnector(ssl=self.settings.channel.ssl_context(), limit=1)
         async with aiohttp.ClientSession(connector=connector) as session:
             while True:
                 self._nudged.clear()
@@ -131,7 +117,7 @@ class Subscriber:
                 except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                     self.connected = False
                     retry_in = self._next_backoff()
-                    log(_log, 30, "subscription failed", url=self.settings.url,
+                    log(_log, 30, "subscription failed", url=self.settings.channel.url,
                         error=describe_exception(exc), retry_in=round(retry_in, 2))  # fmt: skip
                     delay = retry_in
                 if delay:
@@ -165,7 +151,7 @@ class Subscriber:
         async with session.get(
             self.settings.endpoint,
             params=params,
-            headers=bearer(self.settings.token_file),
+            headers=self.settings.channel.headers(),
             timeout=timeout,
             allow_redirects=False,
         ) as response:
@@ -185,7 +171,7 @@ class Subscriber:
 
     def _connected(self) -> None:
         if not self.connected:
-            log(_log, 20, "subscribed", url=self.settings.url)
+            log(_log, 20, "subscribed", url=self.settings.channel.url)
         self.connected = True
         self._backoff = 0.5
 
@@ -193,13 +179,13 @@ class Subscriber:
         if not isinstance(message, dict) or not isinstance(message.get("config"), str):
             raise ValueError("the operator sent a message without a config")
         if (message.get("namespace"), message.get("pod")) != (
-            self.settings.namespace,
-            self.settings.pod,
+            self.settings.channel.namespace,
+            self.settings.channel.pod,
         ):
             raise ValueError("the operator sent a config addressed to another pod")
         self.received += 1
         started = time.monotonic()
-        result = self._apply(message["config"], f"push:{self.settings.url}")
+        result = self._apply(message["config"], f"push:{self.settings.channel.url}")
         self._refused = None if result.ok else (str(message.get("hash") or "") or None)
         outcome = "applied" if result.ok else "refused"
         log(_log, 20 if result.ok else 40, f"pushed config {outcome}",

@@ -42,12 +42,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
 from ..logs import describe_exception, get_logger, log
-from ..pod_identity import bearer, channel_from_env, operator_ssl_context
+from ..pod_identity import Channel, channel_from_env
 from .chain import parse_line
 from .writer import list_segments
 
@@ -62,12 +61,7 @@ class ShipConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ShipSettings:
-    url: str
-    namespace: str
-    pod: str
-    token_file: Path
-    ca_pem: str | None = None
-    ca_file: str | None = None
+    channel: Channel  # the collector's URL, this pod's identity and token, the operator's CA
     spool_max_bytes: int = 64 * 1024 * 1024
     batch_bytes: int = 1024 * 1024
     drain_seconds: float = DRAIN_SECONDS
@@ -90,7 +84,7 @@ class ShipSettings:
         if channel is None:
             return None
         return cls(
-            **channel,
+            channel,
             spool_max_bytes=int(environ.get("PACKGATE_AUDIT_SPOOL_MAX_BYTES", 64 * 1024 * 1024)),
             drain_seconds=float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS)),
             linger_seconds=float(environ.get("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "0.35")),
@@ -98,10 +92,7 @@ class ShipSettings:
 
     @property
     def endpoint(self) -> str:
-        return (
-            f"{self.url}/v1/namespaces/{quote(self.namespace, safe='')}"
-            f"/pods/{quote(self.pod, safe='')}/records"
-        )
+        return self.channel.pod_url("records")
 
 
 @dataclass
@@ -168,7 +159,7 @@ class Shipper:
 
     def status(self) -> dict[str, Any]:
         return {
-            "collector": self.settings.url,
+            "collector": self.settings.channel.url,
             "connected": self.connected,
             "acked_seq": self.acked_seq,
             "unacked_bytes": self.unacked_bytes,
@@ -280,7 +271,7 @@ class Shipper:
             _log,
             30,
             "audit shipping failed",
-            collector=self.settings.url,
+            collector=self.settings.channel.url,
             error=self.last_error,
             unacked_bytes=self.unacked_bytes,
         )
@@ -289,14 +280,14 @@ class Shipper:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            context = operator_ssl_context(self.settings.ca_file, self.settings.ca_pem)
+            context = self.settings.channel.ssl_context()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=context, limit=2)
             )
         return self._session
 
     def _headers(self) -> dict[str, str]:
-        return bearer(self.settings.token_file)
+        return self.settings.channel.headers()
 
     async def _request(self, method: str, url: str, data: bytes | None = None) -> Any:
         timeout = aiohttp.ClientTimeout(total=30, connect=5)

@@ -8,6 +8,7 @@ import pytest
 from packgate_sidecar.audit.chain import parse_line
 from packgate_sidecar.audit.ship import ShipConfigError, Shipper, ShipSettings
 from packgate_sidecar.audit.writer import AuditWriter, list_segments
+from packgate_sidecar.pod_identity import Channel
 
 from tests.support.audit_records import access_record
 
@@ -26,11 +27,7 @@ def log_with_segments(directory: Path, records: int) -> list[bytes]:
 
 def shipper(directory: Path, spool: int = 10_000) -> Shipper:
     settings = ShipSettings(
-        "https://collector.invalid",
-        "ns",
-        "pod",
-        directory / "token",
-        ca_pem="unused",
+        Channel("https://collector.invalid", "ns", "pod", directory / "token", ca_pem="unused"),
         spool_max_bytes=spool,
         batch_bytes=1500,
     )

@@ -6,6 +6,7 @@ whose certificate is not from the operator's CA is never trusted."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from packgate_operator.kube import TokenIdentity
 from packgate_operator.metrics import Metrics
 from packgate_operator.propagate import Refused, SubscriptionServer
 from packgate_policy import ConfigError, load_text
+from packgate_sidecar.audit.ship import ShipSettings
+from packgate_sidecar.pod_identity import Channel
 from packgate_sidecar.subscribe import SubscribeConfigError, Subscriber, SubscribeSettings
 
 CONFIG = """pack: {name: gw, version: 1.0.0, enabled: %s}
@@ -83,11 +86,7 @@ def settings(
     token_file = tmp_path / "token"
     token_file.write_text(token)
     return SubscribeSettings(
-        url=f"https://127.0.0.1:{port}",
-        namespace="ns",
-        pod="pod-a",
-        token_file=token_file,
-        ca_pem=ca_pem,
+        Channel(f"https://127.0.0.1:{port}", "ns", "pod-a", token_file, ca_pem=ca_pem),
         wait_seconds=1,
         max_backoff=0.2,
     )
@@ -216,6 +215,11 @@ def test_environment_contract() -> None:
     parsed = SubscribeSettings.from_env(env)
     assert parsed is not None
     assert parsed.endpoint == "https://op:8444/v1/namespaces/n%20s/pods/p/config"
+    # The audit shipper reads the same identity from the same variables, once, the same way.
+    shipping = ShipSettings.from_env({**env, "PACKGATE_AUDIT_COLLECTOR_URL": "https://c:8445"})
+    assert shipping is not None
+    assert dataclasses.replace(shipping.channel, url=parsed.channel.url) == parsed.channel
+    assert shipping.endpoint == "https://c:8445/v1/namespaces/n%20s/pods/p/records"
     with pytest.raises(SubscribeConfigError, match="must be https://"):
         SubscribeSettings.from_env({**env, "PACKGATE_OPERATOR_URL": "http://op"})
     with pytest.raises(SubscribeConfigError, match="POD_NAME"):
@@ -230,9 +234,7 @@ async def test_a_refusal_is_reported_at_once_not_when_the_waiting_poll_ends(tmp_
     runner, port = await serve(hub, files)
     holder = Holder()
     refusals: list[dict[str, Any]] = []
-    slow = SubscribeSettings(
-        **{**settings(tmp_path, port, files.ca_pem).__dict__, "wait_seconds": 30}
-    )
+    slow = dataclasses.replace(settings(tmp_path, port, files.ca_pem), wait_seconds=30)
     subscriber = Subscriber(slow, holder.apply, lambda: holder.hash, lambda: refusals)
     task = asyncio.create_task(subscriber.run())
     try:
