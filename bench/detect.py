@@ -16,7 +16,7 @@ judged on text drawn from the shipped datasets (`../shared/datasets/prompt-injec
 files only), plain and with obfuscations applied (look-alike letters, invisible characters,
 leetspeak, full-width forms, base64, spacing, rot13, combining marks, tag characters:
 `packgate_quality.injection_corpus`), cut to 1 KB and 32 KB of UTF-8: the p50 over texts of each
-text's median time per call. Dataset text is far heavier than the support prose (trigger words
+text's median CPU time per call. Dataset text is far heavier than the support prose (trigger words
 that wake the phrase rules, non-ASCII text that needs normalising, decoded variants each scored).
 """
 
@@ -101,15 +101,19 @@ def latency_p50(call: Callable[[str], Any], text: str, seconds: float) -> float:
 def corpus_latency(
     call: Callable[[str], Any], texts: list[str], repeats: int
 ) -> tuple[float, float]:
-    """(p50, p90) over texts of each text's median seconds per call."""
+    """(p50, p90) over texts of each text's median CPU seconds per call.
+
+    Thread CPU time, not wall time: the call is single-threaded and never waits, so the two
+    agree on a quiet core, and on a shared machine CPU time is not inflated by preemption.
+    """
     per_text = []
     for text in texts:
         call(text)
         samples = []
         for _ in range(repeats):
-            started = time.perf_counter()
+            started = time.thread_time()
             call(text)
-            samples.append(time.perf_counter() - started)
+            samples.append(time.thread_time() - started)
         per_text.append(statistics.median(samples))
     per_text.sort()
     return statistics.median(per_text), per_text[min(len(per_text) - 1, len(per_text) * 9 // 10)]
@@ -135,7 +139,7 @@ def _injection_corpus(section: Any, report: Report, opts: Options, score: Any) -
         p50, p90 = corpus_latency(score, texts, 3 if quick else 11)
         section.add(
             Row(
-                f"packgate injection score, {label} (p50 of {count} texts; p90 {p90 * 1e3:.3f} ms)",
+                f"packgate injection score, {label} (CPU p50 of {count}, p90 {p90 * 1e3:.2f} ms)",
                 {"mb_s": size / p50 / 1e6, "per_text_ms": p50 * 1e3},
             )
         )
