@@ -271,7 +271,7 @@ class _Compiled:
     more: tuple[frozenset[str], ...]  # the trigger sets after the first
     regex: re.Pattern[str]
     cased: bool
-    starts: tuple[str, ...]
+    starts: frozenset[str]
 
 
 # Indexed by each word of the first trigger set: a text only visits the rules one of its own
@@ -279,11 +279,10 @@ class _Compiled:
 _BY_TRIGGER: dict[str, list[_Compiled]] = {}
 for _cased, _table in ((False, RULES), (True, CASED_RULES)):
     for _name, _r in _table.items():
-        _entry = _Compiled(
-            _name, _r.triggers[1:], re.compile(_r.pattern), _cased, tuple(sorted(_r.starts))
-        )
+        _entry = _Compiled(_name, _r.triggers[1:], re.compile(_r.pattern), _cased, _r.starts)
         for _word in _r.triggers[0]:
             _BY_TRIGGER.setdefault(_word, []).append(_entry)
+_TRIGGER_WORDS = frozenset(_BY_TRIGGER)
 # Every trigger word and start entry: one lexicon pass over the text reports them all.
 _LEXICON = Lexicon(
     {
@@ -298,23 +297,27 @@ _LEXICON = Lexicon(
 def matched_rules(text: str, lowered: str) -> set[str]:
     """Names of the rules that match `text` (normalised; `lowered` is `text.lower()`)."""
     where = _LEXICON.where(lowered)
-    found = where.keys()
     # Offsets in `lowered` are offsets in `text` when lower-casing kept every character's length
     # (it does except for a few letters such as "İ"); otherwise cased rules search the text.
     aligned = len(text) == len(lowered)
     rules: set[str] = set()
-    for word in found & _BY_TRIGGER.keys():
+    # Plain loops rather than generator expressions: this runs on every request.
+    for word in _TRIGGER_WORDS.intersection(where):
         for rule in _BY_TRIGGER[word]:
-            if rule.name in rules or any(t.isdisjoint(found) for t in rule.more):
+            if rule.name in rules:
+                continue
+            if rule.more and any(t.isdisjoint(where) for t in rule.more):
                 continue
             subject = text if rule.cased else lowered
             if rule.cased and not aligned:
-                hit = rule.regex.search(subject) is not None
-            else:
-                match = rule.regex.match
-                hit = any(match(subject, at) for s in rule.starts for at in where.get(s, ()))
-            if hit:
-                rules.add(rule.name)
+                if rule.regex.search(subject):
+                    rules.add(rule.name)
+                continue
+            match = rule.regex.match
+            for start in rule.starts.intersection(where):
+                if any(match(subject, at) for at in where[start]):
+                    rules.add(rule.name)
+                    break
     return rules
 
 
