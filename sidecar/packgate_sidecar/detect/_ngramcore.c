@@ -497,7 +497,7 @@ static inline int is_terminator(Py_UCS4 c) {
     return c == '.' || c == '!' || c == '?' || c == ':' || c == '\n';
 }
 
-static int find_segments(const Text *t, Spans *out) {
+static int find_segments(const Text *t, Spans *out, Py_ssize_t *nwindows) {
     Py_ssize_t n = t->end;
     out->len = 0;
     if (n <= WINDOW) {
@@ -507,6 +507,7 @@ static int find_segments(const Text *t, Spans *out) {
             if (spans_push(out, s, s + WINDOW < n ? s + WINDOW : n) < 0) return -1;
     }
     Py_ssize_t windows = out->len, i = 0;
+    *nwindows = windows;
     while (i < n) {
         if (is_terminator(CH(t, i))) {
             i++;
@@ -809,7 +810,7 @@ static inline double mean_like(double sum, Py_ssize_t n) { return n ? sum / sqrt
 
 /* The logit of span t from the pool; 1 when the span has no whole token (the caller then
  * extracts it from scratch), 0 on success, -1 on error. */
-static int pool_span(Scorer *self, Pool *p, const Text *t, int n, double *z) {
+static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, double *z) {
     const Span *tok = p->tok.items;
     Py_ssize_t s = t->start, e = t->end;
     Py_ssize_t i = first_token_from(p, s), j = first_token_from(p, e);
@@ -820,7 +821,12 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, double *z) {
     if (has_right) right = (Span){tok[j - 1].start, e};
     if (fe <= i) return 1;
 
-    if (split_sentences(t, &self->sentences) < 0) return -1;
+    /* A sentence span is one piece as it stands (trimmed, no terminator inside but its last
+     * characters), so only windows need splitting. */
+    self->sentences.len = 0;
+    if (sentence ? spans_push(&self->sentences, s, e) < 0
+                 : split_sentences(t, &self->sentences) < 0)
+        return -1;
     const Spans *pieces = &self->sentences;
     Py_ssize_t whole = fe - i, count = whole + has_left + has_right;
     /* the span's tokens in order: left?, tok[i..fe), right? */
@@ -908,7 +914,8 @@ static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwa
     Text whole;
     if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &self->text, &whole) < 0) return NULL;
     double best = -INFINITY;
-    int failed = find_segments(&whole, &self->segs) < 0;
+    Py_ssize_t windows = 0;
+    int failed = find_segments(&whole, &self->segs, &windows) < 0;
     int n = self->char_sizes[0], pooled = self->n_char_sizes == 1 && !failed;
     if (pooled && !self->pool && !(self->pool = PyMem_Calloc(1, sizeof(Pool)))) {
         PyErr_NoMemory();
@@ -920,7 +927,7 @@ static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwa
         double z = 0.0;
         int scratch = 1;
         if (pooled) {
-            scratch = pool_span(self, self->pool, &t, n, &z);
+            scratch = pool_span(self, self->pool, &t, n, k >= windows, &z);
             failed = scratch < 0;
         }
         if (scratch == 1) {
@@ -948,7 +955,8 @@ static PyObject *module_segments(PyObject *module, PyObject *args, PyObject *kwa
     Spans out = {NULL, 0, 0};
     if (text_view(s, 0, PyUnicode_GET_LENGTH(s), &shared_scratch, &t) < 0) return NULL;
     PyObject *list = NULL;
-    if (find_segments(&t, &out) == 0 && (list = PyList_New(out.len))) {
+    Py_ssize_t windows;
+    if (find_segments(&t, &out, &windows) == 0 && (list = PyList_New(out.len))) {
         for (Py_ssize_t k = 0; k < out.len; k++) {
             PyObject *pair = Py_BuildValue("(nn)", out.items[k].start, out.items[k].end);
             if (!pair) {

@@ -58,7 +58,7 @@ from typing import Any
 
 from . import ngram, ngram_ref
 from .injection_rules import CASED_RULES, RULES, matched_rules, searched_rules
-from .normalize import iter_variants
+from .normalize import iter_lowered_variants
 
 __all__ = [
     "CASED_RULES",
@@ -138,9 +138,11 @@ class InjectionScorer:
         """Table entries the model sets, plus its rules (a size measure for reports)."""
         return self._entries + len(self.rule_weights)
 
-    def logit(self, normalised: str) -> float:
-        """Calibrated log-odds for one normalised text (one variant, no decoding)."""
-        lowered = normalised.lower()
+    def logit(self, normalised: str, lowered: str | None = None) -> float:
+        """Calibrated log-odds for one normalised text (one variant, no decoding); `lowered`
+        is `normalised.lower()` when the caller has it already."""
+        if lowered is None:
+            lowered = normalised.lower()
         rules = matched_rules if self.compiled else searched_rules
         z = self.bias + sum(self.rule_weights.get(r, 0.0) for r in rules(normalised, lowered))
         return z + self.core.pooled_logit(lowered)
@@ -154,8 +156,8 @@ class InjectionScorer:
         if not text or text.isspace():
             return 0.0
         best = -math.inf
-        for variant in iter_variants(text, reference=not self.compiled):
-            best = max(best, self.logit(variant))
+        for variant, lowered in iter_lowered_variants(text, reference=not self.compiled):
+            best = max(best, self.logit(variant, lowered))
             # Past this the score is within 0.003 of 1 and no threshold tells the rest apart:
             # stop instead of scoring the remaining decoded readings.
             if best >= _SATURATED:

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from .ngram import CharClasses, Lexicon, Translator, count_tokens, signals
 
-__all__ = ["iter_variants", "normalize", "variants"]
+__all__ = ["iter_lowered_variants", "iter_variants", "normalize", "variants"]
 
 # Zero-width characters, soft hyphen, word joiners, BOM, Mongolian vowel separator, variation
 # selectors and bidirectional controls: invisible, so they only ever serve to split a keyword.
@@ -327,18 +327,24 @@ def iter_variants(text: str, *, reference: bool = False) -> Iterator[str]:
     compiled core's one pass (`signals`); `reference=True` finds them with the decoders' own
     regexes instead (the definition, for checking the fast path).
     """
+    return (variant for variant, _ in iter_lowered_variants(text, reference=reference))
+
+
+def iter_lowered_variants(text: str, *, reference: bool = False) -> Iterator[tuple[str, str]]:
+    """`iter_variants`, each variant with its `lower()` (computed once: both need it)."""
     base = normalize(text)
-    yield base
+    lowered = base.lower()
+    yield base, lowered
     seen = {base}
-    for candidate in _decodings(base, reference):
+    for candidate in _decodings(base, lowered, reference):
         if candidate is not None:
             candidate = normalize(candidate)
             if candidate not in seen:
                 seen.add(candidate)
-                yield candidate
+                yield candidate, candidate.lower()
 
 
-def _decodings(base: str, reference: bool) -> Iterator[str | None]:
+def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]:
     # One compiled pass says where each decoder can apply; a regex scan of the whole text per
     # decoder (Python's re, ~10 ns a character each) runs only for the rare Morse and spacing.
     b64, hexa, leet, morse, spaced, digits = signals(base)
@@ -363,7 +369,6 @@ def _decodings(base: str, reference: bool) -> Iterator[str | None]:
     if morse:
         yield _substitute(base, _MORSE_RUN, _decode_morse)
     # Token checks run in the compiled core (one pass each, no token list built in Python).
-    lowered = base.lower()
     if spaced and count_tokens(lowered, 1) >= 5 and _SPACED.search(base):
         yield _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group(0)), base)
     # rot13 is its own inverse, so "rot13 of a token is a common word" is "the token is in the
