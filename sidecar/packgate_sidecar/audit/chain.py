@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Literal, TypeAlias
 
 JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None
@@ -79,18 +80,23 @@ def seal(
     kid: str | None = None,
 ) -> tuple[bytes, ChainState]:
     """Seal ``body`` as the next record: returns the line (with its newline) and the new state."""
-    parts = _Parts(
-        canonical(dict(body)),
-        kid if kid is not None else key_id(key),
-        state.prev,
-        state.seq,
-        ts,
-        record_type,
-    )
-    raw = parts.content()
+    # The same bytes as _Parts(...).content() and .line(), built without the intermediate
+    # objects: this runs once per proxied request, on the event loop.
+    encoded = canonical(body if isinstance(body, dict) else dict(body))
+    kid = kid if kid is not None else key_id(key)
+    tail = _tail(state.prev, state.seq, ts, record_type)
+    raw = b"".join((_HEAD, encoded, f',"kid":"{kid}",{tail}'.encode()))
     digest = hashlib.sha256(raw).hexdigest()
-    mac = hmac.new(key, raw, hashlib.sha256).hexdigest()
-    return parts.line(digest, mac) + b"\n", ChainState(seq=state.seq + 1, prev=digest)
+    mac = hmac.digest(key, raw, "sha256").hex()
+    suffix = f',"hash":"{digest}","kid":"{kid}","mac":"{mac}",{tail}\n'.encode()
+    return b"".join((_HEAD, encoded, suffix)), ChainState(seq=state.seq + 1, prev=digest)
+
+
+def _tail(prev: str, seq: int, ts: str, kind: str) -> str:
+    """The envelope's keys after ``kid``, in sorted order (``json.dumps`` of a str is
+    ``encode_basestring_ascii``: the same bytes, without its per-call set-up)."""
+    ts, kind = encode_basestring_ascii(ts), encode_basestring_ascii(kind)
+    return f'"prev":"{prev}","seq":{seq},"ts":{ts},"type":{kind},"v":{FORMAT_VERSION}}}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +113,7 @@ class _Parts:
     type: str
 
     def _tail(self) -> str:
-        ts, kind = json.dumps(self.ts), json.dumps(self.type)
-        return (
-            f'"prev":"{self.prev}","seq":{self.seq},"ts":{ts},"type":{kind},"v":{FORMAT_VERSION}}}'
-        )
+        return _tail(self.prev, self.seq, self.ts, self.type)
 
     def content(self) -> bytes:
         return _HEAD + self.body + f',"kid":"{self.kid}",{self._tail()}'.encode()

@@ -2,13 +2,18 @@
 
 Why it exists: every proxied request produces an audit record, and no ``fsync`` may stall the
 event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``), which validates
-and seals the record on the spot (hash and MAC: a few tens of microseconds, cheaper than handing
-the record to another thread) and appends the line to an in-memory batch. One writer thread takes
-whatever batch has built up, writes it with a single ``os.write`` on an ``O_APPEND`` descriptor
-and ``fsync``s once, so throughput grows with load instead of paying one ``fsync`` per request.
-The hand-off costs one thread wake-up per batch (only when the thread sleeps) and one wake-up of
-each waiting event loop per batch, whose callback resolves all of that batch's futures at once:
-never a cross-thread call per record.
+and seals the record on the spot (hash and MAC: some 15 us, less than handing the record to
+another thread costs) and appends the line to an in-memory batch. One writer thread writes each
+batch with a single ``os.write`` on an ``O_APPEND`` descriptor and ``fsync``s once, so
+throughput grows with load instead of paying one ``fsync`` per request.
+
+Handing a batch over costs thread switches (the writer thread must take the GIL from the event
+loop, several times per batch; on a pinned sidecar all on one core), so batches are made large
+when they can be: requests that will send records soon are counted (:meth:`expect`); while
+others than the batch's own are counted, the batch waits up to ``linger`` (2 ms) for theirs,
+then a timer on the event loop wakes the thread once for all of them. With nothing else in
+flight, a record is handed over at once, so a lone request never waits. Completion costs one
+call into each waiting event loop per batch, which resolves all of that batch's futures.
 
 On disk: ``DIR/audit-NNNNNN-YYYYMMDD.jsonl`` segments, one sealed JSON record per line (see
 ``chain.py``). A segment is created atomically (header written to a temp file, fsynced, then
@@ -84,6 +89,8 @@ from packgate_sidecar.audit.segments import (
 # ctx.state key under which audit-logger leaves the futures of records that must be durable
 # before the gateway sends a whole response (the wait is I/O, outside any policy's time budget).
 DURABLE_STATE_KEY = "audit-logger/durable"
+# With this many requests about to send records, a batch waits the whole ``linger`` for them.
+_FULL_LINGER = 8
 # Importers of the directory layout from here (shipper, verifier, collector) keep working.
 __all__ = [
     "DURABLE_STATE_KEY",
@@ -162,6 +169,9 @@ class _Batch:
     ops: list[_Op] = field(default_factory=list)
     tail: _Write | None = None  # the last op, while new lines may still be added to it
     access: int = 0  # access records in ops (the queue's length)
+    counted: int = 0  # of which from requests still counted by expect() (write-ahead records)
+    ready: bool = False  # the writer thread may take it now
+    kick: bool = False  # a loop timer will mark it ready
     loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = field(default_factory=dict)
     threads: list[concurrent.futures.Future[list[str]]] = field(default_factory=list)
 
@@ -178,6 +188,7 @@ class AuditWriter:
         retention_days: int | None = None,
         max_segment_bytes: int = 64 * 1024 * 1024,
         max_queue: int = 10_000,
+        linger: float = 0.002,
         fsync: bool = True,
         echo_stdout: bool = False,
         echo_stream: IO[bytes] | None = None,
@@ -192,6 +203,8 @@ class AuditWriter:
         self._echo = echo_stream if echo_stream is not None else stdout
         self._echo_stream = echo_stream
         self._clock = clock
+        self._linger = linger
+        self._expecting = 0  # see expect()
         self._cv = threading.Condition(threading.Lock())
         # Guarded by _cv: the queue, and the sealing side of the chain (head, segment, size).
         self._batch = _Batch()
@@ -331,6 +344,14 @@ class AuditWriter:
 
     # -- producers (submit and submit_durable never block) -----------------------------------
 
+    def expect(self, delta: int) -> None:
+        """Count the requests in flight that will submit records: +1 when one starts, -1 when
+        it has submitted its last one. While some (other than those with a record in the
+        batch, see ``counted``) are counted, a batch waits up to ``linger`` for their records
+        (in proportion: the whole of it from 8 such requests). A hint, kept without a lock: a
+        stale value only shifts one batch."""
+        self._expecting += delta
+
     def submit(self, record: AuditRecord | Mapping[str, object]) -> None:
         """Seal and queue a record (any thread); raises :class:`AuditQueueFull` rather than
         block."""
@@ -340,12 +361,16 @@ class AuditWriter:
         """Queue a record, waiting (without blocking the loop) while the queue is full."""
         await self._put(_body(record), None)
 
-    def submit_durable(self, record: AuditRecord | Mapping[str, object]) -> asyncio.Future[None]:
+    def submit_durable(
+        self, record: AuditRecord | Mapping[str, object], *, counted: bool = False
+    ) -> asyncio.Future[None]:
         """Queue a record like :meth:`submit` (from a running event loop); the returned future
         of that loop resolves once the record's batch is fsynced, or fails with
-        :class:`AuditWriterError` if it cannot be written."""
+        :class:`AuditWriterError` if it cannot be written. ``counted``: the submitting request
+        stays counted by :meth:`expect` (a stream's write-ahead record; its next record comes
+        when the stream ends), so the batch does not wait for it."""
         done = asyncio.get_running_loop().create_future()
-        self._enqueue(_body(record), done, None)
+        self._enqueue(_body(record), done, None, counted)
         return done
 
     async def put_durable(self, record: AuditRecord | Mapping[str, object]) -> None:
@@ -368,7 +393,7 @@ class AuditWriter:
         with self._cv:
             self._check_open()
             self._batch.threads.append(done)
-            self._cv.notify()
+            self._ready()
         done.result()
 
     async def aflush(self) -> None:
@@ -376,7 +401,7 @@ class AuditWriter:
         with self._cv:
             self._check_open()
             self._batch.loops.setdefault(done.get_loop(), []).append(done)
-            self._cv.notify()
+            self._ready()
         await done
 
     def _command(self, now: float | None) -> concurrent.futures.Future[list[str]]:
@@ -384,7 +409,7 @@ class AuditWriter:
         with self._cv:
             self._check_open()
             self._batch.ops.append(_Prune(self._clock() if now is None else now, done))
-            self._cv.notify()
+            self._ready()
         return done
 
     async def _put(self, body: dict[str, JSONValue], done: asyncio.Future[None] | None) -> None:
@@ -405,6 +430,7 @@ class AuditWriter:
         body: dict[str, JSONValue],
         done: asyncio.Future[None] | None,
         room: asyncio.Future[None] | None,
+        counted: bool = False,
     ) -> bool:
         """Seal the record and queue its line. With the queue full: raise AuditQueueFull, or,
         given ``room``, return False with it registered to be resolved once there is room
@@ -425,13 +451,36 @@ class AuditWriter:
                 self._roll(now, "size")
             self._append(self._seal("access", body, now), access=True)
             batch.access += 1
+            batch.counted += counted
             self.stats.submitted += 1
             if done is not None:
                 batch.loops.setdefault(done.get_loop(), []).append(done)
-            if self._sleeping:  # otherwise the thread takes this batch when it finishes its own
-                self._sleeping = False
-                self._cv.notify()
+            if not batch.ready:
+                self._schedule(batch, done.get_loop() if done is not None else _running_loop())
             return True
+
+    def _schedule(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Make the batch ready now, or, while other requests are about to send records (see
+        :meth:`expect`), a moment later from a timer on the submitting loop, so that theirs
+        join it: the thread is then woken once per batch, by the loop (as a submit would)."""
+        others = self._expecting - batch.counted
+        if others <= 0 or loop is None or batch.access >= self._max_queue:
+            self._ready()
+        elif not batch.kick:
+            batch.kick = True
+            delay = self._linger * min(others, _FULL_LINGER) / _FULL_LINGER
+            loop.call_later(delay, self._kick, batch)
+
+    def _kick(self, batch: _Batch) -> None:
+        with self._cv:
+            if self._batch is batch:  # not taken meanwhile (a flush, a full queue)
+                self._ready()
+
+    def _ready(self) -> None:
+        self._batch.ready = True
+        if self._sleeping:
+            self._sleeping = False
+            self._cv.notify()
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -475,7 +524,7 @@ class AuditWriter:
         try:
             while True:
                 with self._cv:
-                    while not self._batch.waiting() and not self._closing:
+                    while not self._batch.ready and not self._closing:
                         self._sleeping = True
                         self._cv.wait()
                     self._sleeping = False
@@ -576,6 +625,7 @@ class AuditWriter:
             self._append(self._seal("prune", body, now), access=False)
             self._batch.ops.append(_Unlink([path for path, _ in expired], done))
             self._batch.tail = None
+            self._ready()
         self._pruning.update(path.name for path, _ in expired)
 
 
@@ -583,6 +633,13 @@ def _body(record: AuditRecord | Mapping[str, object]) -> dict[str, JSONValue]:
     if isinstance(record, AuditRecord):
         return record.to_body()
     return AuditRecord.from_body(record).to_body()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None  # submitted from a thread without an event loop
 
 
 def _settle(batch: _Batch, error: BaseException | None) -> None:

@@ -28,7 +28,9 @@ loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks t
   write-ahead record (`outcome: started`, see `write_ahead`), queued before it goes upstream and
   durable before the first byte of the answer reaches the client, and its outcome record is
   appended when it ends. Concurrent requests share
-  fsyncs (group commit); `make bench` (`audit_durability`) measures the cost.
+  fsyncs (group commit): each request is counted (`AuditWriter.expect`) from `on_request` to
+  its last record, and while others are in flight a batch waits up to 2 ms for their records
+  (a lone request never waits); `make bench` (`audit_durability`) measures the cost.
 - Shipping: with `PACKGATE_AUDIT_COLLECTOR_URL` set (the injector sets it), `audit/ship.py`
   ships every sealed record to the audit collector; a spool the collector has not acknowledged
   up to its bound fails requests the same way (closed unless `fail_open`).
@@ -79,6 +81,8 @@ ENDPOINTS = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
+# ctx.state key: this request is counted by the writer's expect() until its last record.
+_EXPECTED = "audit-logger/expected"
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:/@+=,%\-]")
 _MAX_DECISIONS = 32
 
@@ -262,6 +266,8 @@ class AuditLoggerPolicy(Policy):
         if self.shipper is not None and self.shipper.spool_full:
             raise AuditUnavailable("the audit spool is full: the collector has not acknowledged "
                                    f"{self.shipper.unacked_bytes} bytes")  # fmt: skip
+        self.writer.expect(1)  # records follow: the writer lets batches wait a moment for them
+        ctx.state[_EXPECTED] = True
         return ALLOW
 
     def write_ahead(self, ctx: RequestContext) -> asyncio.Future[None] | None:
@@ -270,9 +276,12 @@ class AuditLoggerPolicy(Policy):
         overlaps the provider's time to first token). Raises if the log cannot take it."""
         if not (self.config.log_all_access or acted_on(ctx)):
             return None
-        return self.writer.submit_durable(build_record(ctx, started=True))
+        counted = _EXPECTED in ctx.state
+        return self.writer.submit_durable(build_record(ctx, started=True), counted=counted)
 
     async def on_finish(self, ctx: RequestContext) -> None:
+        if ctx.state.pop(_EXPECTED, False):
+            self.writer.expect(-1)  # its last record is submitted now, or never
         if not self.config.log_all_access and not acted_on(ctx):
             return
         record = build_record(ctx)

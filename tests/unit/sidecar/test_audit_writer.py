@@ -489,3 +489,36 @@ async def test_a_failed_fsync_fails_every_waiting_record_and_refuses_new_ones(
     with pytest.raises(AuditWriterError):
         await w.aclose()
     assert w.stats.lost == 5 and w.stats.written == 1  # only the segment header is durable
+
+
+async def test_records_expected_from_other_requests_wait_for_one_shared_batch(
+    tmp_path: Path,
+) -> None:
+    w = AuditWriter(tmp_path, KEY, linger=1.0)
+    await w.astart()
+    w.expect(3)  # three requests in flight will send records
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = w.submit_durable(record(0))
+    w.expect(-1)
+    await asyncio.sleep(0.05)
+    assert not first.done()  # held back for the others' records
+    rest = [w.submit_durable(record(i)) for i in (1, 2)]
+    w.expect(-2)
+    await asyncio.gather(first, *rest)
+    assert loop.time() - started >= 0.3  # linger x 3/8 from the first record
+    assert w.stats.batches == 1  # one fsync for the three
+    await w.aclose()
+
+
+async def test_a_record_with_no_other_request_in_flight_is_written_at_once(
+    tmp_path: Path,
+) -> None:
+    w = AuditWriter(tmp_path, KEY, linger=5.0)
+    await w.astart()
+    await asyncio.wait_for(w.submit_durable(record(0)), 2)  # nothing else expected
+    w.expect(1)  # a stream in flight; its own write-ahead record does not wait for itself
+    await asyncio.wait_for(w.submit_durable(record(1), counted=True), 2)
+    w.expect(-1)
+    await w.aclose()
+    assert w.stats.batches == 2

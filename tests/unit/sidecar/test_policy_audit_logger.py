@@ -95,6 +95,23 @@ async def test_a_record_per_request_that_verifies_and_holds_no_text(tmp_path: Pa
     assert b"Globex" not in raw and b"078-05-1120" not in raw
 
 
+async def test_requests_in_flight_are_counted_until_their_last_record(tmp_path: Path) -> None:
+    policy = make(tmp_path)
+    plain, stream, blocked_earlier = request(), request(), request()
+    stream.stream = True
+    for ctx in (plain, stream):
+        await policy.on_request(ctx, [])
+    assert policy.writer._expecting == 2
+    ahead = policy.write_ahead(stream)  # its outcome record comes when the stream ends
+    assert ahead is not None and policy.writer._expecting == 2
+    await ahead
+    for ctx in (plain, stream, blocked_earlier):  # blocked_earlier never reached on_request
+        await policy.on_finish(ctx)
+    assert policy.writer._expecting == 0
+    await policy.aclose()
+    assert len(records(tmp_path)) == 4
+
+
 async def test_without_log_all_access_only_requests_a_policy_acted_on(tmp_path: Path) -> None:
     policy = make(tmp_path, log_all_access=False)
     allowed = DecisionRecord("content-filter", "request", "allow")
