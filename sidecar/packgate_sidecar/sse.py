@@ -37,22 +37,27 @@ from .stream_shapes import StreamShape
 KEEP_ALIVE = b":\n\n"
 # Characters a JSON string must escape.
 _JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
-# Bytes that could end or escape a JSON string's text, or are not allowed in it raw.
-_NOT_PLAIN_TEXT = bytes(range(0x20)) + b'"\\'
+# A JSON string's text that cannot end it or escape, and has no character not allowed raw.
+_PLAIN_TEXT = re.compile(rb'[^"\\\x00-\x1f]*')
 
 
 class UnreadableEvent(ValueError):
     """An upstream event whose data is not a JSON object: it cannot be checked, so not sent."""
 
 
-def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Complete event blocks in `buffer` (line ends made LF) and the incomplete rest."""
+def _lf(buffer: bytes) -> bytes:
+    """`buffer` with its line ends made LF."""
     if b"\r" in buffer:
         # A CR at the very end may be the first half of a CRLF: keep it for the next chunk.
         held = buffer.endswith(b"\r")
         body = buffer[:-1] if held else buffer
         buffer = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
-    blocks = buffer.split(b"\n\n")
+    return buffer
+
+
+def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Complete event blocks in `buffer` (line ends made LF) and the incomplete rest."""
+    blocks = _lf(buffer).split(b"\n\n")
     rest = blocks.pop()
     return [block for block in blocks if block.strip(b"\n")], rest
 
@@ -113,33 +118,32 @@ class StreamRewriter:
         events for the next call (`feed(b"")`): the client gets its first bytes without waiting
         for the whole chunk to be checked.
         """
-        blocks, self._rest = split_events(self._rest + chunk)
-        if not blocks:
-            return b""
+        data = _lf(self._rest + chunk)
         out: list[bytes] = []
-        run: list[tuple[bytes, Channel, int, int]] = []  # plain deltas of one channel in a row
+        at = 0
         try:
-            for number, block in enumerate(blocks):
-                plain = self._plain_span(block) if not first else None
-                if plain is not None and (not run or run[0][1] == plain[0]):
-                    run.append((block, *plain))
-                    continue
-                if run:
-                    out.append(self._plain_run(run))
-                    run = []
-                if plain is not None:
-                    run.append((block, *plain))
-                    continue
-                out.append(self._event(block))
-                if first and out[-1]:
-                    later = b"".join(b + b"\n\n" for b in blocks[number + 1 :])
-                    self._rest = later + self._rest
-                    break
-            if run:
-                out.append(self._plain_run(run))
+            while True:
+                spans = [] if first else self._frame_events(data, at)
+                if not spans:
+                    stop = data.find(b"\n\n", at)
+                    if stop < 0:
+                        break
+                    block = data[at:stop]
+                    if first or self._plain_span(block) is None:
+                        at = stop + 2
+                        if block.strip(b"\n"):
+                            out.append(self._event(block))
+                            if first and out[-1]:
+                                break
+                        continue
+                    # A plain event: it is the frame now, and starts a run in that frame.
+                    spans = self._frame_events(data, at)
+                out.append(self._frame_run(data, at, spans))
+                at = spans[-1][2]
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out) + blocked.partial
             raise
+        self._rest = data[at:]
         return b"".join(out)
 
     def end(self) -> bytes:
@@ -211,21 +215,8 @@ class StreamRewriter:
         return out + (encode_event(name, obj) if changed else raw)
 
     def _plain_span(self, block: bytes) -> tuple[Channel, int, int] | None:
-        """The fast path's reading of a chat delta event, when policies filter the stream.
-
-        A stream's delta events differ only in their text, so an event that is the last plain
-        one's bytes around a different text (one without quotes, backslashes or control
-        characters, so it cannot change the JSON around it) is plain on the same channel.
-        """
-        if self.policies is None:
-            return None
-        if self._frame is not None:
-            head, tail, channel = self._frame
-            end = len(block) - len(tail)
-            if end >= len(head) and block.startswith(head) and block.endswith(tail):
-                text = block[len(head) : end]
-                if len(text.translate(None, _NOT_PLAIN_TEXT)) == len(text):
-                    return channel, len(head), end
+        """The fast path's reading of a chat delta event (`StreamShape.plain_delta`); a plain
+        event also becomes the frame that the events after it are compared with."""
         if not block.startswith(b"data: ") or b"\n" in block:
             return None
         found = self.shape.plain_delta(block, 6)
@@ -234,45 +225,76 @@ class StreamRewriter:
             self._frame = (block[:start], block[end:], channel)
         return found
 
-    def _plain_run(self, run: list[tuple[bytes, Channel, int, int]]) -> bytes:
+    def _frame_events(self, data: bytes, at: int) -> list[tuple[int, int, int]]:
+        """The complete events from `at` on that are the frame around another plain text: a
+        stream's delta events differ only in their text, so an event made of the last plain
+        one's bytes around a text without quotes, backslashes or control characters (which
+        could change the JSON around it) is plain on the same channel. For each: its text's
+        span and the end of the event (after its blank line)."""
+        spans: list[tuple[int, int, int]] = []
+        if self._frame is None:
+            return spans
+        head, tail, _ = self._frame
+        while data.startswith(head, at):
+            start = at + len(head)
+            stop = data.find(b"\n\n", start)
+            end = stop - len(tail)
+            if (
+                end < start
+                or not data.startswith(tail, end)
+                or _PLAIN_TEXT.fullmatch(data, start, end) is None
+            ):
+                break
+            at = stop + 2
+            spans.append((start, end, at))
+        return spans
+
+    def _frame_run(self, data: bytes, at: int, spans: list[tuple[int, int, int]]) -> bytes:
         """Consecutive plain delta events of one channel (as one upstream chunk brings them),
         filtered as one text: one pass of each filter instead of one per event. The events keep
-        their number and order; each goes out byte for byte while the released text still
-        starts with its text, and the rest of the released text rides on the first that differs
-        (the events after it carry an empty delta), so the concatenation is what was released.
+        their number and order, and what they carry together is what the filters released.
         """
-        assert self.policies is not None
-        if len(run) == 1 or not self.policies.joinable(run[0][1]):
-            return self._plain_each(run)
-        try:
-            texts = [block[start:end].decode() for block, _, start, end in run]
-        except UnicodeDecodeError:
-            raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
-        channel = run[0][1]
-        whole = "".join(texts)
-        released = self.policies.feed(channel, whole)
-        self._templates[channel] = (None, run[-1][0][6:])
+        assert self._frame is not None
+        channel = self._frame[2]
+        policies = self.policies
+        if policies is not None and len(spans) > 1 and not policies.joinable(channel):
+            return self._plain_each(data, at, spans, channel)
+        raw = [data[start:end] for start, end, _ in spans]
+        joined = b"".join(raw)
+        whole = joined.decode() if joined.isascii() else "".join(map(_utf8, raw))
+        if policies is None:
+            self.ctx.output_chars += len(whole)
+            return data[at : spans[-1][2]]
+        released = policies.feed(channel, whole)
+        last = spans[-2][2] if len(spans) > 1 else at
+        self._templates[channel] = (None, data[last + 6 : spans[-1][2] - 2])
         self._sent(channel, released)
         if released == whole:
-            return b"".join(block + b"\n\n" for block, *_ in run)
-        out: list[bytes] = []
-        at = 0
-        for (block, _, start, end), text in zip(run, texts, strict=True):
-            if at >= 0 and released.startswith(text, at):
-                out.append(block + b"\n\n")
-                at += len(text)
-                continue
-            out.append(_splice(block, start, end, released[at:] if at >= 0 else ""))
-            at = -1
-        return b"".join(out)
+            return data[at : spans[-1][2]]
+        # The events go out as they came while the released text starts with their texts; the
+        # first that differs (or the last) carries the rest of it, the events after it none.
+        carried, event, number = 0, at, 0
+        while number < len(spans) - 1:
+            text = _utf8(raw[number])
+            if not released.startswith(text, carried):
+                break
+            carried, event, number = carried + len(text), spans[number][2], number + 1
+        start, end, stop = spans[number]
+        rest = released[carried:]
+        changed = _splice(data[event : stop - 2], start - event, end - event, rest)
+        head, tail, _ = self._frame
+        return data[at:event] + changed + (head + tail + b"\n\n") * (len(spans) - number - 1)
 
-    def _plain_each(self, run: list[tuple[bytes, Channel, int, int]]) -> bytes:
+    def _plain_each(
+        self, data: bytes, at: int, spans: list[tuple[int, int, int]], channel: Channel
+    ) -> bytes:
         """A run event by event: a filter that may block sees each delta alone, and the events
         before the one it blocks on still go out."""
         out: list[bytes] = []
         try:
-            for block, channel, start, end in run:
-                out.append(self._plain(block, channel, start, end))
+            for start, end, stop in spans:
+                out.append(self._plain(data[at : stop - 2], channel, start - at, end - at))
+                at = stop
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
             raise
@@ -280,10 +302,7 @@ class StreamRewriter:
 
     def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
         """An event whose only text is block[start:end], a JSON string without escapes."""
-        try:
-            original = block[start:end].decode()
-        except UnicodeDecodeError:
-            raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
+        original = _utf8(block[start:end])
         if self.policies is None:
             self.ctx.output_chars += len(original)
             return block + b"\n\n"
@@ -315,6 +334,13 @@ class StreamRewriter:
         self.ctx.output_chars += len(text)
         if self.shape.has_snapshots:
             self._emitted[channel] = self._emitted.get(channel, "") + text
+
+
+def _utf8(text: bytes) -> str:
+    try:
+        return text.decode()
+    except UnicodeDecodeError:
+        raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
 
 
 def _splice(block: bytes, start: int, end: int, text: str) -> bytes:
