@@ -48,6 +48,7 @@ import aiohttp
 from ..logs import describe_exception, get_logger, log
 from ..pod_identity import Channel, channel_from_env
 from .chain import parse_line
+from .envelope import read_sealed
 from .writer import list_segments
 
 _log = get_logger("audit.ship")
@@ -329,7 +330,8 @@ class Shipper:
             return 0
         answer = await self._request("POST", self.settings.endpoint, data)
         self.connected, self.last_error = True, None
-        last = parse_line(data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1])
+        # Only its seq is needed: the envelope, without decoding the body (on the proxy's loop).
+        last = read_sealed(data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1])
         self.cursor.offset += len(data)
         if not isinstance(last, str):
             self.cursor.next_seq = last.seq + 1
