@@ -25,12 +25,19 @@ _TOKEN = re.compile(r"[A-Za-z0-9_.:/@+=,%\-]{1,128}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _MAX_DECISIONS = 32
 _MAX_TAGS = 32
+# Strings that passed _TOKEN: the same pod, pack, model and decision names come with every
+# request, and a set lookup is a tenth of the regex. Bounded: emptied when full.
+_SEEN: set[str] = set()
+_MAX_SEEN = 4096
 
 
 def utc_time(epoch: float) -> str:
     """RFC 3339 UTC time with milliseconds, the form every audit timestamp uses."""
-    moment = datetime.fromtimestamp(epoch, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    t = datetime.fromtimestamp(epoch, tz=UTC)  # formatted by hand: strftime is 5x slower
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
+        f"{t.microsecond // 1000:03d}Z"
+    )
 
 
 def client_token(value: str | None) -> str | None:
@@ -39,17 +46,22 @@ def client_token(value: str | None) -> str | None:
     A valid token is kept as is; anything else (free text, an over-long string) is replaced by
     ``sha256:<16 hex>`` so records stay correlatable without storing what the client sent.
     """
-    if value is None or _TOKEN.fullmatch(value):
+    if value is None or value in _SEEN or _TOKEN.fullmatch(value):
         return value
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 def _token(name: str, value: str) -> str:
+    if type(value) is str and value in _SEEN:
+        return value
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(
             f"audit field {name}: must be a short token (letters, digits, _.:/@+=,%-; "
             "at most 128 characters, no whitespace); free text is never audited"
         )
+    if len(_SEEN) >= _MAX_SEEN:
+        _SEEN.clear()
+    _SEEN.add(value)
     return value
 
 

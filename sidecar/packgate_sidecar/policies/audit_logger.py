@@ -85,6 +85,7 @@ ENDPOINTS = {
 _EXPECTED = "audit-logger/expected"
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:/@+=,%\-]")
 _MAX_DECISIONS = 32
+_TOKENS: dict[str, str] = {}
 
 
 class AuditUnavailable(RuntimeError):
@@ -180,7 +181,7 @@ def decision_reason(record: DecisionRecord) -> str:
         ]
         if numbers:
             text += "/" + ",".join(numbers)
-    return _NOT_TOKEN.sub("_", text)[:128]
+    return _as_token(text)
 
 
 def build_record(ctx: RequestContext, started: bool = False) -> AuditRecord:
@@ -230,7 +231,18 @@ def build_record(ctx: RequestContext, started: bool = False) -> AuditRecord:
 
 
 def _token(value: str | None) -> str | None:
-    return _NOT_TOKEN.sub("_", value)[:128] or None if value else None
+    return _as_token(value) or None if value else None
+
+
+def _as_token(text: str) -> str:
+    """`text` with every character a token may not hold replaced, cut to 128 characters;
+    remembered, since the same pod, pack, target and reasons come with every request."""
+    token = _TOKENS.get(text)
+    if token is None:
+        if len(_TOKENS) >= 4096:
+            _TOKENS.clear()
+        token = _TOKENS[text] = _NOT_TOKEN.sub("_", text)[:128]
+    return token
 
 
 def acted_on(ctx: RequestContext) -> bool:

@@ -118,6 +118,17 @@ def test_audit_records_cannot_carry_free_text(tmp_path: Path) -> None:
     assert b"ignore previous" not in b"".join(p.read_bytes() for p in list_segments(tmp_path))
 
 
+def test_remembered_tokens_never_let_anything_else_through() -> None:
+    for i in range(5000):  # more than the cache holds: it is emptied and refilled
+        PolicyDecision(f"policy-{i}", "allow")
+    PolicyDecision("pii-detector", "redact", "pii:EMAIL")
+    for bad in ("pii detector", "", "x" * 129, 7, None, ["pii-detector"]):
+        with pytest.raises(ValueError, match=r"decisions\.policy"):
+            PolicyDecision(bad, "redact")  # type: ignore[arg-type]
+    assert client_token("gpt-4o") == "gpt-4o"
+    assert client_token("gpt 4o").startswith("sha256:")  # type: ignore[union-attr]
+
+
 def test_each_start_opens_a_segment_linked_to_the_previous_one(tmp_path: Path) -> None:
     write_log(tmp_path, 3)
     write_log(tmp_path, 2)
