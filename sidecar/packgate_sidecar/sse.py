@@ -257,7 +257,7 @@ class StreamRewriter:
         assert self._frame is not None
         channel = self._frame[2]
         policies = self.policies
-        if policies is not None and len(spans) > 1 and not policies.joinable(channel):
+        if len(spans) == 1 or (policies is not None and not policies.joinable(channel)):
             return self._plain_each(data, at, spans, channel)
         raw = [data[start:end] for start, end, _ in spans]
         joined = b"".join(raw)
