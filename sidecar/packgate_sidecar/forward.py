@@ -369,11 +369,9 @@ class Forwarder:
                     reason, error = "upstream_error", _broken(ctx, isinstance(exc, TimeoutError))
                     break
                 if not chunk:
-                    if rewriter is not None:
-                        tail = scrub.scrub_bytes(rewriter.end())
-                        if tail:
-                            await response.write(tail)
-                    await response.write_eof()
+                    # The last bytes go out with the end of the body: one write, not two.
+                    tail = scrub.scrub_bytes(rewriter.end()) if rewriter is not None else b""
+                    await response.write_eof(tail)
                     return response
                 if rewriter is None:
                     await response.write(scrub.scrub_bytes(chunk))
