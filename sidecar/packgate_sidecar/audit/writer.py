@@ -10,7 +10,7 @@ throughput grows with load instead of paying one ``fsync`` per request.
 Handing a batch over costs thread switches (the writer thread must take the GIL from the event
 loop, several times per batch; on a pinned sidecar all on one core), so batches are made large
 when they can be: requests that will send records soon are counted (:meth:`expect`); while
-others than the batch's own are counted, the batch waits up to ``linger`` (2 ms) for theirs,
+others than the batch's own are counted, the batch waits up to ``linger`` (5 ms) for theirs,
 then a timer on the event loop wakes the thread once for all of them. With nothing else in
 flight, a record is handed over at once, so a lone request never waits. Completion costs one
 call into each waiting event loop per batch, which resolves all of that batch's futures.
@@ -188,7 +188,7 @@ class AuditWriter:
         retention_days: int | None = None,
         max_segment_bytes: int = 64 * 1024 * 1024,
         max_queue: int = 10_000,
-        linger: float = 0.002,
+        linger: float = 0.005,
         fsync: bool = True,
         echo_stdout: bool = False,
         echo_stream: IO[bytes] | None = None,

@@ -29,7 +29,7 @@ loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks t
   durable before the first byte of the answer reaches the client, and its outcome record is
   appended when it ends. Concurrent requests share
   fsyncs (group commit): each request is counted (`AuditWriter.expect`) from `on_request` to
-  its last record, and while others are in flight a batch waits up to 2 ms for their records
+  its last record, and while others are in flight a batch waits up to 5 ms for their records
   (a lone request never waits); `make bench` (`audit_durability`) measures the cost.
 - Shipping: with `PACKGATE_AUDIT_COLLECTOR_URL` set (the injector sets it), `audit/ship.py`
   ships every sealed record to the audit collector; a spool the collector has not acknowledged
