@@ -462,6 +462,8 @@ MESSAGE_FIELDS = frozenset(
 
 
 def _known(node: Json, fields: frozenset[str], path: str) -> None:
+    if fields.issuperset(node):
+        return
     for key in node:
         if key not in fields:
             where = _join(path, key)
@@ -516,7 +518,8 @@ def _chat_request(body: Json) -> list[TextSlot]:
                     raise ShapeError(f"{call_path} must be an object", call_path)
                 _walk(out, call, "function.arguments", role, call_path, True)
                 _walk(out, call, "custom.input", role, call_path, True)
-        _walk(out, message, "function_call.arguments", role, path, True)
+        if "function_call" in message:  # the legacy form, rarely sent
+            _walk(out, message, "function_call.arguments", role, path, True)
     prediction = body.get("prediction")
     if isinstance(prediction, dict):
         _content(out, prediction, "content", "user", "prediction", CHAT_PARTS)
