@@ -6,11 +6,16 @@ time a process spends per request barely moves with load: this module sends exac
 through each setup (bare aiohttp floor, packgate empty chain, packgate seed chain) and reads the
 server's own CPU time from the kernel's per-thread scheduler statistics
 (`/proc/PID/task/TID/schedstat`, nanoseconds on the CPU) before and after, split into the event
-loop thread and the other threads (the audit writer's sealing and fsync). Rounds alternate the
+loop thread and the other threads (the audit writer's writes and fsyncs). Rounds alternate the
 setups and the table reports the median.
 
     .venv/bin/python -m bench.cpu_cost                       # json and stream, c=1 and c=32
     .venv/bin/python -m bench.cpu_cost --requests 3000 --rounds 5 --kinds json --concurrency 32
+    taskset -c 0 .venv/bin/python -m bench.cpu_cost --cpu 1 \\
+        --setups packgate-seed,packgate-seed-no-audit --kinds json --concurrency 32
+
+The last column counts context switches per request (all threads): each hand-off between the
+event loop and the audit writer thread costs some, and on a pinned sidecar they are on one core.
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ from bench.loadgen import Client, build_request
 from bench.proxy import UPSTREAM_KEY, empty_config, seed_config, start_packgate
 
 SETUPS = ("floor", "packgate-empty", "packgate-seed")
+# Not run by default: the seed chain without audit-logger, to read off what audit-logger costs.
+NO_AUDIT = "packgate-seed-no-audit"
+
+
+def switches(pid: int) -> int:
+    """Context switches of all the process's threads so far (voluntary and involuntary)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches" in line:
+                    total += int(line.split()[1])
+    return total
 
 
 def thread_cpu_ns(pid: int) -> tuple[int, int]:
@@ -81,17 +99,20 @@ def measure(pid: int, port: int, body: bytes, requests: int, concurrency: int) -
     uvloop.run(_send(port, body, max(50, requests // 10), concurrency))  # warm-up
     time.sleep(0.05)  # let after-response work (audit records) of the warm-up finish
     main0, other0 = thread_cpu_ns(pid)
+    switched = switches(pid)
     started = time.perf_counter()
     ok = uvloop.run(_send(port, body, requests, concurrency))
     wall = time.perf_counter() - started
     time.sleep(0.05)
     main1, other1 = thread_cpu_ns(pid)
+    switched = switches(pid) - switched
     if ok < requests * 0.99:
         raise RuntimeError(f"only {ok} of {requests} requests answered 200")
     return {
         "loop_us": (main1 - main0) / requests / 1000,
         "other_us": (other1 - other0) / requests / 1000,
         "rps": requests / wall,
+        "switches": switched / requests,
     }
 
 
@@ -109,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="also run each packgate setup from this copy of the repo (its sidecar/ and "
         "operator/ first on PYTHONPATH), as `base:<setup>`: an A/B of a change in one run",
+    )
+    parser.add_argument(
+        "--cpu",
+        help="pin the servers to this CPU (taskset), as `make bench-proxy` does; run this "
+        "script pinned elsewhere, e.g. `taskset -c 0 ... --cpu 1`",
     )
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args(argv)
@@ -139,13 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                 service.wait_http(f"http://127.0.0.1:{port}/healthz", 30)
             else:
                 plain = key.removeprefix("base:")
-                config = seed_config(base) if plain == "packgate-seed" else empty_config(base)
+                config = (
+                    seed_config(base) if plain.startswith("packgate-seed") else empty_config(base)
+                )
+                if plain == NO_AUDIT:
+                    config["policies"]["chain"].remove("audit-logger")
+                    config["policy"].pop("audit-logger", None)
                 env = None
                 if plain != key:
                     root = args.baseline.resolve()
                     env = {"PYTHONPATH": f"{root}/sidecar:{root}/operator"}
                 service, admin = start_packgate(
-                    key.replace(":", "-"), config, port, work, None, args.extra.split(), env
+                    key.replace(":", "-"), config, port, work, args.cpu, args.extra.split(), env
                 )
                 service.wait_http(admin + "/readyz", 60)
             started.append(service)
@@ -163,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
                             measure(pid, port, body, args.requests, concurrency)
                         )
         out: dict[str, Any] = {"load_avg": os.getloadavg()}
-        print(f"{'':34} {'loop us':>9} {'other us':>9} {'total us':>9} {'req/s':>8}")
+        print(
+            f"{'':34} {'loop us':>9} {'other us':>9} {'total us':>9} {'req/s':>8} {'switches':>9}"
+        )
         for name, rounds in results.items():
             med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
             total = med["loop_us"] + med["other_us"]
             out[name] = {**med, "total_us": total}
             print(
                 f"{name:34} {med['loop_us']:9.0f} {med['other_us']:9.0f} {total:9.0f} "
-                f"{med['rps']:8.0f}"
+                f"{med['rps']:8.0f} {med['switches']:9.2f}"
             )
         print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
         if args.json:
