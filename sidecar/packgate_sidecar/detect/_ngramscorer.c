@@ -1,0 +1,911 @@
+/* _ngramscorer.c: the hashed n-gram scorer of the prompt-injection model (see _ngramcore.c).
+ */
+
+#include "_ngramcore.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Scorer: the hashed weight table and the feature extraction that reads it.                  */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer weights; /* float32[mask + 1], owned by the Python object that exported it */
+    uint32_t mask;
+    uint32_t *seen; /* open-addressing set of bucket+1 for the group being summed */
+    Py_ssize_t seen_cap;
+    uint32_t seen_mask;
+    Scratch text;
+    uint64_t seed_words, seed_chars, seed_tail;
+    int char_sizes[MAX_CHAR_SIZES];
+    int n_char_sizes;
+    Spans tokens, sentences, segs;
+    Py_UCS4 *joined;
+    Py_ssize_t joined_cap;
+    struct Pool *pool; /* the whole variant's features, reused by every span (pooled_logit) */
+} Scorer;
+
+/* One feature group being summed: distinct buckets, their weight sum, optionally their ids.
+ * It carries its own copies of the set and table pointers: the hot loops work on a local copy,
+ * which the compiler keeps in registers (through `self`, a store into the set could alias the
+ * Scorer's fields and force reloads, and the sum would live in memory). */
+typedef struct {
+    double sum;
+    Py_ssize_t n;
+    PyObject *ids; /* list of bucket ids, or NULL when only the sum is wanted */
+    uint32_t *seen; /* open-addressing set of bucket + 1 */
+    uint32_t seen_mask, mask;
+    const float *weights;
+} Group;
+
+/* Start a group of at most `expected` features. Distinct buckets are found with a set sized
+ * for this group (at most half full, a few KB for a 1 KB text, so it stays in L1 cache)
+ * rather than a stamp array as large as the table, which costs a cache miss per feature. */
+static int group_open(Scorer *self, Group *g, PyObject *ids, Py_ssize_t expected) {
+    g->sum = 0.0;
+    g->n = 0;
+    g->ids = ids;
+    Py_ssize_t size = 64;
+    while (size < 2 * expected) size <<= 1;
+    if (size > self->seen_cap) {
+        uint32_t *seen = PyMem_Realloc(self->seen, (size_t)size * sizeof(uint32_t));
+        if (!seen) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->seen = seen;
+        self->seen_cap = size;
+    }
+    memset(self->seen, 0, (size_t)size * sizeof(uint32_t));
+    g->seen = self->seen;
+    g->seen_mask = (uint32_t)(size - 1);
+    g->mask = self->mask;
+    g->weights = (const float *)self->weights.buf;
+    return 0;
+}
+
+static int append_id(PyObject *ids, uint32_t b) {
+    PyObject *id = PyLong_FromUnsignedLong(b);
+    if (!id || PyList_Append(ids, id) < 0) {
+        Py_XDECREF(id);
+        return -1;
+    }
+    Py_DECREF(id);
+    return 0;
+}
+
+__attribute__((always_inline)) static inline int group_add(Group *g, uint64_t h) {
+    uint32_t b = (uint32_t)(fmix64(h) & g->mask);
+    /* bucket ids are uniform hash bits already: their low bits index the set directly */
+    uint32_t i = b & g->seen_mask;
+    while (g->seen[i]) {
+        if (g->seen[i] == b + 1) return 0;
+        i = (i + 1) & g->seen_mask;
+    }
+    g->seen[i] = b + 1;
+    g->n++;
+    g->sum += g->weights[b];
+    return g->ids ? append_id(g->ids, b) : 0;
+}
+
+/* A feature whose bucket and weight are already known (computed once per text, see Pool). */
+typedef struct {
+    uint32_t bucket;
+    float weight;
+} Feat;
+
+/* Weights of features whose buckets are set, read with prefetching: the table (4 MB for 2^20
+ * buckets) does not fit a core's cache, and these reads are a large share of the scoring time
+ * when each waits for its cache miss. */
+static void gather_weights(Feat *f, Py_ssize_t len, const float *weights) {
+    for (Py_ssize_t k = 0; k < len; k++) {
+        if (k + 16 < len) __builtin_prefetch(&weights[f[k + 16].bucket]);
+        f[k].weight = weights[f[k].bucket];
+    }
+}
+
+static inline uint32_t bucket_of(uint32_t mask, uint64_t h) { return (uint32_t)(fmix64(h) & mask); }
+
+static inline Feat feat_of(const Group *g, uint64_t h) {
+    uint32_t b = (uint32_t)(fmix64(h) & g->mask);
+    return (Feat){b, g->weights[b]};
+}
+
+__attribute__((always_inline)) static inline void group_put(Group *g, Feat f) {
+    uint32_t i = f.bucket & g->seen_mask;
+    while (g->seen[i]) {
+        if (g->seen[i] == f.bucket + 1) return;
+        i = (i + 1) & g->seen_mask;
+    }
+    g->seen[i] = f.bucket + 1;
+    g->n++;
+    g->sum += f.weight;
+}
+
+static inline double group_value(const Group *g) { return g->n ? g->sum / sqrt((double)g->n) : 0.0; }
+
+/* Sentences of the text with surrounding whitespace stripped, split where Python's
+ * re.split(r"[.!?:]\s+|\n+", ...) splits: one span per piece (pieces may be empty). */
+static int split_sentences(const Text *t, Spans *out) {
+    out->len = 0;
+    Py_ssize_t s0 = t->start, s1 = t->end;
+    while (s0 < s1 && Py_UNICODE_ISSPACE(CH(t, s0))) s0++;
+    while (s1 > s0 && Py_UNICODE_ISSPACE(CH(t, s1 - 1))) s1--;
+    Py_ssize_t piece = s0, i = s0;
+    while (i < s1) {
+        Py_UCS4 c = CH(t, i);
+        Py_ssize_t j = i;
+        if ((c == '.' || c == '!' || c == '?' || c == ':') && i + 1 < s1 &&
+            Py_UNICODE_ISSPACE(CH(t, i + 1))) {
+            j = i + 1;
+            while (j < s1 && Py_UNICODE_ISSPACE(CH(t, j))) j++;
+        } else if (c == '\n') {
+            while (j < s1 && CH(t, j) == '\n') j++;
+        } else {
+            i++;
+            continue;
+        }
+        if (ngc_spans_push(out, piece, i) < 0) return -1;
+        piece = i = j;
+    }
+    return ngc_spans_push(out, piece, s1);
+}
+
+static int reserve_joined(Scorer *self, Py_ssize_t nchars) {
+    if (nchars > self->joined_cap) {
+        Py_UCS4 *joined = PyMem_Realloc(self->joined, (size_t)nchars * sizeof(Py_UCS4));
+        if (!joined) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->joined = joined;
+        self->joined_cap = nchars;
+    }
+    return 0;
+}
+
+/* Word unigrams and bigrams of tokens[first:last] into g, hashed from `seed`. */
+static int add_words(Scorer *self, Group *g, const Text *t, Py_ssize_t first, Py_ssize_t last,
+                     uint64_t seed) {
+    const Span *tok = self->tokens.items;
+    Group acc = *g;
+    int failed = 0;
+    uint64_t prev = 0;
+    for (Py_ssize_t k = first; k < last && !failed; k++) {
+        uint64_t h = hash_span(seed, t, tok[k]);
+        failed = group_add(&acc, h) < 0 ||
+                 (k > first && group_add(&acc, hash_span(fnv(prev, ' '), t, tok[k])) < 0);
+        prev = h;
+    }
+    *g = acc;
+    return failed ? -1 : 0;
+}
+
+/* The three hashed groups of t; fills `groups` (words, chars, tail). */
+static int extract(Scorer *self, const Text *t, Group groups[3], PyObject *ids[3]) {
+    if (ngc_tokenize(t, &self->tokens) < 0 || split_sentences(t, &self->sentences) < 0) return -1;
+    const Span *tok = self->tokens.items;
+    Py_ssize_t ntok = self->tokens.len;
+    Py_ssize_t joined_len = 1;
+    for (Py_ssize_t k = 0; k < ntok; k++) joined_len += tok[k].end - tok[k].start + 1;
+    if (reserve_joined(self, joined_len + 1) < 0) return -1;
+
+    /* words: unigrams, bigrams over the whole text, and "^" + each sentence's first word */
+    Group *words = &groups[0];
+    if (group_open(self, words, ids[0], 2 * ntok + self->sentences.len) < 0) return -1;
+    if (add_words(self, words, t, 0, ntok, self->seed_words) < 0) return -1;
+    uint64_t caret = fnv(self->seed_words, '^');
+    Py_ssize_t k = 0;
+    for (Py_ssize_t p = 0; p < self->sentences.len; p++) {
+        Span piece = self->sentences.items[p];
+        while (k < ntok && tok[k].start < piece.start) k++;
+        if (k < ntok && tok[k].start < piece.end) {
+            if (group_add(words, hash_span(caret, t, tok[k])) < 0) return -1;
+        }
+    }
+
+    /* tail: the last sentence's unigrams and bigrams, when there is more than one sentence */
+    Group *tail = &groups[2];
+    Py_ssize_t first = ntok;
+    if (self->sentences.len > 1) {
+        Py_ssize_t from = self->sentences.items[self->sentences.len - 1].start;
+        first = 0;
+        while (first < ntok && tok[first].start < from) first++;
+    }
+    if (group_open(self, tail, ids[2], 2 * (ntok - first)) < 0 ||
+        add_words(self, tail, t, first, ntok, self->seed_tail) < 0)
+        return -1;
+
+    /* chars: n-grams of " " + " ".join(tokens) + " " */
+    Py_UCS4 *j = self->joined;
+    Py_ssize_t len = 0;
+    j[len++] = ' ';
+    for (Py_ssize_t m = 0; m < ntok; m++) {
+        if (m) j[len++] = ' ';
+        for (Py_ssize_t i = tok[m].start; i < tok[m].end; i++) j[len++] = CH(t, i);
+    }
+    j[len++] = ' ';
+    Group *chars = &groups[1];
+    if (group_open(self, chars, ids[1], self->n_char_sizes * len) < 0) return -1;
+    Group acc = *chars;
+    int failed = 0;
+    for (int s = 0; s < self->n_char_sizes && !failed; s++) {
+        Py_ssize_t n = self->char_sizes[s];
+        for (Py_ssize_t i = 0; i + n <= len && !failed; i++) {
+            uint64_t h = self->seed_chars;
+            for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, j[i + c]);
+            failed = group_add(&acc, h) < 0;
+        }
+    }
+    *chars = acc;
+    return failed ? -1 : 0;
+}
+
+/* Drop scratch a very large text grew (a 500 KB prompt scored whole must not pin ~10 MB). */
+static void scorer_trim(Scorer *self) {
+    ngc_scratch_trim(&self->text);
+    if (self->seen_cap > (1 << 16)) {
+        PyMem_Free(self->seen);
+        self->seen = NULL;
+        self->seen_cap = 0;
+    }
+    if (self->joined_cap > (1 << 18)) {
+        PyMem_Free(self->joined);
+        PyMem_Free(self->tokens.items);
+        PyMem_Free(self->sentences.items);
+        self->joined = NULL;
+        self->tokens.items = self->sentences.items = NULL;
+        self->joined_cap = 0;
+        self->tokens.cap = self->sentences.cap = 0;
+    }
+    if (self->segs.cap > (1 << 14)) {
+        PyMem_Free(self->segs.items);
+        self->segs.items = NULL;
+        self->segs.cap = 0;
+    }
+}
+
+static PyObject *Scorer_logit(Scorer *self, PyObject *args, PyObject *kwargs) {
+    Text t;
+    if (ngc_text_from_args(args, kwargs, &self->text, &t) < 0) return NULL;
+    Group g[3];
+    PyObject *ids[3] = {NULL, NULL, NULL};
+    int failed = extract(self, &t, g, ids) < 0;
+    scorer_trim(self);
+    if (failed) return NULL;
+    return PyFloat_FromDouble(group_value(&g[0]) + group_value(&g[1]) + group_value(&g[2]));
+}
+
+static PyObject *Scorer_max_logit(Scorer *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "spans", NULL};
+    PyObject *s, *spans;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UO", keywords, &s, &spans)) return NULL;
+    PyObject *seq = PySequence_Fast(spans, "spans must be a sequence of (start, end) pairs");
+    if (!seq) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), n = PyUnicode_GET_LENGTH(s);
+    Text whole;
+    if (count == 0) {
+        PyErr_SetString(PyExc_ValueError, "max_logit needs at least one span");
+        goto fail;
+    }
+    if (ngc_text_view(s, 0, n, &self->text, &whole) < 0) goto fail;
+    double best = -INFINITY;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t start, end;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "nn;a span is (start, end)",
+                              &start, &end))
+            goto fail;
+        if (start < 0 || start > end || end > n) {
+            PyErr_Format(PyExc_ValueError, "span [%zd, %zd) is not inside the text (length %zd)",
+                         start, end, n);
+            goto fail;
+        }
+        Text t = {whole.u, start, end};
+        Group g[3];
+        PyObject *ids[3] = {NULL, NULL, NULL};
+        if (extract(self, &t, g, ids) < 0) goto fail;
+        double z = group_value(&g[0]) + group_value(&g[1]) + group_value(&g[2]);
+        if (z > best) best = z;
+    }
+    Py_DECREF(seq);
+    scorer_trim(self);
+    return PyFloat_FromDouble(best);
+fail:
+    Py_DECREF(seq);
+    scorer_trim(self);
+    return NULL;
+}
+
+/* segments.py, exactly: the whole text (up to WINDOW) or its overlapping windows, then, when
+ * there is more than one, the sentences of at least MIN_SENTENCE characters: the matches of
+ * `[^.!?:\n]+(?:[.!?:]+|\n+|$)` with surrounding whitespace trimmed, cut to WINDOW, except a
+ * sentence that is the whole text. */
+#define WINDOW 512
+#define STRIDE 256
+#define MIN_SENTENCE 12
+
+static inline int is_terminator(Py_UCS4 c) {
+    return c == '.' || c == '!' || c == '?' || c == ':' || c == '\n';
+}
+
+static int find_segments(const Text *t, Spans *out, Py_ssize_t *nwindows) {
+    Py_ssize_t n = t->end;
+    out->len = 0;
+    if (n <= WINDOW) {
+        if (ngc_spans_push(out, 0, n) < 0) return -1;
+    } else {
+        for (Py_ssize_t s = 0; s < n - STRIDE; s += STRIDE)
+            if (ngc_spans_push(out, s, s + WINDOW < n ? s + WINDOW : n) < 0) return -1;
+    }
+    Py_ssize_t windows = out->len, i = 0;
+    *nwindows = windows;
+    while (i < n) {
+        if (is_terminator(CH(t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t end = i;
+        while (end < n && !is_terminator(CH(t, end))) end++;
+        if (end < n && CH(t, end) == '\n') {
+            while (end < n && CH(t, end) == '\n') end++;
+        } else {
+            while (end < n && is_terminator(CH(t, end)) && CH(t, end) != '\n') end++;
+        }
+        Py_ssize_t a = i, b = end;
+        while (a < b && Py_UNICODE_ISSPACE(CH(t, a))) a++;
+        while (b > a && Py_UNICODE_ISSPACE(CH(t, b - 1))) b--;
+        if (b - a >= MIN_SENTENCE && ngc_spans_push(out, a, b < a + WINDOW ? b : a + WINDOW) < 0)
+            return -1;
+        i = end;
+    }
+    if (out->len - windows <= 1) {
+        out->len = windows;
+        return 0;
+    }
+    Py_ssize_t kept = windows;
+    for (Py_ssize_t k = windows; k < out->len; k++) {
+        Span sp = out->items[k];
+        if (sp.start != 0 || sp.end != n) out->items[kept++] = sp;
+    }
+    out->len = kept;
+    return 0;
+}
+
+/* Pooling reuses work across spans. A variant's spans (its windows and sentences) cover its
+ * text about three times over, and extracting each span from scratch hashed and de-duplicated
+ * every feature three times. Here the features of the whole text are computed once, in three
+ * sequences: the words (token k's unigram at 2k, its bigram with token k - 1 at 2k - 1), the
+ * same with the tail seed, and the character n-grams of the whole joined text. A span's whole
+ * tokens are a contiguous range of each sequence (its joined text is a slice of the whole one),
+ * and in a range [a, b) the distinct buckets are the features whose previous occurrence in the
+ * sequence lies before a: a branch-free sum, no set. The few other features of a span (the
+ * pieces of tokens a window cuts, the sentences' first words) are hashed, checked against the
+ * range through each bucket's sorted occurrences, and de-duplicated with the usual set. Only a
+ * single character n-gram size takes this path (the shipped model's); others extract each span
+ * from scratch, as `logit` does. */
+typedef struct {
+    Feat *f;
+    int32_t *prev;  /* previous index with the same bucket, or -1 */
+    Py_ssize_t len, cap;
+    uint32_t *keys; /* bucket + 1 -> id (open addressing), 0 when empty */
+    int32_t *ids;
+    Py_ssize_t kcap;
+    uint32_t kmask; /* of the part in use for the current text */
+    int32_t *first, *count, *occ; /* per id: its positions, ascending, at occ[first[id]...] */
+    int32_t *fid;                 /* each feature's id */
+    int32_t ids_used;
+    int occ_ready;                /* occ is built on the first membership question */
+} Seq;
+
+typedef struct Pool {
+    Spans tok;           /* the whole text's tokens */
+    int tail_ready;      /* the tail sequence is built for the first span that has a tail */
+    Py_ssize_t tcap;     /* capacity of the per-token arrays */
+    uint64_t *hw, *ht;   /* FNV state after each token, word and tail seeds */
+    Py_ssize_t *jo;      /* offset of each token in the joined text */
+    Py_UCS4 *joined, *sj; /* the whole text's joined tokens; one span's */
+    Py_ssize_t jcap;
+    Seq words, tail, chars;
+} Pool;
+
+static void seq_free(Seq *q) {
+    PyMem_Free(q->f);
+    PyMem_Free(q->prev);
+    PyMem_Free(q->keys);
+    PyMem_Free(q->ids);
+    PyMem_Free(q->first);
+    PyMem_Free(q->count);
+    PyMem_Free(q->occ);
+    PyMem_Free(q->fid);
+}
+
+static void pool_free(Pool *p) {
+    if (!p) return;
+    PyMem_Free(p->tok.items);
+    PyMem_Free(p->hw);
+    PyMem_Free(p->ht);
+    PyMem_Free(p->jo);
+    PyMem_Free(p->joined);
+    PyMem_Free(p->sj);
+    seq_free(&p->words);
+    seq_free(&p->tail);
+    seq_free(&p->chars);
+    PyMem_Free(p);
+}
+
+#define GROW(ptr, n)                                                       \
+    do {                                                                   \
+        void *grown_ = PyMem_Realloc((ptr), (size_t)(n) * sizeof(*(ptr))); \
+        if (!grown_) goto nomem;                                           \
+        (ptr) = grown_;                                                    \
+    } while (0)
+
+static int seq_reserve(Seq *q, Py_ssize_t len) {
+    q->len = 0;
+    if (len > q->cap) {
+        GROW(q->f, len);
+        GROW(q->prev, len);
+        GROW(q->first, len);
+        GROW(q->count, len);
+        GROW(q->occ, len);
+        GROW(q->fid, len);
+        q->cap = len;
+    }
+    Py_ssize_t kcap = 64;
+    while (kcap < 2 * len) kcap <<= 1;
+    if (kcap > q->kcap) {
+        GROW(q->keys, kcap);
+        GROW(q->ids, kcap);
+        q->kcap = kcap;
+    }
+    q->kmask = (uint32_t)(kcap - 1);
+    memset(q->keys, 0, (size_t)kcap * sizeof(uint32_t));
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+static int pool_reserve(Pool *p, Py_ssize_t ntok, Py_ssize_t njoined) {
+    if (ntok > p->tcap) {
+        GROW(p->hw, ntok);
+        GROW(p->ht, ntok);
+        GROW(p->jo, ntok);
+        p->tcap = ntok;
+    }
+    if (njoined > p->jcap) {
+        GROW(p->joined, njoined);
+        GROW(p->sj, njoined);
+        p->jcap = njoined;
+    }
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* The id of a bucket in q's map, or -1. */
+static inline int32_t seq_id(const Seq *q, uint32_t bucket) {
+    uint32_t mask = q->kmask;
+    for (uint32_t i = bucket & mask;; i = (i + 1) & mask) {
+        if (q->keys[i] == bucket + 1) return q->ids[i];
+        if (!q->keys[i]) return -1;
+    }
+}
+
+/* prev[] and the occurrence lists of q's features (q->f[0..len) filled in). */
+static void seq_index(Seq *q) {
+    uint32_t mask = q->kmask;
+    int32_t next_id = 0;
+    int32_t *last = q->occ; /* scratch until the occurrence lists are written */
+    for (Py_ssize_t k = 0; k < q->len; k++) {
+        uint32_t b = q->f[k].bucket, i = b & mask;
+        while (q->keys[i] && q->keys[i] != b + 1) i = (i + 1) & mask;
+        int32_t id;
+        if (!q->keys[i]) {
+            q->keys[i] = b + 1;
+            q->ids[i] = id = next_id++;
+            q->count[id] = 0;
+            q->prev[k] = -1;
+        } else {
+            id = q->ids[i];
+            q->prev[k] = last[id];
+        }
+        last[id] = (int32_t)k;
+        q->fid[k] = id;
+        q->count[id]++;
+    }
+    q->ids_used = next_id;
+    q->occ_ready = 0;
+}
+
+/* Each bucket's sorted occurrences (for seq_holds), once per text and only when asked. */
+static void seq_occurrences(Seq *q) {
+    int32_t at = 0, next_id = q->ids_used;
+    for (int32_t id = 0; id < next_id; id++) {
+        q->first[id] = at;
+        at += q->count[id];
+        q->count[id] = 0; /* refilled below as a cursor */
+    }
+    for (Py_ssize_t k = 0; k < q->len; k++) {
+        int32_t id = q->fid[k];
+        q->occ[q->first[id] + q->count[id]++] = (int32_t)k;
+    }
+    q->occ_ready = 1;
+}
+
+/* Whether a feature with this bucket sits at a position in [a, b) of q. */
+static inline int seq_holds(Seq *q, uint32_t bucket, Py_ssize_t a, Py_ssize_t b) {
+    if (a >= b) return 0;
+    int32_t id = seq_id(q, bucket);
+    if (id < 0) return 0;
+    if (!q->occ_ready) seq_occurrences(q);
+    const int32_t *pos = q->occ + q->first[id];
+    Py_ssize_t lo = 0, hi = q->count[id];
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (pos[mid] < a) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < q->count[id] && pos[lo] < b;
+}
+
+/* Distinct buckets of q's range [a, b): sum of their weights and their number. */
+static void seq_range(const Seq *q, Py_ssize_t a, Py_ssize_t b, double *sum, Py_ssize_t *n) {
+    double total = 0.0;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t k = a; k < b; k++) {
+        int fresh = q->prev[k] < a;
+        total += fresh ? (double)q->f[k].weight : 0.0;
+        count += fresh;
+    }
+    *sum = total;
+    *n = count;
+}
+
+/* One of a span's own features: counted unless the range [a, b) of q or an earlier one of the
+ * span's own features (the set of g) has its bucket. */
+static inline void put_extra(Group *g, Seq *q, Py_ssize_t a, Py_ssize_t b, uint64_t h) {
+    Feat f = feat_of(g, h);
+    if (!seq_holds(q, f.bucket, a, b)) group_put(g, f);
+}
+
+/* The whole text's features (see above). */
+static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
+    if (ngc_tokenize(t, &p->tok) < 0) return -1;
+    const Span *tok = p->tok.items;
+    Py_ssize_t ntok = p->tok.len, jlen = 1;
+    for (Py_ssize_t k = 0; k < ntok; k++) jlen += tok[k].end - tok[k].start + 1;
+    Py_ssize_t nwords = ntok ? 2 * ntok - 1 : 0, nchars = jlen >= n ? jlen - n + 1 : 0;
+    if (pool_reserve(p, ntok + 1, jlen + 1) < 0 || seq_reserve(&p->words, nwords + 1) < 0 ||
+        seq_reserve(&p->tail, nwords + 1) < 0 || seq_reserve(&p->chars, nchars + 1) < 0)
+        return -1;
+    uint32_t mask = self->mask;
+    Feat *w = p->words.f, *ch = p->chars.f;
+    Py_UCS4 *j = p->joined;
+    Py_ssize_t len = 0;
+    j[len++] = ' ';
+    for (Py_ssize_t k = 0; k < ntok; k++) {
+        p->hw[k] = hash_span(self->seed_words, t, tok[k]);
+        w[2 * k].bucket = bucket_of(mask, p->hw[k]);
+        if (k) {
+            w[2 * k - 1].bucket = bucket_of(mask, hash_span(fnv(p->hw[k - 1], ' '), t, tok[k]));
+            j[len++] = ' ';
+        }
+        p->jo[k] = len;
+        for (Py_ssize_t i = tok[k].start; i < tok[k].end; i++) j[len++] = CH(t, i);
+    }
+    j[len++] = ' ';
+    for (Py_ssize_t i = 0; i < nchars; i++) {
+        uint64_t h = self->seed_chars;
+        for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, j[i + c]);
+        ch[i].bucket = bucket_of(mask, h);
+    }
+    const float *weights = (const float *)self->weights.buf;
+    gather_weights(w, nwords, weights);
+    gather_weights(ch, nchars, weights);
+    p->words.len = p->tail.len = nwords;
+    p->chars.len = nchars;
+    seq_index(&p->words);
+    seq_index(&p->chars);
+    p->tail_ready = 0;
+    return 0;
+}
+
+/* The tail-seed sequence: only spans with more than one sentence piece use it. */
+static void pool_build_tail(Scorer *self, Pool *p, const Text *t) {
+    const Span *tok = p->tok.items;
+    Feat *tl = p->tail.f;
+    for (Py_ssize_t k = 0; k < p->tok.len; k++) {
+        p->ht[k] = hash_span(self->seed_tail, t, tok[k]);
+        tl[2 * k].bucket = bucket_of(self->mask, p->ht[k]);
+        if (k) tl[2 * k - 1].bucket = bucket_of(self->mask, hash_span(fnv(p->ht[k - 1], ' '), t, tok[k]));
+    }
+    gather_weights(tl, p->tail.len, (const float *)self->weights.buf);
+    seq_index(&p->tail);
+    p->tail_ready = 1;
+}
+
+/* First token of the pool starting at or after `at` (tokens are sorted). */
+static Py_ssize_t first_token_from(const Pool *p, Py_ssize_t at) {
+    Py_ssize_t lo = 0, hi = p->tok.len;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (p->tok.items[mid].start < at) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static inline double mean_like(double sum, Py_ssize_t n) { return n ? sum / sqrt((double)n) : 0.0; }
+
+/* The logit of span t from the pool; 1 when the span has no whole token (the caller then
+ * extracts it from scratch), 0 on success, -1 on error. */
+static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, double *z) {
+    const Span *tok = p->tok.items;
+    Py_ssize_t s = t->start, e = t->end;
+    Py_ssize_t i = first_token_from(p, s), j = first_token_from(p, e);
+    Span left = {0, 0}, right = {0, 0}; /* pieces of the tokens the span cuts, if it cuts one */
+    int has_left = i > 0 && tok[i - 1].end > s, has_right = j > i && tok[j - 1].end > e;
+    if (has_left) left = (Span){s, tok[i - 1].end < e ? tok[i - 1].end : e};
+    Py_ssize_t fe = has_right ? j - 1 : j; /* whole tokens: [i, fe) */
+    if (has_right) right = (Span){tok[j - 1].start, e};
+    if (fe <= i) return 1;
+
+    /* A sentence span is one piece as it stands (trimmed, no terminator inside but its last
+     * characters), so only windows need splitting. */
+    self->sentences.len = 0;
+    if (sentence ? ngc_spans_push(&self->sentences, s, e) < 0
+                 : split_sentences(t, &self->sentences) < 0)
+        return -1;
+    const Spans *pieces = &self->sentences;
+    Py_ssize_t whole = fe - i, count = whole + has_left + has_right;
+    /* the span's tokens in order: left?, tok[i..fe), right? */
+#define SPAN_TOKEN(k) \
+    ((has_left && (k) == 0) ? left : ((k) - has_left < whole ? tok[i + (k) - has_left] : right))
+    double sum;
+    Py_ssize_t cnt;
+    Group g;
+
+    /* words: the range [2i, 2fe - 1) plus the cut pieces' features and each piece's "^" word */
+    Py_ssize_t wa = 2 * i, wb = 2 * fe - 1;
+    if (group_open(self, &g, NULL, 4 + pieces->len) < 0) return -1;
+    if (has_left) {
+        uint64_t h = hash_span(self->seed_words, t, left);
+        put_extra(&g, &p->words, wa, wb, h);
+        put_extra(&g, &p->words, wa, wb, hash_span(fnv(h, ' '), t, tok[i]));
+    }
+    if (has_right) {
+        put_extra(&g, &p->words, wa, wb, hash_span(fnv(p->hw[fe - 1], ' '), t, right));
+        put_extra(&g, &p->words, wa, wb, hash_span(self->seed_words, t, right));
+    }
+    uint64_t caret = fnv(self->seed_words, '^');
+    for (Py_ssize_t q = 0, k = 0; q < pieces->len; q++) {
+        Span piece = pieces->items[q];
+        while (k < count && SPAN_TOKEN(k).start < piece.start) k++;
+        if (k < count && SPAN_TOKEN(k).start < piece.end)
+            put_extra(&g, &p->words, wa, wb, hash_span(caret, t, SPAN_TOKEN(k)));
+    }
+    seq_range(&p->words, wa, wb, &sum, &cnt);
+    *z = mean_like(sum + g.sum, cnt + g.n);
+
+    /* tail: the last piece's tokens, when there is more than one piece */
+    if (pieces->len > 1) {
+        if (!p->tail_ready) pool_build_tail(self, p, t);
+        Py_ssize_t from = pieces->items[pieces->len - 1].start, f = 0;
+        while (f < count && SPAN_TOKEN(f).start < from) f++;
+        /* f >= has_left: a cut first token starts the first piece, before the last one */
+        Py_ssize_t first = i + f - has_left; /* pool index of the first whole tail token */
+        Py_ssize_t ta = 2 * first, tb = first < fe ? 2 * fe - 1 : ta;
+        if (group_open(self, &g, NULL, 2) < 0) return -1;
+        if (has_right && f < count) { /* the cut last token is in the tail */
+            if (first < fe)
+                put_extra(&g, &p->tail, ta, tb, hash_span(fnv(p->ht[fe - 1], ' '), t, right));
+            put_extra(&g, &p->tail, ta, tb, hash_span(self->seed_tail, t, right));
+        }
+        seq_range(&p->tail, ta, tb, &sum, &cnt);
+        *z += mean_like(sum + g.sum, cnt + g.n);
+    }
+
+    /* chars: the span's joined text is " " + left + the whole tokens' slice of the joined text
+     * + right + " "; n-grams inside the slice are the range, the others are hashed */
+    Py_ssize_t m_from = p->jo[i] - 1;
+    Py_ssize_t m_to = p->jo[fe - 1] + (tok[fe - 1].end - tok[fe - 1].start) + 1;
+    Py_ssize_t m_at = has_left ? 1 + (left.end - left.start) : 0, len = 0;
+    Py_ssize_t m_end = m_at + (m_to - m_from);
+    Py_ssize_t ca = m_from, cb = m_to - n + 1 > m_from ? m_to - n + 1 : m_from;
+    Py_UCS4 *sj = p->sj;
+    if (has_left) {
+        sj[len++] = ' ';
+        for (Py_ssize_t c = left.start; c < left.end; c++) sj[len++] = CH(t, c);
+    }
+    memcpy(sj + len, p->joined + m_from, (size_t)(m_to - m_from) * sizeof(Py_UCS4));
+    len += m_to - m_from;
+    if (has_right) {
+        for (Py_ssize_t c = right.start; c < right.end; c++) sj[len++] = CH(t, c);
+        sj[len++] = ' ';
+    }
+    if (group_open(self, &g, NULL, len - (m_to - m_from) + 2 * n) < 0) return -1;
+    for (Py_ssize_t q = 0; q + n <= len; q++) {
+        if (q >= m_at && q + n <= m_end) continue; /* in the range */
+        uint64_t h = self->seed_chars;
+        for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, sj[q + c]);
+        put_extra(&g, &p->chars, ca, cb, h);
+    }
+    seq_range(&p->chars, ca, cb, &sum, &cnt);
+    *z += mean_like(sum + g.sum, cnt + g.n);
+#undef SPAN_TOKEN
+    return 0;
+}
+
+static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Text whole;
+    if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &self->text, &whole) < 0) return NULL;
+    double best = -INFINITY;
+    Py_ssize_t windows = 0;
+    int failed = find_segments(&whole, &self->segs, &windows) < 0;
+    int n = self->char_sizes[0], pooled = self->n_char_sizes == 1 && !failed;
+    if (pooled && !self->pool && !(self->pool = PyMem_Calloc(1, sizeof(Pool)))) {
+        PyErr_NoMemory();
+        failed = 1;
+    }
+    if (pooled && !failed) failed = pool_build(self, self->pool, &whole, n) < 0;
+    for (Py_ssize_t k = 0; !failed && k < self->segs.len; k++) {
+        Text t = {whole.u, self->segs.items[k].start, self->segs.items[k].end};
+        double z = 0.0;
+        int scratch = 1;
+        if (pooled) {
+            scratch = pool_span(self, self->pool, &t, n, k >= windows, &z);
+            failed = scratch < 0;
+        }
+        if (scratch == 1) {
+            Group g[3];
+            PyObject *ids[3] = {NULL, NULL, NULL};
+            failed = extract(self, &t, g, ids) < 0;
+            z = group_value(&g[0]) + group_value(&g[1]) + group_value(&g[2]);
+        }
+        if (!failed && z > best) best = z;
+    }
+    if (self->pool && self->pool->jcap > (1 << 18)) {
+        pool_free(self->pool);
+        self->pool = NULL;
+    }
+    scorer_trim(self);
+    return failed ? NULL : PyFloat_FromDouble(best);
+}
+
+PyObject *ngc_segments(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    (void)module;
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Text t;
+    Spans out = {NULL, 0, 0};
+    if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &ngc_shared_scratch, &t) < 0) return NULL;
+    PyObject *list = NULL;
+    Py_ssize_t windows;
+    if (find_segments(&t, &out, &windows) == 0 && (list = PyList_New(out.len))) {
+        for (Py_ssize_t k = 0; k < out.len; k++) {
+            PyObject *pair = Py_BuildValue("(nn)", out.items[k].start, out.items[k].end);
+            if (!pair) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, k, pair);
+        }
+    }
+    PyMem_Free(out.items);
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return list;
+}
+
+static PyObject *Scorer_buckets(Scorer *self, PyObject *args, PyObject *kwargs) {
+    Text t;
+    if (ngc_text_from_args(args, kwargs, &self->text, &t) < 0) return NULL;
+    PyObject *ids[3] = {PyList_New(0), PyList_New(0), PyList_New(0)};
+    Group g[3];
+    int failed = !ids[0] || !ids[1] || !ids[2] || extract(self, &t, g, ids) < 0;
+    scorer_trim(self);
+    if (failed) {
+        Py_XDECREF(ids[0]);
+        Py_XDECREF(ids[1]);
+        Py_XDECREF(ids[2]);
+        return NULL;
+    }
+    return Py_BuildValue("(NNN)", ids[0], ids[1], ids[2]);
+}
+
+static int Scorer_init(Scorer *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"weights", "char_sizes", "seeds", NULL};
+    PyObject *weights, *sizes, *seeds;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO", keywords, &weights, &sizes, &seeds)) {
+        return -1;
+    }
+    if (self->weights.obj) {
+        PyErr_SetString(PyExc_RuntimeError, "Scorer is already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(weights, &self->weights, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        return -1;
+    }
+    Py_ssize_t n = self->weights.len / (Py_ssize_t)sizeof(float);
+    if (self->weights.itemsize != sizeof(float) || strcmp(self->weights.format, "f") != 0 ||
+        n < 2 || (n & (n - 1)) != 0 || n > ((Py_ssize_t)1 << 30)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "weights must be a float32 buffer whose length is a power of two");
+        return -1;
+    }
+    self->mask = (uint32_t)(n - 1);
+    PyObject *seq = PySequence_Fast(sizes, "char_sizes must be a sequence of ints");
+    if (!seq) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (count > MAX_CHAR_SIZES) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d character n-gram sizes", MAX_CHAR_SIZES);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        long size = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (size < 1 || size > 16) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "character n-gram sizes must be in 1..16");
+            return -1;
+        }
+        self->char_sizes[i] = (int)size;
+    }
+    self->n_char_sizes = (int)count;
+    Py_DECREF(seq);
+    unsigned long long s[3];
+    if (!PyArg_ParseTuple(seeds, "KKK;seeds must be three unsigned 64-bit ints", &s[0], &s[1],
+                          &s[2])) {
+        return -1;
+    }
+    self->seed_words = s[0];
+    self->seed_chars = s[1];
+    self->seed_tail = s[2];
+    return 0;
+}
+
+static void Scorer_dealloc(Scorer *self) {
+    if (self->weights.obj) PyBuffer_Release(&self->weights);
+    PyMem_Free(self->seen);
+    PyMem_Free(self->text.buf);
+    PyMem_Free(self->tokens.items);
+    PyMem_Free(self->sentences.items);
+    PyMem_Free(self->segs.items);
+    PyMem_Free(self->joined);
+    pool_free(self->pool);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Scorer_methods[] = {
+    {"logit", (PyCFunction)(void (*)(void))Scorer_logit, METH_VARARGS | METH_KEYWORDS,
+     "logit(text, start=0, end=len(text)) -> float\n\n"
+     "Sum over the word, char and tail groups of text[start:end] of (sum of the distinct\n"
+     "buckets' weights) / sqrt(number of distinct buckets). No bias, no rules."},
+    {"max_logit", (PyCFunction)(void (*)(void))Scorer_max_logit, METH_VARARGS | METH_KEYWORDS,
+     "max_logit(text, spans) -> float\n\n"
+     "The highest logit(text, start, end) over `spans`, a sequence of (start, end) pairs."},
+    {"pooled_logit", (PyCFunction)(void (*)(void))Scorer_pooled_logit,
+     METH_VARARGS | METH_KEYWORDS,
+     "pooled_logit(text) -> float\n\n"
+     "max_logit(text, segments(text)), the span set computed here (segments.py's definition)."},
+    {"buckets", (PyCFunction)(void (*)(void))Scorer_buckets, METH_VARARGS | METH_KEYWORDS,
+     "buckets(text, start=0, end=len(text)) -> (words, chars, tail)\n\n"
+     "The distinct bucket ids of each group, in first-seen order (training and tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject ngc_ScorerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.Scorer",
+    .tp_basicsize = sizeof(Scorer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Scorer(weights, char_sizes, seeds): hashed n-gram features over a float32 table.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Scorer_init,
+    .tp_dealloc = (destructor)Scorer_dealloc,
+    .tp_methods = Scorer_methods,
+};
+

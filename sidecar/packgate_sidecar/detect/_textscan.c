@@ -1,0 +1,746 @@
+/* _textscan.c: the text scanners of the compiled core (see _ngramcore.c): lexicon lookups,
+ * translation tables, character classes and the decoders' signals. */
+
+#include "_ngramcore.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lexicon: which of a fixed word list occur as tokens of a text, without building the tokens.
+ * An entry ending in "*" is a prefix: it matches every token that starts with it. */
+
+typedef struct {
+    uint64_t hash;
+    PyObject *word; /* the entry as given (with its "*"); NULL marks an empty slot */
+    Py_ssize_t len; /* characters compared: the entry without its "*" */
+    int prefix;
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *slots;
+    uint64_t mask;
+    Py_ssize_t size;
+    uint64_t prefix_lengths; /* bit L set: some prefix entry has L characters (L < 64) */
+    uint64_t prefix_starts;  /* bit (c & 63) set: some prefix entry starts with c */
+    Py_ssize_t prefix_max;   /* the longest prefix entry */
+} Lexicon;
+
+static inline uint64_t word_hash(const Text *t, Span s) { return fmix64(hash_span(FNV_BASIS, t, s)); }
+
+static PyObject *lexicon_probe(const Lexicon *self, const Text *t, Span s, uint64_t h, int prefix) {
+    Py_ssize_t len = s.end - s.start;
+    for (uint64_t i = h & self->mask;; i = (i + 1) & self->mask) {
+        const Slot *slot = &self->slots[i];
+        if (!slot->word) return NULL;
+        if (slot->hash != h || slot->len != len || slot->prefix != prefix) continue;
+        Py_ssize_t k = 0;
+        while (k < len && PyUnicode_READ_CHAR(slot->word, k) == CH(t, s.start + k)) k++;
+        if (k == len) return slot->word;
+    }
+}
+
+/* The exact (non-prefix) entry equal to the token s, or NULL. */
+static PyObject *lexicon_lookup(const Lexicon *self, const Text *t, Span s) {
+    if (!self->slots) return NULL;
+    return lexicon_probe(self, t, s, word_hash(t, s), 0);
+}
+
+static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"words", NULL};
+    PyObject *words;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", keywords, &words)) return -1;
+    if (self->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Lexicon is already initialised");
+        return -1;
+    }
+    PyObject *unique = PySet_New(words);
+    if (!unique) return -1;
+    Py_ssize_t n = PySet_GET_SIZE(unique);
+    uint64_t cap = 8;
+    while (cap < (uint64_t)n * 2) cap <<= 1;
+    self->slots = PyMem_Calloc((size_t)cap, sizeof(Slot));
+    if (!self->slots) {
+        Py_DECREF(unique);
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = cap - 1;
+    PyObject *it = PyObject_GetIter(unique), *word;
+    Py_DECREF(unique);
+    if (!it) return -1;
+    while ((word = PyIter_Next(it))) {
+        Py_ssize_t len = PyUnicode_Check(word) ? PyUnicode_GET_LENGTH(word) : 0;
+        int prefix = len > 1 && PyUnicode_READ_CHAR(word, len - 1) == '*';
+        len -= prefix;
+        int ok = len > 0 && (!prefix || len < 64);
+        for (Py_ssize_t i = 0; ok && i < len; i++) ok = is_word(PyUnicode_READ_CHAR(word, i));
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError,
+                         "lexicon entries must be single \\w+ words (or a word and *), got %R",
+                         word);
+            Py_DECREF(word);
+            Py_DECREF(it);
+            return -1;
+        }
+        Text t;
+        if (ngc_text_view(word, 0, len, &ngc_shared_scratch, &t) < 0) {
+            Py_DECREF(word);
+            Py_DECREF(it);
+            return -1;
+        }
+        Span s = {0, len};
+        uint64_t h = word_hash(&t, s);
+        uint64_t i = h & self->mask;
+        while (self->slots[i].word) i = (i + 1) & self->mask;
+        self->slots[i].hash = h;
+        self->slots[i].word = word; /* takes the reference PyIter_Next returned */
+        self->slots[i].len = len;
+        self->slots[i].prefix = prefix;
+        if (prefix) {
+            self->prefix_lengths |= 1ULL << len;
+            self->prefix_starts |= 1ULL << (PyUnicode_READ_CHAR(word, 0) & 63);
+            if (len > self->prefix_max) self->prefix_max = len;
+        }
+        self->size++;
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int append_position(PyObject *where, PyObject *entry, Py_ssize_t at) {
+    PyObject *list = PyDict_GetItemWithError(where, entry);
+    if (!list) {
+        if (PyErr_Occurred() || !(list = PyList_New(0))) return -1;
+        int failed = PyDict_SetItem(where, entry, list);
+        Py_DECREF(list); /* the dict holds it */
+        if (failed) return -1;
+    }
+    PyObject *pos = PyLong_FromSsize_t(at);
+    int failed = !pos || PyList_Append(list, pos) < 0;
+    Py_XDECREF(pos);
+    return failed ? -1 : 0;
+}
+
+/* Where each entry occurs: every token equal to a word entry, or starting with a prefix entry,
+ * adds its start offset to that entry's list. */
+static PyObject *Lexicon_where(Lexicon *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *text;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &text)) return NULL;
+    Text t;
+    if (ngc_text_view(text, 0, PyUnicode_GET_LENGTH(text), &ngc_shared_scratch, &t) < 0) return NULL;
+    PyObject *where = PyDict_New();
+    if (!where || !self->slots) return where;
+    Py_ssize_t i = t.start;
+    while (i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < t.end && is_word(CH(&t, j))) j++;
+        Span s = {i, j};
+        PyObject *word = lexicon_lookup(self, &t, s);
+        if (word && append_position(where, word, i) < 0) goto fail;
+        if (self->prefix_starts >> (CH(&t, i) & 63) & 1) {
+            uint64_t h = FNV_BASIS;
+            for (Py_ssize_t k = i; k < j && k - i < self->prefix_max; k++) {
+                h = fnv(h, CH(&t, k));
+                Py_ssize_t len = k - i + 1;
+                if (!(self->prefix_lengths >> len & 1)) continue;
+                Span p = {i, k + 1};
+                PyObject *entry = lexicon_probe(self, &t, p, fmix64(h), 1);
+                if (entry && append_position(where, entry, i) < 0) goto fail;
+            }
+        }
+        i = j;
+    }
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return where;
+fail:
+    Py_DECREF(where);
+    return NULL;
+}
+
+static PyObject *Lexicon_found(Lexicon *self, PyObject *args, PyObject *kwargs) {
+    Text t;
+    if (ngc_text_from_args(args, kwargs, &ngc_shared_scratch, &t) < 0) return NULL;
+    PyObject *found = PySet_New(NULL);
+    if (!found) return NULL;
+    Py_ssize_t i = t.start;
+    while (i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < t.end && is_word(CH(&t, j))) j++;
+        Span s = {i, j};
+        PyObject *word = lexicon_lookup(self, &t, s);
+        if (word && PySet_Add(found, word) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        i = j;
+    }
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return found;
+}
+
+static PyObject *Lexicon_count(Lexicon *self, PyObject *args, PyObject *kwargs) {
+    Text t;
+    if (ngc_text_from_args(args, kwargs, &ngc_shared_scratch, &t) < 0) return NULL;
+    Py_ssize_t hits = 0, i = t.start;
+    while (i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < t.end && is_word(CH(&t, j))) j++;
+        Span s = {i, j};
+        if (lexicon_lookup(self, &t, s)) hits++;
+        i = j;
+    }
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return PyLong_FromSsize_t(hits);
+}
+
+static Py_ssize_t Lexicon_len(Lexicon *self) { return self->size; }
+
+static void Lexicon_dealloc(Lexicon *self) {
+    if (self->slots) {
+        for (uint64_t i = 0; i <= self->mask; i++) Py_XDECREF(self->slots[i].word);
+        PyMem_Free(self->slots);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Lexicon_methods[] = {
+    {"found", (PyCFunction)(void (*)(void))Lexicon_found, METH_VARARGS | METH_KEYWORDS,
+     "found(text, start=0, end=len(text)) -> set[str]: lexicon words occurring as \\w+ tokens."},
+    {"where", (PyCFunction)(void (*)(void))Lexicon_where, METH_VARARGS | METH_KEYWORDS,
+     "where(text) -> dict[str, list[int]]: each entry's token start offsets\n"
+     "(a word entry: tokens equal to it; a prefix entry \"word*\": tokens starting with it)."},
+    {"count", (PyCFunction)(void (*)(void))Lexicon_count, METH_VARARGS | METH_KEYWORDS,
+     "count(text, start=0, end=len(text)) -> int: tokens that are lexicon words (with repeats)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Lexicon_as_sequence = {.sq_length = (lenfunc)Lexicon_len};
+
+PyTypeObject ngc_LexiconType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.Lexicon",
+    .tp_basicsize = sizeof(Lexicon),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lexicon(words): exact, case-sensitive lookups of \\w+ tokens in a word list (\"w*\": a prefix).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lexicon_init,
+    .tp_dealloc = (destructor)Lexicon_dealloc,
+    .tp_methods = Lexicon_methods,
+    .tp_as_sequence = &Lexicon_as_sequence,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Translator: str.translate for tables that map characters to at most one character. The    */
+/* normaliser deletes invisible characters and folds look-alikes in every obfuscated prompt;   */
+/* str.translate with a dict costs ~50-100 ns per character, this a few.                      */
+
+typedef struct {
+    Py_UCS4 key;
+    Py_UCS4 value; /* the replacement, or DELETE */
+} Mapping;
+
+#define DELETE 0xFFFFFFFFu
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t filter[0x10000 / 8]; /* bit c set: some key is c (BMP) or has c's low 16 bits */
+    Mapping *slots; /* open addressing on the key; key 0 marks an empty slot (0 is never a key) */
+    uint32_t mask;
+} Translator;
+
+static inline uint32_t key_hash(Py_UCS4 c) { return (uint32_t)(fmix64(c) & 0xffffffffu); }
+
+static inline const Mapping *translator_find(const Translator *self, Py_UCS4 c) {
+    if (!(self->filter[(c & 0xffff) >> 3] >> (c & 7) & 1)) return NULL;
+    for (uint32_t i = key_hash(c) & self->mask;; i = (i + 1) & self->mask) {
+        if (self->slots[i].key == c) return &self->slots[i];
+        if (!self->slots[i].key) return NULL;
+    }
+}
+
+static int Translator_init(Translator *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"table", NULL};
+    PyObject *table;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!", keywords, &PyDict_Type, &table)) return -1;
+    if (self->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Translator is already initialised");
+        return -1;
+    }
+    uint32_t cap = 8;
+    while (cap < 2 * (uint32_t)PyDict_GET_SIZE(table)) cap <<= 1;
+    self->slots = PyMem_Calloc(cap, sizeof(Mapping));
+    if (!self->slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = cap - 1;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        long c = PyLong_Check(key) ? PyLong_AsLong(key) : -1;
+        int ok = c > 0 && c <= 0x10FFFF &&
+                 (value == Py_None || (PyUnicode_Check(value) && PyUnicode_GET_LENGTH(value) == 1));
+        if (!ok) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError,
+                             "a translation maps a code point > 0 to one character or None, "
+                             "got %R: %R", key, value);
+            return -1;
+        }
+        Py_UCS4 to = value == Py_None ? DELETE : PyUnicode_READ_CHAR(value, 0);
+        uint32_t i = key_hash((Py_UCS4)c) & self->mask;
+        while (self->slots[i].key && self->slots[i].key != (Py_UCS4)c) i = (i + 1) & self->mask;
+        self->slots[i] = (Mapping){(Py_UCS4)c, to};
+        self->filter[(c & 0xffff) >> 3] |= (uint8_t)(1u << (c & 7));
+    }
+    return 0;
+}
+
+/* text.translate(table), for the table given at construction; the text itself when unchanged. */
+static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0;
+    if (!self->slots) return Py_NewRef(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_UCS4 maxchar = 0;
+    int changed = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        const Mapping *m = translator_find(self, c);
+        if (m) {
+            changed = 1;
+            c = m->value;
+            if (c == DELETE) continue;
+        }
+        if (c > maxchar) maxchar = c;
+        out_len++;
+    }
+    if (!changed) return Py_NewRef(s);
+    PyObject *out = PyUnicode_New(out_len, maxchar);
+    if (!out) return NULL;
+    int out_kind = PyUnicode_KIND(out);
+    void *out_data = PyUnicode_DATA(out);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        const Mapping *m = translator_find(self, c);
+        if (m) {
+            c = m->value;
+            if (c == DELETE) continue;
+        }
+        PyUnicode_WRITE(out_kind, out_data, k++, c);
+    }
+    return out;
+}
+
+static void Translator_dealloc(Translator *self) {
+    PyMem_Free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Translator_methods[] = {
+    {"apply", (PyCFunction)(void (*)(void))Translator_apply, METH_VARARGS | METH_KEYWORDS,
+     "apply(text) -> str: text.translate(table)."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject ngc_TranslatorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.Translator",
+    .tp_basicsize = sizeof(Translator),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Translator(table): str.translate for a {code point: one character or None} dict.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Translator_init,
+    .tp_dealloc = (destructor)Translator_dealloc,
+    .tp_methods = Translator_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* CharClasses: which of up to eight character classes a text contains, in one pass. The       */
+/* normaliser asks this of every non-ASCII prompt (invisible characters? combining marks?       */
+/* Cyrillic look-alikes?); a regex character-class scan per question cost 3-20 us per KB.       */
+
+typedef struct {
+    Py_UCS4 lo, hi;
+    uint8_t mask;
+} Range;
+
+typedef struct {
+    PyObject_HEAD
+    uint8_t *bmp; /* class bits of every code point below 0x10000 */
+    Range *astral; /* ranges above it, few */
+    Py_ssize_t nastral;
+} CharClasses;
+
+static inline uint8_t class_of(const CharClasses *self, Py_UCS4 c) {
+    if (c < 0x10000) return self->bmp[c];
+    uint8_t mask = 0;
+    for (Py_ssize_t k = 0; k < self->nastral; k++)
+        if (c >= self->astral[k].lo && c <= self->astral[k].hi) mask |= self->astral[k].mask;
+    return mask;
+}
+
+static int CharClasses_init(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"classes", NULL};
+    PyObject *classes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", keywords, &classes)) return -1;
+    if (self->bmp) {
+        PyErr_SetString(PyExc_RuntimeError, "CharClasses is already initialised");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(classes, "classes must be a sequence of range lists");
+    if (!seq) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (count > 8) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "at most 8 character classes");
+        return -1;
+    }
+    self->bmp = PyMem_Calloc(0x10000, 1);
+    if (!self->bmp) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *ranges = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, k),
+                                           "a class is a sequence of (low, high) code points");
+        if (!ranges) goto fail;
+        for (Py_ssize_t r = 0; r < PySequence_Fast_GET_SIZE(ranges); r++) {
+            unsigned int lo, hi;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ranges, r), "II;a range is (low, high)",
+                                  &lo, &hi) ||
+                lo > hi || hi > 0x10FFFF) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad code point range");
+                Py_DECREF(ranges);
+                goto fail;
+            }
+            uint8_t bit = (uint8_t)(1u << k);
+            for (unsigned int c = lo; c <= hi && c < 0x10000; c++) self->bmp[c] |= bit;
+            if (hi >= 0x10000) {
+                Range *grown = PyMem_Realloc(self->astral, (size_t)(self->nastral + 1) * sizeof(Range));
+                if (!grown) {
+                    Py_DECREF(ranges);
+                    PyErr_NoMemory();
+                    goto fail;
+                }
+                self->astral = grown;
+                self->astral[self->nastral++] = (Range){lo < 0x10000 ? 0x10000 : lo, hi, bit};
+            }
+        }
+        Py_DECREF(ranges);
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
+}
+
+/* The union of the classes of the text's characters (stops early once every class is seen). */
+static PyObject *CharClasses_which(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    if (!self->bmp) return PyLong_FromLong(0);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    unsigned int mask = 0;
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *p = data;
+        for (Py_ssize_t i = 0; i < n; i++) mask |= self->bmp[p[i]];
+    } else if (kind == PyUnicode_2BYTE_KIND) {
+        const Py_UCS2 *p = data;
+        for (Py_ssize_t i = 0; i < n; i++) mask |= self->bmp[p[i]];
+    } else {
+        const Py_UCS4 *p = data;
+        for (Py_ssize_t i = 0; i < n && mask != 0xff; i++) mask |= class_of(self, p[i]);
+    }
+    return PyLong_FromUnsignedLong(mask);
+}
+
+/* (start, end) of each \w+ token holding characters of every class in `need`. */
+static PyObject *CharClasses_tokens(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "need", NULL};
+    PyObject *s;
+    unsigned int need;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UI", keywords, &s, &need)) return NULL;
+    Text t;
+    if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &ngc_shared_scratch, &t) < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    Py_ssize_t i = 0;
+    while (out && self->bmp && i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        unsigned int mask = 0;
+        Py_ssize_t j = i;
+        while (j < t.end && is_word(CH(&t, j))) mask |= class_of(self, CH(&t, j++));
+        if ((mask & need) == need) {
+            PyObject *span = Py_BuildValue("(nn)", i, j);
+            if (!span || PyList_Append(out, span) < 0) Py_CLEAR(out);
+            Py_XDECREF(span);
+        }
+        i = j;
+    }
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return out;
+}
+
+static void CharClasses_dealloc(CharClasses *self) {
+    PyMem_Free(self->bmp);
+    PyMem_Free(self->astral);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef CharClasses_methods[] = {
+    {"which", (PyCFunction)(void (*)(void))CharClasses_which, METH_VARARGS | METH_KEYWORDS,
+     "which(text) -> int: bit k set when the text has a character of class k."},
+    {"tokens", (PyCFunction)(void (*)(void))CharClasses_tokens, METH_VARARGS | METH_KEYWORDS,
+     "tokens(text, need) -> list[(start, end)]: the \\w+ tokens with a character of every class\n"
+     "whose bit is set in `need` (one character may count for several classes)."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject ngc_CharClassesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "packgate_sidecar.detect._ngramcore.CharClasses",
+    .tp_basicsize = sizeof(CharClasses),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "CharClasses(classes): up to 8 classes, each a list of inclusive code point ranges.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CharClasses_init,
+    .tp_dealloc = (destructor)CharClasses_dealloc,
+    .tp_methods = CharClasses_methods,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+
+PyObject *ngc_count_tokens(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "length", NULL};
+    (void)module;
+    PyObject *s;
+    Py_ssize_t want;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Un", keywords, &s, &want)) return NULL;
+    Text t;
+    if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &ngc_shared_scratch, &t) < 0) return NULL;
+    Py_ssize_t hits = 0, i = 0;
+    while (i < t.end) {
+        if (!is_word(CH(&t, i))) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < t.end && is_word(CH(&t, j))) j++;
+        hits += (j - i) == want;
+        i = j;
+    }
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return PyLong_FromSsize_t(hits);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Obfuscation signals: one pass that tells normalize.py which decoders can possibly apply.    */
+/* Each flag is a necessary condition for the matching regex in normalize.py to match, so a    */
+/* false flag safely skips that regex (Python's re costs ~10 ns per character per pattern).    */
+
+static inline int is_b64(Py_UCS4 c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/' || c == '_' || c == '-';
+}
+static inline int is_hex(Py_UCS4 c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+static inline int is_ascii_letter(Py_UCS4 c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+static inline int is_leet_sub(Py_UCS4 c) {
+    return c == '0' || c == '1' || c == '3' || c == '4' || c == '5' || c == '7' || c == '$';
+}
+static inline int is_leet_class(Py_UCS4 c) {
+    return is_word(c) || c == '@' || c == '$' || c == '!' || c == '|';
+}
+static inline int is_spaced_sep(Py_UCS4 c) {
+    return c == ' ' || c == '.' || c == '-' || c == '_' || c == '*';
+}
+static inline int is_decimal(Py_UCS4 c) { return c < 128 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c); }
+
+/* Run [a, b) of leet-class characters starts like an ordinal: \d+(st|nd|rd|th)\b */
+static int ordinal_start(const Text *t, Py_ssize_t a, Py_ssize_t end) {
+    Py_ssize_t i = a;
+    while (i < end && is_decimal(CH(t, i))) i++;
+    if (i == a || i + 2 > end) return 0;
+    Py_UCS4 x = CH(t, i), y = CH(t, i + 1);
+    int suffix = (x == 's' && y == 't') || (x == 'n' && y == 'd') || (x == 'r' && y == 'd') ||
+                 (x == 't' && y == 'h');
+    return suffix && (i + 2 == end || !is_word(CH(t, i + 2)));
+}
+
+static int push_span(PyObject *list, Py_ssize_t start, Py_ssize_t end) {
+    PyObject *span = Py_BuildValue("(nn)", start, end);
+    int failed = !span || PyList_Append(list, span) < 0;
+    Py_XDECREF(span);
+    return failed ? -1 : 0;
+}
+
+/* What each character is to the decoders, looked up once per character (ASCII from a table). */
+enum {
+    C_B64 = 1 << 0,      /* [A-Za-z0-9+/_-] */
+    C_HEX = 1 << 1,      /* [0-9A-Fa-f] */
+    C_HEXSEP = 1 << 2,   /* [ :] */
+    C_LEET = 1 << 3,     /* [\w@$!|] */
+    C_SUB = 1 << 4,      /* [013457$] */
+    C_LETTER = 1 << 5,   /* [A-Za-z] */
+    C_UPPER = 1 << 6,    /* [A-Z] */
+    C_LOWDIG = 1 << 7,   /* [a-z0-9] */
+    C_DIGIT = 1 << 8,    /* [0-9] */
+    C_MARK = 1 << 9,     /* [.-] (Morse) */
+    C_GAP = 1 << 10,     /* [ /] (between Morse letters) */
+    C_WORD = 1 << 11,    /* \w */
+    C_SPACESEP = 1 << 12 /* [ .\-_*] (spaced letters) */
+};
+
+static uint16_t ascii_class[128];
+
+void ngc_init_ascii_class(void) {
+    for (int c = 0; c < 128; c++) {
+        uint16_t k = 0;
+        if (is_b64((Py_UCS4)c)) k |= C_B64;
+        if (is_hex((Py_UCS4)c)) k |= C_HEX;
+        if (c == ' ' || c == ':') k |= C_HEXSEP;
+        if (is_leet_class((Py_UCS4)c)) k |= C_LEET;
+        if (is_leet_sub((Py_UCS4)c)) k |= C_SUB;
+        if (is_ascii_letter((Py_UCS4)c)) k |= C_LETTER;
+        if (c >= 'A' && c <= 'Z') k |= C_UPPER;
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) k |= C_LOWDIG;
+        if (c >= '0' && c <= '9') k |= C_DIGIT;
+        if (c == '.' || c == '-') k |= C_MARK;
+        if (c == ' ' || c == '/') k |= C_GAP;
+        if (is_word((Py_UCS4)c)) k |= C_WORD;
+        if (is_spaced_sep((Py_UCS4)c)) k |= C_SPACESEP;
+        ascii_class[c] = k;
+    }
+}
+
+static inline uint16_t class_at(Py_UCS4 c) {
+    if (c < 128) return ascii_class[c];
+    return is_word(c) ? (C_WORD | C_LEET) : 0;
+}
+
+PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", NULL};
+    (void)module;
+    PyObject *s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    Text t;
+    if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &ngc_shared_scratch, &t) < 0) return NULL;
+    PyObject *b64 = PyList_New(0), *hex = PyList_New(0), *leet = PyList_New(0);
+    Py_ssize_t n = t.end, digits = 0;
+    int morse = 0, spaced = 0, failed = !b64 || !hex || !leet;
+    /* base64: a maximal [A-Za-z0-9+/_-] run of >= 16 with an upper-case letter and a lower-case
+       letter or digit (what _B64_BLOB matches and _decode_b64 accepts) */
+    Py_ssize_t run = 0;
+    int upper = 0, lower_digit = 0;
+    /* hex: a maximal run of [0-9A-Fa-f :] holding >= 16 hex digits, consecutive ones at most
+       one [ :] apart (_HEX_BLOB's shape): the only places _HEX_BLOB can match */
+    Py_ssize_t hex_digits = 0, hex_start = -1;
+    int hex_gap = 0, hex_hit = 0;
+    /* leet: a maximal run of [\w@$!|] of length >= 3, not an ordinal, holding
+       [013457$][A-Za-z]: exactly what _LEET_WORD matches */
+    Py_ssize_t leet_start = -1;
+    int leet_pair = 0;
+    /* morse: a run of [.\- /] holding >= 8 groups of dots/dashes */
+    Py_ssize_t morse_groups = 0;
+    int in_group = 0;
+    /* spaced: \w s \w s \w s \w s \w with s in [ .\-_*]: chain[i] counts word chars */
+    Py_ssize_t chain1 = 0, chain2 = 0; /* chain length ending at i-1 and at i-2 */
+    uint16_t before = 0; /* the previous character's class */
+    for (Py_ssize_t i = 0; i <= n && !failed; i++) {
+        int end = i == n;
+        uint16_t k = end ? 0 : class_at(CH(&t, i));
+        digits += (k & C_DIGIT) != 0;
+
+        if (k & C_B64) {
+            run++;
+            upper |= (k & C_UPPER) != 0;
+            lower_digit |= (k & C_LOWDIG) != 0;
+        } else {
+            if (run >= 16 && upper && lower_digit) failed = push_span(b64, i - run, i) < 0;
+            run = 0;
+            upper = lower_digit = 0;
+        }
+
+        if (k & C_HEX) {
+            hex_digits++;
+            hex_gap = 0;
+            hex_hit |= hex_digits >= 16;
+        } else if ((k & C_HEXSEP) && hex_digits && !hex_gap) {
+            hex_gap = 1;
+        } else {
+            hex_digits = 0;
+            hex_gap = 0;
+        }
+        if (k & (C_HEX | C_HEXSEP)) {
+            if (hex_start < 0) hex_start = i;
+        } else if (hex_start >= 0) {
+            if (hex_hit) failed = push_span(hex, hex_start, i) < 0;
+            hex_start = -1;
+            hex_hit = 0;
+        }
+
+        if (k & C_LEET) {
+            if (leet_start < 0) {
+                leet_start = i;
+                leet_pair = 0;
+            }
+            if (i > leet_start && (k & C_LETTER) && (before & C_SUB)) leet_pair = 1;
+        } else if (leet_start >= 0) {
+            if (leet_pair && i - leet_start >= 3 && !ordinal_start(&t, leet_start, i))
+                failed = push_span(leet, leet_start, i) < 0;
+            leet_start = -1;
+        }
+
+        if (k & C_MARK) {
+            morse_groups += !in_group;
+            in_group = 1;
+            morse |= morse_groups >= 8;
+        } else if (k & C_GAP) {
+            in_group = 0;
+        } else {
+            morse_groups = 0;
+            in_group = 0;
+        }
+
+        Py_ssize_t chain = 0;
+        if (k & C_WORD) {
+            chain = (i >= 2 && chain2 && (before & C_SPACESEP)) ? chain2 + 1 : 1;
+            spaced |= chain >= 5;
+        }
+        chain2 = chain1;
+        chain1 = chain;
+        before = k;
+    }
+    ngc_scratch_trim(&ngc_shared_scratch);
+    if (failed) {
+        Py_XDECREF(b64);
+        Py_XDECREF(hex);
+        Py_XDECREF(leet);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNOOn)", b64, hex, leet, morse ? Py_True : Py_False,
+                         spaced ? Py_True : Py_False, digits);
+}
+
