@@ -210,8 +210,16 @@ class Gateway:
             await asyncio.wait({finishing})
             assert ctx is not None
             for durable in ctx.state.get(DURABLE_STATE_KEY, ()):
-                with contextlib.suppress(Exception):  # a failed writer is logged and counted
+                try:
                     await asyncio.wrap_future(durable)
+                except Exception as exc:  # the writer failed: logged and counted there
+                    log(_log, 40, "answer withheld: its audit record failed",
+                        request_id=ctx.request_id, error=describe_exception(exc))  # fmt: skip
+                    return ApiError(
+                        503,
+                        "audit_unavailable",
+                        "The answer could not be audited, so it was not sent (fail closed)",
+                    ).response(ctx.request_id)
         return response
 
     async def _drained_answer(self, ctx: RequestContext) -> web.StreamResponse:

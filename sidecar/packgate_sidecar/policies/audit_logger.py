@@ -24,7 +24,7 @@ loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks t
 - Durability (issue 13): a record that must exist survives a `kill -9` of the sidecar. A
   non-streamed response is handed to the client only after its record is fsynced (`on_finish`
   leaves the record's durability future in `ctx.state`, and the gateway waits for it before
-  sending the response); a streamed request, whose bytes reach the client as they come, gets a
+  sending the response, and withholds the response if it fails, unless `fail_open`); a streamed request, whose bytes reach the client as they come, gets a
   write-ahead record (`outcome: started`, see `write_ahead`), queued before it goes upstream and
   durable before the first byte of the answer reaches the client, and its outcome record is
   appended when it ends. Concurrent requests share
@@ -59,7 +59,7 @@ from .. import scrub
 from ..audit import ship
 from ..audit.keys import KEY_ENV, load_key
 from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
-from ..audit.writer import DURABLE_STATE_KEY, AuditQueueFull, AuditWriter
+from ..audit.writer import DURABLE_STATE_KEY, AuditQueueFull, AuditWriter, AuditWriterError
 from ..logs import get_logger, log
 from ..policy import (
     ALLOW,
@@ -256,6 +256,7 @@ class AuditLoggerPolicy(Policy):
         super().__init__(settings, runtime)
         self.config = settings_as(settings, AuditLogger)
         self.directory = audit_dir(runtime)
+        self.metrics = runtime.metrics
         self.shared = _acquire(self.directory, self.config, runtime.metrics)
         self.writer = self.shared.writer
         self.shipper = self.shared.shipper
@@ -289,7 +290,14 @@ class AuditLoggerPolicy(Policy):
         if not (self.config.log_all_access or acted_on(ctx)):
             return None
         counted = _EXPECTED in ctx.state
-        return self.writer.submit_durable(build_record(ctx, started=True), counted=counted)
+        try:
+            durable = self.writer.submit_durable(build_record(ctx, started=True), counted=counted)
+        except (AuditQueueFull, AuditWriterError):
+            if not self.config.fail_open:
+                raise
+            self._count_fail_open("stream")
+            return None
+        return self._handed_over(durable, "stream")
 
     async def on_finish(self, ctx: RequestContext) -> None:
         if ctx.state.pop(_EXPECTED, False):
@@ -302,9 +310,36 @@ class AuditLoggerPolicy(Policy):
         except AuditQueueFull:
             await self.writer.put_durable(record)  # within the chain's time budget for this hook
             return
-        # The gateway holds a whole response until this future resolves (the record is fsynced);
-        # waiting for the disk is not policy work, so it is outside this hook's time budget.
-        ctx.state.setdefault(DURABLE_STATE_KEY, []).append(durable)
+        except AuditWriterError as exc:
+            if self.config.fail_open:
+                raise  # the chain logs and counts the failed hook; the answer still goes out
+            durable = asyncio.get_running_loop().create_future()
+            durable.set_exception(exc)
+        # The gateway holds a whole response until this future resolves (the record is fsynced),
+        # and withholds it if the future fails; waiting for the disk is not policy work, so it is
+        # outside this hook's time budget.
+        ctx.state.setdefault(DURABLE_STATE_KEY, []).append(self._handed_over(durable, "finish"))
+
+    def _handed_over(self, durable: asyncio.Future[None], phase: str) -> asyncio.Future[None]:
+        """What the gateway waits on before an answer leaves. Failing closed, the record's own
+        future: a record that cannot be made durable withholds the answer (503
+        `audit_unavailable`). Failing open, one that resolves either way, counting a failure."""
+        if not self.config.fail_open:
+            return durable
+        opened = durable.get_loop().create_future()
+
+        def settle(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self._count_fail_open(phase)
+            if not opened.done():
+                opened.set_result(None)
+
+        durable.add_done_callback(settle)
+        return opened
+
+    def _count_fail_open(self, phase: str) -> None:
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.policy_fail_open, self.kind, phase).inc()
 
     async def aclose(self) -> None:
         if not self._closed:
