@@ -736,22 +736,86 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     return 0;
 }
 
+/* Whether [start, end) is one of the spans items[lo, hi) (sorted by start, starts distinct). */
+static int has_span(const Span *items, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start,
+                    Py_ssize_t end) {
+    Py_ssize_t top = hi;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (items[mid].start < start)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < top && items[lo].start == start && items[lo].end == end;
+}
+
+/* Incremental variants. A decoded variant usually differs from the text it was decoded from
+ * in a few words (a leetspeak word, one base64 blob), yet scoring it in full re-read every span.
+ * With `base`, the spans of the variant that are also spans of segments(base) over the same
+ * characters are left out: a span's logit depends on its characters only, so theirs are the
+ * base's, already in the base's maximum (a blob decoded to another length moves the spans
+ * after it: those are scored).
+ * The caller may drop them only when the variant's rules weigh no more than the base's (then
+ * such a span cannot lift the variant above the base's logit, see injection.py). skip[k] says
+ * which of self->segs to leave out; returns the summed length of the others, or -1 on error. */
+static Py_ssize_t mark_unchanged(Scorer *self, const Text *t, Py_ssize_t windows, PyObject *base,
+                                 char *skip) {
+    Text b;
+    Spans bs = {NULL, 0, 0};
+    Py_ssize_t bwindows = 0, rest = 0;
+    if (ngc_text_view(base, 0, PyUnicode_GET_LENGTH(base), &ngc_shared_scratch, &b) < 0 ||
+        find_segments(&b, &bs, &bwindows) < 0) {
+        PyMem_Free(bs.items);
+        ngc_scratch_trim(&ngc_shared_scratch);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < self->segs.len; k++) {
+        Span sp = self->segs.items[k];
+        /* Windows and sentences are each sorted by start: look in the same part of the base. */
+        Py_ssize_t lo = k < windows ? 0 : bwindows, hi = k < windows ? bwindows : bs.len;
+        size_t size = (size_t)(sp.end - sp.start) * sizeof(Py_UCS4);
+        skip[k] = sp.end <= b.end && has_span(bs.items, lo, hi, sp.start, sp.end) &&
+                  memcmp(t->u + sp.start, b.u + sp.start, size) == 0;
+        if (!skip[k]) rest += sp.end - sp.start;
+    }
+    PyMem_Free(bs.items);
+    ngc_scratch_trim(&ngc_shared_scratch);
+    return rest;
+}
+
 static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"text", NULL};
-    PyObject *s;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
+    static char *keywords[] = {"text", "base", NULL};
+    PyObject *s, *base = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|O", keywords, &s, &base)) return NULL;
+    if (base != Py_None && !PyUnicode_Check(base)) {
+        PyErr_SetString(PyExc_TypeError, "pooled_logit: base must be a str or None");
+        return NULL;
+    }
     Text whole;
     if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &self->text, &whole) < 0) return NULL;
     double best = -INFINITY;
     Py_ssize_t windows = 0;
+    char *skip = NULL;
     int failed = find_segments(&whole, &self->segs, &windows) < 0;
     int n = self->char_sizes[0], pooled = self->n_char_sizes == 1 && !failed;
+    if (!failed && base != Py_None) {
+        Py_ssize_t rest = -1;
+        if (!(skip = PyMem_Malloc((size_t)self->segs.len + 1)))
+            PyErr_NoMemory();
+        else
+            rest = mark_unchanged(self, &whole, windows, base, skip);
+        failed = rest < 0;
+        /* Pooling pays for the whole text once; a few changed spans are cheaper on their own. */
+        if (rest <= whole.end) pooled = 0;
+    }
     if (pooled && !self->pool && !(self->pool = PyMem_Calloc(1, sizeof(Pool)))) {
         PyErr_NoMemory();
         failed = 1;
     }
     if (pooled && !failed) failed = pool_build(self, self->pool, &whole, n) < 0;
     for (Py_ssize_t k = 0; !failed && k < self->segs.len; k++) {
+        if (skip && skip[k]) continue;
         Text t = {whole.u, self->segs.items[k].start, self->segs.items[k].end};
         double z = 0.0;
         int scratch = 1;
@@ -767,6 +831,7 @@ static PyObject *Scorer_pooled_logit(Scorer *self, PyObject *args, PyObject *kwa
         }
         if (!failed && z > best) best = z;
     }
+    PyMem_Free(skip);
     if (self->pool && self->pool->jcap > (1 << 18)) {
         pool_free(self->pool);
         self->pool = NULL;
@@ -890,8 +955,10 @@ static PyMethodDef Scorer_methods[] = {
      "The highest logit(text, start, end) over `spans`, a sequence of (start, end) pairs."},
     {"pooled_logit", (PyCFunction)(void (*)(void))Scorer_pooled_logit,
      METH_VARARGS | METH_KEYWORDS,
-     "pooled_logit(text) -> float\n\n"
-     "max_logit(text, segments(text)), the span set computed here (segments.py's definition)."},
+     "pooled_logit(text, base=None) -> float\n\n"
+     "max_logit(text, segments(text)), the span set computed here (segments.py's definition).\n"
+     "With `base`, the spans that are also spans of segments(base) over the same characters\n"
+     "are left out (-inf when all are): for a variant decoded from `base`."},
     {"buckets", (PyCFunction)(void (*)(void))Scorer_buckets, METH_VARARGS | METH_KEYWORDS,
      "buckets(text, start=0, end=len(text)) -> (words, chars, tail)\n\n"
      "The distinct bucket ids of each group, in first-seen order (training and tests)."},

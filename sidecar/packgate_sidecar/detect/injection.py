@@ -152,12 +152,31 @@ class InjectionScorer:
         return float(self.core.logit(lowered, start, end))
 
     def score(self, text: str) -> float:
-        """Injection score in [0, 1]: the worst case over the text's decoded variants."""
+        """Injection score in [0, 1]: the worst case over the text's decoded variants.
+
+        A decoded variant usually differs from the base text in a few words, and each of its
+        spans that is also a span of the base, over the same characters, has the base's span
+        logit, which is at most the base's pooled maximum. When the variant's rules weigh no
+        more than the base's, such a span's logit is therefore at most the base's logit, which
+        `best` already holds: only the changed spans can raise the maximum, and only they are
+        scored (`pooled_logit(..., base=...)`). The result is exactly the maximum over every
+        variant scored in full (the reference scorer does score them in full).
+        """
         if not text or text.isspace():
             return 0.0
         best = -math.inf
+        rules = matched_rules if self.compiled else searched_rules
+        base: str | None = None
+        base_rules = 0.0
         for variant, lowered in iter_lowered_variants(text, reference=not self.compiled):
-            best = max(best, self.logit(variant, lowered))
+            z = self.bias + sum(self.rule_weights.get(r, 0.0) for r in rules(variant, lowered))
+            if base is None:
+                base, base_rules = lowered, z
+                best = z + self.core.pooled_logit(lowered)
+            elif self.compiled and z <= base_rules:
+                best = max(best, z + self.core.pooled_logit(lowered, base))
+            else:
+                best = max(best, z + self.core.pooled_logit(lowered))
             # Past this the score is within 0.003 of 1 and no threshold tells the rest apart:
             # stop instead of scoring the remaining decoded readings.
             if best >= _SATURATED:

@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
-from .segments import segments
+from .segments import segments, window_count
 
 __all__ = [
     "FNV_BASIS",
@@ -124,9 +124,28 @@ class Scorer:
             raise ValueError("max_logit needs at least one span")
         return max(self.logit(text, start, end) for start, end in spans)
 
-    def pooled_logit(self, text: str) -> float:
-        """`max_logit(text, segments(text))`: the n-gram part of one lower-cased variant."""
-        return self.max_logit(text, segments(text))
+    def pooled_logit(self, text: str, base: str | None = None) -> float:
+        """`max_logit(text, segments(text))`: the n-gram part of one lower-cased variant.
+
+        With `base`, the spans that are also spans of `segments(base)` over the same characters
+        are left out (-inf when all are): a variant decoded from `base` need not rescore them.
+        """
+        spans = segments(text)
+        if base is not None:
+            # A window is matched with a window, a sentence with a sentence (the compiled
+            # core's search; by content either would do).
+            b_spans = segments(base)
+            b_windows = window_count(len(base))
+            windows = window_count(len(text))
+            parts = (set(b_spans[:b_windows]), set(b_spans[b_windows:]))
+
+            def unchanged(k: int, s: int, e: int) -> bool:
+                return (s, e) in parts[k >= windows] and text[s:e] == base[s:e]
+
+            spans = [(s, e) for k, (s, e) in enumerate(spans) if not unchanged(k, s, e)]
+            if not spans:
+                return -math.inf
+        return self.max_logit(text, spans)
 
 
 class Lexicon:
