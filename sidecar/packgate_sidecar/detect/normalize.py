@@ -73,7 +73,10 @@ _HOMOGLYPH_CHARS = "".join(_HOMOGLYPHS)
 # mark on a Latin letter dropped (its accents too: a price only texts that carry the noise pay).
 _MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
 _LATIN = "A-Za-z\u00c0-\u024f\u1e00-\u1eff"
-_LATIN_COMBINING = re.compile(f"(?<=[{_LATIN}])[{_MARKS}]+")
+# Marks after a Latin letter, as `(?<=[LATIN])[MARKS]+` says; written to start with the mark
+# class so that `re` skips to the next mark at C speed instead of trying the look-behind at every
+# position (a third of the time on 32 KB of text).
+_LATIN_COMBINING = re.compile(f"[{_MARKS}](?<=[{_LATIN}][{_MARKS}])[{_MARKS}]*")
 
 
 def _ranges(codes: list[int]) -> list[tuple[int, int]]:
