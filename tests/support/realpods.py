@@ -103,13 +103,15 @@ def opted_in_app(
                     },
                 },
                 "spec": {
-                    "terminationGracePeriodSeconds": 1,
                     "containers": [
                         {
                             "name": "app",
                             "image": image,
                             "imagePullPolicy": "Never",
-                            "command": ["sleep", "infinity"],
+                            # Stops at once on SIGTERM, as an app should: a deleted pod then
+                            # takes as long as the sidecar's drain, not the whole grace period
+                            # (the injector raises it to what the sidecar needs).
+                            "command": ["sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"],
                         }
                     ],
                 },
