@@ -254,7 +254,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    uint8_t filter[0x10000 / 8]; /* bit c set: some key is c (BMP) or has c's low 16 bits */
+    uint8_t filter[0x10000 / 8]; /* bit c set: c (BMP) is a key */
+    int astral;                   /* some key lies above the BMP: such characters are looked up */
     Mapping *slots; /* open addressing on the key; key 0 marks an empty slot (0 is never a key) */
     uint32_t mask;
 } Translator;
@@ -262,7 +263,9 @@ typedef struct {
 static inline uint32_t key_hash(Py_UCS4 c) { return (uint32_t)(fmix64(c) & 0xffffffffu); }
 
 static inline const Mapping *translator_find(const Translator *self, Py_UCS4 c) {
-    if (!(self->filter[(c & 0xffff) >> 3] >> (c & 7) & 1)) return NULL;
+    /* The filter is exact for the BMP: a key above it (a tag character mirrors ASCII in its
+     * low bits) must not send every ASCII character to the table. */
+    if (c < 0x10000 ? !(self->filter[c >> 3] >> (c & 7) & 1) : !self->astral) return NULL;
     for (uint32_t i = key_hash(c) & self->mask;; i = (i + 1) & self->mask) {
         if (self->slots[i].key == c) return &self->slots[i];
         if (!self->slots[i].key) return NULL;
@@ -302,25 +305,74 @@ static int Translator_init(Translator *self, PyObject *args, PyObject *kwargs) {
         uint32_t i = key_hash((Py_UCS4)c) & self->mask;
         while (self->slots[i].key && self->slots[i].key != (Py_UCS4)c) i = (i + 1) & self->mask;
         self->slots[i] = (Mapping){(Py_UCS4)c, to};
-        self->filter[(c & 0xffff) >> 3] |= (uint8_t)(1u << (c & 7));
+        if (c < 0x10000)
+            self->filter[c >> 3] |= (uint8_t)(1u << (c & 7));
+        else
+            self->astral = 1;
     }
     return 0;
 }
 
-/* text.translate(table), for the table given at construction; the text itself when unchanged. */
+/* The spans argument of apply as an array: sorted, disjoint (start, end) pairs inside [0, n]. */
+static int translator_spans(PyObject *spans, Py_ssize_t n, Spans *out) {
+    PyObject *seq = PySequence_Fast(spans, "spans must be a sequence of (start, end) pairs");
+    if (!seq) return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), last = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t start, end;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "nn;a span is (start, end)",
+                              &start, &end))
+            goto fail;
+        if (start < last || start > end || end > n) {
+            PyErr_Format(PyExc_ValueError,
+                         "spans must be sorted, disjoint and inside the text (length %zd), got "
+                         "[%zd, %zd)", n, start, end);
+            goto fail;
+        }
+        if (ngc_spans_push(out, start, end) < 0) goto fail;
+        last = end;
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
+}
+
+/* The mapping of character i, if it has one and lies inside a span (*k walks the spans). */
+static inline const Mapping *translator_at(const Translator *self, Py_UCS4 c, Py_ssize_t i,
+                                           const Spans *sp, Py_ssize_t *k) {
+    if (sp) {
+        while (*k < sp->len && sp->items[*k].end <= i) ++*k;
+        if (*k == sp->len || sp->items[*k].start > i) return NULL;
+    }
+    return translator_find(self, c);
+}
+
+/* text.translate(table), for the table given at construction, applied only inside `spans`
+ * when given (the homoglyph fold of mixed-script words); the text itself when unchanged. */
 static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"text", NULL};
-    PyObject *s;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0;
+    static char *keywords[] = {"text", "spans", NULL};
+    PyObject *s, *spans = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|O", keywords, &s, &spans)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0, k = 0;
     if (!self->slots) return Py_NewRef(s);
+    Spans storage = {NULL, 0, 0}, *sp = NULL;
+    if (spans != Py_None) {
+        if (translator_spans(spans, n, &storage) < 0) {
+            PyMem_Free(storage.items);
+            return NULL;
+        }
+        sp = &storage;
+    }
     int kind = PyUnicode_KIND(s);
     const void *data = PyUnicode_DATA(s);
     Py_UCS4 maxchar = 0;
     int changed = 0;
+    PyObject *out = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        const Mapping *m = translator_find(self, c);
+        const Mapping *m = translator_at(self, c, i, sp, &k);
         if (m) {
             changed = 1;
             c = m->value;
@@ -329,21 +381,26 @@ static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kw
         if (c > maxchar) maxchar = c;
         out_len++;
     }
-    if (!changed) return Py_NewRef(s);
-    PyObject *out = PyUnicode_New(out_len, maxchar);
-    if (!out) return NULL;
+    if (!changed) {
+        out = Py_NewRef(s);
+        goto done;
+    }
+    if (!(out = PyUnicode_New(out_len, maxchar))) goto done;
     int out_kind = PyUnicode_KIND(out);
     void *out_data = PyUnicode_DATA(out);
-    Py_ssize_t k = 0;
+    Py_ssize_t w = 0;
+    k = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        const Mapping *m = translator_find(self, c);
+        const Mapping *m = translator_at(self, c, i, sp, &k);
         if (m) {
             c = m->value;
             if (c == DELETE) continue;
         }
-        PyUnicode_WRITE(out_kind, out_data, k++, c);
+        PyUnicode_WRITE(out_kind, out_data, w++, c);
     }
+done:
+    PyMem_Free(storage.items);
     return out;
 }
 
@@ -354,7 +411,8 @@ static void Translator_dealloc(Translator *self) {
 
 static PyMethodDef Translator_methods[] = {
     {"apply", (PyCFunction)(void (*)(void))Translator_apply, METH_VARARGS | METH_KEYWORDS,
-     "apply(text) -> str: text.translate(table)."},
+     "apply(text, spans=None) -> str: text.translate(table), only inside `spans` (sorted,\n"
+     "disjoint (start, end) pairs) when given."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -227,8 +227,22 @@ class Translator:
                 )
         self.table = dict(table)
 
-    def apply(self, text: str) -> str:
-        return text.translate(self.table)
+    def apply(self, text: str, spans: Sequence[tuple[int, int]] | None = None) -> str:
+        """`text.translate(table)`, only inside `spans` (sorted, disjoint) when given."""
+        if spans is None:
+            return text.translate(self.table)
+        parts: list[str] = []
+        last = 0
+        for start, end in spans:
+            if start < last or start > end or end > len(text):
+                raise ValueError(
+                    f"spans must be sorted, disjoint and inside the text (length {len(text)}), "
+                    f"got [{start}, {end})"
+                )
+            parts += (text[last:start], text[start:end].translate(self.table))
+            last = end
+        parts.append(text[last:])
+        return "".join(parts)
 
 
 def count_tokens(text: str, length: int) -> int:

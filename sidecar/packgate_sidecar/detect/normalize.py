@@ -118,16 +118,7 @@ def _fold_homoglyphs(text: str, present: int) -> str:
     # look-alike in Latin text and all of them fold ("ѕау" becomes "say").
     if not present & _REAL_CYRILLIC_GREEK:
         return _FOLD.apply(text)
-    mixed = _CLASSES.tokens(text, _LATIN_LETTER | _HOMOGLYPH)
-    if not mixed:
-        return text
-    parts: list[str] = []
-    last = 0
-    for start, end in mixed:
-        parts += (text[last:start], _FOLD.apply(text[start:end]))
-        last = end
-    parts.append(text[last:])
-    return "".join(parts)
+    return _FOLD.apply(text, _CLASSES.tokens(text, _LATIN_LETTER | _HOMOGLYPH))
 
 
 def normalize(text: str) -> str:

@@ -239,6 +239,13 @@ def test_char_classes_and_translators_agree(text: str) -> None:
     table = {0x200B: None, 0x0430: "a", 0xE0041: "A", 0x4E2D: "\U0001f642", 0xAD: None}
     assert _ngramcore.Translator(table).apply(text) == text.translate(table)
     assert ngram_ref.Translator(table).apply(text) == text.translate(table)
+    # Only inside spans (the homoglyph fold of mixed-script words): each span translated alone.
+    spans = compiled.tokens(text, 1)
+    want = text
+    for start, end in reversed(spans):
+        want = want[:start] + text[start:end].translate(table) + want[end:]
+    assert _ngramcore.Translator(table).apply(text, spans) == want
+    assert ngram_ref.Translator(table).apply(text, spans) == want
 
 
 def test_malformed_translators_are_refused() -> None:
@@ -247,6 +254,9 @@ def test_malformed_translators_are_refused() -> None:
             impl.Translator({0x41: "ab"})
         with pytest.raises(ValueError, match="one character"):
             impl.Translator({0: "a"})
+        for spans in ([(1, 0)], [(0, 2), (1, 2)], [(0, 4)]):
+            with pytest.raises(ValueError, match="sorted, disjoint"):
+                impl.Translator({0x41: "a"}).apply("abc", spans)
 
 
 # Long enough for windows, with short and long words, so windows and capped sentences cut
