@@ -23,14 +23,14 @@ loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks t
   for room within the policy's time budget.
 - Durability (issue 13): a record that must exist survives a `kill -9` of the sidecar. A
   non-streamed response is handed to the client only after its record is fsynced (`on_finish`
-  leaves the record's durability future in `ctx.state`, and the gateway waits for it before
-  sending the response, and withholds the response if it fails, unless `fail_open`); a streamed request, whose bytes reach the client as they come, gets a
-  write-ahead record (`outcome: started`, see `write_ahead`), queued before it goes upstream and
-  durable before the first byte of the answer reaches the client, and its outcome record is
-  appended when it ends. Concurrent requests share
-  fsyncs (group commit): each request is counted (`AuditWriter.expect`) from `on_request` to
-  its last record, and while others are in flight a batch waits up to 5 ms for their records
-  (a lone request never waits); `make bench` (`audit_durability`) measures the cost.
+  leaves the record's durability future in `ctx.state`, and the gateway waits for it before sending
+  the response, and withholds the response if it fails, unless `fail_open`); a streamed request,
+  whose bytes reach the client as they come, gets a write-ahead record (`outcome: started`, see
+  `write_ahead`), queued before it goes upstream and durable before the first byte of the answer
+  reaches the client, and its outcome record is appended when it ends. Concurrent requests share
+  fsyncs (group commit): each request is counted (`AuditWriter.expect`) from `on_request` to its
+  last record, and while others are in flight a batch waits up to 5 ms for their records (a lone
+  request never waits); `make bench` (`audit_durability`) measures the cost.
 - Shipping: with `PACKGATE_AUDIT_COLLECTOR_URL` set (the injector sets it), `audit/ship.py`
   ships every sealed record to the audit collector; a spool the collector has not acknowledged
   up to its bound fails requests the same way (closed unless `fail_open`).
