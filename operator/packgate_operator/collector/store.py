@@ -56,6 +56,7 @@ from typing import Any
 
 from packgate_sidecar.audit.chain import ChainState, JSONValue, parse_line
 from packgate_sidecar.audit.envelope import Sealed, read_sealed
+from packgate_sidecar.audit.segments import fsync_dir
 from packgate_sidecar.audit.writer import SEGMENT_RE, list_segments, read_tail
 
 from . import index, manifest, wal
@@ -372,7 +373,7 @@ class Store:
         for path in logs:
             path.unlink()
         if logs:
-            _fsync_dir(self.wal_dir)
+            fsync_dir(self.wal_dir)
 
     def _stored_hash(self, uid: str, seq: int) -> str | None:
         """The hash stored for ``seq`` (duplicates are told from conflicts by it)."""
@@ -595,7 +596,7 @@ class Store:
                 )
                 self._index_first = True
                 removed.append(str(path.relative_to(self.root)))
-            _fsync_dir(chain.directory)
+            fsync_dir(chain.directory)
         return removed
 
 
@@ -626,17 +627,4 @@ def _sync_one(target: int | Path) -> None:
     if isinstance(target, int):
         os.fdatasync(target)
     else:
-        _fsync_dir(target, missing_ok=True)
-
-
-def _fsync_dir(directory: Path, *, missing_ok: bool = False) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except FileNotFoundError:
-        if missing_ok:  # removed by retention in the same group
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(target, missing_ok=True)

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from packgate_sidecar.audit.segments import fsync_dir
+
 _NAME = re.compile(r"wal-(\d{10})\.log")
 
 
@@ -175,11 +177,3 @@ def replay(pods: Path, files: list[Path]) -> int:
     if files:
         fsync_dir(files[0].parent)
     return written
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -60,8 +60,15 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_dir(directory: Path, *, missing_ok: bool = False) -> None:
+    """Make the entries of ``directory`` (files created, renamed or removed) durable.
+    ``missing_ok``: a directory that is gone already (removed by retention) is no error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
