@@ -42,7 +42,7 @@ from .errors import (
     sse_error_event,
     too_large,
 )
-from .forward import Durable, Forwarder
+from .forward import Durable, Forwarder, wait_durable
 from .logs import describe_exception, get_logger, log
 from .metrics import Metrics
 from .policy import PolicyRuntime, RequestContext
@@ -209,17 +209,11 @@ class Gateway:
             # upstream.
             await asyncio.wait({finishing})
             assert ctx is not None
-            for durable in ctx.state.get(DURABLE_STATE_KEY, ()):
-                try:
-                    await asyncio.wrap_future(durable)
-                except Exception as exc:  # the writer failed: logged and counted there
-                    log(_log, 40, "answer withheld: its audit record failed",
-                        request_id=ctx.request_id, error=describe_exception(exc))  # fmt: skip
-                    return ApiError(
-                        503,
-                        "audit_unavailable",
-                        "The answer could not be audited, so it was not sent (fail closed)",
-                    ).response(ctx.request_id)
+            try:
+                await wait_durable(ctx.state.get(DURABLE_STATE_KEY, ()))
+            except ApiError as withheld:
+                log(_log, 40, "answer withheld: its audit record failed", request_id=ctx.request_id)
+                return withheld.response(ctx.request_id)
         return response
 
     async def _drained_answer(self, ctx: RequestContext) -> web.StreamResponse:

@@ -12,7 +12,6 @@ filters; an upstream that breaks mid-stream ends the client's stream with an err
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -40,8 +39,8 @@ USER_AGENT = "packgate-sidecar/0.1"
 # Upstream response headers worth passing on: request ids, rate limits, retry hints.
 _PASS_PREFIXES = ("x-request-id", "openai-", "x-ratelimit-", "retry-after")
 _ERROR_BODY_LIMIT = 64 * 1024
-# A record being made durable (audit write-ahead): resolves once it is fsynced.
-Durable = asyncio.Future[Any] | concurrent.futures.Future[Any]
+# An audit record being made durable: resolves once it is fsynced, fails if it cannot be written.
+Durable = asyncio.Future[Any]
 
 
 @dataclass(frozen=True)
@@ -96,12 +95,13 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
     return strict_json.dumps(body)
 
 
-async def _durable(ahead: Sequence[Durable]) -> None:
-    """Wait for the write-ahead records of a stream: none of it reaches the client before they
-    are on disk, and if one cannot be written the answer is not relayed (fail closed)."""
-    for durable in ahead:
+async def wait_durable(records: Sequence[Durable]) -> None:
+    """Wait until the audit records of a request are on disk: no answer reaches the client
+    before they are (a stream's write-ahead records, a whole response's record), and if one
+    cannot be written the answer is not relayed (fail closed: ApiError 503)."""
+    for durable in records:
         try:
-            await asyncio.wrap_future(durable)
+            await durable
         except Exception:
             raise ApiError(
                 503,
@@ -214,7 +214,7 @@ class Forwarder:
                         return await self._error_answer(error, chain, ctx)
                     streamed = answer.status == 200 and answer.content_type == "text/event-stream"
                     if ctx.stream and streamed:
-                        await _durable(ahead)
+                        await wait_durable(ahead)
                         return await self._relay(request, answer, chain, route, ctx)
                     return await self._whole(answer, chain, route, ctx)
             except TimeoutError:

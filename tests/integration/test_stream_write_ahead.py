@@ -4,7 +4,6 @@ client gets a byte, and an answer that could not be audited is never relayed (do
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 
 import openai
 import pytest
@@ -24,9 +23,9 @@ class WriteAhead(Policy):
 
     def __init__(self, settings: PolicyBlock, runtime: PolicyRuntime) -> None:
         super().__init__(settings, runtime)
-        self.durable: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        self.durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def write_ahead(self, ctx: RequestContext) -> concurrent.futures.Future[list[str]]:
+    def write_ahead(self, ctx: RequestContext) -> asyncio.Future[None]:
         return self.durable
 
     async def on_finish(self, ctx: RequestContext) -> None:
@@ -54,7 +53,7 @@ async def test_the_first_byte_waits_for_the_record_while_the_request_is_already_
         await upstream.wait_received(1)  # the request went upstream before the record is durable
         await asyncio.sleep(0.2)
         assert not opened.done(), "the stream started before its audit record was durable"
-        policy.durable.set_result([])
+        policy.durable.set_result(None)
         stream = await asyncio.wait_for(opened, 5)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert text == "echo: hello"
