@@ -129,8 +129,10 @@ _HEAD = b'{"body":'
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """A parsed line; ``hash``/``prev`` are as stored, which is what the links are made of."""
+class Link:
+    """A sealed line's envelope fields; ``hash``/``prev`` are as stored, which is what the links
+    are made of. Read from a line by `parse_line` (`Envelope`) or by the collector's fast path
+    (`envelope.Sealed`), which differ in how they hold the body."""
 
     seq: int
     ts: str
@@ -139,13 +141,19 @@ class Envelope:
     prev: str
     hash: str
     mac: str
-    body: dict[str, JSONValue]
-    content: bytes  # canonical encoding of everything but hash and mac
-    exact: bool  # the line is byte for byte the canonical encoding of what it parsed to
 
     @property
     def state_after(self) -> ChainState:
         return ChainState(seq=self.seq + 1, prev=self.hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope(Link):
+    """A parsed line, its body decoded."""
+
+    body: dict[str, JSONValue]
+    content: bytes  # canonical encoding of everything but hash and mac
+    exact: bool  # the line is byte for byte the canonical encoding of what it parsed to
 
 
 def parse_line(raw: bytes) -> Envelope | str:

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import FORMAT_VERSION, ChainState, parse_line
+from .chain import FORMAT_VERSION, Link, parse_line
 
 HEAD = b'{"body":'
 _HASH_AT = b',"hash":"'
@@ -42,23 +42,12 @@ _SUFFIX = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class Sealed:
+class Sealed(Link):
     """A line's envelope, its body still as the bytes that were sealed."""
 
-    seq: int
-    ts: str
-    type: str
-    kid: str
-    prev: str
-    hash: str
-    mac: str
     body_bytes: bytes
     content: bytes  # what hash and mac are over: the line without its hash and mac
     exact: bool  # the envelope is spelled canonically around the body
-
-    @property
-    def state_after(self) -> ChainState:
-        return ChainState(seq=self.seq + 1, prev=self.hash)
 
     def body(self) -> dict[str, Any]:
         """The body's values (decodes it on every call); ValueError when it is not an object."""
