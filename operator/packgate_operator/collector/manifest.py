@@ -18,7 +18,7 @@ from pathlib import Path
 
 from packgate_sidecar.audit.chain import GENESIS_STATE, JSONValue, parse_line, seal
 from packgate_sidecar.audit.record import utc_time
-from packgate_sidecar.audit.writer import read_tail
+from packgate_sidecar.audit.segments import read_tail, write_all
 
 NAME = "pruned.jsonl"
 
@@ -38,9 +38,7 @@ def append(directory: Path, key: bytes, body: Mapping[str, JSONValue], now: floa
     line, _ = seal(state, "prune", body, key=key, ts=utc_time(now))
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -56,7 +56,7 @@ from typing import Any
 
 from packgate_sidecar.audit.chain import ChainState, JSONValue, parse_line
 from packgate_sidecar.audit.envelope import Sealed, read_sealed
-from packgate_sidecar.audit.segments import fsync_dir
+from packgate_sidecar.audit.segments import fsync_dir, write_all
 from packgate_sidecar.audit.writer import SEGMENT_RE, list_segments, read_tail
 
 from . import index, manifest, wal
@@ -490,9 +490,7 @@ class Store:
             path = f"{chain.key.namespace}/{chain.key.dirname}/{chain.segment}"
             self._entries.append(wal.Entry(path, chain.size, data))
             self._unsynced.add(chain.fd)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(chain.fd, view) :]
+        write_all(chain.fd, data)
         chain.size += len(data)
 
     def _quarantine(self, key: PodKey, items: Sequence[Outcome], received: str) -> None:
@@ -511,7 +509,7 @@ class Store:
             directory / f"{key.dirname}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640
         )
         try:
-            os.write(fd, "".join(lines).encode())
+            write_all(fd, "".join(lines).encode())
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from packgate_sidecar.audit.segments import fsync_dir
+from packgate_sidecar.audit.segments import fsync_dir, write_all
 
 _NAME = re.compile(r"wal-(\d{10})\.log")
 
@@ -73,10 +73,9 @@ class Log:
 
     def append(self, entries: list[Entry]) -> None:
         """Write ``entries`` and make them durable (one write, one fdatasync)."""
-        view = memoryview(b"".join(e.encode() for e in entries))
-        self.size += len(view)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        data = b"".join(e.encode() for e in entries)
+        self.size += len(data)
+        write_all(self._fd, data)
         os.fdatasync(self._fd)
 
     def rotate(self) -> Path | None:
