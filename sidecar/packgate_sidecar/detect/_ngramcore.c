@@ -29,6 +29,16 @@
 #include "_ngramcore.h"
 
 Scratch ngc_shared_scratch;
+uint8_t ngc_word_bits[0x10000 / 8];
+
+static void init_word_bits(void) {
+    for (Py_UCS4 c = 0; c < 0x10000; c++) {
+        int word = c < 128 ? ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                              (c >= 'A' && c <= 'Z') || c == '_')
+                           : Py_UNICODE_ISALNUM(c);
+        if (word) ngc_word_bits[c >> 3] |= (uint8_t)(1u << (c & 7));
+    }
+}
 
 int ngc_text_view(PyObject *s, Py_ssize_t start, Py_ssize_t end, Scratch *sc, Text *t) {
     Py_ssize_t n = end - start;
@@ -139,6 +149,7 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__ngramcore(void) {
+    init_word_bits();
     ngc_init_ascii_class();
     if (PyType_Ready(&ngc_ScorerType) < 0 || PyType_Ready(&ngc_LexiconType) < 0 ||
         PyType_Ready(&ngc_CharClassesType) < 0 || PyType_Ready(&ngc_TranslatorType) < 0)

@@ -24,12 +24,14 @@ static inline uint64_t fmix64(uint64_t k) {
     return k;
 }
 
+/* Bit c set: c (below 0x10000) is \w. Filled once at import from Py_UNICODE_ISALNUM, which
+ * costs several table lookups per call; every tokenising loop asks this of every character. */
+#define NGC_INTERNAL __attribute__((visibility("hidden")))
+NGC_INTERNAL extern uint8_t ngc_word_bits[0x10000 / 8];
+
 /* \w as Python's re defines it for str patterns: alphanumeric (Unicode) or underscore. */
 static inline int is_word(Py_UCS4 c) {
-    if (c < 128) {
-        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') ||
-               c == '_';
-    }
+    if (c < 0x10000) return ngc_word_bits[c >> 3] >> (c & 7) & 1;
     return Py_UNICODE_ISALNUM(c);
 }
 
@@ -63,7 +65,6 @@ static inline uint64_t hash_span(uint64_t h, const Text *t, Span s) {
 }
 
 /* Shared by the module's files (_ngramcore.c defines them). */
-#define NGC_INTERNAL __attribute__((visibility("hidden")))
 
 /* Used by the module-level functions and Lexicon methods; every user holds the GIL. */
 NGC_INTERNAL extern Scratch ngc_shared_scratch;

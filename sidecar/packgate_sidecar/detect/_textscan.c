@@ -432,6 +432,8 @@ PyTypeObject ngc_TranslatorType = {
 /* normaliser asks this of every non-ASCII prompt (invisible characters? combining marks?       */
 /* Cyrillic look-alikes?); a regex character-class scan per question cost 3-20 us per KB.       */
 
+static int push_span(PyObject *list, Py_ssize_t start, Py_ssize_t end);
+
 typedef struct {
     Py_UCS4 lo, hi;
     uint8_t mask;
@@ -561,6 +563,35 @@ static PyObject *CharClasses_tokens(CharClasses *self, PyObject *args, PyObject 
     return out;
 }
 
+/* The stretches of the text holding characters of a class in `need`: each maximal run of them
+ * with the one character before it, runs less than `gap` characters apart merged into one. */
+static PyObject *CharClasses_runs(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "need", "gap", NULL};
+    PyObject *s;
+    unsigned int need;
+    Py_ssize_t gap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UIn", keywords, &s, &need, &gap)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), start = -1, end = -1;
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out && self->bmp && i < n; i++) {
+        if (!(class_of(self, PyUnicode_READ(kind, data, i)) & need)) continue;
+        Py_ssize_t j = i + 1;
+        while (j < n && class_of(self, PyUnicode_READ(kind, data, j)) & need) j++;
+        Py_ssize_t from = i > 0 ? i - 1 : 0;
+        if (start >= 0 && from - end >= gap) {
+            if (push_span(out, start, end) < 0) Py_CLEAR(out);
+            start = -1;
+        }
+        if (start < 0) start = from;
+        end = j;
+        i = j;
+    }
+    if (out && start >= 0 && push_span(out, start, end) < 0) Py_CLEAR(out);
+    return out;
+}
+
 static void CharClasses_dealloc(CharClasses *self) {
     PyMem_Free(self->bmp);
     PyMem_Free(self->astral);
@@ -573,6 +604,9 @@ static PyMethodDef CharClasses_methods[] = {
     {"tokens", (PyCFunction)(void (*)(void))CharClasses_tokens, METH_VARARGS | METH_KEYWORDS,
      "tokens(text, need) -> list[(start, end)]: the \\w+ tokens with a character of every class\n"
      "whose bit is set in `need` (one character may count for several classes)."},
+    {"runs", (PyCFunction)(void (*)(void))CharClasses_runs, METH_VARARGS | METH_KEYWORDS,
+     "runs(text, need, gap) -> list[(start, end)]: each maximal run of characters of a class\n"
+     "in `need`, with the character before it; runs less than `gap` characters apart merged."},
     {NULL, NULL, 0, NULL},
 };
 

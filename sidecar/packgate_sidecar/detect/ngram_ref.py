@@ -212,6 +212,24 @@ class CharClasses:
     def tokens(self, text: str, need: int) -> list[tuple[int, int]]:
         return [m.span() for m in _WORD.finditer(text) if self.which(m.group(0)) & need == need]
 
+    def runs(self, text: str, need: int, gap: int) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        i = 0
+        while i < len(text):
+            if not self._mask(text[i]) & need:
+                i += 1
+                continue
+            j = i + 1
+            while j < len(text) and self._mask(text[j]) & need:
+                j += 1
+            start = max(i - 1, 0)
+            if out and start - out[-1][1] < gap:
+                out[-1] = (out[-1][0], j)
+            else:
+                out.append((start, j))
+            i = j
+        return out
+
 
 class Translator:
     """`str.translate` for a table mapping code points to one character or None."""

@@ -23,6 +23,7 @@ import codecs
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache
 from urllib.parse import unquote
 
 from .ngram import CharClasses, Lexicon, Translator, count_tokens, signals
@@ -121,6 +122,66 @@ def _fold_homoglyphs(text: str, present: int) -> str:
     return _FOLD.apply(text, _CLASSES.tokens(text, _LATIN_LETTER | _HOMOGLYPH))
 
 
+# Unicode normalisation changes a text only around a few characters: those that decompose
+# (compatibility forms included), combining marks, and the letters that compose with the letter
+# before them. Every other character is a "boundary": a starter that NFKC, NFD and NFC leave
+# alone and that never combines with its neighbours, so normalising the stretches between
+# boundaries one by one gives exactly the text normalised whole (UAX #15's normalization
+# boundaries). Most of a prompt is boundaries, and the normalisers cost ~15 ns a character:
+# only the stretches that can change are normalised (a stretch starts one character early, at
+# the boundary a mark or a jamo may compose with). Characters above the BMP all count as
+# changeable. The table comes from the running Python's unicodedata, so it always matches it.
+_UNSTABLE, _UNSTABLE_OR_MARK = 1, 7
+_STRETCH_GAP = 64  # stretches closer than this are normalised as one (a call costs ~0.3 us)
+
+
+@cache
+def _boundaries() -> CharClasses:
+    """1: not a boundary (see above); 2: a combining mark of _MARKS; 4: a character with a
+    decomposition (the marks step decomposes accented letters and drops their accents)."""
+    second = set()  # characters that compose with the one before them
+    decomposing = []
+    for c in range(0x80, 0x10000):
+        parts = unicodedata.decomposition(chr(c)).split()
+        if parts:
+            decomposing.append(c)
+            if len(parts) == 2 and not parts[0].startswith("<"):
+                second.add(int(parts[1], 16))
+    second.update(range(0x1161, 0x1176))  # Hangul vowel jamo (composed algorithmically)
+    second.update(range(0x11A8, 0x11C3))  # Hangul trailing consonant jamo
+    unstable = [
+        c
+        for c in range(0x80, 0x10000)
+        if c in second
+        or 0xD800 <= c <= 0xDFFF
+        or unicodedata.combining(chr(c))
+        or unicodedata.normalize("NFKC", chr(c)) != chr(c)
+    ]
+    return CharClasses(
+        [[*_ranges(unstable), (0x10000, 0x10FFFF)], _class(_MARKS), _ranges(decomposing)]
+    )
+
+
+def _by_stretch(text: str, need: int, convert: Callable[[str], str]) -> str:
+    # `convert` applied to each stretch that holds a character of `need` (see _boundaries).
+    parts: list[str] = []
+    last = 0
+    for start, end in _boundaries().runs(text, need, _STRETCH_GAP):
+        parts += (text[last:start], convert(text[start:end]))
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def _nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
+def _drop_latin_marks(text: str) -> str:
+    text = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFC", _LATIN_COMBINING.sub("", text))
+
+
 def normalize(text: str) -> str:
     """Fold compatibility forms, invisible characters and look-alike letters into plain text.
 
@@ -128,7 +189,7 @@ def normalize(text: str) -> str:
     """
     # The steps feed each other (a folded look-alike can take a stray accent, a dropped accent
     # can make a word mixed-script), so repeat until nothing changes: usually one round.
-    for _ in range(4):
+    for round_ in range(4):
         if text.isascii():
             return text
         before = text
@@ -137,15 +198,19 @@ def normalize(text: str) -> str:
             text = _UNTABLE.apply(text)
         if not unicodedata.is_normalized("NFKC", text):
             # NFKC can expose new invisibles (e.g. a compatibility form of a space joiner).
-            text = unicodedata.normalize("NFKC", text)
+            text = _by_stretch(text, _UNSTABLE, _nfkc)
             if _CLASSES.which(text) & _TABLED:
                 text = _UNTABLE.apply(text)
         if text is not before:
             present = _CLASSES.which(text)
         if present & _MARK and _LATIN_COMBINING.search(text):
-            text = unicodedata.normalize("NFD", text)
-            text = unicodedata.normalize("NFC", _LATIN_COMBINING.sub("", text))
+            text = _by_stretch(text, _UNSTABLE_OR_MARK, _drop_latin_marks)
             present = _CLASSES.which(text)
+        # The fold is idempotent: after one, no word holds a Latin letter and a look-alike, and
+        # real Cyrillic/Greek letters stay. Past the first round it can only act when the steps
+        # above changed the text.
+        if round_ and text == before:
+            break
         if present & _HOMOGLYPH:
             text = _fold_homoglyphs(text, present)
         if text == before:

@@ -236,6 +236,8 @@ def test_char_classes_and_translators_agree(text: str) -> None:
     assert compiled.which(text) == reference.which(text)
     for need in (1, 5, 12, 15):
         assert compiled.tokens(text, need) == reference.tokens(text, need)
+        for gap in (0, 1, 3):
+            assert compiled.runs(text, need, gap) == reference.runs(text, need, gap)
     table = {0x200B: None, 0x0430: "a", 0xE0041: "A", 0x4E2D: "\U0001f642", 0xAD: None}
     assert _ngramcore.Translator(table).apply(text) == text.translate(table)
     assert ngram_ref.Translator(table).apply(text) == text.translate(table)

@@ -8,13 +8,18 @@ from __future__ import annotations
 import base64
 import codecs
 import re
+import unicodedata
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.detect.normalize import (
     _LATIN,
     _LATIN_COMBINING,
     _MARKS,
+    _UNSTABLE,
+    _UNSTABLE_OR_MARK,
+    _by_stretch,
+    _drop_latin_marks,
     iter_variants,
     normalize,
     variants,
@@ -154,3 +159,26 @@ def test_latin_marks_are_found_as_the_look_behind_definition_finds_them(text: st
     assert [m.span() for m in _LATIN_COMBINING.finditer(text)] == [
         m.span() for m in definition.finditer(text)
     ]
+
+
+# Letters, accents and marks, jamo and precomposed Hangul, compatibility forms, characters that
+# compose with the one before them at canonical combining class 0, astral letters.
+_NORMALISING = (
+    [chr(c) for c in range(0x20, 0x7F)]
+    + [chr(c) for c in range(0xC0, 0x180, 7)]
+    + [chr(c) for c in range(0x300, 0x370, 3)]
+    + [chr(c) for c in (*range(0x1100, 0x1113), *range(0x1161, 0x1176), *range(0x11A8, 0x11C3))]
+    + [chr(c) for c in (0xAC00, 0xAC01, 0xAC1C, 0xFF21, 0xFF41, 0xFF0C, 0x2126, 0x212B, 0x1E9B)]
+    + [chr(c) for c in (0x0CD5, 0x0DCF, 0x102E, 0x0B3E, 0x0BBE, 0x3099, 0x30AB, 0x0344, 0x0F73)]
+    + ["\u034f", "\u200d", "\ufb01", "\U0001d400", "\U0001d15e", "\U000e0041", "я", "中"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(_NORMALISING), max_size=40))
+def test_normalising_stretches_is_normalising_the_whole_text(text: str) -> None:
+    # normalize() runs NFKC, and NFD/NFC for the marks, only on the stretches that can change.
+    assert _by_stretch(text, _UNSTABLE, lambda s: unicodedata.normalize("NFKC", s)) == (
+        unicodedata.normalize("NFKC", text)
+    )
+    assert _by_stretch(text, _UNSTABLE_OR_MARK, _drop_latin_marks) == _drop_latin_marks(text)
