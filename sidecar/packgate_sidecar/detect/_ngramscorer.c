@@ -497,6 +497,12 @@ static void seq_index(Seq *q) {
     int32_t next_id = 0;
     int32_t *last = q->occ; /* scratch until the occurrence lists are written */
     for (Py_ssize_t k = 0; k < q->len; k++) {
+        /* the map is larger than L1 for a long text: fetch the slots a few features ahead */
+        if (k + 16 < q->len) {
+            uint32_t ahead = q->f[k + 16].bucket & mask;
+            __builtin_prefetch(&q->keys[ahead], 1);
+            __builtin_prefetch(&q->ids[ahead], 1);
+        }
         uint32_t b = q->f[k].bucket, i = b & mask;
         while (q->keys[i] && q->keys[i] != b + 1) i = (i + 1) & mask;
         int32_t id;

@@ -22,7 +22,18 @@ typedef struct {
     uint64_t prefix_lengths; /* bit L set: some prefix entry has L characters (L < 64) */
     uint64_t prefix_starts;  /* bit (c & 63) set: some prefix entry starts with c */
     Py_ssize_t prefix_max;   /* the longest prefix entry */
+    /* Bit (second character & 63) of sig[min(length, 31)][first character & 63]: some word
+     * entry could be this token. Most tokens of a text are in no lexicon, and this rules them
+     * out before their characters are hashed (a token's hash is a serial chain of multiplies). */
+    uint64_t sig[32][64];
 } Lexicon;
+
+/* The signature bit of the token s (see sig); s is not empty. */
+static inline int lexicon_maybe(const Lexicon *self, const Text *t, Span s) {
+    Py_ssize_t len = s.end - s.start;
+    Py_UCS4 second = len > 1 ? CH(t, s.start + 1) : 0;
+    return self->sig[len < 31 ? len : 31][CH(t, s.start) & 63] >> (second & 63) & 1;
+}
 
 static inline uint64_t word_hash(const Text *t, Span s) { return fmix64(hash_span(FNV_BASIS, t, s)); }
 
@@ -40,7 +51,7 @@ static PyObject *lexicon_probe(const Lexicon *self, const Text *t, Span s, uint6
 
 /* The exact (non-prefix) entry equal to the token s, or NULL. */
 static PyObject *lexicon_lookup(const Lexicon *self, const Text *t, Span s) {
-    if (!self->slots) return NULL;
+    if (!self->slots || !lexicon_maybe(self, t, s)) return NULL;
     return lexicon_probe(self, t, s, word_hash(t, s), 0);
 }
 
@@ -95,6 +106,11 @@ static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
         self->slots[i].word = word; /* takes the reference PyIter_Next returned */
         self->slots[i].len = len;
         self->slots[i].prefix = prefix;
+        if (!prefix) {
+            Py_UCS4 second = len > 1 ? PyUnicode_READ_CHAR(word, 1) : 0;
+            self->sig[len < 31 ? len : 31][PyUnicode_READ_CHAR(word, 0) & 63] |= 1ULL
+                                                                              << (second & 63);
+        }
         if (prefix) {
             self->prefix_lengths |= 1ULL << len;
             self->prefix_starts |= 1ULL << (PyUnicode_READ_CHAR(word, 0) & 63);
