@@ -97,7 +97,7 @@ typedef struct {
  * when each waits for its cache miss. */
 static void gather_weights(Feat *f, Py_ssize_t len, const float *weights) {
     for (Py_ssize_t k = 0; k < len; k++) {
-        if (k + 16 < len) __builtin_prefetch(&weights[f[k + 16].bucket]);
+        if (k + 48 < len) __builtin_prefetch(&weights[f[k + 48].bucket]);
         f[k].weight = weights[f[k].bucket];
     }
 }
@@ -382,11 +382,15 @@ static int find_segments(const Text *t, Spans *out, Py_ssize_t *nwindows) {
  * single character n-gram size takes this path (the shipped model's); others extract each span
  * from scratch, as `logit` does. */
 typedef struct {
+    uint32_t key; /* bucket + 1, 0 when empty */
+    int32_t id;   /* one slot, one cache line: a probe that finds the key has its id */
+} Slot;
+
+typedef struct {
     Feat *f;
     int32_t *prev;  /* previous index with the same bucket, or -1 */
     Py_ssize_t len, cap;
-    uint32_t *keys; /* bucket + 1 -> id (open addressing), 0 when empty */
-    int32_t *ids;
+    Slot *slots; /* bucket + 1 -> id (open addressing), key 0 when empty */
     Py_ssize_t kcap;
     uint32_t kmask; /* of the part in use for the current text */
     int32_t *first, *count, *occ; /* per id: its positions, ascending, at occ[first[id]...] */
@@ -404,13 +408,17 @@ typedef struct Pool {
     Py_UCS4 *joined, *sj; /* the whole text's joined tokens; one span's */
     Py_ssize_t jcap;
     Seq words, tail, chars;
+    /* "^" + token k (a piece's first word), worked out once per token: each sentence's first
+     * word is one in the sentence's span and in both windows over it */
+    Feat *caret;
+    int32_t *caret_id; /* its id in `words`, or -1 */
+    uint8_t *caret_ok;
 } Pool;
 
 static void seq_free(Seq *q) {
     PyMem_Free(q->f);
     PyMem_Free(q->prev);
-    PyMem_Free(q->keys);
-    PyMem_Free(q->ids);
+    PyMem_Free(q->slots);
     PyMem_Free(q->first);
     PyMem_Free(q->count);
     PyMem_Free(q->occ);
@@ -425,6 +433,9 @@ static void pool_free(Pool *p) {
     PyMem_Free(p->jo);
     PyMem_Free(p->joined);
     PyMem_Free(p->sj);
+    PyMem_Free(p->caret);
+    PyMem_Free(p->caret_id);
+    PyMem_Free(p->caret_ok);
     seq_free(&p->words);
     seq_free(&p->tail);
     seq_free(&p->chars);
@@ -452,12 +463,11 @@ static int seq_reserve(Seq *q, Py_ssize_t len) {
     Py_ssize_t kcap = 64;
     while (kcap < 2 * len) kcap <<= 1;
     if (kcap > q->kcap) {
-        GROW(q->keys, kcap);
-        GROW(q->ids, kcap);
+        GROW(q->slots, kcap);
         q->kcap = kcap;
     }
     q->kmask = (uint32_t)(kcap - 1);
-    memset(q->keys, 0, (size_t)kcap * sizeof(uint32_t));
+    memset(q->slots, 0, (size_t)kcap * sizeof(Slot));
     return 0;
 nomem:
     PyErr_NoMemory();
@@ -469,6 +479,9 @@ static int pool_reserve(Pool *p, Py_ssize_t ntok, Py_ssize_t njoined) {
         GROW(p->hw, ntok);
         GROW(p->ht, ntok);
         GROW(p->jo, ntok);
+        GROW(p->caret, ntok);
+        GROW(p->caret_id, ntok);
+        GROW(p->caret_ok, ntok);
         p->tcap = ntok;
     }
     if (njoined > p->jcap) {
@@ -486,8 +499,8 @@ nomem:
 static inline int32_t seq_id(const Seq *q, uint32_t bucket) {
     uint32_t mask = q->kmask;
     for (uint32_t i = bucket & mask;; i = (i + 1) & mask) {
-        if (q->keys[i] == bucket + 1) return q->ids[i];
-        if (!q->keys[i]) return -1;
+        if (q->slots[i].key == bucket + 1) return q->slots[i].id;
+        if (!q->slots[i].key) return -1;
     }
 }
 
@@ -500,19 +513,18 @@ static void seq_index(Seq *q) {
         /* the map is larger than L1 for a long text: fetch the slots a few features ahead */
         if (k + 16 < q->len) {
             uint32_t ahead = q->f[k + 16].bucket & mask;
-            __builtin_prefetch(&q->keys[ahead], 1);
-            __builtin_prefetch(&q->ids[ahead], 1);
+            __builtin_prefetch(&q->slots[ahead], 1);
         }
         uint32_t b = q->f[k].bucket, i = b & mask;
-        while (q->keys[i] && q->keys[i] != b + 1) i = (i + 1) & mask;
+        while (q->slots[i].key && q->slots[i].key != b + 1) i = (i + 1) & mask;
         int32_t id;
-        if (!q->keys[i]) {
-            q->keys[i] = b + 1;
-            q->ids[i] = id = next_id++;
+        if (!q->slots[i].key) {
+            q->slots[i].key = b + 1;
+            q->slots[i].id = id = next_id++;
             q->count[id] = 0;
             q->prev[k] = -1;
         } else {
-            id = q->ids[i];
+            id = q->slots[i].id;
             q->prev[k] = last[id];
         }
         last[id] = (int32_t)k;
@@ -538,11 +550,9 @@ static void seq_occurrences(Seq *q) {
     q->occ_ready = 1;
 }
 
-/* Whether a feature with this bucket sits at a position in [a, b) of q. */
-static inline int seq_holds(Seq *q, uint32_t bucket, Py_ssize_t a, Py_ssize_t b) {
-    if (a >= b) return 0;
-    int32_t id = seq_id(q, bucket);
-    if (id < 0) return 0;
+/* Whether the bucket with this id (seq_id; -1: none) sits at a position in [a, b) of q. */
+static inline int seq_holds_id(Seq *q, int32_t id, Py_ssize_t a, Py_ssize_t b) {
+    if (a >= b || id < 0) return 0;
     if (!q->occ_ready) seq_occurrences(q);
     const int32_t *pos = q->occ + q->first[id];
     Py_ssize_t lo = 0, hi = q->count[id];
@@ -571,7 +581,18 @@ static void seq_range(const Seq *q, Py_ssize_t a, Py_ssize_t b, double *sum, Py_
  * span's own features (the set of g) has its bucket. */
 static inline void put_extra(Group *g, Seq *q, Py_ssize_t a, Py_ssize_t b, uint64_t h) {
     Feat f = feat_of(g, h);
-    if (!seq_holds(q, f.bucket, a, b)) group_put(g, f);
+    if (!seq_holds_id(q, a < b ? seq_id(q, f.bucket) : -1, a, b)) group_put(g, f);
+}
+
+/* put_extra for the "^" word of pool token k. */
+static inline void put_caret(Scorer *self, Group *g, Pool *p, const Text *t, Py_ssize_t k,
+                             Py_ssize_t a, Py_ssize_t b) {
+    if (!p->caret_ok[k]) {
+        p->caret[k] = feat_of(g, hash_span(fnv(self->seed_words, '^'), t, p->tok.items[k]));
+        p->caret_id[k] = seq_id(&p->words, p->caret[k].bucket);
+        p->caret_ok[k] = 1;
+    }
+    if (!seq_holds_id(&p->words, p->caret_id[k], a, b)) group_put(g, p->caret[k]);
 }
 
 /* The whole text's features (see above). */
@@ -613,6 +634,7 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     seq_index(&p->words);
     seq_index(&p->chars);
     p->tail_ready = 0;
+    memset(p->caret_ok, 0, (size_t)ntok);
     return 0;
 }
 
@@ -687,8 +709,12 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     for (Py_ssize_t q = 0, k = 0; q < pieces->len; q++) {
         Span piece = pieces->items[q];
         while (k < count && SPAN_TOKEN(k).start < piece.start) k++;
-        if (k < count && SPAN_TOKEN(k).start < piece.end)
-            put_extra(&g, &p->words, wa, wb, hash_span(caret, t, SPAN_TOKEN(k)));
+        if (k < count && SPAN_TOKEN(k).start < piece.end) {
+            if (k >= has_left && k - has_left < whole)
+                put_caret(self, &g, p, t, i + k - has_left, wa, wb);
+            else
+                put_extra(&g, &p->words, wa, wb, hash_span(caret, t, SPAN_TOKEN(k)));
+        }
     }
     seq_range(&p->words, wa, wb, &sum, &cnt);
     *z = mean_like(sum + g.sum, cnt + g.n);
@@ -731,7 +757,8 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     }
     if (group_open(self, &g, NULL, len - (m_to - m_from) + 2 * n) < 0) return -1;
     for (Py_ssize_t q = 0; q + n <= len; q++) {
-        if (q >= m_at && q + n <= m_end) continue; /* in the range */
+        if (q == m_at && q + n <= m_end) q = m_end - n + 1; /* skip the range */
+        if (q + n > len) break;
         uint64_t h = self->seed_chars;
         for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, sj[q + c]);
         put_extra(&g, &p->chars, ca, cb, h);
