@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: bench/ and the harness (cluste
 from processes import free_port
 
 from bench import payloads
-from bench.common import BENCH, Service, log
+from bench.common import BENCH, Service, log, pinned
 from bench.loadgen import Client, build_request
 from bench.proxy import UPSTREAM_KEY, empty_config, seed_config, start_packgate
 
@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             if key == "floor":
                 argv = [sys.executable, str(BENCH / "floor.py"), "--port", str(port)]
                 argv += ["--upstream", base, "--key", UPSTREAM_KEY]
-                service = Service(key, argv, work / "floor.log").start()
+                # On the same CPU as the packgate setups: a server that shares the load
+                # generator's CPU wakes it and is woken without an inter-processor interrupt
+                # (costly in a VM), which made the floor look ~100 us cheaper at c=1.
+                service = Service(key, pinned(argv, args.cpu), work / "floor.log").start()
                 service.wait_http(f"http://127.0.0.1:{port}/healthz", 30)
             else:
                 plain = key.removeprefix("base:")

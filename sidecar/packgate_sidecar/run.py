@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import subscribe
+from . import gc_tuning, subscribe
 from .app import Gateway, GatewayOptions
 from .audit import ship
 from .chain import builtin_registry
@@ -306,6 +306,13 @@ async def serve(args: argparse.Namespace) -> int:
         await _quietly(api.cleanup())
         await _quietly(admin.cleanup())
         return 2
+    # The start-up heap (modules, the policies' models) is frozen out of garbage collection,
+    # again after each config change once the old config is idle: see gc_tuning.py.
+    gc_tuning.settle()
+    settler = gc_tuning.Settler(
+        lambda: holder.current, lambda old: old.retired and old.inflight == 0
+    )
+    settling = loop.create_task(settler.run())
     ready, _ = holder.readiness()
     log(
         _log,
@@ -322,6 +329,7 @@ async def serve(args: argparse.Namespace) -> int:
     deadline = loop.time() + args.drain_seconds
     gateway.draining = True
     watch.cancel()
+    settling.cancel()
     if subscription is not None:
         subscription.cancel()
     for site in list(api.sites):
