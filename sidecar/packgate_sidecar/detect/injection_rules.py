@@ -297,28 +297,46 @@ _LEXICON = Lexicon(
 def matched_rules(text: str, lowered: str) -> set[str]:
     """Names of the rules that match `text` (normalised; `lowered` is `text.lower()`)."""
     where = _LEXICON.where(lowered)
+    rules: set[str] = set()
+    if not where:
+        return rules
     # Offsets in `lowered` are offsets in `text` when lower-casing kept every character's length
     # (it does except for a few letters such as "İ"); otherwise cased rules search the text.
     aligned = len(text) == len(lowered)
-    rules: set[str] = set()
-    # Plain loops rather than generator expressions: this runs on every request.
+    # A rule is tried once, however many of its trigger words the text holds. Plain loops
+    # rather than generator expressions: this runs on every request.
+    tried: set[str] = set()
     for word in _TRIGGER_WORDS.intersection(where):
         for rule in _BY_TRIGGER[word]:
-            if rule.name in rules:
+            if rule.name in tried:
                 continue
-            if rule.more and any(t.isdisjoint(where) for t in rule.more):
+            tried.add(rule.name)
+            if rule.more and _lacks_one(rule.more, where):
                 continue
             subject = text if rule.cased else lowered
             if rule.cased and not aligned:
                 if rule.regex.search(subject):
                     rules.add(rule.name)
                 continue
-            match = rule.regex.match
-            for start in rule.starts.intersection(where):
-                if any(match(subject, at) for at in where[start]):
-                    rules.add(rule.name)
-                    break
+            if _matches_at(rule, subject, where):
+                rules.add(rule.name)
     return rules
+
+
+def _lacks_one(sets: tuple[frozenset[str], ...], where: dict[str, list[int]]) -> bool:
+    for words in sets:
+        if words.isdisjoint(where):
+            return True
+    return False
+
+
+def _matches_at(rule: _Compiled, subject: str, where: dict[str, list[int]]) -> bool:
+    match = rule.regex.match
+    for start in rule.starts.intersection(where):
+        for at in where[start]:
+            if match(subject, at):
+                return True
+    return False
 
 
 _SEARCHED = [
