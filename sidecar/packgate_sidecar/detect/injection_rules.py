@@ -311,7 +311,7 @@ def matched_rules(text: str, lowered: str) -> set[str]:
             if rule.name in tried:
                 continue
             tried.add(rule.name)
-            if rule.more and _lacks_one(rule.more, where):
+            if rule.more and any(t.isdisjoint(where) for t in rule.more):
                 continue
             subject = text if rule.cased else lowered
             if rule.cased and not aligned:
@@ -321,13 +321,6 @@ def matched_rules(text: str, lowered: str) -> set[str]:
             if _matches_at(rule, subject, where):
                 rules.add(rule.name)
     return rules
-
-
-def _lacks_one(sets: tuple[frozenset[str], ...], where: dict[str, list[int]]) -> bool:
-    for words in sets:
-        if words.isdisjoint(where):
-            return True
-    return False
 
 
 def _matches_at(rule: _Compiled, subject: str, where: dict[str, list[int]]) -> bool:
