@@ -367,20 +367,26 @@ static inline const Mapping *translator_at(const Translator *self, Py_UCS4 c, Py
 
 /* text.translate(table), for the table given at construction, applied only inside `spans`
  * when given (the homoglyph fold of mixed-script words); the text itself when unchanged. */
+static PyObject *translator_run(Translator *self, PyObject *s, const Spans *sp);
+
 static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", "spans", NULL};
     PyObject *s, *spans = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|O", keywords, &s, &spans)) return NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0, k = 0;
     if (!self->slots) return Py_NewRef(s);
-    Spans storage = {NULL, 0, 0}, *sp = NULL;
-    if (spans != Py_None) {
-        if (translator_spans(spans, n, &storage) < 0) {
-            PyMem_Free(storage.items);
-            return NULL;
-        }
-        sp = &storage;
+    Spans storage = {NULL, 0, 0};
+    if (spans != Py_None && translator_spans(spans, PyUnicode_GET_LENGTH(s), &storage) < 0) {
+        PyMem_Free(storage.items);
+        return NULL;
     }
+    PyObject *out = translator_run(self, s, spans != Py_None ? &storage : NULL);
+    PyMem_Free(storage.items);
+    return out;
+}
+
+/* The translation of s, only inside the spans sp when not NULL (the text itself if unchanged). */
+static PyObject *translator_run(Translator *self, PyObject *s, const Spans *sp) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0, k = 0;
     int kind = PyUnicode_KIND(s);
     const void *data = PyUnicode_DATA(s);
     Py_UCS4 maxchar = 0;
@@ -416,9 +422,10 @@ static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kw
         PyUnicode_WRITE(out_kind, out_data, w++, c);
     }
 done:
-    PyMem_Free(storage.items);
     return out;
 }
+
+static PyObject *translate_words(PyObject *translator, PyObject *args, PyObject *kwargs);
 
 static void Translator_dealloc(Translator *self) {
     PyMem_Free(self->slots);
@@ -429,6 +436,9 @@ static PyMethodDef Translator_methods[] = {
     {"apply", (PyCFunction)(void (*)(void))Translator_apply, METH_VARARGS | METH_KEYWORDS,
      "apply(text, spans=None) -> str: text.translate(table), only inside `spans` (sorted,\n"
      "disjoint (start, end) pairs) when given."},
+    {"apply_words", (PyCFunction)(void (*)(void))translate_words,
+     METH_VARARGS | METH_KEYWORDS,
+     "apply_words(text, classes, need) -> str: apply(text, classes.tokens(text, need))."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -605,6 +615,66 @@ static PyObject *CharClasses_runs(CharClasses *self, PyObject *args, PyObject *k
         i = j;
     }
     if (out && start >= 0 && push_span(out, start, end) < 0) Py_CLEAR(out);
+    return out;
+}
+
+/* Translator.apply_words: the translation of the \w+ tokens holding characters of every class
+ * in `need` (of a CharClasses), in one call: apply(text, classes.tokens(text, need)), without
+ * the list of spans in between. */
+/* The \w+ tokens of data (a str's kind and length) holding every class of `need`, into out;
+ * inlined with a constant kind, so each kind gets its own loop without a switch per character. */
+__attribute__((always_inline)) static inline int class_tokens(const CharClasses *cc,
+                                                              const void *data, int kind,
+                                                              Py_ssize_t n, unsigned int need,
+                                                              Spans *out) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!is_word(PyUnicode_READ(kind, data, i))) {
+            i++;
+            continue;
+        }
+        unsigned int mask = 0;
+        Py_ssize_t j = i;
+        for (Py_UCS4 c; j < n && is_word(c = PyUnicode_READ(kind, data, j)); j++)
+            mask |= class_of(cc, c);
+        if ((mask & need) == need && ngc_spans_push(out, i, j) < 0) return -1;
+        i = j;
+    }
+    return 0;
+}
+
+static PyObject *translate_words(PyObject *translator, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "classes", "need", NULL};
+    PyObject *s, *classes;
+    unsigned int need;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UO!I", keywords, &s, &ngc_CharClassesType,
+                                     &classes, &need))
+        return NULL;
+    const CharClasses *cc = (const CharClasses *)classes;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    const void *data = PyUnicode_DATA(s);
+    Spans spans = {NULL, 0, 0};
+    int failed = 0;
+    if (cc->bmp) {
+        switch (PyUnicode_KIND(s)) {
+        case PyUnicode_1BYTE_KIND:
+            failed = class_tokens(cc, data, PyUnicode_1BYTE_KIND, n, need, &spans);
+            break;
+        case PyUnicode_2BYTE_KIND:
+            failed = class_tokens(cc, data, PyUnicode_2BYTE_KIND, n, need, &spans);
+            break;
+        default:
+            failed = class_tokens(cc, data, PyUnicode_4BYTE_KIND, n, need, &spans);
+        }
+    }
+    if (failed) {
+        PyMem_Free(spans.items);
+        return NULL;
+    }
+    PyObject *out = spans.len && ((Translator *)translator)->slots
+                        ? translator_run((Translator *)translator, s, &spans)
+                        : Py_NewRef(s);
+    PyMem_Free(spans.items);
     return out;
 }
 

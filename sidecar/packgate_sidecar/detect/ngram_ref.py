@@ -245,6 +245,10 @@ class Translator:
                 )
         self.table = dict(table)
 
+    def apply_words(self, text: str, classes: CharClasses, need: int) -> str:
+        """`apply` inside the tokens with characters of every class in `need`."""
+        return self.apply(text, classes.tokens(text, need))
+
     def apply(self, text: str, spans: Sequence[tuple[int, int]] | None = None) -> str:
         """`text.translate(table)`, only inside `spans` (sorted, disjoint) when given."""
         if spans is None:

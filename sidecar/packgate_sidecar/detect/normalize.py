@@ -119,7 +119,7 @@ def _fold_homoglyphs(text: str, present: int) -> str:
     # look-alike in Latin text and all of them fold ("ѕау" becomes "say").
     if not present & _REAL_CYRILLIC_GREEK:
         return _FOLD.apply(text)
-    return _FOLD.apply(text, _CLASSES.tokens(text, _LATIN_LETTER | _HOMOGLYPH))
+    return _FOLD.apply_words(text, _CLASSES, _LATIN_LETTER | _HOMOGLYPH)
 
 
 # Unicode normalisation changes a text only around a few characters: those that decompose
@@ -196,9 +196,12 @@ def normalize(text: str) -> str:
         present = _CLASSES.which(text)
         if present & _TABLED:
             text = _UNTABLE.apply(text)
-        if not unicodedata.is_normalized("NFKC", text):
+        # NFKC, stretch by stretch (unicodedata.is_normalized would not save the work: on text
+        # with combining marks its quick check answers "maybe" and it normalises the whole text).
+        nfkc = _by_stretch(text, _UNSTABLE, _nfkc)
+        if nfkc != text:
             # NFKC can expose new invisibles (e.g. a compatibility form of a space joiner).
-            text = _by_stretch(text, _UNSTABLE, _nfkc)
+            text = nfkc
             if _CLASSES.which(text) & _TABLED:
                 text = _UNTABLE.apply(text)
         if text is not before:

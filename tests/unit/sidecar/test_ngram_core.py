@@ -248,6 +248,10 @@ def test_char_classes_and_translators_agree(text: str) -> None:
         want = want[:start] + text[start:end].translate(table) + want[end:]
     assert _ngramcore.Translator(table).apply(text, spans) == want
     assert ngram_ref.Translator(table).apply(text, spans) == want
+    for need in (1, 5):
+        want = ngram_ref.Translator(table).apply(text, reference.tokens(text, need))
+        assert _ngramcore.Translator(table).apply_words(text, compiled, need) == want
+        assert ngram_ref.Translator(table).apply_words(text, reference, need) == want
 
 
 def test_malformed_translators_are_refused() -> None:
