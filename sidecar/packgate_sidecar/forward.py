@@ -292,8 +292,13 @@ class Forwarder:
             if ctx.route == EMBEDDINGS
             else self.max_response_bytes
         )
-        if answer.content_length is not None and answer.content_length > limit:
+        length = answer.content_length
+        if length is not None and length > limit:
             raise _too_big(ctx, limit)
+        if length is not None and "Content-Encoding" not in answer.headers:
+            # The parser reads exactly Content-Length bytes, already checked: one read. A
+            # compressed answer's length is not its decompressed size, so it is counted below.
+            return await answer.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in answer.content.iter_chunked(256 * 1024):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 from collections.abc import AsyncIterator
 
@@ -191,3 +192,34 @@ async def test_a_chunked_answer_is_cut_off_at_the_limit_while_reading() -> None:
         await runner.cleanup()
     assert not sent["finished"]
     assert sent["bytes"] < 20 * 1024 * 1024
+
+
+async def test_a_compressed_answer_is_limited_by_its_decompressed_size() -> None:
+    """A gzip answer's Content-Length is its compressed size: 1 KiB on the wire can inflate to
+    megabytes, so it is counted as it decompresses, never read in one go on its header."""
+    inflated = b" " * (4 * 1024 * 1024) + b"{}"
+
+    async def bomb(request: web.Request) -> web.Response:
+        await request.read()
+        body = gzip.compress(inflated)
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", bomb)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = make_config(f"http://127.0.0.1:{port}/v1")
+        async with running_gateway(config, options=OPTIONS) as running:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await running.client().chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}]
+                )
+    finally:
+        await runner.cleanup()
+    assert caught.value.status_code == 502
+    assert "upstream_response_too_large" in caught.value.response.text

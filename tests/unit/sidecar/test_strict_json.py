@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from packgate_sidecar.strict_json import MAX_DEPTH, JsonRefused, dumps, loads
 
 
@@ -52,6 +54,49 @@ def test_a_wide_body_with_many_brackets_is_still_checked_and_accepted() -> None:
     assert loads(json.dumps(wide).encode()) == wide
 
 
-def test_dumps_refuses_nan_a_rewrite_cannot_smuggle_one_in() -> None:
-    with pytest.raises(ValueError):
-        dumps({"t": float("nan")})
+def test_dumps_never_writes_nan_a_rewrite_cannot_smuggle_one_in() -> None:
+    # A request body cannot hold one (loads refuses them); a provider's answer parsed leniently
+    # may, and is still written as strict JSON.
+    for value in (float("nan"), float("inf"), -float("inf")):
+        assert loads(dumps({"t": value})) == {"t": None}
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1.5e309"])
+def test_a_number_too_large_for_a_double_is_refused(number: bytes) -> None:
+    with pytest.raises(JsonRefused) as caught:
+        loads(b'{"temperature":' + number + b"}")
+    assert caught.value.code == "invalid_json_number"
+    assert "too large" in caught.value.message
+
+
+def test_dumps_writes_what_the_fast_encoder_refuses_as_the_standard_one_does() -> None:
+    huge = 10**30  # beyond 64 bits: orjson refuses it, the standard encoder writes it
+    assert (
+        dumps({"seed": huge, "s": "é"})
+        == '{"seed":1000000000000000000000000000000,"s":"é"}'.encode()
+    )
+    with pytest.raises(UnicodeEncodeError):
+        dumps({"s": "\ud800"})  # a lone surrogate cannot be UTF-8: refused as before
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",))),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(blacklist_categories=("Cs",))), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_dumps_is_read_back_as_the_same_value_by_the_standard_and_the_strict_parser(
+    value: object,
+) -> None:
+    written = dumps(value)
+    assert json.loads(written) == value
+    assert loads(written) == value
