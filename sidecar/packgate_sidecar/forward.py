@@ -24,6 +24,7 @@ from packgate_policy import ConfigError, ConfigIssue, PolicyConfig, key_env_name
 from yarl import URL
 
 from . import scrub, strict_json
+from .audit.writer import STREAMED_STATE_KEY
 from .chain import Chain, StreamBlocked
 from .errors import REQUEST_ID_HEADER, ApiError, error_body, policy_blocked, sse_error_event
 from .logs import get_logger, log
@@ -215,6 +216,7 @@ class Forwarder:
                     streamed = answer.status == 200 and answer.content_type == "text/event-stream"
                     if ctx.stream and streamed:
                         await wait_durable(ahead)
+                        ctx.state[STREAMED_STATE_KEY] = True  # no answer waits for the rest
                         return await self._relay(request, answer, chain, route, ctx)
                     return await self._whole(answer, chain, route, ctx)
             except TimeoutError:

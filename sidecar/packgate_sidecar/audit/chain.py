@@ -80,9 +80,23 @@ def seal(
     kid: str | None = None,
 ) -> tuple[bytes, ChainState]:
     """Seal ``body`` as the next record: returns the line (with its newline) and the new state."""
+    encoded = canonical(body if isinstance(body, dict) else dict(body))
+    return seal_encoded(state, record_type, encoded, key=key, ts=ts, kid=kid)
+
+
+def seal_encoded(
+    state: ChainState,
+    record_type: RecordType,
+    encoded: bytes,
+    *,
+    key: bytes,
+    ts: str,
+    kid: str | None = None,
+) -> tuple[bytes, ChainState]:
+    """`seal` of a body already in its canonical encoding (``AuditRecord.encode()``); the
+    caller vouches that ``encoded`` is ``canonical()`` of a JSON object."""
     # The same bytes as _Parts(...).content() and .line(), built without the intermediate
     # objects: this runs once per proxied request, on the event loop.
-    encoded = canonical(body if isinstance(body, dict) else dict(body))
     kid = kid if kid is not None else key_id(key)
     tail = _tail(state.prev, state.seq, ts, record_type)
     raw = b"".join((_HEAD, encoded, f',"kid":"{kid}",{tail}'.encode()))

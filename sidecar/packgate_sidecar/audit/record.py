@@ -99,6 +99,13 @@ class PolicyDecision:
     def to_json(self) -> dict[str, JSONValue]:
         return {"policy": self.policy, "decision": self.decision, "reason": self.reason}
 
+    def encode(self) -> str:
+        """``canonical(self.to_json())``, see :meth:`AuditRecord.encode`."""
+        return (
+            f'{{"decision":"{self.decision}","policy":"{self.policy}",'
+            f'"reason":{_str(self.reason)}}}'
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
@@ -114,6 +121,14 @@ class TokenUsage:
         _count("usage.prompt_tokens", self.prompt_tokens)
         _count("usage.completion_tokens", self.completion_tokens)
         _count("usage.total_tokens", self.total_tokens)
+
+    def encode(self) -> str:
+        """``canonical(self.to_json())``, see :meth:`AuditRecord.encode`."""
+        return (
+            f'{{"completion_tokens":{_num(self.completion_tokens)},'
+            f'"estimated":{"true" if self.estimated else "false"},'
+            f'"prompt_tokens":{_num(self.prompt_tokens)},"total_tokens":{_num(self.total_tokens)}}}'
+        )
 
     def to_json(self) -> dict[str, JSONValue]:
         return {
@@ -218,6 +233,30 @@ class AuditRecord:
             "outcome": self.outcome,
         }
 
+    def encode(self) -> bytes:
+        """``chain.canonical(self.to_body())``, the bytes that are sealed, built in one pass.
+
+        Byte for byte the same (a property test holds them equal): the keys are written in
+        sorted order, and no value needs escaping, since every string field passed the token
+        or time pattern (ASCII letters, digits and ``_.:/@+=,%-`` only); numbers are spelled
+        as ``json.dumps`` spells them (``int.__repr__``, ``float.__repr__``). Sealing runs once
+        per request on the event loop; this is a quarter of what ``json.dumps`` with
+        ``sort_keys`` costs here.
+        """
+        tags = ",".join(f'"{k}":"{v}"' for k, v in sorted(self.tags.items()))
+        usage = "null" if self.usage is None else self.usage.encode()
+        return (
+            f'{{"config_hash":{_str(self.config_hash)},"cost_usd":{_num(self.cost_usd)},'
+            f'"decisions":[{",".join([d.encode() for d in self.decisions])}],'
+            f'"endpoint":"{self.endpoint}","latency_ms":{_num(self.latency_ms)},'
+            f'"model":{_str(self.model)},"namespace":{_str(self.namespace)},'
+            f'"outcome":{_str(self.outcome)},"pack":{_str(self.pack)},'
+            f'"pack_version":{_str(self.pack_version)},"pod":{_str(self.pod)},'
+            f'"request_id":"{self.request_id}","status":{_num(self.status)},'
+            f'"streamed":{"true" if self.streamed else "false"},"tags":{{{tags}}},'
+            f'"target":{_str(self.target)},"time":"{self.time}","usage":{usage}}}'
+        ).encode("ascii")
+
     @classmethod
     def from_body(cls, body: Mapping[str, object]) -> AuditRecord:
         """Validate a plain mapping (as produced by :meth:`to_body`); unknown keys are errors."""
@@ -240,6 +279,18 @@ class AuditRecord:
             return cls(decisions=decisions, usage=usage, tags=dict(raw_tags), **data)  # type: ignore[arg-type]
         except TypeError as exc:
             raise ValueError(f"audit record: {exc}") from None
+
+
+def _str(value: str | None) -> str:
+    """A validated token (nothing to escape) or null, as JSON."""
+    return "null" if value is None else f'"{value}"'
+
+
+def _num(value: float | None) -> str:
+    """A validated finite number or null, spelled as ``json.dumps`` spells it."""
+    if value is None:
+        return "null"
+    return float.__repr__(value) if isinstance(value, float) else int.__repr__(value)
 
 
 def _decision(raw: object) -> PolicyDecision:

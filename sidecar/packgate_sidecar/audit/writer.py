@@ -2,18 +2,21 @@
 
 Why it exists: every proxied request produces an audit record, and no ``fsync`` may stall the
 event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``), which validates
-and seals the record on the spot (hash and MAC: some 15 us, less than handing the record to
-another thread costs) and appends the line to an in-memory batch. One writer thread writes each
-batch with a single ``os.write`` on an ``O_APPEND`` descriptor and ``fsync``s once, so
-throughput grows with load instead of paying one ``fsync`` per request.
+and seals the record on the spot (its body encoded in one pass by ``AuditRecord.encode``; hash
+and MAC: some 15 us, less than handing the record to another thread costs) and appends the line
+to an in-memory batch. One writer thread writes each batch with a single ``os.write`` on an
+``O_APPEND`` descriptor and ``fsync``s once, so throughput grows with load instead of paying one
+``fsync`` per request.
 
 Handing a batch over costs thread switches (the writer thread must take the GIL from the event
 loop, several times per batch; on a pinned sidecar all on one core), so batches are made large
 when they can be: requests that will send records soon are counted (:meth:`expect`); while
 others than the batch's own are counted, the batch waits up to ``linger`` (5 ms) for theirs,
 then a timer on the event loop wakes the thread once for all of them. With nothing else in
-flight, a record is handed over at once, so a lone request never waits. Completion costs one
-call into each waiting event loop per batch, which resolves all of that batch's futures.
+flight, a record is handed over at once, so a lone request never waits. A record no answer waits
+for (``lazy``: a relayed stream's outcome) hurries nobody: it goes with the next record, or
+after ``linger``. Completion costs one call into each waiting event loop per batch, which
+resolves all of that batch's futures; the stdout copy is written after that call.
 
 On disk: ``DIR/audit-NNNNNN-YYYYMMDD.jsonl`` segments, one sealed JSON record per line (see
 ``chain.py``). A segment is created atomically (header written to a temp file, fsynced, then
@@ -53,6 +56,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import sys
 import threading
@@ -71,6 +75,7 @@ from packgate_sidecar.audit.chain import (
     key_id,
     parse_line,
     seal,
+    seal_encoded,
 )
 from packgate_sidecar.audit.record import AuditRecord, utc_time
 from packgate_sidecar.audit.segments import (
@@ -89,12 +94,16 @@ from packgate_sidecar.audit.segments import (
 # ctx.state key under which audit-logger leaves the futures of records that must be durable
 # before the gateway sends a whole response (the wait is I/O, outside any policy's time budget).
 DURABLE_STATE_KEY = "audit-logger/durable"
+# ctx.state key the forwarder sets once an answer goes out as a stream (its write-ahead records
+# are durable): no answer waits for the request's outcome record, so it is submitted lazily.
+STREAMED_STATE_KEY = "audit-logger/streamed"
 # With this many requests about to send records, a batch waits the whole ``linger`` for them.
 _FULL_LINGER = 8
 # Importers of the directory layout from here (shipper, verifier, collector) keep working.
 __all__ = [
     "DURABLE_STATE_KEY",
     "SEGMENT_RE",
+    "STREAMED_STATE_KEY",
     "AuditQueueFull",
     "AuditRecoveryError",
     "AuditStats",
@@ -171,7 +180,7 @@ class _Batch:
     access: int = 0  # access records in ops (the queue's length)
     counted: int = 0  # of which from requests still counted by expect() (write-ahead records)
     ready: bool = False  # the writer thread may take it now
-    kick: bool = False  # a loop timer will mark it ready
+    kick_at: float = math.inf  # a loop timer will mark it ready then (time.monotonic())
     loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = field(default_factory=dict)
     threads: list[concurrent.futures.Future[list[str]]] = field(default_factory=list)
 
@@ -218,7 +227,8 @@ class AuditWriter:
         self._day_start = self._day_end = 0.0
         # Owned by the writer thread once it runs (by start() before): the open segment file.
         self._fd, self._file_seg = -1, ""
-        self._unsynced = _Write(bytearray())  # written, not yet fsynced (echoed after the fsync)
+        self._unsynced = _Write(bytearray())  # written, not yet counted as durable
+        self._to_echo = bytearray()  # durable, not yet copied to stdout
         self._pruning: set[str] = set()
         self._access_written = 0
         # Called on the writer thread after each durable batch (the shipper's wake-up).
@@ -301,6 +311,7 @@ class AuditWriter:
             if not batch.ops:
                 break
             self._apply(batch.ops)
+            self._echo_out()
         self._thread = threading.Thread(target=self._run, name="packgate-audit", daemon=True)
         self._thread.start()
 
@@ -362,15 +373,22 @@ class AuditWriter:
         await self._put(_body(record), None)
 
     def submit_durable(
-        self, record: AuditRecord | Mapping[str, object], *, counted: bool = False
+        self,
+        record: AuditRecord | Mapping[str, object],
+        *,
+        counted: bool = False,
+        lazy: bool = False,
     ) -> asyncio.Future[None]:
         """Queue a record like :meth:`submit` (from a running event loop); the returned future
         of that loop resolves once the record's batch is fsynced, or fails with
         :class:`AuditWriterError` if it cannot be written. ``counted``: the submitting request
         stays counted by :meth:`expect` (a stream's write-ahead record; its next record comes
-        when the stream ends), so the batch does not wait for it."""
+        when the stream ends), so the batch does not wait for it. ``lazy``: no answer waits
+        for this record (a relayed stream's outcome), so it does not hurry its batch: it goes
+        with the next record that does, or after ``linger``; that saves a stream its second
+        hand-off to the writer thread and its second fsync."""
         done = asyncio.get_running_loop().create_future()
-        self._enqueue(_body(record), done, None, counted)
+        self._enqueue(_body(record), done, None, counted, lazy)
         return done
 
     async def put_durable(self, record: AuditRecord | Mapping[str, object]) -> None:
@@ -412,7 +430,7 @@ class AuditWriter:
             self._ready()
         return done
 
-    async def _put(self, body: dict[str, JSONValue], done: asyncio.Future[None] | None) -> None:
+    async def _put(self, body: bytes, done: asyncio.Future[None] | None) -> None:
         loop = asyncio.get_running_loop()
         waited = False
         while True:
@@ -427,10 +445,11 @@ class AuditWriter:
 
     def _enqueue(
         self,
-        body: dict[str, JSONValue],
+        body: bytes,
         done: asyncio.Future[None] | None,
         room: asyncio.Future[None] | None,
         counted: bool = False,
+        lazy: bool = False,
     ) -> bool:
         """Seal the record and queue its line. With the queue full: raise AuditQueueFull, or,
         given ``room``, return False with it registered to be resolved once there is room
@@ -449,26 +468,33 @@ class AuditWriter:
                 self._roll(now, "day")
             elif self._size >= self._max_bytes:  # so a segment overshoots by one record at most
                 self._roll(now, "size")
-            self._append(self._seal("access", body, now), access=True)
+            line, self._state = seal_encoded(
+                self._state, "access", body, key=self._key, ts=utc_time(now), kid=self._kid
+            )
+            self._append(line, access=True)
             batch.access += 1
             batch.counted += counted
             self.stats.submitted += 1
             if done is not None:
                 batch.loops.setdefault(done.get_loop(), []).append(done)
             if not batch.ready:
-                self._schedule(batch, done.get_loop() if done is not None else _running_loop())
+                loop = done.get_loop() if done is not None else _running_loop()
+                self._schedule(batch, loop, lazy)
             return True
 
-    def _schedule(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
+    def _schedule(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None, lazy: bool) -> None:
         """Make the batch ready now, or, while other requests are about to send records (see
         :meth:`expect`), a moment later from a timer on the submitting loop, so that theirs
-        join it: the thread is then woken once per batch, by the loop (as a submit would)."""
+        join it: the thread is then woken once per batch, by the loop (as a submit would).
+        A lazy record waits the whole ``linger`` unless a later record hurries the batch."""
         others = self._expecting - batch.counted
-        if others <= 0 or loop is None or batch.access >= self._max_queue:
+        if loop is None or batch.access >= self._max_queue or (others <= 0 and not lazy):
             self._ready()
-        elif not batch.kick:
-            batch.kick = True
-            delay = self._linger * min(others, _FULL_LINGER) / _FULL_LINGER
+            return
+        delay = self._linger if lazy else self._linger * min(others, _FULL_LINGER) / _FULL_LINGER
+        due = time.monotonic() + delay
+        if due < batch.kick_at:  # the earliest deadline of the batch's records wins
+            batch.kick_at = due
             loop.call_later(delay, self._kick, batch)
 
     def _kick(self, batch: _Batch) -> None:
@@ -535,6 +561,7 @@ class AuditWriter:
                     return  # closing, and everything queued has been written
                 self._apply(batch.ops)
                 _settle(batch, None)
+                self._echo_out()
         except BaseException as exc:
             with self._cv:
                 self._error = exc
@@ -579,13 +606,17 @@ class AuditWriter:
         self.stats.written += done.records
         self._access_written += done.access
         self.stats.batches += 1
-        self._echo_lines(done.data)
+        if self._echo is not None:
+            self._to_echo += done.data
         if self.on_durable is not None:
             self.on_durable()
 
-    def _echo_lines(self, data: bytes | bytearray) -> None:
+    def _echo_out(self) -> None:
+        """Write the stdout copy of what became durable (after the waiters were told, so the
+        answers do not wait for it)."""
+        data, self._to_echo = self._to_echo, bytearray()
         echo = self._echo
-        if echo is None:
+        if echo is None or not data:
             return
         try:
             echo.write(data)
@@ -602,7 +633,8 @@ class AuditWriter:
         self._file_seg = op.name
         self.stats.segments += 1
         self.stats.written += 1
-        self._echo_lines(op.header)
+        if self._echo is not None:
+            self._to_echo += op.header
         self._prune(op.now, None)
 
     def _prune(self, now: float, done: concurrent.futures.Future[list[str]] | None) -> None:
@@ -629,10 +661,11 @@ class AuditWriter:
         self._pruning.update(path.name for path, _ in expired)
 
 
-def _body(record: AuditRecord | Mapping[str, object]) -> dict[str, JSONValue]:
+def _body(record: AuditRecord | Mapping[str, object]) -> bytes:
+    """The record's body in its canonical encoding (validated on the way, see record.py)."""
     if isinstance(record, AuditRecord):
-        return record.to_body()
-    return AuditRecord.from_body(record).to_body()
+        return record.encode()
+    return AuditRecord.from_body(record).encode()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

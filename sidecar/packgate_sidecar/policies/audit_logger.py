@@ -27,10 +27,12 @@ loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks t
   the response, and withholds the response if it fails, unless `fail_open`); a streamed request,
   whose bytes reach the client as they come, gets a write-ahead record (`outcome: started`, see
   `write_ahead`), queued before it goes upstream and durable before the first byte of the answer
-  reaches the client, and its outcome record is appended when it ends. Concurrent requests share
-  fsyncs (group commit): each request is counted (`AuditWriter.expect`) from `on_request` to its
-  last record, and while others are in flight a batch waits up to 5 ms for their records (a lone
-  request never waits); `make bench` (`audit_durability`) measures the cost.
+  reaches the client, and its outcome record is appended when it ends (lazily: no answer waits
+  for it, so it goes to disk with the next record or within the 5 ms linger). Concurrent
+  requests share fsyncs (group commit): each request is counted (`AuditWriter.expect`) from
+  `on_request` to its last record, and while others are in flight a batch waits up to 5 ms for
+  their records (a lone request never waits); `make bench` (`audit_durability`) measures the
+  cost.
 - Shipping: with `PACKGATE_AUDIT_COLLECTOR_URL` set (the injector sets it), `audit/ship.py`
   ships every sealed record to the audit collector; a spool the collector has not acknowledged
   up to its bound fails requests the same way (closed unless `fail_open`).
@@ -59,7 +61,13 @@ from .. import scrub
 from ..audit import ship
 from ..audit.keys import KEY_ENV, load_key
 from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
-from ..audit.writer import DURABLE_STATE_KEY, AuditQueueFull, AuditWriter, AuditWriterError
+from ..audit.writer import (
+    DURABLE_STATE_KEY,
+    STREAMED_STATE_KEY,
+    AuditQueueFull,
+    AuditWriter,
+    AuditWriterError,
+)
 from ..logs import get_logger, log
 from ..policy import (
     ALLOW,
@@ -306,7 +314,9 @@ class AuditLoggerPolicy(Policy):
             return
         record = build_record(ctx)
         try:
-            durable = self.writer.submit_durable(record)
+            # A relayed stream's outcome record hurries nobody: it rides with the next record.
+            lazy = STREAMED_STATE_KEY in ctx.state
+            durable = self.writer.submit_durable(record, lazy=lazy)
         except AuditQueueFull:
             await self.writer.put_durable(record)  # within the chain's time budget for this hook
             return

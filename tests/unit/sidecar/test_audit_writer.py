@@ -533,3 +533,27 @@ async def test_a_record_with_no_other_request_in_flight_is_written_at_once(
     w.expect(-1)
     await w.aclose()
     assert w.stats.batches == 2
+
+
+async def test_a_record_nobody_waits_for_rides_with_the_next_one_or_leaves_after_linger(
+    tmp_path: Path,
+) -> None:
+    w = AuditWriter(tmp_path, KEY, linger=0.3)
+    await w.astart()
+    loop = asyncio.get_running_loop()
+    outcome = w.submit_durable(record(0), lazy=True)  # a relayed stream's outcome record
+    await asyncio.sleep(0.1)
+    assert not outcome.done()  # held back: no answer waits for it
+    ahead = w.submit_durable(record(1), counted=True)  # the next stream's write-ahead record
+    await asyncio.wait_for(asyncio.gather(outcome, ahead), 0.15)  # went at once, together
+    assert w.stats.batches == 1
+    started = loop.time()
+    await asyncio.wait_for(w.submit_durable(record(2), lazy=True), 2)  # alone: after linger
+    assert loop.time() - started >= 0.25
+    assert w.stats.batches == 2
+    last = w.submit_durable(record(3), lazy=True)
+    await w.aclose()  # closing writes it at once
+    assert last.done() and last.exception() is None
+    assert [line["body"].get("request_id") for line in lines_of(tmp_path)[1:]] == [
+        f"req-{i}" for i in range(4)
+    ]
