@@ -10,13 +10,17 @@ policy rebuilt on reload does not register its metrics twice.
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
@@ -46,18 +50,18 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self._own: dict[str, MetricWrapperBase] = {}
         self._verdicts: _VerdictLookups | None = None
-        self.requests = self.counter(
+        self.requests = self._loop_family(
             "packgate_requests_total",
             "Requests answered by the gateway, by route, HTTP status and provider target.",
             ("route", "status", "target"),
         )
-        self.request_duration = self.histogram(
+        self.request_duration = self._loop_family(
             "packgate_request_duration_seconds",
             "Time from receiving a request to its last response byte, by route.",
             ("route",),
             LATENCY_BUCKETS,
         )
-        self.upstream_latency = self.histogram(
+        self.upstream_latency = self._loop_family(
             "packgate_upstream_latency_seconds",
             "Time from sending a request to a provider target until its response headers.",
             ("target", "route"),
@@ -80,12 +84,12 @@ class Metrics:
         self.inflight.set_function(lambda: self.inflight_count)
         # Labelled children by label values: `labels()` costs more than the increment itself.
         self._children: dict[tuple[Any, ...], Any] = {}
-        self.policy_decisions = self.counter(
+        self.policy_decisions = self._loop_family(
             "packgate_policy_decisions_total",
             "Policy decisions by policy kind, phase (request, response, stream) and decision.",
             ("kind", "phase", "decision"),
         )
-        self.policy_duration = self.histogram(
+        self.policy_duration = self._loop_family(
             "packgate_policy_duration_seconds",
             "Time a policy took per request phase.",
             ("kind", "phase"),
@@ -126,7 +130,18 @@ class Metrics:
             ("result",),
         )
 
-    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+    def _loop_family(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        buckets: Sequence[float] | None = None,
+    ) -> LoopFamily:
+        family = LoopFamily(name, documentation, labels, buckets)
+        self.registry.register(family)
+        return family
+
+    def child(self, metric: MetricWrapperBase | LoopFamily, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: hot paths count without the label lookup."""
         key = (id(metric), *values)
         child = self._children.get(key)
@@ -210,4 +225,96 @@ class _VerdictLookups(Collector):
         )
         for (kind, hit), count in sorted(self.lookups().items()):
             family.add_metric([kind, "hit" if hit else "miss"], count)
+        yield family
+
+
+def _go_float(bound: float) -> str:
+    """A bucket's `le` label as prometheus_client writes it (`1.0`, `0.001`)."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
+
+
+class _LoopCount:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _LoopSpread:
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # buckets count values <= bound
+        self.sum += amount
+
+
+class LoopFamily(Collector):
+    """A labelled counter (`buckets` None) or histogram that only the event loop thread updates.
+
+    Why: prometheus_client takes a lock per value and re-checks the metric on every update, so a
+    histogram observation cost about 1 us and a request made a dozen (its own, the upstream's,
+    each policy's decision and duration). Children here are plain attributes, bumped in well under
+    that, and exported in the same format when scraped (the scrape runs on the loop too). Only
+    for metrics updated on the loop thread: a worker thread must use `counter`/`histogram`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float] | None = None,
+    ) -> None:
+        self.name = name.removesuffix("_total") if buckets is None else name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = None if buckets is None else sorted(float(b) for b in buckets)
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        child = self.children.get(key)
+        if child is None:
+            child = _LoopCount() if self.bounds is None else _LoopSpread(self.bounds)
+            self.children[key] = child
+        return child
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names are checked by the registry from collect(); nothing to pre-declare
+
+    def collect(self) -> Iterator[Metric]:
+        if self.bounds is None:
+            counter = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+            for values, count in list(self.children.items()):
+                counter.add_metric(values, count.value, created=count.created)
+            yield counter
+            return
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        edges = [_go_float(b) for b in self.bounds] + ["+Inf"]
+        for values, spread in list(self.children.items()):
+            running, buckets = 0, []
+            for edge, count in zip(edges, spread.counts, strict=True):
+                running += count
+                buckets.append((edge, float(running)))
+            family.add_metric(values, buckets, spread.sum)
+            family.samples.append(
+                Sample(
+                    self.name + "_created",
+                    dict(zip(self.labelnames, values, strict=True)),
+                    spread.created,
+                )
+            )
         yield family

@@ -66,3 +66,15 @@ async def test_on_the_event_loop_the_lines_of_one_iteration_go_out_together_in_o
     log(get_logger("access"), logging.INFO, "request", n=3)
     logs.flush()  # what shutdown and exit do with the last iteration's lines
     assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 3
+
+
+def test_any_field_value_still_makes_one_json_line(stream: io.StringIO) -> None:
+    """Tuples, int keys, objects (as str) and integers beyond 64 bits, which the fast encoder
+    refuses, all come out as one JSON line."""
+    fields = {"attempts": [("t", "200")], "by_code": {404: 1}, "path": logging, "n": 10**30}
+    log(get_logger("access"), logging.INFO, "odd", **fields)
+    log(get_logger("access"), logging.INFO, "plain", text="déjà")
+    odd, plain = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert odd["attempts"] == [["t", "200"]] and odd["by_code"] == {"404": 1}
+    assert odd["path"] == str(logging) and odd["n"] == 10**30
+    assert plain["text"] == "déjà"
