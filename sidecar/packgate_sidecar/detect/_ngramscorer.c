@@ -149,6 +149,57 @@ static int split_sentences(const Text *t, Spans *out) {
     return ngc_spans_push(out, piece, s1);
 }
 
+/* split_sentences' split points over t: (where a piece ends, where the next begins). */
+static int find_splits(const Text *t, Spans *out) {
+    out->len = 0;
+    Py_ssize_t s0 = t->start, s1 = t->end;
+    while (s0 < s1 && Py_UNICODE_ISSPACE(CH(t, s0))) s0++;
+    while (s1 > s0 && Py_UNICODE_ISSPACE(CH(t, s1 - 1))) s1--;
+    Py_ssize_t i = s0;
+    while (i < s1) {
+        Py_UCS4 c = CH(t, i);
+        Py_ssize_t j = i;
+        if ((c == '.' || c == '!' || c == '?' || c == ':') && i + 1 < s1 &&
+            Py_UNICODE_ISSPACE(CH(t, i + 1))) {
+            j = i + 1;
+            while (j < s1 && Py_UNICODE_ISSPACE(CH(t, j))) j++;
+        } else if (c == '\n') {
+            while (j < s1 && CH(t, j) == '\n') j++;
+        } else {
+            i++;
+            continue;
+        }
+        if (ngc_spans_push(out, i, j) < 0) return -1;
+        i = j;
+    }
+    return 0;
+}
+
+/* split_sentences(t) for a span t of the text the splits were found on. The span, stripped,
+ * starts and ends with a non-space character, so the whole text's scan reaches its start
+ * fresh (no run of spaces or newlines it skips covers it) and every run it skips inside the
+ * span ends before the span's last character: the span's split points are the text's that
+ * lie in it, each with room for a character after it. */
+static int pieces_from_splits(const Spans *splits, const Text *t, Spans *out) {
+    out->len = 0;
+    Py_ssize_t s0 = t->start, s1 = t->end;
+    while (s0 < s1 && Py_UNICODE_ISSPACE(CH(t, s0))) s0++;
+    while (s1 > s0 && Py_UNICODE_ISSPACE(CH(t, s1 - 1))) s1--;
+    Py_ssize_t lo = 0, hi = splits->len, piece = s0;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (splits->items[mid].start < s0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (Py_ssize_t k = lo; k < splits->len && splits->items[k].start + 1 < s1; k++) {
+        if (ngc_spans_push(out, piece, splits->items[k].start) < 0) return -1;
+        piece = splits->items[k].end;
+    }
+    return ngc_spans_push(out, piece, s1);
+}
+
 static int reserve_joined(Scorer *self, Py_ssize_t nchars) {
     if (nchars > self->joined_cap) {
         Py_UCS4 *joined = PyMem_Realloc(self->joined, (size_t)nchars * sizeof(Py_UCS4));
@@ -322,9 +373,10 @@ fail:
 #define STRIDE 256
 #define MIN_SENTENCE 12
 
-static inline int is_terminator(Py_UCS4 c) {
-    return c == '.' || c == '!' || c == '?' || c == ':' || c == '\n';
-}
+/* . ! ? : and newline are all below 64: one bit test instead of five comparisons. */
+#define TERMINATORS \
+    ((1ULL << '.') | (1ULL << '!') | (1ULL << '?') | (1ULL << ':') | (1ULL << '\n'))
+static inline int is_terminator(Py_UCS4 c) { return c < 64 && (TERMINATORS >> c & 1); }
 
 static int find_segments(const Text *t, Spans *out, Py_ssize_t *nwindows) {
     Py_ssize_t n = t->end;
@@ -402,6 +454,11 @@ typedef struct {
 typedef struct Pool {
     Spans tok;           /* the whole text's tokens */
     int tail_ready;      /* the tail sequence is built for the first span that has a tail */
+    /* Where the whole text splits into sentence pieces (split_sentences' split points: the
+     * piece before ends at start, the next begins at end), found once for all windows. */
+    Spans splits;
+    int splits_ready;
+    Py_ssize_t text_end;
     Py_ssize_t tcap;     /* capacity of the per-token arrays */
     uint64_t *hw, *ht;   /* FNV state after each token, word and tail seeds */
     Py_ssize_t *jo;      /* offset of each token in the joined text */
@@ -428,6 +485,7 @@ static void seq_free(Seq *q) {
 static void pool_free(Pool *p) {
     if (!p) return;
     PyMem_Free(p->tok.items);
+    PyMem_Free(p->splits.items);
     PyMem_Free(p->hw);
     PyMem_Free(p->ht);
     PyMem_Free(p->jo);
@@ -634,6 +692,8 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     seq_index(&p->words);
     seq_index(&p->chars);
     p->tail_ready = 0;
+    p->splits_ready = 0;
+    p->text_end = t->end;
     memset(p->caret_ok, 0, (size_t)ntok);
     return 0;
 }
@@ -681,8 +741,13 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     /* A sentence span is one piece as it stands (trimmed, no terminator inside but its last
      * characters), so only windows need splitting. */
     self->sentences.len = 0;
+    if (!sentence && !p->splits_ready) {
+        Text whole = {t->u, 0, p->text_end};
+        if (find_splits(&whole, &p->splits) < 0) return -1;
+        p->splits_ready = 1;
+    }
     if (sentence ? ngc_spans_push(&self->sentences, s, e) < 0
-                 : split_sentences(t, &self->sentences) < 0)
+                 : pieces_from_splits(&p->splits, t, &self->sentences) < 0)
         return -1;
     const Spans *pieces = &self->sentences;
     Py_ssize_t whole = fe - i, count = whole + has_left + has_right;

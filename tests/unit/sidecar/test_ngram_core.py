@@ -267,7 +267,7 @@ def test_malformed_translators_are_refused() -> None:
 
 # Long enough for windows, with short and long words, so windows and capped sentences cut
 # tokens at every kind of place.
-_LONG = st.text(alphabet=st.sampled_from("ab c.\n!:İ中_"), min_size=300, max_size=1400)
+_LONG = st.text(alphabet=st.sampled_from("ab c.\n!:?\t\rİ中_"), min_size=300, max_size=1400)
 
 
 @settings(max_examples=150, deadline=None)
