@@ -385,13 +385,15 @@ static PyObject *Translator_apply(Translator *self, PyObject *args, PyObject *kw
 }
 
 /* The translation of s, only inside the spans sp when not NULL (the text itself if unchanged). */
-static PyObject *translator_run(Translator *self, PyObject *s, const Spans *sp) {
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0, k = 0;
-    int kind = PyUnicode_KIND(s);
-    const void *data = PyUnicode_DATA(s);
-    Py_UCS4 maxchar = 0;
+/* Pass one of translator_run: the output's length and largest character; 1 if any character
+ * maps. Inlined with a constant kind, so each kind gets its own loop without a switch per
+ * character (the same for pass two). */
+__attribute__((always_inline)) static inline int translator_measure(
+    const Translator *self, const void *data, int kind, Py_ssize_t n, const Spans *sp,
+    Py_ssize_t *out_len, Py_UCS4 *maxchar) {
+    Py_ssize_t k = 0, len = 0;
+    Py_UCS4 top = 0;
     int changed = 0;
-    PyObject *out = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
         const Mapping *m = translator_at(self, c, i, sp, &k);
@@ -400,18 +402,20 @@ static PyObject *translator_run(Translator *self, PyObject *s, const Spans *sp) 
             c = m->value;
             if (c == DELETE) continue;
         }
-        if (c > maxchar) maxchar = c;
-        out_len++;
+        if (c > top) top = c;
+        len++;
     }
-    if (!changed) {
-        out = Py_NewRef(s);
-        goto done;
-    }
-    if (!(out = PyUnicode_New(out_len, maxchar))) goto done;
+    *out_len = len;
+    *maxchar = top;
+    return changed;
+}
+
+__attribute__((always_inline)) static inline void translator_write(
+    const Translator *self, const void *data, int kind, Py_ssize_t n, const Spans *sp,
+    PyObject *out) {
     int out_kind = PyUnicode_KIND(out);
     void *out_data = PyUnicode_DATA(out);
-    Py_ssize_t w = 0;
-    k = 0;
+    Py_ssize_t w = 0, k = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
         const Mapping *m = translator_at(self, c, i, sp, &k);
@@ -421,7 +425,89 @@ static PyObject *translator_run(Translator *self, PyObject *s, const Spans *sp) 
         }
         PyUnicode_WRITE(out_kind, out_data, w++, c);
     }
-done:
+}
+
+/* translator_run inside spans: characters outside them are copied, not looked up. */
+static PyObject *translator_run_spans(Translator *self, PyObject *s, const Spans *sp) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = n;
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_UCS4 maxchar = 0;
+    int changed = 0;
+    Py_ssize_t last = 0;
+    for (Py_ssize_t k = 0; k <= sp->len; k++) {
+        Py_ssize_t a = k < sp->len ? sp->items[k].start : n, b = k < sp->len ? sp->items[k].end : n;
+        for (Py_ssize_t i = last; i < a; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (c > maxchar) maxchar = c;
+        }
+        for (Py_ssize_t i = a; i < b; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            const Mapping *m = translator_find(self, c);
+            if (m) {
+                changed = 1;
+                c = m->value;
+                if (c == DELETE) {
+                    out_len--;
+                    continue;
+                }
+            }
+            if (c > maxchar) maxchar = c;
+        }
+        last = b;
+    }
+    if (!changed) return Py_NewRef(s);
+    PyObject *out = PyUnicode_New(out_len, maxchar);
+    if (!out) return NULL;
+    int out_kind = PyUnicode_KIND(out);
+    void *out_data = PyUnicode_DATA(out);
+    Py_ssize_t w = 0;
+    last = 0;
+    for (Py_ssize_t k = 0; k <= sp->len; k++) {
+        Py_ssize_t a = k < sp->len ? sp->items[k].start : n, b = k < sp->len ? sp->items[k].end : n;
+        if (a > last) {
+            if (PyUnicode_CopyCharacters(out, w, s, last, a - last) < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            w += a - last;
+        }
+        for (Py_ssize_t i = a; i < b; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            const Mapping *m = translator_find(self, c);
+            if (m) {
+                c = m->value;
+                if (c == DELETE) continue;
+            }
+            PyUnicode_WRITE(out_kind, out_data, w++, c);
+        }
+        last = b;
+    }
+    return out;
+}
+
+static PyObject *translator_run(Translator *self, PyObject *s, const Spans *sp) {
+    if (sp) return translator_run_spans(self, s, sp);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = 0;
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_UCS4 maxchar = 0;
+    int changed;
+    if (kind == PyUnicode_1BYTE_KIND)
+        changed = translator_measure(self, data, PyUnicode_1BYTE_KIND, n, sp, &out_len, &maxchar);
+    else if (kind == PyUnicode_2BYTE_KIND)
+        changed = translator_measure(self, data, PyUnicode_2BYTE_KIND, n, sp, &out_len, &maxchar);
+    else
+        changed = translator_measure(self, data, PyUnicode_4BYTE_KIND, n, sp, &out_len, &maxchar);
+    if (!changed) return Py_NewRef(s);
+    PyObject *out = PyUnicode_New(out_len, maxchar);
+    if (!out) return NULL;
+    if (kind == PyUnicode_1BYTE_KIND)
+        translator_write(self, data, PyUnicode_1BYTE_KIND, n, sp, out);
+    else if (kind == PyUnicode_2BYTE_KIND)
+        translator_write(self, data, PyUnicode_2BYTE_KIND, n, sp, out);
+    else
+        translator_write(self, data, PyUnicode_4BYTE_KIND, n, sp, out);
     return out;
 }
 
@@ -591,30 +677,46 @@ static PyObject *CharClasses_tokens(CharClasses *self, PyObject *args, PyObject 
 
 /* The stretches of the text holding characters of a class in `need`: each maximal run of them
  * with the one character before it, runs less than `gap` characters apart merged into one. */
-static PyObject *CharClasses_runs(CharClasses *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"text", "need", "gap", NULL};
-    PyObject *s;
-    unsigned int need;
-    Py_ssize_t gap;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UIn", keywords, &s, &need, &gap)) return NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(s), start = -1, end = -1;
-    int kind = PyUnicode_KIND(s);
-    const void *data = PyUnicode_DATA(s);
-    PyObject *out = PyList_New(0);
-    for (Py_ssize_t i = 0; out && self->bmp && i < n; i++) {
-        if (!(class_of(self, PyUnicode_READ(kind, data, i)) & need)) continue;
+/* CharClasses.runs over data of a constant kind (see class_tokens). */
+__attribute__((always_inline)) static inline int class_runs(const CharClasses *cc,
+                                                            const void *data, int kind,
+                                                            Py_ssize_t n, unsigned int need,
+                                                            Py_ssize_t gap, PyObject *out) {
+    Py_ssize_t start = -1, end = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!(class_of(cc, PyUnicode_READ(kind, data, i)) & need)) continue;
         Py_ssize_t j = i + 1;
-        while (j < n && class_of(self, PyUnicode_READ(kind, data, j)) & need) j++;
+        while (j < n && class_of(cc, PyUnicode_READ(kind, data, j)) & need) j++;
         Py_ssize_t from = i > 0 ? i - 1 : 0;
         if (start >= 0 && from - end >= gap) {
-            if (push_span(out, start, end) < 0) Py_CLEAR(out);
+            if (push_span(out, start, end) < 0) return -1;
             start = -1;
         }
         if (start < 0) start = from;
         end = j;
         i = j;
     }
-    if (out && start >= 0 && push_span(out, start, end) < 0) Py_CLEAR(out);
+    return start >= 0 ? push_span(out, start, end) : 0;
+}
+
+static PyObject *CharClasses_runs(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "need", "gap", NULL};
+    PyObject *s;
+    unsigned int need;
+    Py_ssize_t gap;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UIn", keywords, &s, &need, &gap)) return NULL;
+    PyObject *out = PyList_New(0);
+    if (!out || !self->bmp) return out;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    const void *data = PyUnicode_DATA(s);
+    int failed;
+    if (PyUnicode_KIND(s) == PyUnicode_1BYTE_KIND)
+        failed = class_runs(self, data, PyUnicode_1BYTE_KIND, n, need, gap, out);
+    else if (PyUnicode_KIND(s) == PyUnicode_2BYTE_KIND)
+        failed = class_runs(self, data, PyUnicode_2BYTE_KIND, n, need, gap, out);
+    else
+        failed = class_runs(self, data, PyUnicode_4BYTE_KIND, n, need, gap, out);
+    if (failed) Py_CLEAR(out);
     return out;
 }
 

@@ -202,9 +202,11 @@ def normalize(text: str) -> str:
         if nfkc != text:
             # NFKC can expose new invisibles (e.g. a compatibility form of a space joiner).
             text = nfkc
-            if _CLASSES.which(text) & _TABLED:
+            present = _CLASSES.which(text)
+            if present & _TABLED:
                 text = _UNTABLE.apply(text)
-        if text is not before:
+                present = _CLASSES.which(text)
+        elif text is not before:
             present = _CLASSES.which(text)
         if present & _MARK and _LATIN_COMBINING.search(text):
             text = _by_stretch(text, _UNSTABLE_OR_MARK, _drop_latin_marks)
