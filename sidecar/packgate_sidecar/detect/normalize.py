@@ -243,6 +243,8 @@ _LEET_TABLE = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
      "!": "i", "|": "l"}
 )  # fmt: skip
+_LEET_MAP: dict[int, str | None] = dict(_LEET_TABLE)
+_LEET = Translator(_LEET_MAP)
 # "i g n o r e  a l l" — five or more single letters separated by single spaces.
 _SPACED = re.compile(r"(?<!\S)(?:\w[ .\-_*]){4,}\w(?!\S)")
 _SPACED_SEP = re.compile(r"[ .\-_*]")
@@ -429,7 +431,10 @@ def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]
         if reference:
             yield _substitute(base, _LEET_WORD, _decode_leet, pad="")
         else:
-            yield _replace(base, leet, _decode_leet, pad="")
+            # _decode_leet maps character for character: one compiled pass over the words
+            # short enough to decode is _replace(base, leet, _decode_leet, pad="").
+            words = [(start, end) for start, end in leet if end - start <= _LEET_MAX]
+            yield _LEET.apply(base, words) if words else None
     if morse:
         yield _substitute(base, _MORSE_RUN, _decode_morse)
     # Token checks run in the compiled core (one pass each, no token list built in Python).
