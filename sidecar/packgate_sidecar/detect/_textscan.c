@@ -20,7 +20,10 @@ typedef struct {
     uint64_t mask;
     Py_ssize_t size;
     uint64_t prefix_lengths; /* bit L set: some prefix entry has L characters (L < 64) */
-    uint64_t prefix_starts;  /* bit (c & 63) set: some prefix entry starts with c */
+    uint64_t prefix_starts;  /* bit (c & 63) set: some one-character prefix entry is c */
+    /* bit (second & 63) of prefix_pairs[first & 63]: some longer prefix entry starts with
+     * these two characters (a token that starts otherwise is no prefix entry's) */
+    uint64_t prefix_pairs[64];
     Py_ssize_t prefix_max;   /* the longest prefix entry */
     /* Bit (second character & 63) of sig[min(length, 31)][first character & 63]: some word
      * entry could be this token. Most tokens of a text are in no lexicon, and this rules them
@@ -113,7 +116,11 @@ static int Lexicon_init(Lexicon *self, PyObject *args, PyObject *kwargs) {
         }
         if (prefix) {
             self->prefix_lengths |= 1ULL << len;
-            self->prefix_starts |= 1ULL << (PyUnicode_READ_CHAR(word, 0) & 63);
+            Py_UCS4 first = PyUnicode_READ_CHAR(word, 0);
+            if (len == 1)
+                self->prefix_starts |= 1ULL << (first & 63);
+            else
+                self->prefix_pairs[first & 63] |= 1ULL << (PyUnicode_READ_CHAR(word, 1) & 63);
             if (len > self->prefix_max) self->prefix_max = len;
         }
         self->size++;
@@ -157,7 +164,9 @@ static PyObject *Lexicon_where(Lexicon *self, PyObject *args, PyObject *kwargs) 
         Span s = {i, j};
         PyObject *word = lexicon_lookup(self, &t, s);
         if (word && append_position(where, word, i) < 0) goto fail;
-        if (self->prefix_starts >> (CH(&t, i) & 63) & 1) {
+        Py_UCS4 first = CH(&t, i);
+        if ((self->prefix_starts >> (first & 63) & 1) ||
+            (j - i > 1 && self->prefix_pairs[first & 63] >> (CH(&t, i + 1) & 63) & 1)) {
             uint64_t h = FNV_BASIS;
             for (Py_ssize_t k = i; k < j && k - i < self->prefix_max; k++) {
                 h = fnv(h, CH(&t, k));
