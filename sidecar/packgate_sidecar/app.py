@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from logging import INFO
 from typing import Any
@@ -276,11 +277,6 @@ class Gateway:
         self, request: web.Request, request_id: str, route: str, active: Active
     ) -> RequestContext:
         config = active.config
-        headers = {}
-        for name, value in request.headers.items():
-            lower = name.lower()
-            if lower.startswith("x-packgate-"):
-                headers[lower] = value
         return RequestContext(
             request_id,
             route,
@@ -288,7 +284,7 @@ class Gateway:
             pack_version=config.pack.version,
             config_hash=active.hash,
             pod=self.runtime.pod,
-            headers=headers,
+            headers=PackgateHeaders(request.headers),
         )
 
     async def _proxy(
@@ -459,6 +455,37 @@ class Gateway:
         return web.Response(
             body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+class PackgateHeaders(Mapping[str, str]):
+    """A request's `x-packgate-*` headers by lower-cased name, picked out on first use: most
+    chains read none (only cost-attribution's tags do), and scanning every header of every
+    request for them cost more than the lookups."""
+
+    __slots__ = ("_picked", "_raw")
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self._raw = raw
+        self._picked: dict[str, str] | None = None
+
+    def _pick(self) -> dict[str, str]:
+        picked = self._picked
+        if picked is None:
+            picked = self._picked = {}
+            for name, value in self._raw.items():
+                lower = name.lower()
+                if lower.startswith("x-packgate-"):
+                    picked[lower] = value
+        return picked
+
+    def __getitem__(self, name: str) -> str:
+        return self._pick()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pick())
+
+    def __len__(self) -> int:
+        return len(self._pick())
 
 
 def _internal(exc: Exception, request_id: str) -> ApiError:

@@ -30,7 +30,13 @@ async def within(budget: float, coro: Coroutine[Any, Any, _T]) -> _T:
         first = coro.send(None)
     except StopIteration as done:
         return cast(_T, done.value)
-    left = budget - (time.monotonic() - started)
+    return await finish_within(budget - (time.monotonic() - started), coro, first)
+
+
+async def finish_within(left: float, coro: Coroutine[Any, Any, _T], first: Any) -> _T:
+    """The rest of `within` for a coroutine whose first step has run and yielded `first`: the
+    remainder is cut off after `left` seconds. For callers that run the first step themselves
+    (the chain, saving a coroutine per hook)."""
     async with asyncio.timeout(max(0.0, left)):
         return await _Rest(coro, first)
 

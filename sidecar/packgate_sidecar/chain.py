@@ -24,7 +24,7 @@ from typing import Any
 
 from packgate_policy import ConfigError, ConfigIssue, PolicyConfig
 
-from .budget import within
+from .budget import finish_within, within
 from .logs import describe_exception, get_logger, log
 from .metrics import Metrics
 from .policy import (
@@ -215,7 +215,14 @@ class Chain:
     ) -> tuple[Decision | None, str | None, float]:
         started, cpu_started = time.perf_counter(), time.thread_time()
         try:
-            decision = await within(entry.budget, method(ctx, items))
+            # `within`, inline: the first step runs here; only a hook that waits gets a timer.
+            call = method(ctx, items)
+            try:
+                step = call.send(None)
+            except StopIteration as done:
+                decision = done.value
+            else:
+                decision = await finish_within(entry.budget - _since(started), call, step)
             if not isinstance(decision, Decision):
                 raise TypeError(f"{entry.kind} returned {type(decision).__name__}, not Decision")
         except Blocked as blocked:

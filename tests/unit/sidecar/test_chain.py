@@ -154,6 +154,23 @@ async def test_the_time_budget_cuts_an_async_wait_short() -> None:
     assert asyncio.get_running_loop().time() - started < 2  # the policy sleeps for 5 s
 
 
+class Waits(Policy):
+    """Suspends twice (as a classifier call would) before it decides."""
+
+    async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
+        return Decision.flag("waited", score=0.5)
+
+
+async def test_a_hook_that_waits_within_its_budget_has_its_decision_recorded() -> None:
+    chain = build(["prompt-injection"], registry_with(prompt_injection=Waits))
+    ctx = RequestContext("r", CHAT)
+    assert await chain.run_request(ctx, chat("x")[1]) is None
+    [record] = ctx.decisions
+    assert record.action == "flag" and record.reason == "waited" and record.failure is None
+
+
 class Descheduled(Policy):
     """Finishes quickly in CPU terms but late by the clock: its thread is held up without running,
     as on a busy node where the sidecar waits for a core (a blocking sleep stands in for that)."""
