@@ -58,7 +58,7 @@ from typing import Any
 
 from . import ngram, ngram_ref
 from .injection_rules import CASED_RULES, RULES, matched_rules, searched_rules
-from .normalize import iter_lowered_variants
+from .normalize import iter_lowered_variants, warm_up
 
 __all__ = [
     "CASED_RULES",
@@ -186,5 +186,11 @@ class InjectionScorer:
 
 @lru_cache(maxsize=1)
 def default_scorer() -> InjectionScorer:
-    """The scorer over the shipped model, loaded on first use and shared afterwards."""
-    return InjectionScorer()
+    """The scorer over the shipped model, loaded on first use and shared afterwards.
+
+    Loading also builds the normaliser's table of Unicode normalisation boundaries (~25 ms),
+    so the first non-ASCII prompt does not pay for it: the policy loads this with its config.
+    """
+    scorer = InjectionScorer()
+    warm_up()
+    return scorer

@@ -28,7 +28,7 @@ from urllib.parse import unquote
 
 from .ngram import CharClasses, Lexicon, Translator, count_tokens, signals
 
-__all__ = ["iter_lowered_variants", "iter_variants", "normalize", "variants"]
+__all__ = ["iter_lowered_variants", "iter_variants", "normalize", "variants", "warm_up"]
 
 # Zero-width characters, soft hyphen, word joiners, BOM, Mongolian vowel separator, variation
 # selectors and bidirectional controls: invisible, so they only ever serve to split a keyword.
@@ -160,6 +160,11 @@ def _boundaries() -> CharClasses:
     return CharClasses(
         [[*_ranges(unstable), (0x10000, 0x10FFFF)], _class(_MARKS), _ranges(decomposing)]
     )
+
+
+def warm_up() -> None:
+    """Build the boundary table now rather than on the first non-ASCII text."""
+    _boundaries()
 
 
 def _by_stretch(text: str, need: int, convert: Callable[[str], str]) -> str:
