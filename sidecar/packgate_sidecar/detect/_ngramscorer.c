@@ -92,16 +92,6 @@ typedef struct {
     float weight;
 } Feat;
 
-/* Weights of features whose buckets are set, read with prefetching: the table (4 MB for 2^20
- * buckets) does not fit a core's cache, and these reads are a large share of the scoring time
- * when each waits for its cache miss. */
-static void gather_weights(Feat *f, Py_ssize_t len, const float *weights) {
-    for (Py_ssize_t k = 0; k < len; k++) {
-        if (k + 48 < len) __builtin_prefetch(&weights[f[k + 48].bucket]);
-        f[k].weight = weights[f[k].bucket];
-    }
-}
-
 static inline uint32_t bucket_of(uint32_t mask, uint64_t h) { return (uint32_t)(fmix64(h) & mask); }
 
 static inline Feat feat_of(const Group *g, uint64_t h) {
@@ -562,17 +552,21 @@ static inline int32_t seq_id(const Seq *q, uint32_t bucket) {
     }
 }
 
-/* prev[] and the occurrence lists of q's features (q->f[0..len) filled in). */
-static void seq_index(Seq *q) {
+/* Each feature's weight, prev[] and id (q->f[0..len).bucket filled in); the occurrence lists
+ * follow on demand (seq_occurrences). */
+static void seq_index(Seq *q, const float *weights) {
     uint32_t mask = q->kmask;
     int32_t next_id = 0;
     int32_t *last = q->occ; /* scratch until the occurrence lists are written */
     for (Py_ssize_t k = 0; k < q->len; k++) {
-        /* the map is larger than L1 for a long text: fetch the slots a few features ahead */
+        /* The weight table and, for a long text, the map are larger than the cache: fetch
+         * both for the features a little ahead, so their misses overlap. */
         if (k + 16 < q->len) {
-            uint32_t ahead = q->f[k + 16].bucket & mask;
-            __builtin_prefetch(&q->slots[ahead], 1);
+            uint32_t ahead = q->f[k + 16].bucket;
+            __builtin_prefetch(&weights[ahead]);
+            __builtin_prefetch(&q->slots[ahead & mask], 1);
         }
+        q->f[k].weight = weights[q->f[k].bucket];
         uint32_t b = q->f[k].bucket, i = b & mask;
         while (q->slots[i].key && q->slots[i].key != b + 1) i = (i + 1) & mask;
         int32_t id;
@@ -685,12 +679,11 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
         ch[i].bucket = bucket_of(mask, h);
     }
     const float *weights = (const float *)self->weights.buf;
-    gather_weights(w, nwords, weights);
-    gather_weights(ch, nchars, weights);
+
     p->words.len = p->tail.len = nwords;
     p->chars.len = nchars;
-    seq_index(&p->words);
-    seq_index(&p->chars);
+    seq_index(&p->words, weights);
+    seq_index(&p->chars, weights);
     p->tail_ready = 0;
     p->splits_ready = 0;
     p->text_end = t->end;
@@ -707,8 +700,7 @@ static void pool_build_tail(Scorer *self, Pool *p, const Text *t) {
         tl[2 * k].bucket = bucket_of(self->mask, p->ht[k]);
         if (k) tl[2 * k - 1].bucket = bucket_of(self->mask, hash_span(fnv(p->ht[k - 1], ' '), t, tok[k]));
     }
-    gather_weights(tl, p->tail.len, (const float *)self->weights.buf);
-    seq_index(&p->tail);
+    seq_index(&p->tail, (const float *)self->weights.buf);
     p->tail_ready = 1;
 }
 
