@@ -9,10 +9,12 @@ must not hold the event loop for the whole scan.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from packgate_policy import PolicyBlock
+
+from ..policy import TextItem
 
 _S = TypeVar("_S", bound=PolicyBlock)
 _T = TypeVar("_T")
@@ -45,6 +47,12 @@ def settings_as(settings: PolicyBlock, cls: type[_S]) -> _S:
 def counted_reason(prefix: str, counts: Mapping[str, int]) -> str:
     """`pii:EMAIL,PHONE` from `{"EMAIL": 2, "PHONE": 1}`: entity types, never values."""
     return prefix + ":" + ",".join(sorted(counts))
+
+
+def offloaded(texts: Sequence[TextItem]) -> bool:
+    """Whether a phase's texts are large enough to scan in a worker thread (OFFLOAD_CHARS);
+    checked inline, so the usual small phase costs no coroutine of its own."""
+    return sum([len(item.text) for item in texts]) > OFFLOAD_CHARS
 
 
 async def maybe_offload(size: int, work: Callable[[], _T]) -> _T:

@@ -22,6 +22,7 @@ never values. The request phase keeps its findings (types and offsets only) in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from ..policy import (
     StreamFilter,
     TextItem,
 )
-from .common import counted_reason, maybe_offload, settings_as
+from .common import counted_reason, offloaded, settings_as
 
 # With custom patterns (whose open tail cannot be known) a stream channel holds back this many
 # characters: the longest custom match caught whole.
@@ -165,21 +166,22 @@ class PiiDetectorPolicy(Policy):
             return Decision.block(reason, **scanned.counts)
         return Decision.rewrite(scanned.rewrites, reason, **scanned.counts)
 
-    async def _scan(self, texts: Sequence[TextItem]) -> tuple[_Scan, Decision]:
-        size = sum(len(item.text) for item in texts)
-        scanned = await maybe_offload(size, lambda: self.scan(texts))
-        return scanned, self._decide(scanned)
-
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
-        scanned, decision = await self._scan(texts)
+        # Inline unless large (see common.OFFLOAD_CHARS): no coroutine layer per request.
+        if offloaded(texts):
+            scanned = await asyncio.to_thread(self.scan, texts)
+        else:
+            scanned = self.scan(texts)
         if scanned.findings:
             ctx.state[self.kind] = {"findings": scanned.findings}
-        return decision
+        return self._decide(scanned)
 
     async def on_response(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         if not self.config.scan_responses:
             return ALLOW
-        return (await self._scan(texts))[1]
+        if offloaded(texts):
+            return self._decide(await asyncio.to_thread(self.scan, texts))
+        return self._decide(self.scan(texts))
 
     def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
         if not self.config.scan_responses:

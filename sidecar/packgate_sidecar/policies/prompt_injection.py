@@ -31,6 +31,7 @@ attack comes back in the next request as a `tool` message, where it is scored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -40,7 +41,7 @@ from packgate_policy import PolicyBlock, PromptInjection
 from ..detect.injection import InjectionScorer, default_scorer
 from ..detect.second_opinion import BackendUnavailable, SecondOpinion
 from ..policy import Decision, Policy, PolicyRuntime, RequestContext, TextItem
-from .common import UNTRUSTED_ROLES, maybe_offload, settings_as
+from .common import OFFLOAD_CHARS, UNTRUSTED_ROLES, settings_as
 
 WINDOW = 2048
 OVERLAP = 512  # longer than any attack phrase, so none is cut in two at every window edge
@@ -100,8 +101,10 @@ class PromptInjectionPolicy(Policy):
         pieces = self.pieces(texts)
         if not pieces:
             return Decision.allow()
-        size = sum(map(len, pieces))
-        scores = await maybe_offload(size, lambda: [self.local(p) for p in pieces])
+        if sum(map(len, pieces)) > OFFLOAD_CHARS:
+            scores = await asyncio.to_thread(lambda: [self.local(p) for p in pieces])
+        else:
+            scores = [self.local(p) for p in pieces]
         local = round(max(scores), 4)
         if self.backend is None:
             return self._verdict(local >= self.config.threshold, score=local)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_policy import PiiDetector
+from packgate_sidecar.policies.common import OFFLOAD_CHARS
 from packgate_sidecar.policies.pii_detector import PiiDetectorPolicy
 from packgate_sidecar.policy import Blocked, PolicyRuntime, RequestContext, TextItem
 
@@ -173,3 +175,27 @@ async def test_arguments_that_are_not_json_are_scanned_as_text() -> None:
     path = "input[0].arguments"
     decision = await policy().on_request(ctx(), [TextItem(f"{{broken {EMAIL}", "assistant", path)])
     assert decision.rewrites[0] == "{broken <EMAIL>"
+
+
+@pytest.mark.parametrize("phase", ["request", "response"])
+async def test_a_large_phase_is_scanned_in_a_worker_thread_with_the_same_result(
+    phase: str,
+) -> None:
+    """Over common.OFFLOAD_CHARS the scan leaves the event loop (other requests keep moving)
+    and finds the same entities; small phases stay inline."""
+    scanner = policy(scan_responses=True)
+    threads: list[int] = []
+    scan = scanner.scan
+
+    def recording(texts: list[TextItem]) -> object:
+        threads.append(threading.get_ident())
+        return scan(texts)
+
+    scanner.scan = recording  # type: ignore[method-assign,assignment]
+    hook = scanner.on_request if phase == "request" else scanner.on_response
+    large = PROMPT + " filler" * (OFFLOAD_CHARS // 7)
+    decision = await hook(ctx(), [user(large)])
+    assert decision.reason == "pii:CREDIT_CARD,EMAIL,PHONE,SSN"
+    assert decision.rewrites[0].startswith("Mail <EMAIL>, call <PHONE>")
+    await hook(ctx(), [user(PROMPT)])
+    assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()

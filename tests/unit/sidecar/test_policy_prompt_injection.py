@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import threading
 
 import pytest
 from packgate_policy import PromptInjection
+from packgate_sidecar.policies.common import OFFLOAD_CHARS
 from packgate_sidecar.policies.prompt_injection import WINDOW, PromptInjectionPolicy, windows
 from packgate_sidecar.policy import PolicyRuntime, RequestContext, TextItem
 
@@ -88,3 +90,20 @@ def test_windows_cover_the_whole_text_with_overlap() -> None:
     assert pieces[0] == text[:WINDOW] and text.endswith(pieces[-1])
     assert all(len(piece) <= WINDOW for piece in pieces)
     assert windows("short") == ["short"]
+
+
+async def test_a_large_request_is_scored_in_a_worker_thread_with_the_same_verdict() -> None:
+    scorer = policy()
+    threads: list[int] = []
+    local = scorer.local
+
+    def recording(piece: str) -> float:
+        threads.append(threading.get_ident())
+        return local(piece)
+
+    scorer.local = recording  # type: ignore[method-assign]
+    large = FILLER * (OFFLOAD_CHARS // len(FILLER)) + ATTACK
+    items = [TextItem(large, "user", "input")]
+    decision = await scorer.on_request(RequestContext("r", "/v1/responses"), items)
+    assert decision.action == "block"
+    assert set(threads) and threading.get_ident() not in threads
