@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate, takewhile
 from typing import Any
 
 from .chain import StreamBlocked, StreamPolicies
@@ -105,8 +106,10 @@ class StreamRewriter:
         self.ctx = ctx
         self.saw_done = False
         self._rest = b""
-        # A channel's last event, as parsed JSON or raw data bytes (parsed when first needed).
-        self._templates: dict[Channel, tuple[str | None, dict[str, Any] | bytes]] = {}
+        # A channel's last event: parsed (event name, JSON) or, for a plain delta event, the
+        # bytes around its text (one of the two per channel, whichever came last).
+        self._templates: dict[Channel, tuple[str | None, dict[str, Any]]] = {}
+        self._frames: dict[Channel, tuple[bytes, bytes]] = {}
         self._emitted: dict[Channel, str] = {}
         # The last plain delta event around its text: (bytes before, bytes after, channel).
         self._frame: tuple[bytes, bytes, Channel] | None = None
@@ -123,8 +126,8 @@ class StreamRewriter:
         at = 0
         try:
             while True:
-                spans = [] if first else self._frame_events(data, at)
-                if not spans:
+                texts = [] if first else self._frame_events(data, at)
+                if not texts:
                     stop = data.find(b"\n\n", at)
                     if stop < 0:
                         break
@@ -137,9 +140,10 @@ class StreamRewriter:
                                 break
                         continue
                     # A plain event: it is the frame now, and starts a run in that frame.
-                    spans = self._frame_events(data, at)
-                out.append(self._frame_run(data, at, spans))
-                at = spans[-1][2]
+                    texts = self._frame_events(data, at)
+                    assert texts, "a plain event reads as its own frame"
+                run, at = self._frame_run(data, at, texts)
+                out.append(run)
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out) + blocked.partial
             raise
@@ -202,6 +206,7 @@ class StreamRewriter:
                 self.shape.drop_logprobs(obj, channel)
                 changed = True
             self._templates[channel] = (name, obj)
+            self._frames.pop(channel, None)
             self._sent(channel, text)
         for channel, slot in parsed.snapshots:
             current = slot.get()
@@ -225,80 +230,134 @@ class StreamRewriter:
             self._frame = (block[:start], block[end:], channel)
         return found
 
-    def _frame_events(self, data: bytes, at: int) -> list[tuple[int, int, int]]:
-        """The complete events from `at` on that are the frame around another plain text: a
-        stream's delta events differ only in their text, so an event made of the last plain
-        one's bytes around a text without quotes, backslashes or control characters (which
-        could change the JSON around it) is plain on the same channel. For each: its text's
-        span and the end of the event (after its blank line)."""
-        spans: list[tuple[int, int, int]] = []
+    def _frame_events(self, data: bytes, at: int) -> list[bytes]:
+        """The texts of the complete events from `at` on that are the frame around another
+        plain text: a stream's delta events differ only in their text, so an event made of the
+        last plain one's bytes around a text without quotes, backslashes or control characters
+        (which could change the JSON around it) is plain on the same channel. Event i of the
+        run starts at `at` plus i frames plus the lengths of the texts before it.
+
+        The texts of consecutive frame events are what a split of the chunk at the bytes
+        between two texts (the tail, the blank line, the head) leaves: one split and one scan
+        of the joined texts for a run, not a search per event. A plain text cannot hide those
+        bytes (the tail starts with the quote that closes the text). The split covers a window
+        that grows fourfold while the run fills it: a long run costs a few splits, and an event
+        that ends a run (a chunk of alternating events) costs a small one."""
+        texts: list[bytes] = []
         if self._frame is None:
-            return spans
+            return texts
         head, tail, _ = self._frame
+        if not data.startswith(head, at):
+            return texts
+        # The usual case of a provider trickling its events: one event, read as such.
+        start = at + len(head)
+        stop = data.find(b"\n\n", start)
+        end = stop - len(tail)
+        if (
+            end < start
+            or not data.startswith(tail, end)
+            or _PLAIN_TEXT.fullmatch(data, start, end) is None
+        ):
+            return texts
+        if not data.startswith(head, stop + 2):
+            return [data[start:end]]
+        between = tail + b"\n\n" + head
+        window = 8 * (len(between) + 32)
         while data.startswith(head, at):
             start = at + len(head)
-            stop = data.find(b"\n\n", start)
-            end = stop - len(tail)
+            cut = start + window
+            pieces = data[start:cut].split(between)
+            pieces.pop()  # the text of the event at the window's end or the run's last one
+            whole = not pieces or _PLAIN_TEXT.fullmatch(b"".join(pieces)) is not None
+            if not whole:
+                pieces = list(takewhile(_PLAIN_TEXT.fullmatch, pieces))
+            texts += pieces
+            at += len(pieces) * len(between) + sum(map(len, pieces))
+            if whole and pieces and cut < len(data):
+                window *= 4  # the run fills the window: read on from the event at `at`
+                continue
+            # No frame event follows the one at `at` within the window: it is the run's last if
+            # it ends at its first blank line with the tail (the window grows only while the
+            # run does, so a chunk of events in other frames is not searched again and again).
+            start = at + len(head)
+            end = data.find(b"\n\n", start) - len(tail)
             if (
-                end < start
-                or not data.startswith(tail, end)
-                or _PLAIN_TEXT.fullmatch(data, start, end) is None
+                end >= start
+                and data.startswith(tail, end)
+                and _PLAIN_TEXT.fullmatch(data, start, end) is not None
             ):
-                break
-            at = stop + 2
-            spans.append((start, end, at))
-        return spans
+                texts.append(data[start:end])
+            return texts
+        return texts
 
-    def _frame_run(self, data: bytes, at: int, spans: list[tuple[int, int, int]]) -> bytes:
+    def _frame_run(self, data: bytes, at: int, texts: list[bytes]) -> tuple[bytes, int]:
         """Consecutive plain delta events of one channel (as one upstream chunk brings them),
         filtered as one text: one pass of each filter instead of one per event. The events keep
         their number and order, and what they carry together is what the filters released.
+        Returns the bytes to send and where the run ends.
         """
         assert self._frame is not None
-        channel = self._frame[2]
+        head, tail, channel = self._frame
+        frame = len(head) + len(tail) + 2
         policies = self.policies
-        if len(spans) == 1 or (policies is not None and not policies.joinable(channel)):
-            return self._plain_each(data, at, spans, channel)
-        raw = [data[start:end] for start, end, _ in spans]
-        joined = b"".join(raw)
-        whole = joined.decode() if joined.isascii() else "".join(map(_utf8, raw))
+        if len(texts) == 1 or (policies is not None and not policies.joinable(channel)):
+            return self._plain_each(data, at, texts, channel)
+        joined = b"".join(texts)
+        ascii_only = joined.isascii()
+        pieces = None if ascii_only else list(map(_utf8, texts))
+        whole = joined.decode() if pieces is None else "".join(pieces)
+        stop = at + len(texts) * frame + len(joined)
         if policies is None:
             self.ctx.output_chars += len(whole)
-            return data[at : spans[-1][2]]
+            return data[at:stop], stop
         released = policies.feed(channel, whole)
-        last = spans[-2][2] if len(spans) > 1 else at
-        self._templates[channel] = (None, data[last + 6 : spans[-1][2] - 2])
+        self._frames[channel] = (head, tail)
+        self._templates.pop(channel, None)
         self._sent(channel, released)
         if released == whole:
-            return data[at : spans[-1][2]]
+            return data[at:stop], stop
         # The events go out as they came while the released text starts with their texts; the
         # first that differs (or the last) carries the rest of it, the events after it none.
-        carried, event, number = 0, at, 0
-        while number < len(spans) - 1:
-            text = _utf8(raw[number])
-            if not released.startswith(text, carried):
-                break
-            carried, event, number = carried + len(text), spans[number][2], number + 1
-        start, end, stop = spans[number]
-        rest = released[carried:]
-        changed = _splice(data[event : stop - 2], start - event, end - event, rest)
-        head, tail, _ = self._frame
-        return data[at:event] + changed + (head + tail + b"\n\n") * (len(spans) - number - 1)
+        sizes = list(accumulate(map(len, texts if pieces is None else pieces), initial=0))
+        low, high = 0, len(texts) - 1  # how many events go out unchanged: a binary search
+        while low < high:
+            middle = (low + high + 1) // 2
+            if released.startswith(whole[: sizes[middle]]):
+                low = middle
+            else:
+                high = middle - 1
+        number = low
+        event = (
+            at
+            + number * frame
+            + (sizes[number] if pieces is None else len(b"".join(texts[:number])))
+        )
+        start = event + len(head)
+        changed = _splice(
+            data[event : start + len(texts[number]) + len(tail)],
+            len(head),
+            len(head) + len(texts[number]),
+            released[sizes[number] :],
+        )
+        return data[at:event] + changed + (head + tail + b"\n\n") * (len(texts) - number - 1), stop
 
     def _plain_each(
-        self, data: bytes, at: int, spans: list[tuple[int, int, int]], channel: Channel
-    ) -> bytes:
+        self, data: bytes, at: int, texts: list[bytes], channel: Channel
+    ) -> tuple[bytes, int]:
         """A run event by event: a filter that may block sees each delta alone, and the events
         before the one it blocks on still go out."""
+        assert self._frame is not None
+        head, tail, _ = self._frame
         out: list[bytes] = []
         try:
-            for start, end, stop in spans:
-                out.append(self._plain(data[at : stop - 2], channel, start - at, end - at))
-                at = stop
+            for text in texts:
+                stop = at + len(head) + len(text) + len(tail)
+                out.append(self._plain(data[at:stop], channel, len(head), len(head) + len(text)))
+                at = stop + 2
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
             raise
-        return b"".join(out)
+        return b"".join(out), at
 
     def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
         """An event whose only text is block[start:end], a JSON string without escapes."""
@@ -307,7 +366,8 @@ class StreamRewriter:
             self.ctx.output_chars += len(original)
             return block + b"\n\n"
         text = self.policies.feed(channel, original)
-        self._templates[channel] = (None, block[6:])
+        self._frames[channel] = (block[:start], block[end:])
+        self._templates.pop(channel, None)
         self._sent(channel, text)
         if text == original:
             return block + b"\n\n"
@@ -320,15 +380,27 @@ class StreamRewriter:
             if channel in skip or not _matches(channel, prefixes):
                 continue
             rest = self.policies.finish(channel)
-            template = self._templates.get(channel)
-            if rest and template is not None:
-                name, data = template
-                if isinstance(data, bytes):
-                    data = json.loads(data)
-                    assert isinstance(data, dict)
-                out += encode_event(name, self.shape.synthesize(channel, data, rest))
+            event = self._synthesized(channel, rest) if rest else b""
+            if event:
+                out += event
                 self._sent(channel, rest)
         return out
+
+    def _synthesized(self, channel: Channel, text: str) -> bytes:
+        """An event carrying `text` for `channel`, modelled on the channel's last event: a plain
+        delta event's bytes around the new text (it carries nothing else), or else a new event
+        from the shape (`StreamShape.synthesize`)."""
+        frame = self._frames.get(channel)
+        if frame is not None:
+            head, tail = frame
+            if b'"role":' not in head:  # the first event's role is not repeated
+                return _splice(head + tail, len(head), len(head), text)
+            name, template = None, json.loads(head[6:] + tail)
+        elif channel in self._templates:
+            name, template = self._templates[channel]
+        else:
+            return b""
+        return encode_event(name, self.shape.synthesize(channel, template, text))
 
     def _sent(self, channel: Channel, text: str) -> None:
         self.ctx.output_chars += len(text)

@@ -215,9 +215,11 @@ def test_events_read_from_the_last_plain_frame_agree_with_the_full_parse(
         data = chunk(choice_list)
         text = json.dumps(data, **COMPACT) if compact else json.dumps(data)
         block = b"data: " + text.encode()
-        spans = r._frame_events(block + b"\n\n", 0) if r._frame is not None else []
-        if spans:  # read as the last plain event's frame around another text
-            fast: tuple[Any, int, int] | None = (r._frame[2], spans[0][0], spans[0][1])
+        texts = r._frame_events(block + b"\n\n", 0) if r._frame is not None else []
+        if texts:  # read as the last plain event's frame around another text
+            assert r._frame is not None and len(texts) == 1
+            start = len(r._frame[0])
+            fast: tuple[Any, int, int] | None = (r._frame[2], start, start + len(texts[0]))
         else:
             fast = r._plain_span(block)
         if fast is None:
@@ -313,7 +315,7 @@ class Redacting:
 @given(
     texts_and_chunks(),
     st.lists(st.booleans(), min_size=1),
-    st.integers(1, 400),
+    st.one_of(st.integers(1, 400), st.just(1 << 30)),  # or the whole stream in one chunk
 )
 def test_streamed_answer_equals_redacting_the_whole_answer(
     case: tuple[str, list[str]], compact: list[bool], split: int
@@ -335,3 +337,49 @@ def test_streamed_answer_equals_redacting_the_whole_answer(
     finish = next(i for i, e in enumerate(parsed) if e["choices"][0]["finish_reason"] == "stop")
     got = "".join(e["choices"][0]["delta"].get("content") or "" for e in parsed[:finish])
     assert got == anonymize(text, DET.find(text), "redact")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts_and_chunks(),
+    texts_and_chunks(),
+    st.lists(st.sampled_from(["plain", "other", "logprobs", "tool"]), min_size=1),
+    st.one_of(st.integers(1, 700), st.just(1 << 30)),
+)
+def test_runs_of_frame_events_carry_every_channel_redacted_in_any_chunking(
+    first: tuple[str, list[str]], second: tuple[str, list[str]], kinds: list[str], split: int
+) -> None:
+    """Two choices' deltas interleaved with events the fast path must not take (logprobs,
+    tool call arguments, a third choice): whether a chunk holds long runs of one frame, frames
+    alternating, or one event at a time, each channel's text is the redacted whole."""
+    streams = [list(first[1]), list(second[1])]
+    stream, number = b"", 0
+    while streams[0] or streams[1]:
+        kind = kinds[number % len(kinds)]
+        index = number % 2 if streams[number % 2] else 1 - number % 2
+        choice: dict[str, Any] = {"index": index, "delta": {"content": streams[index].pop(0)}}
+        if kind == "other":
+            choice["delta"]["role"] = "assistant"
+            choice["finish_reason"] = None
+        elif kind == "logprobs":
+            choice["logprobs"] = {"content": [{"token": "t", "logprob": -0.1}]}
+        elif kind == "tool":
+            call = {"index": 0, "function": {"arguments": "x"}}
+            stream += b"data: " + json.dumps(chunk([{"index": 2, "delta": {"tool_calls": [call]}}]),
+                                             **COMPACT).encode() + b"\n\n"  # fmt: skip
+        stream += b"data: " + json.dumps(chunk([choice]), **COMPACT).encode() + b"\n\n"
+        number += 1
+    stream += b"data: [DONE]\n\n"
+    r = rewriter(policies=Redacting())
+    out = b"".join(r.feed(stream[i : i + split]) for i in range(0, len(stream), split)) + r.end()
+    got: dict[Any, str] = {}
+    for event in events(out)[:-1]:
+        for choice in event["choices"]:
+            delta = choice["delta"]
+            if "content" in delta:
+                got[choice["index"]] = got.get(choice["index"], "") + delta["content"]
+            for call in delta.get("tool_calls", []):
+                got[2] = got.get(2, "") + call["function"]["arguments"]
+    for index, (text, _) in enumerate((first, second)):
+        assert got.get(index, "") == anonymize(text, DET.find(text), "redact")
+    assert got.get(2, "") == "x" * stream.count(b'"tool_calls"')
