@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from packgate_policy import AuditLogger, CostAttribution
 from packgate_sidecar.audit.verify import verify_path
-from packgate_sidecar.audit.writer import AuditWriter
+from packgate_sidecar.audit.writer import DURABLE_STATE_KEY, STREAMED_STATE_KEY, AuditWriter
 from packgate_sidecar.chain import Chain, Entry
 from packgate_sidecar.metrics import Metrics
 from packgate_sidecar.policies import audit_logger
@@ -110,6 +111,28 @@ async def test_requests_in_flight_are_counted_until_their_last_record(tmp_path: 
     assert policy.writer._expecting == 0
     await policy.aclose()
     assert len(records(tmp_path)) == 4
+
+
+async def test_a_relayed_streams_outcome_waits_for_the_next_record_a_whole_answers_does_not(
+    tmp_path: Path,
+) -> None:
+    policy = make(tmp_path)
+    policy.writer._linger = 2.0  # what a lazy record waits for at most when nothing follows
+    whole, relayed = request(), request()
+    relayed.stream = True
+    relayed.state[STREAMED_STATE_KEY] = True  # set by the forwarder once the stream went out
+    await policy.on_finish(whole)
+    (answer,) = whole.state[DURABLE_STATE_KEY]
+    await asyncio.wait_for(answer, 1)  # a whole answer's record is written at once
+    await policy.on_finish(relayed)
+    (outcome,) = relayed.state[DURABLE_STATE_KEY]
+    await asyncio.sleep(0.1)
+    assert not outcome.done()  # nobody waits for it: it goes with the next record
+    await policy.on_finish(request())
+    await asyncio.wait_for(outcome, 1)
+    assert policy.writer.stats.batches == 2  # one fsync for the outcome and the next record
+    await policy.aclose()
+    assert len(records(tmp_path)) == 3
 
 
 async def test_without_log_all_access_only_requests_a_policy_acted_on(tmp_path: Path) -> None:
