@@ -10,10 +10,12 @@ what was actually streamed, so no snapshot leaks the unfiltered text.
 Cost: events go out byte for byte unless a policy changed their text. The common chat event (one
 choice, one `content` string, nothing else to check) is read without parsing its JSON
 (`StreamShape.plain_delta`) and, when its text changed, the new text is spliced into its bytes;
+the events after it are compared with its bytes around their text (its frame): a chunk that is
+one such event (a provider trickling its events) is read with a few comparisons, and
 consecutive such events of one channel (an upstream chunk often holds dozens) go through the
 filters as one text, one call per filter instead of one per event, unless a filter may block
-(`StreamFilter.may_block`: then the events before the blocking one must still go out). Every
-other event is parsed in full. When a text changes, the event's `logprobs` (which spell out the
+(`StreamFilter.may_block`: then the events before the blocking one must still go out). An empty
+text is not fed to the filters. Every other event is parsed in full. When a text changes, the event's `logprobs` (which spell out the
 original tokens) are dropped.
 
 SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
@@ -121,6 +123,19 @@ class StreamRewriter:
         events for the next call (`feed(b"")`): the client gets its first bytes without waiting
         for the whole chunk to be checked.
         """
+        if self._frame is not None and not self._rest:
+            head, tail, channel = self._frame
+            end = len(chunk) - len(tail) - 2
+            if (
+                end >= len(head)
+                and chunk.startswith(head)
+                and chunk.endswith(b"\n\n")
+                and chunk.startswith(tail, end)
+                and _PLAIN_TEXT.fullmatch(chunk, len(head), end) is not None
+            ):
+                # What a provider trickling its events sends: one event, in the last plain
+                # event's frame (its text holds no line end, so the chunk is that one event).
+                return self._plain(chunk, channel, len(head), end, (head, tail))
         data = _lf(self._rest + chunk)
         out: list[bytes] = []
         at = 0
@@ -359,19 +374,28 @@ class StreamRewriter:
             raise
         return b"".join(out), at
 
-    def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
-        """An event whose only text is block[start:end], a JSON string without escapes."""
+    def _plain(
+        self,
+        block: bytes,
+        channel: Channel,
+        start: int,
+        end: int,
+        frame: tuple[bytes, bytes] | None = None,
+    ) -> bytes:
+        """An event whose only text is block[start:end], a JSON string without escapes; `block`
+        ends with its blank line when its `frame` (the bytes around the text) is given."""
         original = _utf8(block[start:end])
+        whole = block if frame is not None else block + b"\n\n"
         if self.policies is None:
             self.ctx.output_chars += len(original)
-            return block + b"\n\n"
-        text = self.policies.feed(channel, original)
-        self._frames[channel] = (block[:start], block[end:])
+            return whole
+        text = self.policies.feed(channel, original) if original else original
+        self._frames[channel] = frame or (block[:start], block[end:])
         self._templates.pop(channel, None)
         self._sent(channel, text)
         if text == original:
-            return block + b"\n\n"
-        return _splice(block, start, end, text)
+            return whole
+        return _splice(whole[: len(whole) - 2] if frame is not None else block, start, end, text)
 
     def _flush(self, prefixes: list[Channel], skip: set[Channel]) -> bytes:
         assert self.policies is not None

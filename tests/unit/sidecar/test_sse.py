@@ -344,7 +344,7 @@ def test_streamed_answer_equals_redacting_the_whole_answer(
     texts_and_chunks(),
     texts_and_chunks(),
     st.lists(st.sampled_from(["plain", "other", "logprobs", "tool"]), min_size=1),
-    st.one_of(st.integers(1, 700), st.just(1 << 30)),
+    st.one_of(st.integers(1, 700), st.just(1 << 30), st.just(0)),  # 0: one event per chunk
 )
 def test_runs_of_frame_events_carry_every_channel_redacted_in_any_chunking(
     first: tuple[str, list[str]], second: tuple[str, list[str]], kinds: list[str], split: int
@@ -371,7 +371,12 @@ def test_runs_of_frame_events_carry_every_channel_redacted_in_any_chunking(
         number += 1
     stream += b"data: [DONE]\n\n"
     r = rewriter(policies=Redacting())
-    out = b"".join(r.feed(stream[i : i + split]) for i in range(0, len(stream), split)) + r.end()
+    if split:
+        chunks = [stream[i : i + split] for i in range(0, len(stream), split)]
+    else:
+        chunks = [event + b"\n\n" for event in stream.split(b"\n\n")[:-1]]
+    out = b"".join(r.feed(piece, first=number == 0) for number, piece in enumerate(chunks))
+    out += r.end()
     got: dict[Any, str] = {}
     for event in events(out)[:-1]:
         for choice in event["choices"]:
