@@ -15,8 +15,8 @@ one such event (a provider trickling its events) is read with a few comparisons,
 consecutive such events of one channel (an upstream chunk often holds dozens) go through the
 filters as one text, one call per filter instead of one per event, unless a filter may block
 (`StreamFilter.may_block`: then the events before the blocking one must still go out). An empty
-text is not fed to the filters. Every other event is parsed in full. When a text changes, the event's `logprobs` (which spell out the
-original tokens) are dropped.
+text is not fed to the filters. Every other event is parsed in full. When a text changes, the
+event's `logprobs` (which spell out the original tokens) are dropped.
 
 SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
 other than `event` and `data` are ignored; a block without data dispatches nothing. A comment-only
