@@ -230,6 +230,23 @@ def test_events_read_from_the_last_plain_frame_agree_with_the_full_parse(
         assert fast[0] == channel and block[fast[1] : fast[2]].decode() == slot.get()
 
 
+@settings(max_examples=300, deadline=None)
+@given(usual, st.one_of(usual, st.lists(choices, max_size=3)), st.booleans())
+def test_an_event_alone_in_its_chunk_reads_as_the_full_parse_reads_it(
+    before: list[dict[str, Any]], choice_list: list[dict[str, Any]], compact: bool
+) -> None:
+    """The one-event chunk a trickling provider sends, after a plain event set the frame: what
+    goes out is what the full parse of that event alone makes of it (every text filtered)."""
+    dump: Any = (lambda d: json.dumps(d, **COMPACT)) if compact else json.dumps
+    first = b"data: " + dump(chunk(before)).encode() + b"\n\n"
+    event = b"data: " + dump(chunk(choice_list)).encode() + b"\n\n"
+    framed = rewriter(policies=Upper())
+    framed.feed(first)
+    fresh = rewriter(policies=Upper())
+    fresh._frame = None  # no frame: the event goes through the full parse or the plain path
+    assert events(framed.feed(event)) == events(fresh._event(event[:-2]))
+
+
 def parsed_data_with(text: str, content: str) -> Any:
     data = json.loads(text)
     for choice in data["choices"]:
