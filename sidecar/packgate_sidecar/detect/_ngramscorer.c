@@ -413,9 +413,10 @@ static int find_segments(const Text *t, Spans *out, Py_ssize_t *nwindows) {
 
 /* Pooling reuses work across spans. A variant's spans (its windows and sentences) cover its
  * text about three times over, and extracting each span from scratch hashed and de-duplicated
- * every feature three times. Here the features of the whole text are computed once, in three
- * sequences: the words (token k's unigram at 2k, its bigram with token k - 1 at 2k - 1), the
- * same with the tail seed, and the character n-grams of the whole joined text. A span's whole
+ * every feature three times. Here the features of the whole text are computed once, in two
+ * sequences: the words (token k's unigram at 2k, its bigram with token k - 1 at 2k - 1) and
+ * the character n-grams of the whole joined text (a window's tail group, over its last
+ * sentence piece only, is hashed for the window: see pool_span). A span's whole
  * tokens are a contiguous range of each sequence (its joined text is a slice of the whole one),
  * and in a range [a, b) the distinct buckets are the features whose previous occurrence in the
  * sequence lies before a: a branch-free sum, no set. The few other features of a span (the
@@ -443,18 +444,17 @@ typedef struct {
 
 typedef struct Pool {
     Spans tok;           /* the whole text's tokens */
-    int tail_ready;      /* the tail sequence is built for the first span that has a tail */
     /* Where the whole text splits into sentence pieces (split_sentences' split points: the
      * piece before ends at start, the next begins at end), found once for all windows. */
     Spans splits;
     int splits_ready;
     Py_ssize_t text_end;
     Py_ssize_t tcap;     /* capacity of the per-token arrays */
-    uint64_t *hw, *ht;   /* FNV state after each token, word and tail seeds */
+    uint64_t *hw;        /* FNV state after each token (word seed) */
     Py_ssize_t *jo;      /* offset of each token in the joined text */
     Py_UCS4 *joined, *sj; /* the whole text's joined tokens; one span's */
     Py_ssize_t jcap;
-    Seq words, tail, chars;
+    Seq words, chars;
     /* "^" + token k (a piece's first word), worked out once per token: each sentence's first
      * word is one in the sentence's span and in both windows over it */
     Feat *caret;
@@ -477,7 +477,6 @@ static void pool_free(Pool *p) {
     PyMem_Free(p->tok.items);
     PyMem_Free(p->splits.items);
     PyMem_Free(p->hw);
-    PyMem_Free(p->ht);
     PyMem_Free(p->jo);
     PyMem_Free(p->joined);
     PyMem_Free(p->sj);
@@ -485,7 +484,6 @@ static void pool_free(Pool *p) {
     PyMem_Free(p->caret_id);
     PyMem_Free(p->caret_ok);
     seq_free(&p->words);
-    seq_free(&p->tail);
     seq_free(&p->chars);
     PyMem_Free(p);
 }
@@ -525,7 +523,6 @@ nomem:
 static int pool_reserve(Pool *p, Py_ssize_t ntok, Py_ssize_t njoined) {
     if (ntok > p->tcap) {
         GROW(p->hw, ntok);
-        GROW(p->ht, ntok);
         GROW(p->jo, ntok);
         GROW(p->caret, ntok);
         GROW(p->caret_id, ntok);
@@ -669,7 +666,7 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     for (Py_ssize_t k = 0; k < ntok; k++) jlen += tok[k].end - tok[k].start + 1;
     Py_ssize_t nwords = ntok ? 2 * ntok - 1 : 0, nchars = jlen >= n ? jlen - n + 1 : 0;
     if (pool_reserve(p, ntok + 1, jlen + 1) < 0 || seq_reserve(&p->words, nwords + 1) < 0 ||
-        seq_reserve(&p->tail, nwords + 1) < 0 || seq_reserve(&p->chars, nchars + 1) < 0)
+        seq_reserve(&p->chars, nchars + 1) < 0)
         return -1;
     uint32_t mask = self->mask;
     Feat *w = p->words.f, *ch = p->chars.f;
@@ -694,28 +691,14 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     }
     const float *weights = (const float *)self->weights.buf;
 
-    p->words.len = p->tail.len = nwords;
+    p->words.len = nwords;
     p->chars.len = nchars;
     seq_index(&p->words, weights);
     seq_index(&p->chars, weights);
-    p->tail_ready = 0;
     p->splits_ready = 0;
     p->text_end = t->end;
     memset(p->caret_ok, 0, (size_t)ntok);
     return 0;
-}
-
-/* The tail-seed sequence: only spans with more than one sentence piece use it. */
-static void pool_build_tail(Scorer *self, Pool *p, const Text *t) {
-    const Span *tok = p->tok.items;
-    Feat *tl = p->tail.f;
-    for (Py_ssize_t k = 0; k < p->tok.len; k++) {
-        p->ht[k] = hash_span(self->seed_tail, t, tok[k]);
-        tl[2 * k].bucket = bucket_of(self->mask, p->ht[k]);
-        if (k) tl[2 * k - 1].bucket = bucket_of(self->mask, hash_span(fnv(p->ht[k - 1], ' '), t, tok[k]));
-    }
-    seq_index(&p->tail, (const float *)self->weights.buf);
-    p->tail_ready = 1;
 }
 
 /* First token of the pool starting at or after `at` (tokens are sorted). */
@@ -791,21 +774,27 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     *z = mean_like(sum + g.sum, cnt + g.n);
 
     /* tail: the last piece's tokens, when there is more than one piece */
+    /* Hashed here, not pooled: only windows have a tail, and their last pieces are a small
+     * part of the text, so a tail sequence of the whole text (hashed and indexed) cost more
+     * than it saved. The sum is the same in any order: see seq_range. */
     if (pieces->len > 1) {
-        if (!p->tail_ready) pool_build_tail(self, p, t);
         Py_ssize_t from = pieces->items[pieces->len - 1].start, f = 0;
         while (f < count && SPAN_TOKEN(f).start < from) f++;
         /* f >= has_left: a cut first token starts the first piece, before the last one */
         Py_ssize_t first = i + f - has_left; /* pool index of the first whole tail token */
-        Py_ssize_t ta = 2 * first, tb = first < fe ? 2 * fe - 1 : ta;
-        if (group_open(self, &g, NULL, 2) < 0) return -1;
-        if (has_right && f < count) { /* the cut last token is in the tail */
-            if (first < fe)
-                put_extra(&g, &p->tail, ta, tb, hash_span(fnv(p->ht[fe - 1], ' '), t, right));
-            put_extra(&g, &p->tail, ta, tb, hash_span(self->seed_tail, t, right));
+        if (group_open(self, &g, NULL, 2 * (fe - first) + 2) < 0) return -1;
+        uint64_t prev = 0;
+        for (Py_ssize_t k = first; k < fe; k++) {
+            uint64_t h = hash_span(self->seed_tail, t, tok[k]);
+            group_add(&g, h);
+            if (k > first) group_add(&g, hash_span(fnv(prev, ' '), t, tok[k]));
+            prev = h;
         }
-        seq_range(&p->tail, ta, tb, &sum, &cnt);
-        *z += mean_like(sum + g.sum, cnt + g.n);
+        if (has_right && f < count) { /* the cut last token is in the tail */
+            if (first < fe) group_add(&g, hash_span(fnv(prev, ' '), t, right));
+            group_add(&g, hash_span(self->seed_tail, t, right));
+        }
+        *z += group_value(&g);
     }
 
     /* chars: the span's joined text is " " + left + the whole tokens' slice of the joined text
