@@ -97,36 +97,45 @@ int ngc_text_from_args(PyObject *args, PyObject *kwargs, Scratch *sc, Text *t) {
     return ngc_text_view(s, start, end, sc, t);
 }
 
-int ngc_spans_push(Spans *s, Py_ssize_t start, Py_ssize_t end) {
-    if (s->len == s->cap) {
-        Py_ssize_t cap = s->cap ? s->cap * 2 : 256;
-        Span *grown = PyMem_Realloc(s->items, (size_t)cap * sizeof(Span));
-        if (!grown) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        s->items = grown;
-        s->cap = cap;
+int ngc_spans_grow(Spans *s) {
+    Py_ssize_t cap = s->cap ? s->cap * 2 : 256;
+    Span *grown = PyMem_Realloc(s->items, (size_t)cap * sizeof(Span));
+    if (!grown) {
+        PyErr_NoMemory();
+        return -1;
     }
+    s->items = grown;
+    s->cap = cap;
+    return 0;
+}
+
+int ngc_spans_push(Spans *s, Py_ssize_t start, Py_ssize_t end) {
+    if (s->len == s->cap && ngc_spans_grow(s) < 0) return -1;
     s->items[s->len].start = start;
     s->items[s->len].end = end;
     s->len++;
     return 0;
 }
 
+/* The \w+ runs of t. Without a branch per character: a loop that ran to each token's end
+ * mispredicted its exit at every token. Each position where the character class changes is a
+ * token's start or end; they are written in turn, the count moving on only at a change, into
+ * the spans array seen as a flat array of offsets (Span is two Py_ssize_t). */
 int ngc_tokenize(const Text *t, Spans *out) {
     out->len = 0;
-    Py_ssize_t i = t->start;
-    while (i < t->end) {
-        if (!is_word(CH(t, i))) {
-            i++;
-            continue;
-        }
-        Py_ssize_t j = i + 1;
-        while (j < t->end && is_word(CH(t, j))) j++;
-        if (ngc_spans_push(out, i, j) < 0) return -1;
-        i = j;
+    Py_ssize_t need = (t->end - t->start) / 2 + 1; /* at most this many tokens */
+    while (out->cap < need)
+        if (ngc_spans_grow(out) < 0) return -1;
+    Py_ssize_t *at = &out->items[0].start, count = 0;
+    int prev = 0;
+    for (Py_ssize_t i = t->start; i < t->end; i++) {
+        int word = is_word(CH(t, i));
+        at[count] = i;
+        count += word ^ prev;
+        prev = word;
     }
+    if (prev) at[count++] = t->end;
+    out->len = count / 2;
     return 0;
 }
 

@@ -72,6 +72,7 @@ NGC_INTERNAL int ngc_text_view(PyObject *s, Py_ssize_t start, Py_ssize_t end, Sc
 NGC_INTERNAL void ngc_scratch_trim(Scratch *sc);
 NGC_INTERNAL int ngc_text_from_args(PyObject *args, PyObject *kwargs, Scratch *sc, Text *t);
 NGC_INTERNAL int ngc_spans_push(Spans *s, Py_ssize_t start, Py_ssize_t end);
+NGC_INTERNAL int ngc_spans_grow(Spans *s); /* double the capacity */
 NGC_INTERNAL int ngc_tokenize(const Text *t, Spans *out);
 
 /* The scorer (_ngramscorer.c) and the text scanners (_textscan.c). */
