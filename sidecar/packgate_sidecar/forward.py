@@ -375,23 +375,28 @@ class Forwarder:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     reason, error = "upstream_error", _broken(ctx, isinstance(exc, TimeoutError))
                     break
-                if not chunk:
-                    # The last bytes go out with the end of the body: one write, not two.
-                    tail = scrub.scrub_bytes(rewriter.end()) if rewriter is not None else b""
-                    await response.write_eof(tail)
-                    return response
-                if rewriter is None:
-                    await response.write(scrub.scrub_bytes(chunk))
-                    continue
-                # The first bytes go out as soon as one event is checked, not the whole chunk.
-                out = scrub.scrub_bytes(rewriter.feed(chunk, first=not sent))
-                if out:
-                    await response.write(out)
-                    if not sent:
+                out = chunk
+                if rewriter is not None and chunk:
+                    # The first bytes go out as soon as one event is checked, not the whole chunk.
+                    out = rewriter.feed(chunk, first=not sent)
+                    if out and not sent:
                         sent = True
-                        out = scrub.scrub_bytes(rewriter.feed(b""))
-                        if out:
-                            await response.write(out)
+                        await response.write(scrub.scrub_bytes(out))
+                        out = rewriter.feed(b"")
+                content = answer.content
+                if not chunk or (content.at_eof() and content.exception() is None):
+                    # The upstream has ended (often with the chunk that brought the last events):
+                    # the last bytes go out with the end of the body, one write, not two.
+                    if rewriter is not None:
+                        try:
+                            out += rewriter.end()
+                        except StreamBlocked as blocked:
+                            blocked.partial = out + blocked.partial
+                            raise
+                    await response.write_eof(scrub.scrub_bytes(out))
+                    return response
+                if out:
+                    await response.write(scrub.scrub_bytes(out))
         except StreamBlocked as blocked:
             allowed = blocked.partial
             reason, error = "blocked", policy_blocked("response", blocked.kind, blocked.reason)
