@@ -31,6 +31,17 @@ typedef struct {
     uint64_t sig[32][64];
 } Lexicon;
 
+/* The tokens of the text being looked up (ngc_tokenize: no branch per character), shared by the
+ * Lexicon methods: every caller holds the GIL. */
+static Spans lex_tokens;
+
+static void lex_tokens_trim(void) {
+    if (lex_tokens.cap > (1 << 16)) {
+        PyMem_Free(lex_tokens.items);
+        lex_tokens = (Spans){NULL, 0, 0};
+    }
+}
+
 /* The signature bit of the token s (see sig); s is not empty. */
 static inline int lexicon_maybe(const Lexicon *self, const Text *t, Span s) {
     Py_ssize_t len = s.end - s.start;
@@ -153,15 +164,10 @@ static PyObject *Lexicon_where(Lexicon *self, PyObject *args, PyObject *kwargs) 
     if (ngc_text_view(text, 0, PyUnicode_GET_LENGTH(text), &ngc_shared_scratch, &t) < 0) return NULL;
     PyObject *where = PyDict_New();
     if (!where || !self->slots) return where;
-    Py_ssize_t i = t.start;
-    while (i < t.end) {
-        if (!is_word(CH(&t, i))) {
-            i++;
-            continue;
-        }
-        Py_ssize_t j = i + 1;
-        while (j < t.end && is_word(CH(&t, j))) j++;
-        Span s = {i, j};
+    if (ngc_tokenize(&t, &lex_tokens) < 0) goto fail;
+    for (Py_ssize_t k = 0; k < lex_tokens.len; k++) {
+        Span s = lex_tokens.items[k];
+        Py_ssize_t i = s.start, j = s.end;
         PyObject *word = lexicon_lookup(self, &t, s);
         if (word && append_position(where, word, i) < 0) goto fail;
         Py_UCS4 first = CH(&t, i);
@@ -177,12 +183,13 @@ static PyObject *Lexicon_where(Lexicon *self, PyObject *args, PyObject *kwargs) 
                 if (entry && append_position(where, entry, i) < 0) goto fail;
             }
         }
-        i = j;
     }
+    lex_tokens_trim();
     ngc_scratch_trim(&ngc_shared_scratch);
     return where;
 fail:
     Py_DECREF(where);
+    lex_tokens_trim();
     return NULL;
 }
 
@@ -191,22 +198,19 @@ static PyObject *Lexicon_found(Lexicon *self, PyObject *args, PyObject *kwargs) 
     if (ngc_text_from_args(args, kwargs, &ngc_shared_scratch, &t) < 0) return NULL;
     PyObject *found = PySet_New(NULL);
     if (!found) return NULL;
-    Py_ssize_t i = t.start;
-    while (i < t.end) {
-        if (!is_word(CH(&t, i))) {
-            i++;
-            continue;
-        }
-        Py_ssize_t j = i + 1;
-        while (j < t.end && is_word(CH(&t, j))) j++;
-        Span s = {i, j};
-        PyObject *word = lexicon_lookup(self, &t, s);
+    if (ngc_tokenize(&t, &lex_tokens) < 0) {
+        Py_DECREF(found);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < lex_tokens.len; k++) {
+        PyObject *word = lexicon_lookup(self, &t, lex_tokens.items[k]);
         if (word && PySet_Add(found, word) < 0) {
             Py_DECREF(found);
+            lex_tokens_trim();
             return NULL;
         }
-        i = j;
     }
+    lex_tokens_trim();
     ngc_scratch_trim(&ngc_shared_scratch);
     return found;
 }
@@ -214,18 +218,11 @@ static PyObject *Lexicon_found(Lexicon *self, PyObject *args, PyObject *kwargs) 
 static PyObject *Lexicon_count(Lexicon *self, PyObject *args, PyObject *kwargs) {
     Text t;
     if (ngc_text_from_args(args, kwargs, &ngc_shared_scratch, &t) < 0) return NULL;
-    Py_ssize_t hits = 0, i = t.start;
-    while (i < t.end) {
-        if (!is_word(CH(&t, i))) {
-            i++;
-            continue;
-        }
-        Py_ssize_t j = i + 1;
-        while (j < t.end && is_word(CH(&t, j))) j++;
-        Span s = {i, j};
-        if (lexicon_lookup(self, &t, s)) hits++;
-        i = j;
-    }
+    Py_ssize_t hits = 0;
+    if (ngc_tokenize(&t, &lex_tokens) < 0) return NULL;
+    for (Py_ssize_t k = 0; k < lex_tokens.len; k++)
+        hits += lexicon_lookup(self, &t, lex_tokens.items[k]) != NULL;
+    lex_tokens_trim();
     ngc_scratch_trim(&ngc_shared_scratch);
     return PyLong_FromSsize_t(hits);
 }
