@@ -98,6 +98,8 @@ def _matches(channel: Channel, prefixes: list[Channel]) -> bool:
 
 def _canonical(block: bytes) -> bool:
     """Only `event:`/`data:` lines: safe to pass on as it came (no comment or id text)."""
+    if b"\n" not in block:
+        return block.startswith((b"data:", b"event:"))
     return all(line.startswith((b"data:", b"event:")) for line in block.split(b"\n"))
 
 
@@ -182,6 +184,9 @@ class StreamRewriter:
 
     def _event(self, block: bytes) -> bytes:
         if block.startswith(b"data: ") and b"\n" not in block:
+            if block == b"data: [DONE]":
+                self.saw_done = True
+                return (self._flush([()], set()) if self.policies else b"") + block + b"\n\n"
             plain = self.shape.plain_delta(block, 6)
             if plain is not None:
                 return self._plain(block, *plain)
