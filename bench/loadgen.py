@@ -7,6 +7,8 @@ load core by the harness, so it never shares the proxy's core), on uvloop with a
 protocol: the request is bytes prepared once, and the response is only framed (status line,
 Content-Length or chunked encoding), never parsed, so it costs a few tens of microseconds per
 request. Its own CPU time is reported, so a run where the generator was the bottleneck shows.
+With `--vary` every request carries a new case tag in its prompt (`payloads.tag`), so a proxy's
+verdict caches never hit: real traffic repeats system prompts and earlier turns, not every text.
 
 Each of `--concurrency` connections sends a request, waits for the whole answer, and sends the
 next (keep-alive). The warm-up lasts `--warmup` seconds and at least one answer per connection;
@@ -26,7 +28,13 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any, cast
+
+if __package__ in (None, ""):  # run as a script by the harness: bench.payloads importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.payloads import TAG_DEFAULT, TAG_PREFIX, tag
 
 _HEAD, _FIXED, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE = range(6)
 
@@ -175,6 +183,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     body = open(args.body, "rb").read()  # noqa: ASYNC230, SIM115 - read once before the run
     data = build_request(args.host, args.port, args.path, body, args.auth)
+    at = data.find(TAG_PREFIX + TAG_DEFAULT) + len(TAG_PREFIX)
+    if args.vary and at < len(TAG_PREFIX):
+        raise SystemExit(f"--vary: the body has no {(TAG_PREFIX + TAG_DEFAULT).decode()!r}")
+    sent_count = 0
+
+    def next_request() -> bytes:
+        nonlocal sent_count
+        if not args.vary:
+            return data
+        sent_count += 1
+        return data[:at] + tag(sent_count) + data[at + len(TAG_DEFAULT) :]
+
     done: list[tuple[float, int, float, float]] = []  # (end, status, latency, first byte)
     errors: dict[str, int] = {}
     started = time.perf_counter()
@@ -211,7 +231,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         while more():
             sent = time.perf_counter()
             try:
-                answer = await asyncio.wait_for(client.request(data), args.timeout)
+                answer = await asyncio.wait_for(client.request(next_request()), args.timeout)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 name = type(exc).__name__
                 errors[name] = errors.get(name, 0) + 1
@@ -286,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="per request")
     parser.add_argument(
         "--max-extra", type=float, default=60.0, help="longest stretch of a slow server's window"
+    )
+    parser.add_argument(
+        "--vary", action="store_true", help="a new case tag in the prompt of every request"
     )
     args = parser.parse_args(argv)
     try:

@@ -27,8 +27,24 @@ PROMPT = (
     "the refund was issued, tell me the reference number, and confirm whether my account "
     "was accessed by someone else? I would also like to know if I can switch to the cheaper "
     "family plan without a new contract. Please reply by e-mail rather than phone, I am at "
-    "work during the day and cannot take calls. Thank you for your help, Dana."
+    "work during the day and cannot take calls. Thank you for your help, Dana. Case aaaaaaa."
 )
+
+# The prompt's case tag: the "new prompt each request" rows (loadgen --vary) write a different
+# seven letters here in every request, and the bench upstream copies them into its answer, so no
+# request or answer text repeats and the verdict caches never hit. Letters only: never PII.
+TAG_PREFIX = b"Case "
+TAG_DEFAULT = b"aaaaaaa"
+
+
+def tag(number: int) -> bytes:
+    """The seven-letter tag for request `number` (26^7 values before it repeats)."""
+    letters = bytearray(b"a" * 7)
+    for position in range(6, -1, -1):
+        number, digit = divmod(number, 26)
+        letters[position] = 97 + digit
+    return bytes(letters)
+
 
 # The raw values the seed chain's pii-detector must not let reach the upstream.
 PROMPT_SECRETS = ("dana.whitfield@example.com", "536-22-8714", "4111 1111 1111 1111")

@@ -54,6 +54,10 @@ UPSTREAM_KEY = "sk-bench-upstream-0123456789"
 # What clients present: packgate and the floor ignore it, LiteLLM checks it as its master key.
 CLIENT_KEY = "sk-" + secrets.token_hex(32)
 AUDIT_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+# The seed chain again, in its own sidecar, with a new prompt (and answer) in every request: the
+# other rows repeat one body, as wrk does, so their request and response verdicts come from the
+# verdict cache; this row shows what the chain costs when nothing repeats.
+FRESH = "packgate-seed-fresh"
 SCENARIOS = [("json", 1), ("stream", 1), ("json", 32), ("stream", 32)]
 SEED_CONFIG = REPO / "examples/policy-configs/chatgpt-enterprise-gateway.yaml"
 SHARED_SEED = REPO.parent / "shared/seed/policy-config-examples.yaml"
@@ -121,7 +125,7 @@ def start_packgate(
 
 
 def _loadgen(
-    port: int, body: Path, concurrency: int, opts: Options, cpu: str | None
+    port: int, body: Path, concurrency: int, opts: Options, cpu: str | None, vary: bool = False
 ) -> dict[str, Any]:
     argv = [
         sys.executable,
@@ -138,6 +142,7 @@ def _loadgen(
         str(opts.warmup),
         "--auth",
         CLIENT_KEY,
+        *(["--vary"] if vary else []),
     ]
     done = subprocess.run(
         pinned(argv, cpu),
@@ -278,6 +283,7 @@ def run(report: Report, opts: Options) -> None:
         for key, config in (
             ("packgate-empty", empty_config(upstream_base)),
             ("packgate-seed", seed_config(upstream_base)),
+            (FRESH, seed_config(upstream_base)),
         ):
             if not want(key):
                 continue
@@ -323,7 +329,12 @@ def run(report: Report, opts: Options) -> None:
                     )
                     try:
                         outcome = _loadgen(
-                            setup.port, body_files[kind], concurrency, opts, cores.load
+                            setup.port,
+                            body_files[kind],
+                            concurrency,
+                            opts,
+                            cores.load,
+                            vary=setup.key == FRESH,
                         )
                     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                         outcome = {"failed": str(exc)[:300]}
@@ -407,7 +418,7 @@ def _proxy_rows(
     setups: dict[str, Setup],
     results: dict[tuple[str, int], dict[str, list[dict[str, Any]]]],
 ) -> None:
-    order = ["direct", "floor", "packgate-empty", "packgate-seed", "litellm", "litellm-pii"]
+    order = ["direct", "floor", "packgate-empty", "packgate-seed", FRESH, "litellm", "litellm-pii"]
     ratios: dict[str, float | None] = {}
     for (kind, concurrency), by_setup in results.items():
         rps = {
@@ -629,7 +640,7 @@ def _memory_rows(report: Report, setups: dict[str, Setup]) -> None:
         "Resident memory (RSS, MiB)",
         [("idle_mb", "idle"), ("peak_mb", "peak under load"), ("count", "objects")],
     )
-    for key in ("floor", "packgate-empty", "packgate-seed", "litellm", "litellm-pii"):
+    for key in ("floor", "packgate-empty", "packgate-seed", FRESH, "litellm", "litellm-pii"):
         setup = setups.get(key)
         if setup is None:
             continue

@@ -8,7 +8,9 @@ answers from bytes prepared at start-up. The answers are still the real wire for
 `chat.completion` object with `usage`, or a `text/event-stream` of `chat.completion.chunk`
 events (chunked transfer encoding) ending in `data: [DONE]`, so the OpenAI SDK, LiteLLM and
 packgate all parse them as they would a provider's. The answer text carries an e-mail address,
-so response-side PII redaction has work to do too.
+so response-side PII redaction has work to do too, and the prompt's case tag (see
+`payloads.tag`): when a request carries another tag than the default, the answer carries it too,
+written over the prepared bytes (same length), so under `loadgen --vary` no answer repeats either.
 
 It keeps only the last request body (for the harness's check that the seed chain redacted the
 prompt before it left the proxy), served at `GET /_bench/last`.
@@ -22,14 +24,21 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any, cast
+
+if __package__ in (None, ""):  # run as a script by the harness: bench.payloads importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.payloads import TAG_DEFAULT, TAG_PREFIX
 
 ANSWER = (
     "Thanks, I have the details. I opened ticket 48213 for the billing team and they will write "
     "to you at jordan.miles@example.org within one business day. Until then the disputed charge "
     "stays on hold and no late fee applies. If anything changes, reply to this thread and quote "
-    "the ticket number so we can find it quickly. Have a good afternoon."
+    "the ticket number and case aaaaaaa so we can find it quickly. Have a good afternoon."
 )
 MODEL = "gpt-4o"
 
@@ -176,11 +185,19 @@ class Upstream(asyncio.Protocol):
         if line.startswith(b"post /v1/chat/completions"):
             answers.last = body
             answers.served += 1
+            at = body.find(TAG_PREFIX) + len(TAG_PREFIX)
+            value = body[at : at + len(TAG_DEFAULT)]
+            fresh = at >= len(TAG_PREFIX) and value != TAG_DEFAULT and value.isalpha()
             if b'"stream":true' in body or b'"stream": true' in body:
                 if answers.event_gap > 0:
                     asyncio.get_running_loop().create_task(self._slow_stream())
+                elif fresh:  # the tag's word is streamed as two pieces, " aaa" and "aaaa"
+                    whole = answers.stream_whole.replace(b'" aaa"', b'" ' + value[:3] + b'"')
+                    self._send(whole.replace(b'"aaaa"', b'"' + value[3:] + b'"'))
                 else:
                     self._send(answers.stream_whole)
+            elif fresh:
+                self._send(answers.json.replace(b"case " + TAG_DEFAULT, b"case " + value))
             else:
                 self._send(answers.json)
         elif line.startswith(b"get /v1/models"):
