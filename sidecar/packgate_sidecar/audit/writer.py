@@ -16,7 +16,7 @@ then a timer on the event loop wakes the thread once for all of them. With nothi
 flight, a record is handed over at once, so a lone request never waits. A record no answer waits
 for (``lazy``: a relayed stream's outcome) hurries nobody: it goes with the next record, or
 after ``linger``. Completion costs one call into each waiting event loop per batch, which
-resolves all of that batch's futures; the stdout copy is written after that call.
+resolves all of that batch's futures.
 
 On disk: ``DIR/audit-NNNNNN-YYYYMMDD.jsonl`` segments, one sealed JSON record per line (see
 ``chain.py``). A segment is created atomically (header written to a temp file, fsynced, then
@@ -560,8 +560,8 @@ class AuditWriter:
                 if not batch.waiting():
                     return  # closing, and everything queued has been written
                 self._apply(batch.ops)
+                self._echo_out()  # before the loop is woken: after, the two contend for the GIL
                 _settle(batch, None)
-                self._echo_out()
         except BaseException as exc:
             with self._cv:
                 self._error = exc
@@ -612,8 +612,7 @@ class AuditWriter:
             self.on_durable()
 
     def _echo_out(self) -> None:
-        """Write the stdout copy of what became durable (after the waiters were told, so the
-        answers do not wait for it)."""
+        """Write the stdout copy of what became durable."""
         data, self._to_echo = self._to_echo, bytearray()
         echo = self._echo
         if echo is None or not data:
