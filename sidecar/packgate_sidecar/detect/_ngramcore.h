@@ -81,6 +81,7 @@ NGC_INTERNAL extern PyTypeObject ngc_ScorerType, ngc_LexiconType, ngc_Translator
 NGC_INTERNAL PyObject *ngc_segments(PyObject *module, PyObject *args, PyObject *kwargs);
 NGC_INTERNAL PyObject *ngc_count_tokens(PyObject *module, PyObject *args, PyObject *kwargs);
 NGC_INTERNAL PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs);
+NGC_INTERNAL PyObject *ngc_lower(PyObject *module, PyObject *s);
 NGC_INTERNAL void ngc_init_ascii_class(void);
 
 #endif

@@ -13,19 +13,52 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-__all__ = ["COMPILED", "CharClasses", "Lexicon", "Scorer", "Translator", "count_tokens", "signals"]
+__all__ = [
+    "COMPILED",
+    "CharClasses",
+    "Lexicon",
+    "Scorer",
+    "Translator",
+    "count_tokens",
+    "lower",
+    "signals",
+]
 
 if TYPE_CHECKING:
-    from .ngram_ref import CharClasses, Lexicon, Scorer, Translator, count_tokens, signals
+    from .ngram_ref import (
+        CharClasses,
+        Lexicon,
+        Scorer,
+        Translator,
+        count_tokens,
+        lower,
+        signals,
+    )
 
     COMPILED: bool
 else:
     try:
-        from ._ngramcore import CharClasses, Lexicon, Scorer, Translator, count_tokens, signals
+        from ._ngramcore import (
+            CharClasses,
+            Lexicon,
+            Scorer,
+            Translator,
+            count_tokens,
+            lower,
+            signals,
+        )
 
         COMPILED = True
     except ImportError as exc:  # pragma: no cover - exercised only on a broken install
-        from .ngram_ref import CharClasses, Lexicon, Scorer, Translator, count_tokens, signals
+        from .ngram_ref import (
+            CharClasses,
+            Lexicon,
+            Scorer,
+            Translator,
+            count_tokens,
+            lower,
+            signals,
+        )
 
         COMPILED = False
         logging.getLogger("packgate.detect").warning(

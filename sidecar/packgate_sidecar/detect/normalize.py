@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from urllib.parse import unquote
 
-from .ngram import CharClasses, Lexicon, Translator, count_tokens, signals
+from .ngram import CharClasses, Lexicon, Translator, count_tokens, lower, signals
 
 __all__ = ["iter_lowered_variants", "iter_variants", "normalize", "variants", "warm_up"]
 
@@ -404,7 +404,7 @@ def iter_variants(text: str, *, reference: bool = False) -> Iterator[str]:
 def iter_lowered_variants(text: str, *, reference: bool = False) -> Iterator[tuple[str, str]]:
     """`iter_variants`, each variant with its `lower()` (computed once: both need it)."""
     base = normalize(text)
-    lowered = base.lower()
+    lowered = lower(base)
     yield base, lowered
     seen = {base}
     for candidate in _decodings(base, lowered, reference):
@@ -412,7 +412,7 @@ def iter_lowered_variants(text: str, *, reference: bool = False) -> Iterator[tup
             candidate = normalize(candidate)
             if candidate not in seen:
                 seen.add(candidate)
-                yield candidate, candidate.lower()
+                yield candidate, lower(candidate)
 
 
 def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]:

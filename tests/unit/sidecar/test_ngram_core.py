@@ -190,6 +190,18 @@ def test_lexicons_agree(texts: list[str]) -> None:
         assert _ngramcore.count_tokens(lowered, 1) == ngram_ref.count_tokens(lowered, 1)
 
 
+def test_lower_is_str_lower_for_every_character_and_text(texts: list[str]) -> None:
+    # Every code point, first without capital sigma and dotted capital I (so the compiled
+    # path, not its fallback to str.lower, handles them all), then with them in context.
+    every = "".join(chr(c) for c in range(0x80, 0x110000) if not 0xD800 <= c < 0xE000)
+    plain = every.replace("\u03a3", "").replace("\u0130", "")
+    for text in [plain, "ABC " + plain, every, "ΟΔΟΣ ΣΑΣ, Σ.", *ODD, *texts]:
+        lowered = _ngramcore.lower(text)
+        assert type(lowered) is str and lowered == text.lower(), text[:80]
+    with pytest.raises(TypeError):
+        _ngramcore.lower(b"bytes")  # type: ignore[arg-type]
+
+
 def test_signals_agree_on_every_dataset_text(texts: list[str]) -> None:
     for text in texts:
         assert _ngramcore.signals(text) == ngram_ref.signals(text), text[:80]
