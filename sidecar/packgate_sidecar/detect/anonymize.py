@@ -1,9 +1,12 @@
 """Turn detector findings into redacted text with presidio-anonymizer's operators.
 
 Why presidio-anonymizer: its operators (`replace`, `mask`, `hash`) are the vocabulary users of
-Presidio already know, and it rebuilds the text from the spans without us re-implementing offset
-bookkeeping. The engine is built once; presidio's per-call overhead is a few tens of
-microseconds plus a little per entity, so text without findings skips it entirely.
+Presidio already know, and each value is rewritten by presidio's own operator. The findings of
+`PiiDetector.find` are sorted and never overlap, so the text is rebuilt here from the spans in one
+pass: presidio's engine adds conflict resolution, per-entity validation and result bookkeeping
+that cost 92 us for the five entities of the bench prompt (4 us through the operators alone),
+on a fresh prompt the largest single cost of the seed chain after detection. Overlapping or unsorted
+spans (never produced by the detector) still go through the engine and its conflict rules.
 
 Actions:
 - `redact`: `<ENTITY>` markers (`<EMAIL>`, `<PHONE>`, ...), readable for the model downstream.
@@ -23,6 +26,7 @@ from functools import cache
 from typing import Any, Literal, get_args
 
 from presidio_anonymizer import AnonymizerEngine, OperatorConfig, RecognizerResult
+from presidio_anonymizer.operators import Hash, Mask, Replace
 
 from packgate_sidecar.detect.pii import Finding
 
@@ -35,6 +39,9 @@ _PROCESS_SALT = os.urandom(32)
 @cache
 def _engine() -> Any:
     return AnonymizerEngine()  # type: ignore[no-untyped-call]
+
+
+_OPERATORS = {"replace": Replace(), "mask": Mask(), "hash": Hash()}
 
 
 def _operator(action: str, salt: bytes) -> Any:
@@ -66,6 +73,18 @@ def anonymize(
     operator = _operator(action, _PROCESS_SALT if hash_salt is None else hash_salt)
     if not findings:
         return text
+    if _ordered(findings, len(text)):
+        apply = _OPERATORS[operator.operator_name]
+        pieces: list[str] = []
+        at = 0
+        for finding in findings:
+            params = {**operator.params, "entity_type": finding.entity}
+            apply.validate(params=params)
+            pieces.append(text[at : finding.start])
+            pieces.append(apply.operate(params=params, text=text[finding.start : finding.end]))
+            at = finding.end
+        pieces.append(text[at:])
+        return "".join(pieces)
     results = [RecognizerResult(f.entity, f.start, f.end, 1.0) for f in findings]
     # Presidio would merge same-type entities separated by spaces (meant for "James Bond"): two
     # e-mail addresses in a row would become one marker, and one hash of both.
@@ -73,3 +92,14 @@ def anonymize(
         text, results, {"DEFAULT": operator}, merge_entities_with_spaces=False
     )
     return str(engine_result.text)
+
+
+def _ordered(findings: Sequence[Finding], length: int) -> bool:
+    """Whether the spans are non-empty, in order, inside the text and disjoint (as the detector
+    returns them): then presidio's conflict resolution has nothing to do."""
+    at = 0
+    for finding in findings:
+        if not at <= finding.start < finding.end <= length:
+            return False
+        at = finding.end
+    return True

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from packgate_sidecar.detect.anonymize import anonymize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packgate_sidecar.detect.anonymize import _engine, _operator, anonymize
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector
+from presidio_anonymizer import RecognizerResult
 
 DET = PiiDetector(BUILTIN_ENTITIES)
 TEXT = "Mail jane@example.com or call +1 650 253 0000; card 4111 1111 1111 1111."
@@ -70,3 +73,35 @@ def test_neighbouring_findings_stay_separate() -> None:
 def test_unknown_action_rejected() -> None:
     with pytest.raises(ValueError, match="unknown PII action"):
         anonymize("a@b.io", [], "shred")  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(min_size=1, max_size=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+    action=st.sampled_from(["redact", "mask", "hash"]),
+)
+def test_same_text_as_presidios_engine(text: str, cuts: list[int], action: str) -> None:
+    """The one-pass rebuild of disjoint spans gives exactly what presidio's engine gives (for
+    hash: same salt, so same digests), and overlapping spans still go through the engine."""
+    edges = sorted({min(c, len(text)) for c in cuts})
+    findings = [Finding("EMAIL" if i % 2 else "SSN", a, b) for i, (a, b) in
+                enumerate(zip(edges[::2], edges[1::2], strict=False)) if a < b]  # fmt: skip
+    salt = b"s" * 16
+    expected = (
+        _engine()
+        .anonymize(
+            text,
+            [RecognizerResult(f.entity, f.start, f.end, 1.0) for f in findings],
+            {"DEFAULT": _operator(action, salt)},
+            merge_entities_with_spaces=False,
+        )
+        .text
+    )
+    assert anonymize(text, findings, action, hash_salt=salt) == expected  # type: ignore[arg-type]
+
+
+def test_overlapping_spans_fall_back_to_presidios_conflict_rules() -> None:
+    text = "jane@example.com"
+    out = anonymize(text, [Finding("EMAIL", 0, 16), Finding("EMAIL", 5, 16)], "redact")
+    assert out == "<EMAIL>"
