@@ -1,0 +1,119 @@
+"""CPU per streamed answer of the sidecar's stream path, in-process: the SSE rewriter and the seed
+chain's stream filters, without the network.
+
+Why it exists: a streamed answer costs the sidecar per event, and how the events arrive decides
+which path they take. The bench upstream (`upstream.py`) sends a whole answer in one write, so
+the sidecar reads its 113 events as one chunk; a provider generating tokens sends them one event
+per chunk. This measures both for the bench answer, through the first seed config's stream
+filters (pii-detector redact; audit-logger left out, as in `cpu_cost.py`'s seed-no-audit), as
+thread CPU time per stream (the minimum of several rounds, which barely moves on a loaded
+machine). With `--baseline DIR` the same runs use another checkout's sidecar in a second
+process, for an A/B of a change. Not part of `make bench`: a development tool.
+
+    .venv/bin/python -m bench.stream_cost [--baseline /tmp/before] [--streams 500] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import upstream
+from bench.proxy import SEED_CONFIG, SHARED_SEED
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _chain() -> Any:
+    from packgate_policy import load_mapping
+    from packgate_sidecar.chain import Chain, builtin_registry
+    from packgate_sidecar.metrics import Metrics
+    from packgate_sidecar.policy import PolicyRuntime
+
+    if SEED_CONFIG.exists():
+        document = yaml.safe_load(SEED_CONFIG.read_text())
+    else:
+        document = next(yaml.safe_load_all(SHARED_SEED.read_text()))
+    document["policies"]["chain"].remove("audit-logger")
+    document["policy"].pop("audit-logger", None)
+    metrics = Metrics()
+    config = load_mapping(document).config
+    return Chain.build(config, builtin_registry(), PolicyRuntime(metrics=metrics), metrics)
+
+
+def measure(streams: int, rounds: int) -> dict[str, float]:
+    """Microseconds of thread CPU per stream, for each way the events arrive."""
+    from packgate_sidecar.policy import RequestContext
+    from packgate_sidecar.shapes import CHAT
+    from packgate_sidecar.sse import StreamRewriter
+    from packgate_sidecar.stream_shapes import STREAM_SHAPES
+
+    chain = _chain()
+    events = upstream.stream_events(int(time.time()))
+    arrivals = {"one chunk": [b"".join(events)], "one event per chunk": events}
+
+    def one(chunks: list[bytes]) -> None:
+        # As forward._relay feeds it: the first bytes as soon as one event is checked.
+        ctx = RequestContext("bench", CHAT)
+        policies = chain.open_stream(ctx)
+        rewriter = StreamRewriter(STREAM_SHAPES[CHAT], policies, ctx)
+        sent = False
+        for chunk in chunks:
+            if rewriter.feed(chunk, first=not sent) and not sent:
+                sent = True
+                rewriter.feed(b"")
+        rewriter.end()
+        policies.close()
+
+    out: dict[str, float] = {}
+    for name, chunks in arrivals.items():
+        one(chunks)
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.thread_time()
+            for _ in range(streams):
+                one(chunks)
+            best = min(best, (time.thread_time() - started) / streams * 1e6)
+        out[name] = best
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=500, help="streams per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="another checkout to compare")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child output
+    args = parser.parse_args(argv)
+    if args.json:
+        print(json.dumps(measure(args.streams, args.rounds)))
+        return 0
+    trees = {"this tree": REPO}
+    if args.baseline is not None:
+        trees["baseline"] = args.baseline.resolve()
+    results: dict[str, dict[str, float]] = {}
+    for label, root in trees.items():
+        env = {**os.environ, "PYTHONPATH": f"{root}/sidecar:{root}/operator:{REPO}"}
+        argv_child = [sys.executable, "-m", "bench.stream_cost", "--json"]
+        argv_child += ["--streams", str(args.streams), "--rounds", str(args.rounds)]
+        done = subprocess.run(argv_child, env=env, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{label} failed: {done.stderr[-800:]}")
+        results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{'us of thread CPU per stream (113 events)':44}" + "".join(f"{t:>12}" for t in trees))
+    for name in results["this tree"]:
+        print(f"{name:44}" + "".join(f"{results[t][name]:12.0f}" for t in trees))
+    print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
