@@ -213,6 +213,21 @@ class CharClasses:
     def tokens(self, text: str, need: int) -> list[tuple[int, int]]:
         return [m.span() for m in _WORD.finditer(text) if self.which(m.group(0)) & need == need]
 
+    def drop_runs(self, text: str, run: int, after: int) -> str:
+        out: list[str] = []
+        before, dropping = 0, False
+        for c in text:
+            mask = self._mask(c)
+            if mask & run:
+                if not before & run:  # a run starts here
+                    dropping = bool(before & after)
+            else:
+                dropping = False
+            if not dropping:
+                out.append(c)
+            before = mask
+        return "".join(out)
+
     def runs(self, text: str, need: int, gap: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         i = 0

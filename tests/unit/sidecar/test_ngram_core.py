@@ -26,10 +26,17 @@ from packgate_sidecar.detect import _ngramcore, ngram, ngram_ref
 from packgate_sidecar.detect.injection import InjectionScorer, default_scorer
 from packgate_sidecar.detect.normalize import (
     _B64_BLOB,
+    _CLASSES,
     _HEX_BLOB,
+    _LATIN,
+    _LATIN_COMBINING,
+    _LATIN_LETTER,
     _LEET_WORD,
+    _MARK,
+    _MARKS,
     _MORSE_RUN,
     _SPACED,
+    _class,
     variants,
 )
 from packgate_sidecar.detect.segments import segments
@@ -264,6 +271,18 @@ def test_char_classes_and_translators_agree(text: str) -> None:
         want = ngram_ref.Translator(table).apply(text, reference.tokens(text, need))
         assert _ngramcore.Translator(table).apply_words(text, compiled, need) == want
         assert ngram_ref.Translator(table).apply_words(text, reference, need) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZé ɏḀ.\u0301\u0302\u20d0\u1ab0ж中🙂"), max_size=40))
+def test_dropping_marks_on_latin_letters_is_the_normalisers_regex(text: str) -> None:
+    # normalize.py drops the combining marks on Latin letters with CharClasses.drop_runs; its
+    # definition is the regex _LATIN_COMBINING (classes _MARK and _LATIN_LETTER of _CLASSES).
+    want = _LATIN_COMBINING.sub("", text)
+    assert _CLASSES.drop_runs(text, _MARK, _LATIN_LETTER) == want
+    classes = [_class(_MARKS), _class(_LATIN)]
+    assert _ngramcore.CharClasses(classes).drop_runs(text, 1, 2) == want
+    assert ngram_ref.CharClasses(classes).drop_runs(text, 1, 2) == want
 
 
 def test_malformed_translators_are_refused() -> None:
