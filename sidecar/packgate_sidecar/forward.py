@@ -120,6 +120,9 @@ def _too_big(ctx: RequestContext, limit: int) -> ApiError:
     )
 
 
+_ANSWER = "The provider's response"
+
+
 def _passed_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
     headers = {REQUEST_ID_HEADER: request_id}
     for name, value in upstream.headers.items():
@@ -318,9 +321,19 @@ class Forwarder:
         headers["Content-Type"] = answer.headers.get("Content-Type", "application/json")
         if 200 <= answer.status < 300 and (chain.response_entries or chain.finish_entries):
             try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
+                # Strict, as requests are: the bytes relayed must have one reading, the one the
+                # policies checked (see strict_json.py).
+                body = strict_json.loads(raw, _ANSWER)
+            except strict_json.JsonRefused as refused:
+                if refused.code in ("invalid_json", "invalid_encoding"):
+                    body = None
+                else:
+                    message = refused.message
+                    if not message.startswith(_ANSWER):  # NaN and overflow messages name no source
+                        message = f"{_ANSWER}: {message}"
+                    raise ApiError(
+                        502, "bad_upstream_response", message + "; it was not relayed"
+                    ) from None
             if not isinstance(body, dict):
                 if chain.response_entries:
                     raise ApiError(

@@ -7,6 +7,11 @@ lone surrogates and absurd nesting are read differently (or not at all) by diffe
 libraries. So the sidecar refuses every body on which parsers may disagree, and what goes
 upstream is always `dumps(the object the chain checked)`, never the client's bytes.
 
+A provider's whole answer is read the same way (forward.py): it is relayed as the provider's own
+bytes when no policy rewrote it, so an answer with `"content"` twice would be checked by the
+response policies (last copy) while the application's parser might read the first. Such an
+answer is refused with a 502 instead of being relayed.
+
 Refused, each with a message naming the problem and where it is:
 - a duplicate key in any object;
 - `NaN`, `Infinity`, `-Infinity` (not JSON, RFC 8259 section 6), and numbers too large for a
@@ -73,13 +78,14 @@ def _float(text: str) -> float:
     return value
 
 
-def loads(raw: bytes) -> Any:
-    """Parse `raw` or raise JsonRefused naming what makes it ambiguous."""
+def loads(raw: bytes, what: str = "The request body") -> Any:
+    """Parse `raw` or raise JsonRefused naming what makes it ambiguous; messages name the
+    document as `what` (a provider's answer is read as strictly as a client's request)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JsonRefused(
-            "invalid_encoding", f"The request body is not valid UTF-8 (byte offset {exc.start})"
+            "invalid_encoding", f"{what} is not valid UTF-8 (byte offset {exc.start})"
         ) from None
     try:
         value = json.loads(
@@ -88,17 +94,16 @@ def loads(raw: bytes) -> Any:
     except _Duplicate as dup:
         raise JsonRefused(
             "duplicate_key",
-            f"The request body has the key {dup.key!r} more than once in one object; "
-            "send each key once",
+            f"{what} has the key {dup.key!r} more than once in one object; send each key once",
         ) from None
     except RecursionError:
-        raise _too_deep() from None
+        raise _too_deep(what) from None
     except ValueError as exc:
         if isinstance(exc, JsonRefused):
             raise
-        raise JsonRefused("invalid_json", f"The request body is not valid JSON: {exc}") from None
+        raise JsonRefused("invalid_json", f"{what} is not valid JSON: {exc}") from None
     if _may_hide_problems(raw):
-        _check_tree(value)
+        _check_tree(value, what)
     return value
 
 
@@ -130,9 +135,9 @@ def _may_hide_problems(raw: bytes) -> bool:
     )
 
 
-def _too_deep() -> JsonRefused:
+def _too_deep(what: str) -> JsonRefused:
     return JsonRefused(
-        "json_too_deep", f"The request body nests arrays/objects deeper than {MAX_DEPTH} levels"
+        "json_too_deep", f"{what} nests arrays/objects deeper than {MAX_DEPTH} levels"
     )
 
 
@@ -142,7 +147,7 @@ def _children(node: Any) -> Iterator[tuple[str | int, Any]]:
     return enumerate(node)
 
 
-def _check_tree(root: Any) -> None:
+def _check_tree(root: Any, what: str) -> None:
     """Depth and lone surrogates, in one iterative walk (no recursion to exhaust)."""
     stack: list[tuple[Any, str, int]] = [(root, "", 0)]
     while stack:
@@ -153,7 +158,7 @@ def _check_tree(root: Any) -> None:
         if not isinstance(node, dict | list):
             continue
         if depth >= MAX_DEPTH:
-            raise _too_deep()
+            raise _too_deep(what)
         for key, child in _children(node):
             if isinstance(key, str):
                 where = f"{path}.{key}" if path else key

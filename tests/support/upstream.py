@@ -50,6 +50,7 @@ class Behavior:
     chunks: list[str] | None = None  # exact streamed pieces of the answer
     tool_call: tuple[str, str] | None = None  # answer with a call: (function name, arguments)
     body: dict[str, Any] | None = None  # answer exactly this JSON (with `status`)
+    raw: bytes | None = None  # answer exactly these bytes as application/json (with `status`)
     sse: list[bytes] | None = None  # stream exactly these bytes, one write each (to a stream)
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -209,6 +210,14 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=500)
+        if behavior.raw is not None:
+            self.completed += 1
+            return web.Response(
+                body=behavior.raw,
+                status=behavior.status,
+                content_type="application/json",
+                headers=behavior.headers,
+            )
         if behavior.body is not None or behavior.status != 200:
             answer = behavior.body or _error_for(behavior.status)
             self.completed += 1
