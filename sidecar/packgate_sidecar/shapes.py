@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from functools import cache
 from typing import Any
 
 Json = dict[str, Any]
@@ -264,14 +265,24 @@ def _content(
             _string(out, part, "filename", role, part_path)
 
 
-def _walk(out: list[TextSlot], node: Json, spec: str, role: str, path: str, strict: bool) -> None:
-    """Collect the strings at `spec` under `node`: dotted keys, `name[]` iterates an array, and a
-    trailing `*` accepts a string or an array of content parts."""
+@cache
+def _step(spec: str) -> tuple[str, str, bool, bool]:
+    """`spec`'s first step: (key, the rest of the spec, content parts accepted, key is an
+    array); parsed once per spec, as the same few specs are walked in every request and answer."""
     head, _, rest = spec.partition(".")
     parts_ok = head.endswith("*")
     head = head.rstrip("*")
     if head.endswith("[]"):
-        name = head[:-2]
+        return head[:-2], rest, parts_ok, True
+    return head, rest, parts_ok, False
+
+
+def _walk(out: list[TextSlot], node: Json, spec: str, role: str, path: str, strict: bool) -> None:
+    """Collect the strings at `spec` under `node`: dotted keys, `name[]` iterates an array, and a
+    trailing `*` accepts a string or an array of content parts."""
+    head, rest, parts_ok, array = _step(spec)
+    if array:
+        name = head
         items = node.get(name)
         if items is None:
             return
