@@ -32,6 +32,7 @@ import re
 from itertools import accumulate, takewhile
 from typing import Any
 
+from . import strict_json
 from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
@@ -201,9 +202,11 @@ class StreamRewriter:
             self.saw_done = True
             return (self._flush([()], set()) if self.policies else b"") + raw
         try:
-            obj = json.loads(data)
-        except ValueError:
-            raise UnreadableEvent("upstream sent an event that is not JSON") from None
+            # Strict for the reason whole answers are (strict_json.py): an event no policy
+            # rewrote goes out as the provider's bytes, so the chain must read them the only way.
+            obj = strict_json.loads(data.encode(), "The provider's stream event")
+        except strict_json.JsonRefused as refused:
+            raise UnreadableEvent(refused.message) from None
         if not isinstance(obj, dict):
             raise UnreadableEvent("upstream sent an event that is not a JSON object")
         if obj.get("error"):

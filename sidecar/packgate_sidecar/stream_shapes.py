@@ -86,6 +86,7 @@ class ChatStream(StreamShape):
             len(block.translate(None, _ESCAPE_OR_CONTROL)) != len(block)
             or block.count(b'"delta"') != 1
             or block.count(b'"content"') != 1
+            or block.count(b'"index"') != 1  # a second "index" moves the text for the client
             or _NEEDS_PARSE.search(block, at)
         ):
             return None

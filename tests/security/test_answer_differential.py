@@ -5,7 +5,8 @@ A whole answer that no policy rewrote is relayed as the provider's own bytes. Wi
 parser may keep the first: a compromised or buggy provider, or anything on its path, could put
 the e-mail address pii-detector exists to hide in the copy the policies never see. Answers are
 read as strictly as requests (strict_json.py): such an answer is refused with a 502 that names
-the problem, the refusal is audited, and its bytes never reach the application.
+the problem, the refusal is audited, and its bytes never reach the application. A streamed
+answer's events are read the same way: the ambiguous event ends the stream with an error event.
 """
 
 from __future__ import annotations
@@ -111,3 +112,65 @@ async def test_an_unambiguous_answer_is_still_relayed_and_checked(
         model="m", messages=[{"role": "user", "content": "hi"}]
     )
     assert completion.choices[0].message.content == "mail <EMAIL>"
+
+
+def _event(delta: bytes) -> bytes:
+    return (
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":0,"model":"m",'
+        b'"choices":[{"index":0,"finish_reason":null,"delta":' + delta + b"}]}\n\n"
+    )
+
+
+async def test_an_ambiguous_stream_event_ends_the_stream_with_an_error(
+    setup: tuple[RunningGateway, FakeUpstream, list[RecordingPolicy]],
+) -> None:
+    gateway, upstream, audited = setup
+    hidden = b'{"content":"write to ' + SECRET.encode() + b'","content":" no data here"}'
+    events = [_event(b'{"role":"assistant","content":"Hello,"}'), _event(hidden)]
+    upstream.then(Behavior(sse=[*events, b"data: [DONE]\n\n"]))
+    stream = await gateway.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    received = ""
+    with pytest.raises(openai.APIError) as caught:
+        async for chunk in stream:
+            received += "".join(c.delta.content or "" for c in chunk.choices)
+    assert received == "Hello,"
+    assert "'content' more than once" in caught.value.message
+    assert SECRET not in caught.value.message
+    ctx = await _finished(audited)
+    assert ctx.error_code == "bad_upstream_response"
+
+
+async def test_a_duplicate_index_cannot_move_a_streamed_text_to_another_choice(
+    setup: tuple[RunningGateway, FakeUpstream, list[RecordingPolicy]],
+) -> None:
+    """Choice 1 streams an e-mail address in two pieces; the first piece's event also says
+    index 0 first. Read first-wins (as the relay's fast path did) the pieces are on two choices
+    and neither holds an address; the SDK reads last-wins and puts both on choice 1. (Here the
+    PII filter's hold-back reorders the pieces so the address is not rebuilt; the relay must
+    still not read an event differently from the application, so the event is refused.)"""
+    gateway, upstream, _ = setup
+    user, domain = SECRET.split("@")
+
+    def event(choice: str) -> bytes:
+        return _event(b"").replace(b'{"index":0,"finish_reason":null,"delta":}', choice.encode())
+
+    events = [
+        event('{"index":1,"delta":{"role":"assistant","content":"Write to "}}'),
+        event('{"index":0,"delta":{"content":"' + user + '@"},"index":1}'),
+        event('{"index":1,"delta":{"content":"' + domain + ' today."}}'),
+    ]
+    upstream.then(Behavior(sse=[*events, b"data: [DONE]\n\n"]))
+    stream = await gateway.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], stream=True, n=2
+    )
+    received: dict[int, str] = {}
+    with pytest.raises(openai.APIError) as caught:
+        async for chunk in stream:
+            for choice in chunk.choices:
+                received[choice.index] = received.get(choice.index, "") + (
+                    choice.delta.content or ""
+                )
+    assert not any(SECRET in text for text in received.values()), received
+    assert "'index' more than once" in caught.value.message
