@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gzip
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import openai
@@ -22,6 +22,8 @@ from packgate_sidecar.app import GatewayOptions
 
 from tests.support.gateway import RunningGateway, make_config, running_gateway
 from tests.support.upstream import Behavior, FakeUpstream
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPTIONS = GatewayOptions(
     read_timeout=10,
@@ -153,6 +155,23 @@ async def test_an_oversized_provider_answer_is_refused_not_buffered(
     assert "upstream_response_too_large" in caught.value.response.text
 
 
+@contextlib.asynccontextmanager
+async def _gateway_before(handler: Handler) -> AsyncIterator[RunningGateway]:
+    """A gateway (with the tight limits) before a provider whose chat completions `handler`
+    answers, on loopback."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        config = make_config(f"http://127.0.0.1:{runner.addresses[0][1]}/v1")
+        async with running_gateway(config, options=OPTIONS) as running:
+            yield running
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_chunked_answer_is_cut_off_at_the_limit_while_reading() -> None:
     """No Content-Length to refuse up front: the sidecar counts while reading, and stops reading
     (the provider cannot push the rest) as soon as the limit is passed."""
@@ -171,25 +190,14 @@ async def test_a_chunked_answer_is_cut_off_at_the_limit_while_reading() -> None:
             sent["finished"] = True
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", endless)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        config = make_config(f"http://127.0.0.1:{port}/v1")
-        async with running_gateway(config, options=OPTIONS) as running:
-            with pytest.raises(openai.APIStatusError) as caught:
-                await running.client().chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "hi"}]
-                )
-            assert caught.value.status_code == 502
-            assert "upstream_response_too_large" in caught.value.response.text
-            await asyncio.sleep(0.2)
-    finally:
-        await runner.cleanup()
+    async with _gateway_before(endless) as running:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await running.client().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert caught.value.status_code == 502
+        assert "upstream_response_too_large" in caught.value.response.text
+        await asyncio.sleep(0.2)
     assert not sent["finished"]
     assert sent["bytes"] < 20 * 1024 * 1024
 
@@ -205,21 +213,10 @@ async def test_a_compressed_answer_is_limited_by_its_decompressed_size() -> None
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
         return web.Response(body=body, headers=headers)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", bomb)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        config = make_config(f"http://127.0.0.1:{port}/v1")
-        async with running_gateway(config, options=OPTIONS) as running:
-            with pytest.raises(openai.APIStatusError) as caught:
-                await running.client().chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "hi"}]
-                )
-    finally:
-        await runner.cleanup()
+    async with _gateway_before(bomb) as running:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await running.client().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
     assert caught.value.status_code == 502
     assert "upstream_response_too_large" in caught.value.response.text

@@ -25,40 +25,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .ngram_ref import (
-        CharClasses,
-        Lexicon,
-        Scorer,
-        Translator,
-        count_tokens,
-        lower,
-        signals,
-    )
+    from . import ngram_ref as _core
 
     COMPILED: bool
 else:
     try:
-        from ._ngramcore import (
-            CharClasses,
-            Lexicon,
-            Scorer,
-            Translator,
-            count_tokens,
-            lower,
-            signals,
-        )
+        from . import _ngramcore as _core
 
         COMPILED = True
     except ImportError as exc:  # pragma: no cover - exercised only on a broken install
-        from .ngram_ref import (
-            CharClasses,
-            Lexicon,
-            Scorer,
-            Translator,
-            count_tokens,
-            lower,
-            signals,
-        )
+        from . import ngram_ref as _core
 
         COMPILED = False
         logging.getLogger("packgate.detect").warning(
@@ -66,3 +42,11 @@ else:
             "about 100x slower: reinstall packgate (pip install .) to build it",
             exc,
         )
+
+CharClasses = _core.CharClasses
+Lexicon = _core.Lexicon
+Scorer = _core.Scorer
+Translator = _core.Translator
+count_tokens = _core.count_tokens
+lower = _core.lower
+signals = _core.signals
