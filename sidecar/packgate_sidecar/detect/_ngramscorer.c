@@ -112,33 +112,6 @@ __attribute__((always_inline)) static inline void group_put(Group *g, Feat f) {
 
 static inline double group_value(const Group *g) { return g->n ? g->sum / sqrt((double)g->n) : 0.0; }
 
-/* Sentences of the text with surrounding whitespace stripped, split where Python's
- * re.split(r"[.!?:]\s+|\n+", ...) splits: one span per piece (pieces may be empty). */
-static int split_sentences(const Text *t, Spans *out) {
-    out->len = 0;
-    Py_ssize_t s0 = t->start, s1 = t->end;
-    while (s0 < s1 && Py_UNICODE_ISSPACE(CH(t, s0))) s0++;
-    while (s1 > s0 && Py_UNICODE_ISSPACE(CH(t, s1 - 1))) s1--;
-    Py_ssize_t piece = s0, i = s0;
-    while (i < s1) {
-        Py_UCS4 c = CH(t, i);
-        Py_ssize_t j = i;
-        if ((c == '.' || c == '!' || c == '?' || c == ':') && i + 1 < s1 &&
-            Py_UNICODE_ISSPACE(CH(t, i + 1))) {
-            j = i + 1;
-            while (j < s1 && Py_UNICODE_ISSPACE(CH(t, j))) j++;
-        } else if (c == '\n') {
-            while (j < s1 && CH(t, j) == '\n') j++;
-        } else {
-            i++;
-            continue;
-        }
-        if (ngc_spans_push(out, piece, i) < 0) return -1;
-        piece = i = j;
-    }
-    return ngc_spans_push(out, piece, s1);
-}
-
 /* . ! ? : and newline are all below 64: one bit test instead of five comparisons. Without a
  * branch on c < 64: spaces are below it and letters above, so that branch mispredicted at
  * every word (the scans below spent most of their time there). */
@@ -146,12 +119,20 @@ static int split_sentences(const Text *t, Spans *out) {
     ((1ULL << '.') | (1ULL << '!') | (1ULL << '?') | (1ULL << ':') | (1ULL << '\n'))
 static inline int is_terminator(Py_UCS4 c) { return (int)(TERMINATORS >> (c & 63) & (c < 64)); }
 
+/* t's bounds without the whitespace around it. */
+static inline void stripped(const Text *t, Py_ssize_t *s0, Py_ssize_t *s1) {
+    Py_ssize_t a = t->start, b = t->end;
+    while (a < b && Py_UNICODE_ISSPACE(CH(t, a))) a++;
+    while (b > a && Py_UNICODE_ISSPACE(CH(t, b - 1))) b--;
+    *s0 = a;
+    *s1 = b;
+}
+
 /* split_sentences' split points over t: (where a piece ends, where the next begins). */
 static int find_splits(const Text *t, Spans *out) {
     out->len = 0;
-    Py_ssize_t s0 = t->start, s1 = t->end;
-    while (s0 < s1 && Py_UNICODE_ISSPACE(CH(t, s0))) s0++;
-    while (s1 > s0 && Py_UNICODE_ISSPACE(CH(t, s1 - 1))) s1--;
+    Py_ssize_t s0, s1;
+    stripped(t, &s0, &s1);
     Py_ssize_t i = s0;
     while (i < s1) {
         Py_UCS4 c = CH(t, i);
@@ -176,6 +157,23 @@ static int find_splits(const Text *t, Spans *out) {
     return 0;
 }
 
+/* Sentences of the text with surrounding whitespace stripped, split where Python's
+ * re.split(r"[.!?:]\s+|\n+", ...) splits: one span per piece (pieces may be empty). The
+ * split points, turned in place into the pieces between them. */
+static int split_sentences(const Text *t, Spans *out) {
+    if (find_splits(t, out) < 0) return -1;
+    Py_ssize_t s0, s1;
+    stripped(t, &s0, &s1);
+    Py_ssize_t piece = s0;
+    for (Py_ssize_t k = 0; k < out->len; k++) {
+        Py_ssize_t next = out->items[k].end;
+        out->items[k].end = out->items[k].start;
+        out->items[k].start = piece;
+        piece = next;
+    }
+    return ngc_spans_push(out, piece, s1);
+}
+
 /* split_sentences(t) for a span t of the text the splits were found on. The span, stripped,
  * starts and ends with a non-space character, so the whole text's scan reaches its start
  * fresh (no run of spaces or newlines it skips covers it) and every run it skips inside the
@@ -183,9 +181,8 @@ static int find_splits(const Text *t, Spans *out) {
  * lie in it, each with room for a character after it. */
 static int pieces_from_splits(const Spans *splits, const Text *t, Spans *out) {
     out->len = 0;
-    Py_ssize_t s0 = t->start, s1 = t->end;
-    while (s0 < s1 && Py_UNICODE_ISSPACE(CH(t, s0))) s0++;
-    while (s1 > s0 && Py_UNICODE_ISSPACE(CH(t, s1 - 1))) s1--;
+    Py_ssize_t s0, s1;
+    stripped(t, &s0, &s1);
     Py_ssize_t lo = 0, hi = splits->len, piece = s0;
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
