@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from packgate_sidecar import strict_json
 from packgate_sidecar.strict_json import MAX_DEPTH, JsonRefused, dumps, loads
 
 
@@ -100,3 +102,63 @@ def test_dumps_is_read_back_as_the_same_value_by_the_standard_and_the_strict_par
     written = dumps(value)
     assert json.loads(written) == value
     assert loads(written) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a:":1,"a:":2}',
+        b'{"a":"x:y","a":"z"}',
+        b'{"k":{"a":"::","b":1},"k":0}',
+        b'{"\\u003a":1,":":2}',  # the same key, once escaped
+        b'{"\\u003A":1,"\\u003a":2}',
+        b'[{"a":"\\u003a"},{"b":1,"b":":"}]',
+    ],
+)
+def test_a_duplicate_key_is_found_whatever_colons_the_strings_hold(raw: bytes) -> None:
+    with pytest.raises(JsonRefused) as caught:
+        loads(raw)
+    assert caught.value.code == "duplicate_key"
+
+
+def test_colons_in_keys_and_strings_and_wide_integers_read_as_the_standard_library_reads() -> None:
+    raw = b'{"a:b":"c::d","\\u003a":[":",{"t":"1:2"}],"n":123456789012345678901234567890}'
+    value = loads(raw)
+    assert value == json.loads(raw)
+    assert value["n"] == 123456789012345678901234567890
+    assert type(value["n"]) is int
+
+
+# Raw JSON text with object members written one by one, so an object may repeat a key; keys
+# and strings draw on colons, escapes and non-ASCII text, numbers on wide integers.
+_keys = st.sampled_from(["a", "b", ":", "a:", "é", "\\u003a", "\\u00e9", 'x\\"y'])
+_scalars = st.one_of(
+    st.sampled_from(["null", "true", "1", "-0", "2.5e3", "18446744073709551616", '":"']),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.text(st.sampled_from(list(':ab\\u003a é"\\\\'))).map(json.dumps),
+    _keys.map(lambda key: f'"{key}"'),
+)
+raw_documents = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
+        | st.lists(st.tuples(_keys, inner), max_size=4).map(
+            lambda members: "{" + ",".join(f'"{k}":{v}' for k, v in members) + "}"
+        )
+    ),
+    max_leaves=12,
+)
+
+
+def _reading(read: Callable[[], object]) -> tuple[str, object]:
+    try:
+        return ("value", read())
+    except JsonRefused as refused:
+        return (refused.code, None)
+
+
+@given(raw_documents)
+def test_the_fast_reading_agrees_with_the_standard_library_with_hooks(text: str) -> None:
+    raw = text.encode()
+    assert _reading(lambda: loads(raw)) == _reading(lambda: strict_json._strict(raw, "it"))
