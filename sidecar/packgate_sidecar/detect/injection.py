@@ -165,18 +165,24 @@ class InjectionScorer:
         if not text or text.isspace():
             return 0.0
         best = -math.inf
-        rules = matched_rules if self.compiled else searched_rules
+        compiled = self.compiled
+        rules = matched_rules if compiled else searched_rules
+        weights = self.rule_weights
+        pooled = self.core.pooled_logit
         base: str | None = None
         base_rules = 0.0
-        for variant, lowered in iter_lowered_variants(text, reference=not self.compiled):
-            z = self.bias + sum(self.rule_weights.get(r, 0.0) for r in rules(variant, lowered))
+        for variant, lowered in iter_lowered_variants(text, reference=not compiled):
+            matched = 0.0  # summed as sum() does, then added: the same float as before
+            for rule in rules(variant, lowered):
+                matched += weights.get(rule, 0.0)
+            z = self.bias + matched
             if base is None:
                 base, base_rules = lowered, z
-                best = z + self.core.pooled_logit(lowered)
-            elif self.compiled and z <= base_rules:
-                best = max(best, z + self.core.pooled_logit(lowered, base))
+                best = z + pooled(lowered)
             else:
-                best = max(best, z + self.core.pooled_logit(lowered))
+                z += pooled(lowered, base) if compiled and z <= base_rules else pooled(lowered)
+                if z > best:
+                    best = z
             # Past this the score is within 0.003 of 1 and no threshold tells the rest apart:
             # stop instead of scoring the remaining decoded readings.
             if best >= _SATURATED:

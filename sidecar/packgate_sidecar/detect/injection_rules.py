@@ -308,28 +308,37 @@ def matched_rules(text: str, lowered: str) -> set[str]:
     tried: set[str] = set()
     for word in _TRIGGER_WORDS.intersection(where):
         for rule in _BY_TRIGGER[word]:
-            if rule.name in tried:
+            name = rule.name
+            if name in tried:
                 continue
-            tried.add(rule.name)
-            if rule.more and any(t.isdisjoint(where) for t in rule.more):
+            tried.add(name)
+            missing = False
+            for words in rule.more:  # each further trigger set needs a word in the text
+                if words.isdisjoint(where):
+                    missing = True
+                    break
+            if missing:
                 continue
-            subject = text if rule.cased else lowered
-            if rule.cased and not aligned:
-                if rule.regex.search(subject):
-                    rules.add(rule.name)
-                continue
-            if _matches_at(rule, subject, where):
-                rules.add(rule.name)
+            if rule.cased:
+                if not aligned:
+                    if rule.regex.search(text):
+                        rules.add(name)
+                    continue
+                subject = text
+            else:
+                subject = lowered
+            # The rule matches when its regex matches at an offset of one of its start words
+            # (the inner loop breaks on a match; the outer one then records it and stops).
+            match = rule.regex.match
+            for start in rule.starts.intersection(where):
+                for at in where[start]:
+                    if match(subject, at):
+                        break
+                else:
+                    continue
+                rules.add(name)
+                break
     return rules
-
-
-def _matches_at(rule: _Compiled, subject: str, where: dict[str, list[int]]) -> bool:
-    match = rule.regex.match
-    for start in rule.starts.intersection(where):
-        for at in where[start]:
-            if match(subject, at):
-                return True
-    return False
 
 
 _SEARCHED = [
