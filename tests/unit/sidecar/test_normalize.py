@@ -182,3 +182,17 @@ def test_normalising_stretches_is_normalising_the_whole_text(text: str) -> None:
         unicodedata.normalize("NFKC", text)
     )
     assert _by_stretch(text, _UNSTABLE_OR_MARK, _drop_latin_marks) == _drop_latin_marks(text)
+
+
+_DECODABLE = ["a ", "b.", "_ ", "a_", "_", "é-", "1*", " ", "\n", "x y z w v ", "gur ", "Lbh ", "Ω"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_DECODABLE)))
+def test_spaced_and_rot13_decode_as_the_definitions_do(pieces: list[str]) -> None:
+    # The compiled path drops the separators of every spaced run in one pass and rot13s with a
+    # compiled table; the reference path is the definition (a regex substitution per run,
+    # codecs' rot13). "_" is a word character and a separator both, so runs of underscores
+    # are where the spaced decodings could part.
+    text = "".join(pieces)
+    assert list(iter_variants(text)) == list(iter_variants(text, reference=True))
