@@ -46,6 +46,11 @@ _TABLE: dict[int, str | None] = dict.fromkeys(_INVISIBLE)
 # Unicode tag characters mirror ASCII and render as nothing ("ASCII smuggling"): read them as
 # the ASCII they encode instead of dropping them, so the hidden instruction becomes visible.
 _TABLE.update({0xE0000 + c: chr(c) for c in range(0x20, 0x7F)})
+# Full-width ASCII ("ｉｇｎｏｒｅ") is what NFKC makes of it, read by the table instead: NFKC
+# composes the compatibility decomposition (NFKD), and a character whose NFKD is one character
+# gives the same NFKD as that character, so this changes no result, only spares NFKC the
+# stretches (unicodedata costs ~15 ns a character on them, the table ~1).
+_TABLE.update({c: unicodedata.normalize("NFKD", chr(c)) for c in range(0xFF01, 0xFF5F)})
 _UNTABLE = Translator(_TABLE)  # str.translate, compiled: a dict table costs ~100 ns a character
 
 

@@ -18,6 +18,7 @@ from packgate_sidecar.detect.normalize import (
     _MARKS,
     _UNSTABLE,
     _UNSTABLE_OR_MARK,
+    _UNTABLE,
     _by_stretch,
     _drop_latin_marks,
     iter_variants,
@@ -196,3 +197,17 @@ def test_spaced_and_rot13_decode_as_the_definitions_do(pieces: list[str]) -> Non
     # are where the spaced decodings could part.
     text = "".join(pieces)
     assert list(iter_variants(text)) == list(iter_variants(text, reference=True))
+
+
+_WIDE = [chr(c) for c in range(0xFF01, 0xFF5F)] + ["\u0301", "\u0308", "\u3099", "a", "\u30ab"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(_WIDE), max_size=30))
+def test_reading_full_width_forms_by_the_table_is_what_nfkc_does(text: str) -> None:
+    # normalize() folds full-width ASCII with its table before NFKC: the same text as NFKC
+    # alone, combining marks after the folded letters included.
+    folded = _UNTABLE.apply(text)
+    assert not any(0xFF01 <= ord(c) <= 0xFF5E for c in folded)
+    assert unicodedata.normalize("NFKC", folded) == unicodedata.normalize("NFKC", text)
+    assert normalize(text) == normalize(unicodedata.normalize("NFKC", text))
