@@ -975,7 +975,8 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &ngc_shared_scratch, &t) < 0) return NULL;
     PyObject *b64 = PyList_New(0), *hex = PyList_New(0), *leet = PyList_New(0);
     Py_ssize_t n = t.end, digits = 0;
-    int morse = 0, spaced = 0, failed = !b64 || !hex || !leet;
+    int morse = 0, failed = !b64 || !hex || !leet;
+    Py_ssize_t spaced = -1; /* where the first chain of five starts */
     /* base64: a maximal [A-Za-z0-9+/_-] run of >= 16 with an upper-case letter and a lower-case
        letter or digit (what _B64_BLOB matches and _decode_b64 accepts) */
     Py_ssize_t run = 0;
@@ -1053,7 +1054,7 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
         Py_ssize_t chain = 0;
         if (k & C_WORD) {
             chain = (i >= 2 && chain2 && (before & C_SPACESEP)) ? chain2 + 1 : 1;
-            spaced |= chain >= 5;
+            if (chain >= 5 && spaced < 0) spaced = i - 8;
         }
         chain2 = chain1;
         chain1 = chain;
@@ -1066,8 +1067,7 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
         Py_XDECREF(leet);
         return NULL;
     }
-    return Py_BuildValue("(NNNOOn)", b64, hex, leet, morse ? Py_True : Py_False,
-                         spaced ? Py_True : Py_False, digits);
+    return Py_BuildValue("(NNNOnn)", b64, hex, leet, morse ? Py_True : Py_False, spaced, digits);
 }
 
 

@@ -306,7 +306,7 @@ _SPACED_CHAIN = re.compile(r"\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w")
 Spans = list[tuple[int, int]]
 
 
-def signals(text: str) -> tuple[Spans, Spans, Spans, bool, bool, int]:
+def signals(text: str) -> tuple[Spans, Spans, Spans, bool, int, int]:
     """Where the decoders of `normalize.py` can apply to `text`, plus its ASCII digit count.
 
     (base64, hex, leet, morse, spaced, digits): the maximal base64-alphabet runs of 16 or more
@@ -314,9 +314,9 @@ def signals(text: str) -> tuple[Spans, Spans, Spans, bool, bool, int]:
     its `=` padding, and `_decode_b64` accepts); the maximal runs of hex digits, spaces and
     colons that hold 16 hex digits with at most one space or colon between neighbours (the only
     places `_HEX_BLOB` can match); the leetspeak words `_LEET_WORD` matches; whether a run of
-    dots, dashes, spaces and slashes has 8 or more dot/dash groups; whether five word
-    characters alternate with single separators. The flags are necessary conditions of their
-    decoders' regexes.
+    dots, dashes, spaces and slashes has 8 or more dot/dash groups; where five word characters
+    first alternate with single separators (-1: nowhere; `_SPACED` matches nothing before it).
+    These are necessary conditions of their decoders' regexes.
     """
     b64 = [
         m.span()
@@ -325,11 +325,12 @@ def signals(text: str) -> tuple[Spans, Spans, Spans, bool, bool, int]:
     ]
     hexa = [m.span() for m in _HEX_RUN.finditer(text) if _HEX_STRETCH.search(m.group(0))]
     morse = any(len(_MORSE_GROUP.findall(run)) >= 8 for run in _MORSE_RUN.findall(text))
+    chain = _SPACED_CHAIN.search(text)
     return (
         b64,
         hexa,
         [m.span() for m in _LEET_WORD.finditer(text)],
         morse,
-        _SPACED_CHAIN.search(text) is not None,
+        chain.start() if chain else -1,
         sum(map(text.count, "0123456789")),
     )

@@ -460,12 +460,14 @@ def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]
     if morse:
         yield _substitute(base, _MORSE_RUN, _decode_morse)
     # Token checks run in the compiled core (one pass each, no token list built in Python).
-    if spaced and count_tokens(lowered, 1) >= 5:
+    if spaced >= 0 and count_tokens(lowered, 1) >= 5:
         if reference:
             if _SPACED.search(base):
                 yield _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group(0)), base)
         else:
-            runs = [match.span() for match in _SPACED.finditer(base)]
+            # Every _SPACED match starts with such a chain, so none starts before the first one
+            # (its look-behind still sees the character before `spaced`).
+            runs = [match.span() for match in _SPACED.finditer(base, spaced)]
             yield _UNSPACE.apply(base, runs) if runs else None
     # rot13 is its own inverse, so "rot13 of a token is a common word" is "the token is in the
     # rot13 of the common words": no need to encode the whole text to find out.
