@@ -49,14 +49,19 @@ def counted_reason(prefix: str, counts: Mapping[str, int]) -> str:
     return prefix + ":" + ",".join(sorted(counts))
 
 
-def offloaded(texts: Sequence[TextItem]) -> bool:
-    """Whether a phase's texts are large enough to scan in a worker thread (OFFLOAD_CHARS);
-    checked inline, so the usual small phase costs no coroutine of its own."""
-    return sum([len(item.text) for item in texts]) > OFFLOAD_CHARS
+def offloaded(size: int) -> bool:
+    """Whether a scan of `size` characters runs in a worker thread (OFFLOAD_CHARS) rather than
+    inline, which is cheaper than a thread hop. Hot hooks check it themselves, so the usual
+    small phase costs no coroutine of its own."""
+    return size > OFFLOAD_CHARS
+
+
+def text_chars(texts: Sequence[TextItem]) -> int:
+    return sum([len(item.text) for item in texts])
 
 
 async def maybe_offload(size: int, work: Callable[[], _T]) -> _T:
-    """Run `work` inline when small (cheaper than a thread hop), in a thread when large."""
-    if size <= OFFLOAD_CHARS:
+    """Run `work` inline when small, in a thread when large (see `offloaded`)."""
+    if not offloaded(size):
         return work()
     return await asyncio.to_thread(work)

@@ -41,7 +41,7 @@ from ..policy import (
     StreamFilter,
     TextItem,
 )
-from .common import APP_ROLES, counted_reason, maybe_offload, settings_as
+from .common import APP_ROLES, counted_reason, maybe_offload, settings_as, text_chars
 from .content_terms import CATEGORIES
 from .needles import Needles, needles
 
@@ -156,7 +156,7 @@ class ContentFilterPolicy(Policy):
         return tuple(self.matcher.match(text, builtin=builtin))
 
     async def _check(self, texts: Sequence[TextItem]) -> Decision:
-        counts = await maybe_offload(sum(len(t.text) for t in texts), lambda: self.scan(texts))
+        counts = await maybe_offload(text_chars(texts), lambda: self.scan(texts))
         if not counts:
             return ALLOW
         reason = counted_reason("content", counts)

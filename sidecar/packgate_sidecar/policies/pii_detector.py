@@ -45,7 +45,7 @@ from ..policy import (
     StreamFilter,
     TextItem,
 )
-from .common import counted_reason, offloaded, settings_as
+from .common import counted_reason, offloaded, settings_as, text_chars
 
 # With custom patterns (whose open tail cannot be known) a stream channel holds back this many
 # characters: the longest custom match caught whole.
@@ -168,7 +168,7 @@ class PiiDetectorPolicy(Policy):
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         # Inline unless large (see common.OFFLOAD_CHARS): no coroutine layer per request.
-        if offloaded(texts):
+        if offloaded(text_chars(texts)):
             scanned = await asyncio.to_thread(self.scan, texts)
         else:
             scanned = self.scan(texts)
@@ -179,7 +179,7 @@ class PiiDetectorPolicy(Policy):
     async def on_response(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         if not self.config.scan_responses:
             return ALLOW
-        if offloaded(texts):
+        if offloaded(text_chars(texts)):
             return self._decide(await asyncio.to_thread(self.scan, texts))
         return self._decide(self.scan(texts))
 

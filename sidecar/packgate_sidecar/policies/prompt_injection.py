@@ -41,7 +41,7 @@ from packgate_policy import PolicyBlock, PromptInjection
 from ..detect.injection import InjectionScorer, default_scorer
 from ..detect.second_opinion import BackendUnavailable, SecondOpinion
 from ..policy import Decision, Policy, PolicyRuntime, RequestContext, TextItem
-from .common import OFFLOAD_CHARS, UNTRUSTED_ROLES, settings_as
+from .common import UNTRUSTED_ROLES, offloaded, settings_as
 
 WINDOW = 2048
 OVERLAP = 512  # longer than any attack phrase, so none is cut in two at every window edge
@@ -101,7 +101,7 @@ class PromptInjectionPolicy(Policy):
         pieces = self.pieces(texts)
         if not pieces:
             return Decision.allow()
-        if sum(map(len, pieces)) > OFFLOAD_CHARS:
+        if offloaded(sum(map(len, pieces))):
             scores = await asyncio.to_thread(lambda: [self.local(p) for p in pieces])
         else:
             scores = [self.local(p) for p in pieces]
