@@ -36,6 +36,14 @@ typedef struct {
     const float *weights;
 } Group;
 
+/* Grow `ptr` to hold `n` elements, or jump to the function's `nomem` label. */
+#define GROW(ptr, n)                                                       \
+    do {                                                                   \
+        void *grown_ = PyMem_Realloc((ptr), (size_t)(n) * sizeof(*(ptr))); \
+        if (!grown_) goto nomem;                                           \
+        (ptr) = grown_;                                                    \
+    } while (0)
+
 /* Start a group of at most `expected` features. Distinct buckets are found with a set sized
  * for this group (at most half full, a few KB for a 1 KB text, so it stays in L1 cache)
  * rather than a stamp array as large as the table, which costs a cache miss per feature. */
@@ -46,12 +54,7 @@ static int group_open(Scorer *self, Group *g, PyObject *ids, Py_ssize_t expected
     Py_ssize_t size = 64;
     while (size < 2 * expected) size <<= 1;
     if (size > self->seen_cap) {
-        uint32_t *seen = PyMem_Realloc(self->seen, (size_t)size * sizeof(uint32_t));
-        if (!seen) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        self->seen = seen;
+        GROW(self->seen, size);
         self->seen_cap = size;
     }
     memset(self->seen, 0, (size_t)size * sizeof(uint32_t));
@@ -60,6 +63,9 @@ static int group_open(Scorer *self, Group *g, PyObject *ids, Py_ssize_t expected
     g->mask = self->mask;
     g->weights = (const float *)self->weights.buf;
     return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
 }
 
 static int append_id(PyObject *ids, uint32_t b) {
@@ -200,15 +206,13 @@ static int pieces_from_splits(const Spans *splits, const Text *t, Spans *out) {
 
 static int reserve_joined(Scorer *self, Py_ssize_t nchars) {
     if (nchars > self->joined_cap) {
-        Py_UCS4 *joined = PyMem_Realloc(self->joined, (size_t)nchars * sizeof(Py_UCS4));
-        if (!joined) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        self->joined = joined;
+        GROW(self->joined, nchars);
         self->joined_cap = nchars;
     }
     return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
 }
 
 /* Word unigrams and bigrams of tokens[first:last] into g, hashed from `seed`. */
@@ -491,13 +495,6 @@ static void pool_free(Pool *p) {
     seq_free(&p->chars);
     PyMem_Free(p);
 }
-
-#define GROW(ptr, n)                                                       \
-    do {                                                                   \
-        void *grown_ = PyMem_Realloc((ptr), (size_t)(n) * sizeof(*(ptr))); \
-        if (!grown_) goto nomem;                                           \
-        (ptr) = grown_;                                                    \
-    } while (0)
 
 static int seq_reserve(Seq *q, Py_ssize_t len) {
     q->len = 0;
