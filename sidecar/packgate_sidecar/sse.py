@@ -87,6 +87,15 @@ def parse_block(block: bytes) -> tuple[str | None, str | None]:
     return event, (b"\n".join(data).decode("utf-8") if data else None)
 
 
+def _text_end(data: bytes, start: int, tail: bytes) -> int:
+    """Where the text that starts at `start` ends, when it is the plain text of an event in a
+    frame ending with `tail` (the event's first blank line follows the tail); else -1."""
+    end = data.find(b"\n\n", start) - len(tail)
+    if end >= start and data.startswith(tail, end) and _PLAIN_TEXT.fullmatch(data, start, end):
+        return end
+    return -1
+
+
 def encode_event(event: str | None, data: Any) -> bytes:
     head = b"event: " + event.encode() + b"\n" if event else b""
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
@@ -278,15 +287,10 @@ class StreamRewriter:
             return texts
         # The usual case of a provider trickling its events: one event, read as such.
         start = at + len(head)
-        stop = data.find(b"\n\n", start)
-        end = stop - len(tail)
-        if (
-            end < start
-            or not data.startswith(tail, end)
-            or _PLAIN_TEXT.fullmatch(data, start, end) is None
-        ):
+        end = _text_end(data, start, tail)
+        if end < 0:
             return texts
-        if not data.startswith(head, stop + 2):
+        if not data.startswith(head, end + len(tail) + 2):
             return [data[start:end]]
         between = tail + b"\n\n" + head
         while data.startswith(head, at):
@@ -304,12 +308,8 @@ class StreamRewriter:
             # No frame event follows the one at `at` within the window: it is the run's last if
             # it ends at its first blank line with the tail.
             start = at + len(head)
-            end = data.find(b"\n\n", start) - len(tail)
-            if (
-                end >= start
-                and data.startswith(tail, end)
-                and _PLAIN_TEXT.fullmatch(data, start, end) is not None
-            ):
+            end = _text_end(data, start, tail)
+            if end >= 0:
                 texts.append(data[start:end])
             return texts
         return texts
