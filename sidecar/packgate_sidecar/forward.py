@@ -379,6 +379,7 @@ class Forwarder:
         )
         allowed = b""  # what may still go out before the error event
         sent = False  # whether the client has had any body bytes
+        scrubber = scrub.StreamScrubber()
         try:
             await response.prepare(request)
             self.streams[ctx.request_id] = response
@@ -394,7 +395,7 @@ class Forwarder:
                     out = rewriter.feed(chunk, first=not sent)
                     if out and not sent:
                         sent = True
-                        await response.write(scrub.scrub_bytes(out))
+                        await response.write(scrubber.feed(out))
                         out = rewriter.feed(b"")
                 content = answer.content
                 if not chunk or (content.at_eof() and content.exception() is None):
@@ -406,10 +407,10 @@ class Forwarder:
                         except StreamBlocked as blocked:
                             blocked.partial = out + blocked.partial
                             raise
-                    await response.write_eof(scrub.scrub_bytes(out))
+                    await response.write_eof(scrubber.feed(out) + scrubber.end())
                     return response
                 if out:
-                    await response.write(scrub.scrub_bytes(out))
+                    await response.write(scrubber.feed(out))
         except StreamBlocked as blocked:
             allowed = blocked.partial
             reason, error = "blocked", policy_blocked("response", blocked.kind, blocked.reason)
@@ -422,6 +423,7 @@ class Forwarder:
             if policies is not None:
                 policies.close()
         try:
+            allowed = scrubber.feed(allowed) + scrubber.end()
             if allowed:
                 await response.write(allowed)
             await self._abort(response, ctx, route, reason, error)
