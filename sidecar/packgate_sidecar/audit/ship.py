@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -86,9 +87,13 @@ class ShipSettings:
             return None
         return cls(
             channel,
-            spool_max_bytes=int(environ.get("PACKGATE_AUDIT_SPOOL_MAX_BYTES", 64 * 1024 * 1024)),
-            drain_seconds=float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS)),
-            linger_seconds=float(environ.get("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "0.35")),
+            spool_max_bytes=int(
+                _number(environ, "PACKGATE_AUDIT_SPOOL_MAX_BYTES", cls.spool_max_bytes)
+            ),
+            drain_seconds=_number(environ, "PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS),
+            linger_seconds=_number(
+                environ, "PACKGATE_AUDIT_SHIP_LINGER_SECONDS", cls.linger_seconds
+            ),
         )
 
     @property
@@ -463,9 +468,23 @@ def flush_seconds(environ: Mapping[str, str]) -> float:
     if not environ.get("PACKGATE_AUDIT_COLLECTOR_URL"):
         return 0.0
     try:
-        return max(0.0, float(environ.get("PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS)))
-    except ValueError:
+        return _number(environ, "PACKGATE_AUDIT_DRAIN_SECONDS", DRAIN_SECONDS)
+    except ShipConfigError:  # refused when the audit log opened; shutdown keeps the default
         return DRAIN_SECONDS
+
+
+def _number(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A setting that must be a finite number >= 0; anything else is refused by its name."""
+    raw = environ.get(name)
+    if raw is None:
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ShipConfigError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
 
 
 def status() -> list[dict[str, Any]]:

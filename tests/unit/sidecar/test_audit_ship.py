@@ -83,3 +83,24 @@ def test_a_half_set_environment_is_refused_by_name() -> None:
                 "PACKGATE_OPERATOR_CA": "pem",
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PACKGATE_AUDIT_SPOOL_MAX_BYTES", "64MiB"),
+        ("PACKGATE_AUDIT_DRAIN_SECONDS", "-1"),
+        ("PACKGATE_AUDIT_SHIP_LINGER_SECONDS", "nan"),
+    ],
+)
+def test_a_bad_number_is_refused_by_name(name: str, value: str) -> None:
+    environ = {
+        "PACKGATE_AUDIT_COLLECTOR_URL": "https://c:8445",
+        "POD_NAME": "p",
+        "POD_NAMESPACE": "n",
+        "PACKGATE_OPERATOR_CA": "pem",
+        "PACKGATE_TOKEN_FILE": "/var/run/token",
+        name: value,
+    }
+    with pytest.raises(ShipConfigError, match=f"{name} must be a number >= 0, got '{value}'"):
+        ShipSettings.from_env(environ)
