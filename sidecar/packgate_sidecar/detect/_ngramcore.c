@@ -147,7 +147,7 @@ static PyMethodDef module_methods[] = {
     {"signals", (PyCFunction)(void (*)(void))ngc_signals, METH_VARARGS | METH_KEYWORDS,
      "signals(text) -> (base64, hex, leet, morse, spaced, ascii_digits)\n\n"
      "Where each decoder of normalize.py can apply (spans for base64 blobs, hex regions and\n"
-     "leetspeak words; a flag for Morse; where spaced letters first appear, or -1); see\n"
+     "leetspeak words; a flag for Morse; the spaced-letter runs _SPACED matches); see\n"
      "ngram_ref.signals."},
     {"lower", (PyCFunction)ngc_lower, METH_O,
      "lower(text) -> str: text.lower(), faster on mostly-ASCII text that is not all ASCII."},

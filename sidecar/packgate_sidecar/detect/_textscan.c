@@ -966,6 +966,76 @@ static inline uint16_t class_at(Py_UCS4 c) {
     return is_word(c) ? (C_WORD | C_LEET) : 0;
 }
 
+/* The end of the run of characters of class `mask` that holds position i. */
+static inline Py_ssize_t run_end(const Text *t, Py_ssize_t i, uint16_t mask) {
+    while (i < t->end && (class_at(CH(t, i)) & mask)) i++;
+    return i;
+}
+
+/* A hex run [a, b) (hex digits, spaces and colons) holds 16 hex digits with at most one space
+ * or colon between neighbours: the only places _HEX_BLOB can match. */
+static int hex_run_hits(const Text *t, Py_ssize_t a, Py_ssize_t b) {
+    Py_ssize_t digits = 0;
+    int gap = 0;
+    for (Py_ssize_t i = a; i < b; i++) {
+        if (class_at(CH(t, i)) & C_HEX) {
+            if (++digits >= 16) return 1;
+            gap = 0;
+        } else if (digits && !gap) {
+            gap = 1;
+        } else {
+            digits = 0;
+            gap = 0;
+        }
+    }
+    return 0;
+}
+
+/* A run [a, b) of dots, dashes, spaces and slashes holds 8 groups of dots and dashes. */
+static int morse_run_hits(const Text *t, Py_ssize_t a, Py_ssize_t b) {
+    Py_ssize_t groups = 0;
+    int in_group = 0;
+    for (Py_ssize_t i = a; i < b; i++) {
+        int mark = (class_at(CH(t, i)) & C_MARK) != 0;
+        groups += mark && !in_group;
+        in_group = mark;
+    }
+    return groups >= 8;
+}
+
+/* _SPACED's matches from `from` on, as re.finditer finds them:
+ * (?<!\S)(?:\w[ .\-_*]){4,}\w(?!\S). A match starts after whitespace (or at the start) with k
+ * greedy (word, separator) pairs; the regex then backtracks from k pairs down to 4 until a word
+ * character followed by whitespace (or the end) closes it. When none does, no match starts at a
+ * later pair of the same alternation either (its closing positions are a subset of these), and
+ * the characters between are word characters, never after whitespace: the search goes on
+ * after the pairs. Linear, where the regex scanned the rest of the text (~10 ns a character). */
+static int spaced_matches(const Text *t, Py_ssize_t from, PyObject *out) {
+    Py_ssize_t n = t->end, p = from;
+    while (p + 1 < n) {
+        if ((p > 0 && !Py_UNICODE_ISSPACE(CH(t, p - 1))) || !is_word(CH(t, p)) ||
+            !is_spaced_sep(CH(t, p + 1))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t k = 0, end = -1;
+        while (p + 2 * k + 1 < n && is_word(CH(t, p + 2 * k)) && is_spaced_sep(CH(t, p + 2 * k + 1)))
+            k++;
+        for (Py_ssize_t j = k; j >= 4 && end < 0; j--) {
+            Py_ssize_t q = p + 2 * j;
+            if (q < n && is_word(CH(t, q)) && (q + 1 == n || Py_UNICODE_ISSPACE(CH(t, q + 1))))
+                end = q + 1;
+        }
+        if (end >= 0) {
+            if (push_span(out, p, end) < 0) return -1;
+            p = end;
+        } else {
+            p += 2 * k + 1;
+        }
+    }
+    return 0;
+}
+
 PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", NULL};
     (void)module;
@@ -977,97 +1047,73 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     Py_ssize_t n = t.end, digits = 0;
     int morse = 0, failed = !b64 || !hex || !leet;
     Py_ssize_t spaced = -1; /* where the first chain of five starts */
-    /* base64: a maximal [A-Za-z0-9+/_-] run of >= 16 with an upper-case letter and a lower-case
-       letter or digit (what _B64_BLOB matches and _decode_b64 accepts) */
-    Py_ssize_t run = 0;
-    int upper = 0, lower_digit = 0;
-    /* hex: a maximal run of [0-9A-Fa-f :] holding >= 16 hex digits, consecutive ones at most
-       one [ :] apart (_HEX_BLOB's shape): the only places _HEX_BLOB can match */
-    Py_ssize_t hex_digits = 0, hex_start = -1;
-    int hex_gap = 0, hex_hit = 0;
-    /* leet: a maximal run of [\w@$!|] of length >= 3, not an ordinal, holding
-       [013457$][A-Za-z]: exactly what _LEET_WORD matches */
-    Py_ssize_t leet_start = -1;
-    int leet_pair = 0;
-    /* morse: a run of [.\- /] holding >= 8 groups of dots/dashes */
-    Py_ssize_t morse_groups = 0;
-    int in_group = 0;
-    /* spaced: \w s \w s \w s \w s \w with s in [ .\-_*]: chain[i] counts word chars */
+    /* One pass keeps a few run lengths, each without a branch (the text alternates between
+     * words, spaces and punctuation: a branch per decoder and class change mispredicted several
+     * times a word, ~5 ns a character in all); a run that grows long enough to matter, or a
+     * leetspeak pair, is an event, rare in a prompt, and only there is its whole run examined
+     * (its end, its characters) exactly as the decoder's regex would:
+     * - base64: a maximal [A-Za-z0-9+/_-] run of >= 16 with an upper-case letter and a
+     *   lower-case letter or digit (what _B64_BLOB matches and _decode_b64 accepts);
+     * - hex: a maximal run of [0-9A-Fa-f :] holding >= 16 hex digits, consecutive ones at most
+     *   one [ :] apart (_HEX_BLOB's shape): such a run is 16 characters long or more;
+     * - leet: a maximal run of [\w@$!|] of length >= 3, not an ordinal, holding
+     *   [013457$][A-Za-z] (exactly what _LEET_WORD matches): the pair is the event;
+     * - morse: a run of [.\- /] holding >= 8 groups of dots/dashes (15 characters or more);
+     * - spaced: \w s \w s \w s \w s \w with s in [ .\-_*] (chain counts the word characters
+     *   of such an alternation ending at i): where _SPACED's matches can start (see
+     *   spaced_matches, which finds them from the first). */
+    Py_ssize_t b64_run = 0, hex_run = 0, morse_run = 0, leet_done = 0;
     Py_ssize_t chain1 = 0, chain2 = 0; /* chain length ending at i-1 and at i-2 */
-    uint16_t before = 0; /* the previous character's class */
-    for (Py_ssize_t i = 0; i <= n && !failed; i++) {
-        int end = i == n;
-        uint16_t k = end ? 0 : class_at(CH(&t, i));
+    uint16_t before = 0;               /* the previous character's class */
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        uint16_t k = class_at(CH(&t, i));
         digits += (k & C_DIGIT) != 0;
-
-        if (k & C_B64) {
-            run++;
-            upper |= (k & C_UPPER) != 0;
-            lower_digit |= (k & C_LOWDIG) != 0;
-        } else {
-            if (run >= 16 && upper && lower_digit) failed = push_span(b64, i - run, i) < 0;
-            run = 0;
-            upper = lower_digit = 0;
-        }
-
-        if (k & C_HEX) {
-            hex_digits++;
-            hex_gap = 0;
-            hex_hit |= hex_digits >= 16;
-        } else if ((k & C_HEXSEP) && hex_digits && !hex_gap) {
-            hex_gap = 1;
-        } else {
-            hex_digits = 0;
-            hex_gap = 0;
-        }
-        if (k & (C_HEX | C_HEXSEP)) {
-            if (hex_start < 0) hex_start = i;
-        } else if (hex_start >= 0) {
-            if (hex_hit) failed = push_span(hex, hex_start, i) < 0;
-            hex_start = -1;
-            hex_hit = 0;
-        }
-
-        if (k & C_LEET) {
-            if (leet_start < 0) {
-                leet_start = i;
-                leet_pair = 0;
+        b64_run = (k & C_B64) ? b64_run + 1 : 0;
+        hex_run = (k & (C_HEX | C_HEXSEP)) ? hex_run + 1 : 0;
+        morse_run = (k & (C_MARK | C_GAP)) ? morse_run + 1 : 0;
+        Py_ssize_t chain = (k & C_WORD) ? 1 + ((before & C_SPACESEP) ? chain2 : 0) : 0;
+        /* a substitute followed by a letter: both leet-class, so inside one run */
+        int pair = (before & C_SUB) && (k & C_LETTER);
+        if (__builtin_expect(pair | (b64_run == 16) | (hex_run == 16) | (morse_run == 15) |
+                                 ((chain == 5) & (spaced < 0)),
+                             0)) {
+            if (pair && i >= leet_done) {
+                Py_ssize_t a = i - 1, b = run_end(&t, i, C_LEET);
+                while (a > 0 && (class_at(CH(&t, a - 1)) & C_LEET)) a--;
+                leet_done = b;
+                if (b - a >= 3 && !ordinal_start(&t, a, b)) failed = push_span(leet, a, b) < 0;
             }
-            if (i > leet_start && (k & C_LETTER) && (before & C_SUB)) leet_pair = 1;
-        } else if (leet_start >= 0) {
-            if (leet_pair && i - leet_start >= 3 && !ordinal_start(&t, leet_start, i))
-                failed = push_span(leet, leet_start, i) < 0;
-            leet_start = -1;
-        }
-
-        if (k & C_MARK) {
-            morse_groups += !in_group;
-            in_group = 1;
-            morse |= morse_groups >= 8;
-        } else if (k & C_GAP) {
-            in_group = 0;
-        } else {
-            morse_groups = 0;
-            in_group = 0;
-        }
-
-        Py_ssize_t chain = 0;
-        if (k & C_WORD) {
-            chain = (i >= 2 && chain2 && (before & C_SPACESEP)) ? chain2 + 1 : 1;
-            if (chain >= 5 && spaced < 0) spaced = i - 8;
+            if (b64_run == 16) {
+                Py_ssize_t a = i - 15, b = run_end(&t, i, C_B64);
+                uint16_t seen = 0;
+                for (Py_ssize_t j = a; j < b; j++) seen |= class_at(CH(&t, j));
+                if ((seen & C_UPPER) && (seen & C_LOWDIG))
+                    failed = failed || push_span(b64, a, b) < 0;
+            }
+            if (hex_run == 16) {
+                Py_ssize_t a = i - 15, b = run_end(&t, i, C_HEX | C_HEXSEP);
+                if (hex_run_hits(&t, a, b)) failed = failed || push_span(hex, a, b) < 0;
+            }
+            if (morse_run == 15 && !morse)
+                morse = morse_run_hits(&t, i - 14, run_end(&t, i, C_MARK | C_GAP));
+            if (chain == 5 && spaced < 0) spaced = i - 8;
         }
         chain2 = chain1;
         chain1 = chain;
         before = k;
     }
+    /* every _SPACED match starts with a chain of five, so none starts before the first */
+    PyObject *runs = failed ? NULL : PyList_New(0);
+    failed = !runs || (spaced >= 0 && spaced_matches(&t, spaced, runs) < 0);
     ngc_scratch_trim(&ngc_shared_scratch);
     if (failed) {
         Py_XDECREF(b64);
         Py_XDECREF(hex);
         Py_XDECREF(leet);
+        Py_XDECREF(runs);
         return NULL;
     }
-    return Py_BuildValue("(NNNOnn)", b64, hex, leet, morse ? Py_True : Py_False, spaced, digits);
+    return Py_BuildValue("(NNNONn)", b64, hex, leet, morse ? Py_True : Py_False, runs, digits);
 }
 
 

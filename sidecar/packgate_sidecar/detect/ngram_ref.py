@@ -301,12 +301,13 @@ _LEET_WORD = re.compile(
 )
 _MORSE_RUN = re.compile(r"[.\- /]+")
 _MORSE_GROUP = re.compile(r"[.\-]+")
-_SPACED_CHAIN = re.compile(r"\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w[ .\-_*]\w")
+# normalize._SPACED ("i g n o r e"): its matches are what the spaced-letters decoder joins.
+_SPACED = re.compile(r"(?<!\S)(?:\w[ .\-_*]){4,}\w(?!\S)")
 
 Spans = list[tuple[int, int]]
 
 
-def signals(text: str) -> tuple[Spans, Spans, Spans, bool, int, int]:
+def signals(text: str) -> tuple[Spans, Spans, Spans, bool, Spans, int]:
     """Where the decoders of `normalize.py` can apply to `text`, plus its ASCII digit count.
 
     (base64, hex, leet, morse, spaced, digits): the maximal base64-alphabet runs of 16 or more
@@ -314,9 +315,9 @@ def signals(text: str) -> tuple[Spans, Spans, Spans, bool, int, int]:
     its `=` padding, and `_decode_b64` accepts); the maximal runs of hex digits, spaces and
     colons that hold 16 hex digits with at most one space or colon between neighbours (the only
     places `_HEX_BLOB` can match); the leetspeak words `_LEET_WORD` matches; whether a run of
-    dots, dashes, spaces and slashes has 8 or more dot/dash groups; where five word characters
-    first alternate with single separators (-1: nowhere; `_SPACED` matches nothing before it).
-    These are necessary conditions of their decoders' regexes.
+    dots, dashes, spaces and slashes has 8 or more dot/dash groups; the spans `_SPACED` (spaced
+    letters) matches. The base64, hex and Morse signals are necessary conditions of their
+    decoders' regexes; the leetspeak and spaced spans are those regexes' matches.
     """
     b64 = [
         m.span()
@@ -325,12 +326,11 @@ def signals(text: str) -> tuple[Spans, Spans, Spans, bool, int, int]:
     ]
     hexa = [m.span() for m in _HEX_RUN.finditer(text) if _HEX_STRETCH.search(m.group(0))]
     morse = any(len(_MORSE_GROUP.findall(run)) >= 8 for run in _MORSE_RUN.findall(text))
-    chain = _SPACED_CHAIN.search(text)
     return (
         b64,
         hexa,
         [m.span() for m in _LEET_WORD.finditer(text)],
         morse,
-        chain.start() if chain else -1,
+        [m.span() for m in _SPACED.finditer(text)],
         sum(map(text.count, "0123456789")),
     )

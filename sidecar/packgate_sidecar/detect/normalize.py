@@ -434,7 +434,7 @@ def iter_lowered_variants(text: str, *, reference: bool = False) -> Iterator[tup
 
 def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]:
     # One compiled pass says where each decoder can apply; a regex scan of the whole text per
-    # decoder (Python's re, ~10 ns a character each) runs only for the rare Morse and spacing.
+    # decoder (Python's re, ~10 ns a character each) runs only for the rare Morse code.
     b64, hexa, leet, morse, spaced, digits = signals(base)
     if b64:
         if reference:
@@ -460,15 +460,12 @@ def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]
     if morse:
         yield _substitute(base, _MORSE_RUN, _decode_morse)
     # Token checks run in the compiled core (one pass each, no token list built in Python).
-    if spaced >= 0 and count_tokens(lowered, 1) >= 5:
+    if spaced and count_tokens(lowered, 1) >= 5:
         if reference:
             if _SPACED.search(base):
                 yield _SPACED.sub(lambda m: _SPACED_SEP.sub("", m.group(0)), base)
         else:
-            # Every _SPACED match starts with such a chain, so none starts before the first one
-            # (its look-behind still sees the character before `spaced`).
-            runs = [match.span() for match in _SPACED.finditer(base, spaced)]
-            yield _UNSPACE.apply(base, runs) if runs else None
+            yield _UNSPACE.apply(base, spaced)  # `spaced` holds _SPACED's matches
     # rot13 is its own inverse, so "rot13 of a token is a common word" is "the token is in the
     # rot13 of the common words": no need to encode the whole text to find out.
     rot_hits = _ROT13_COMMON.count(lowered)

@@ -234,10 +234,16 @@ def test_signals_agree_and_never_hide_a_decodable_text(text: str) -> None:
     assert [m.span() for m in _LEET_WORD.finditer(text)] == leet
     if _MORSE_RUN.search(text):
         assert morse
-    # No spaced run starts before the first chain: the fast path searches from there.
-    found = [m.span() for m in _SPACED.finditer(text)]
-    assert (spaced >= 0) or not found
-    assert found == [m.span() for m in _SPACED.finditer(text, max(spaced, 0))]
+    # The spaced-letters decoder joins exactly these runs instead of running its regex.
+    assert [m.span() for m in _SPACED.finditer(text)] == spaced
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab9_ .-*,\t\n\u00a0\u3000é"), max_size=60))
+def test_spaced_runs_are_the_regexs_matches(text: str) -> None:
+    # Separators, word characters (the underscore is both), Unicode whitespace around them and
+    # non-whitespace that stops a run: where the regex backtracks.
+    assert _ngramcore.signals(text)[4] == [m.span() for m in _SPACED.finditer(text)]
 
 
 @settings(max_examples=300, deadline=None)
