@@ -29,24 +29,19 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import accumulate, takewhile
+from itertools import accumulate
 from typing import Any
 
 from . import strict_json
 from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
+from .sse_frames import PLAIN_TEXT, frame_texts
 from .stream_shapes import StreamShape
 
 KEEP_ALIVE = b":\n\n"
 # Characters a JSON string must escape.
 _JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
-# A JSON string's text that cannot end it or escape, and has no character not allowed raw.
-_PLAIN_TEXT = re.compile(rb'[^"\\\x00-\x1f]*')
-# How much of a chunk one split for a run of frame events covers: below 2500 bytes CPython's
-# bytes.split searches for its separator (longer than 100 bytes) without the two-way
-# algorithm's set-up, which it would otherwise redo for every event (twice the cost).
-_WINDOW = 2400
 
 
 class UnreadableEvent(ValueError):
@@ -85,15 +80,6 @@ def parse_block(block: bytes) -> tuple[str | None, str | None]:
         elif name == b"event":
             event = value.decode("utf-8", "replace")
     return event, (b"\n".join(data).decode("utf-8") if data else None)
-
-
-def _text_end(data: bytes, start: int, tail: bytes) -> int:
-    """Where the text that starts at `start` ends, when it is the plain text of an event in a
-    frame ending with `tail` (the event's first blank line follows the tail); else -1."""
-    end = data.find(b"\n\n", start) - len(tail)
-    if end >= start and data.startswith(tail, end) and _PLAIN_TEXT.fullmatch(data, start, end):
-        return end
-    return -1
 
 
 def encode_event(event: str | None, data: Any) -> bytes:
@@ -147,7 +133,7 @@ class StreamRewriter:
                 and chunk.startswith(head)
                 and chunk.endswith(b"\n\n")
                 and chunk.startswith(tail, end)
-                and _PLAIN_TEXT.fullmatch(chunk, len(head), end) is not None
+                and PLAIN_TEXT.fullmatch(chunk, len(head), end) is not None
             ):
                 # What a provider trickling its events sends: one event, in the last plain
                 # event's frame (its text holds no line end, so the chunk is that one event).
@@ -268,51 +254,14 @@ class StreamRewriter:
 
     def _frame_events(self, data: bytes, at: int) -> list[bytes]:
         """The texts of the complete events from `at` on that are the frame around another
-        plain text: a stream's delta events differ only in their text, so an event made of the
-        last plain one's bytes around a text without quotes, backslashes or control characters
-        (which could change the JSON around it) is plain on the same channel. Event i of the
-        run starts at `at` plus i frames plus the lengths of the texts before it.
-
-        The texts of consecutive frame events are what a split of the chunk at the bytes
-        between two texts (the tail, the blank line, the head) leaves: one split and one scan
-        of the joined texts for a run, not a search per event. A plain text cannot hide those
-        bytes (the tail starts with the quote that closes the text). The split covers a window
-        of `_WINDOW` bytes at a time: an event that ends a run (a chunk of alternating events)
-        costs a small split, and a long run one per window."""
-        texts: list[bytes] = []
+        plain text (`sse_frames.frame_texts`): a stream's delta events differ only in their
+        text, so an event made of the last plain one's bytes around a text without quotes,
+        backslashes or control characters (which could change the JSON around it) is plain on
+        the same channel."""
         if self._frame is None:
-            return texts
+            return []
         head, tail, _ = self._frame
-        if not data.startswith(head, at):
-            return texts
-        # The usual case of a provider trickling its events: one event, read as such.
-        start = at + len(head)
-        end = _text_end(data, start, tail)
-        if end < 0:
-            return texts
-        if not data.startswith(head, end + len(tail) + 2):
-            return [data[start:end]]
-        between = tail + b"\n\n" + head
-        while data.startswith(head, at):
-            start = at + len(head)
-            cut = start + _WINDOW
-            pieces = data[start:cut].split(between)
-            pieces.pop()  # the text of the event at the window's end or the run's last one
-            whole = not pieces or _PLAIN_TEXT.fullmatch(b"".join(pieces)) is not None
-            if not whole:
-                pieces = list(takewhile(_PLAIN_TEXT.fullmatch, pieces))
-            texts += pieces
-            at += len(pieces) * len(between) + sum(map(len, pieces))
-            if whole and pieces and cut < len(data):
-                continue  # the run fills the window: read on from the event at `at`
-            # No frame event follows the one at `at` within the window: it is the run's last if
-            # it ends at its first blank line with the tail.
-            start = at + len(head)
-            end = _text_end(data, start, tail)
-            if end >= 0:
-                texts.append(data[start:end])
-            return texts
-        return texts
+        return frame_texts(data, at, head, tail)
 
     def _frame_run(self, data: bytes, at: int, texts: list[bytes]) -> tuple[bytes, int]:
         """Consecutive plain delta events of one channel (as one upstream chunk brings them),
