@@ -6,6 +6,9 @@ and seconds of start-up) and runs far below the sidecar's latency budget. Struct
 regexes plus the checksums and parsers that make them trustworthy, and phone numbers by Google's
 libphonenumber rules applied to candidates only (`pii_phone.py`).
 
+The digit-based patterns (SSN, card, IBAN, IPv4, phone) run only inside the windows around
+clusters of digits (`pii_regions.py`), which hold every match they have in the whole text.
+
 Every scan runs on a normalised copy of the text (`pii_normalize.py`: NFKC, invisible characters
 removed) and reports spans of the original, so obfuscated data is found and redacted whole.
 
@@ -37,6 +40,7 @@ from .pii_patterns import (
     scan_ssn,
 )
 from .pii_phone import CONTEXT_AFTER, CONTEXT_BEFORE, PhoneRule, claimed_spans
+from .pii_regions import digit_windows
 
 __all__ = [
     "BUILTIN_ENTITIES",
@@ -148,10 +152,11 @@ class PiiDetector:
         cands: list[Candidate] = []
         if self.builtin_only and not norm.changed and not _TRIGGER.search(norm.text):
             return cands  # no digit, '@' or ':': no built-in entity can be in it
+        windows = digit_windows(norm.text)
         for scan in self._scanners:
-            scan(norm.text, cands, partial)
+            scan(norm.text, cands, partial, windows)
         if self._phone is not None:
-            self._phone.scan(norm.text, cands, partial, claimed_spans(cands))
+            self._phone.scan(norm.text, cands, partial, windows, claimed_spans(cands))
         return cands
 
     def find(self, text: str) -> list[Finding]:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import phonenumbers
 
 from .pii_patterns import RANK, Candidate, hold
+from .pii_regions import Region
 
 Span = tuple[int, int]
 
@@ -106,16 +107,22 @@ class PhoneRule:
         self._regions = tuple(regions_)
 
     def scan(
-        self, text: str, out: list[Candidate], partial: bool, claimed: Sequence[Span] = ()
+        self,
+        text: str,
+        out: list[Candidate],
+        partial: bool,
+        windows: Sequence[Region],
+        claimed: Sequence[Span] = (),
     ) -> None:
         """Append phone numbers (and, if `partial`, holds) to `out`.
 
+        Runs are looked for inside `windows` only (the text's `pii_regions.digit_windows`).
         `claimed` (sorted, non-overlapping) are spans that a more trusted entity surely keeps
         (see `claimed_spans`): a run inside one cannot be kept as a phone number, so it is not
         validated at all. On prose with cards, IPs and SSNs that is most runs.
         """
         starts = [span[0] for span in claimed]
-        for m in _PHONE.finditer(text):
+        for m in (m for pos, endpos in windows for m in _PHONE.finditer(text, pos, endpos)):
             start, end = m.span()
             if partial:
                 # Whether a part of a run is a phone number depends on the whole run (a merged
