@@ -916,8 +916,18 @@ static int ordinal_start(const Text *t, Py_ssize_t a, Py_ssize_t end) {
 }
 
 static int push_span(PyObject *list, Py_ssize_t start, Py_ssize_t end) {
-    PyObject *span = Py_BuildValue("(nn)", start, end);
-    int failed = !span || PyList_Append(list, span) < 0;
+    /* built directly: Py_BuildValue parses its format on every call (a leetspeak text has
+     * dozens of spans) */
+    PyObject *span = PyTuple_New(2), *a = PyLong_FromSsize_t(start), *b = PyLong_FromSsize_t(end);
+    int failed = !span || !a || !b;
+    if (!failed) {
+        PyTuple_SET_ITEM(span, 0, a);
+        PyTuple_SET_ITEM(span, 1, b);
+        a = b = NULL;
+        failed = PyList_Append(list, span) < 0;
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
     Py_XDECREF(span);
     return failed ? -1 : 0;
 }

@@ -294,6 +294,9 @@ _ROT13 = Translator(
 _GOOD_PUNCTUATION = " .,:;!?'\"-\n()"
 _LETTERS_ASCII = bytes(c for c in range(128) if chr(c).isalpha())
 _GOOD_ASCII = _LETTERS_ASCII + b"0123456789" + _GOOD_PUNCTUATION.encode()
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_UPPER = re.compile(r"[A-Z]")
+_LOWER_OR_DIGIT = re.compile(r"[a-z0-9]")
 
 
 def _printable_text(raw: bytes) -> str | None:
@@ -303,19 +306,23 @@ def _printable_text(raw: bytes) -> str | None:
         return None
     if not text:
         return None
-    if text.isascii():  # the usual case, counted at C speed (ASCII isalnum/isalpha are these)
-        good = len(raw) - len(raw.translate(None, _GOOD_ASCII))
-        letters = len(raw) - len(raw.translate(None, _LETTERS_ASCII))
-    else:
-        good = sum(1 for c in text if c.isalnum() or c in _GOOD_PUNCTUATION)
-        letters = sum(1 for c in text if c.isalpha())
+    # The ASCII characters are counted on the bytes at C speed (ASCII isalnum/isalpha are these
+    # tables): each is one byte of the UTF-8, and every byte of a longer character is >= 0x80,
+    # in neither table. The other characters, usually few, are asked one by one (none of them
+    # is punctuation of the list).
+    good = len(raw) - len(raw.translate(None, _GOOD_ASCII))
+    letters = len(raw) - len(raw.translate(None, _LETTERS_ASCII))
+    if not text.isascii():
+        for c in "".join(_NON_ASCII.findall(text)):
+            good += c.isalnum()
+            letters += c.isalpha()
     if good < 0.85 * len(text) or letters < 0.5 * len(text):
         return None
     return text
 
 
 def _decode_b64(blob: str) -> str | None:
-    if not (re.search(r"[A-Z]", blob) and re.search(r"[a-z0-9]", blob)):
+    if not (_UPPER.search(blob) and _LOWER_OR_DIGIT.search(blob)):
         return None  # a long all-lower-case run is a word or identifier, not base64
     padded = blob + "=" * (-len(blob) % 4)
     try:

@@ -21,6 +21,7 @@ from packgate_sidecar.detect.normalize import (
     _UNTABLE,
     _by_stretch,
     _drop_latin_marks,
+    _printable_text,
     iter_variants,
     normalize,
     variants,
@@ -211,3 +212,25 @@ def test_reading_full_width_forms_by_the_table_is_what_nfkc_does(text: str) -> N
     assert not any(0xFF01 <= ord(c) <= 0xFF5E for c in folded)
     assert unicodedata.normalize("NFKC", folded) == unicodedata.normalize("NFKC", text)
     assert normalize(text) == normalize(unicodedata.normalize("NFKC", text))
+
+
+def _printable_by_definition(raw: bytes) -> str | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    good = sum(1 for c in text if c.isalnum() or c in " .,:;!?'\"-\n()")
+    letters = sum(1 for c in text if c.isalpha())
+    if not text or good < 0.85 * len(text) or letters < 0.5 * len(text):
+        return None
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZ9 .,;?'\"-\n()#{}ßéΩ中٣²Ⅻ\u0301🙂_"), max_size=40))
+def test_decoded_text_is_judged_printable_as_the_definition_does(text: str) -> None:
+    # The ASCII characters are counted on the UTF-8 bytes, the others one by one: letters,
+    # digits of other scripts, numerals that are not digits, marks and symbols.
+    raw = text.encode()
+    assert _printable_text(raw) == _printable_by_definition(raw)
+    assert _printable_text(raw[:-1]) == _printable_by_definition(raw[:-1])  # maybe cut UTF-8
