@@ -102,14 +102,17 @@ _LOOP = asyncio.new_event_loop()
 
 def _request_cpu(chain: Any, raw: bytes) -> float:
     """Thread CPU seconds of the sidecar's per-request work on one chat body."""
+    from packgate_sidecar import strict_json
     from packgate_sidecar.policy import RequestContext
     from packgate_sidecar.shapes import CHAT, request_texts
 
+    # The sidecar's own reading (strict: duplicate keys, depth) and writing of a body, as app.py
+    # and forward.py do them; the standard library's plain loads/dumps are not what it runs.
     started = time.thread_time()
-    body = json.loads(raw)
+    body = strict_json.loads(raw)
     slots = request_texts(CHAT, body)
     blocked = _LOOP.run_until_complete(chain.run_request(RequestContext("bench", CHAT), slots))
-    json.dumps(body)
+    strict_json.dumps(body)
     spent = time.thread_time() - started
     if blocked is not None:
         raise RuntimeError(f"the bench chat was blocked by {blocked.kind}: {blocked.reason}")

@@ -16,7 +16,8 @@ A policy has up to four hooks, each optional (the base class does nothing):
   every decision, which is what audit logging and cost attribution need.
 
 Per-text work that depends only on the text and the policy's settings (a score, a redaction)
-goes through `Policy.memo`, so a message repeated by every turn of a conversation is judged once.
+goes through `Policy.memo` (`Policy.judge` for a whole item), so a message repeated by every turn
+of a conversation is judged once.
 
 Policies never see HTTP objects, and must never log or record the texts they are given.
 """
@@ -30,11 +31,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from packgate_policy import PolicyBlock
 
-from .verdicts import VerdictCache
+from .verdicts import Entry, VerdictCache
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -93,17 +94,46 @@ class Blocked(Exception):
         self.details = details
 
 
-class TextItem(NamedTuple):
+class TextItem:
     """One text a policy may inspect: the text, who wrote it, and where it sits in the body.
 
     `role` is the author: system, developer, user, assistant, tool, function, or
     tool_definition (descriptions of the tools offered to the model). `path` is a JSON path such
-    as `messages[2].content[0].text`, safe to log.
+    as `messages[2].content[0].text`, safe to log. The item also carries its text's verdict-cache
+    entry once a policy asked for it (`Policy.judge`), so the text is digested and looked up once
+    for every policy of the chain.
     """
 
-    text: str
-    role: str
-    path: str
+    __slots__ = ("_cache", "_entry", "path", "role", "text")
+
+    def __init__(self, text: str, role: str, path: str) -> None:
+        self.text = text
+        self.role = role
+        self.path = path
+        self._cache: VerdictCache | None = None
+        self._entry: Entry | None = None
+
+    def verdicts(self, cache: VerdictCache) -> Entry:
+        """This text's entry in `cache`, looked up on first use."""
+        entry = self._entry
+        if entry is None or self._cache is not cache:
+            entry = self._entry = cache.entry(self.text)
+            self._cache = cache
+        return entry
+
+    def _replace(self, *, text: str) -> TextItem:
+        return TextItem(text, self.role, self.path)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TextItem):
+            return NotImplemented
+        return (self.text, self.role, self.path) == (other.text, other.role, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.role, self.path))
+
+    def __repr__(self) -> str:
+        return f"TextItem(<{len(self.text)} chars>, role={self.role!r}, path={self.path!r})"
 
 
 class StreamFilter:
@@ -280,6 +310,20 @@ class Policy:
         """
         return self.runtime.verdicts.get_or_compute(
             (self._memo_scope, tag), text, compute, size, self.kind
+        )
+
+    def judge(
+        self,
+        tag: str,
+        item: TextItem,
+        judge: Callable[[str], _T],
+        size: Callable[[_T], int] | None = None,
+    ) -> _T:
+        """`judge(item.text)`, memoised like `memo`; the item's cache entry is shared with the
+        other policies judging the same item, so its text is digested and looked up once."""
+        cache = self.runtime.verdicts
+        return cache.lookup(
+            item.verdicts(cache), (self._memo_scope, tag), judge, item.text, size, self.kind
         )
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:

@@ -3,18 +3,23 @@
 Why this exists: a chat request carries the whole conversation, so turn 20 re-sends nineteen
 messages the sidecar has already judged; scoring and redacting them again would make every
 request cost as much as the conversation is long. Policies route their per-text work through
-`Policy.memo`, which keeps the result here, in one bounded LRU per sidecar, under
-(the policy instance's scope, a digest of the text):
+`Policy.memo`, which keeps the result here, in one bounded LRU per sidecar, under a digest of the
+text, and within that text's entry under (the policy instance's scope, a tag):
 
 - The scope is unique to a policy *instance*, and the chain builds a new instance whenever a
   policy's config block changes: a changed config can never read a verdict made under the old
   one, while a reload that leaves a block unchanged keeps its instance and its verdicts.
 - A text is known by its 128-bit BLAKE2b digest only: no prompt text is kept in the cache keys,
   and two different texts share a key with odds of 2^-64 even among billions of messages.
+- One entry per text holds every policy's verdicts on it, so a message costs one digest and one
+  LRU lookup per request however many policies judge it (`entry`; a `TextItem` fetches its
+  entry once for the whole chain). Digesting is most of a hit's cost: ~1.3 us per KB.
 - Values are returned as stored, so callers store immutable values (floats, tuples, strings).
-- Memory is bounded twice: by entries, and by a budget of cost units (callers give the size of
-  what a value holds, such as a redacted text), the least recently used going first. A value
-  bigger than a quarter of the budget is computed but not kept.
+- Memory is bounded twice: by entries (texts), and by a budget of cost units (callers give the
+  size of what a value holds, such as a redacted text), the least recently used text going
+  first. A value bigger than a quarter of the budget is computed but not kept. Verdicts of
+  policy instances that are gone stay in their text's entry until it is evicted; an entry keeps
+  at most `MAX_VALUES` verdicts (the oldest go first), so reloads cannot grow a hot one.
 
 Lookups take a lock: policies scanning very large texts run in worker threads.
 """
@@ -25,14 +30,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from hashlib import blake2b
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["VerdictCache", "text_digest"]
+__all__ = ["Entry", "VerdictCache", "text_digest"]
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 MAX_ENTRIES = 8192
 MAX_COST = 8 * 1024 * 1024  # roughly bytes of cached values (redacted texts dominate)
-ENTRY_COST = 96  # what an entry costs besides its value: key tuple, digest, list links
+ENTRY_COST = 96  # what an entry costs besides its values: digest, dict, list links
+MAX_VALUES = 32  # verdicts per text: a few per policy in the chain, plus replaced instances'
+_MISSING: Any = object()
 
 
 def text_digest(text: str) -> bytes:
@@ -40,8 +48,20 @@ def text_digest(text: str) -> bytes:
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+class Entry:
+    """One text's verdicts: (scope, tag) -> (value, cost). Read without the lock (a dict get is
+    atomic); written under the cache's lock."""
+
+    __slots__ = ("cost", "digest", "values")
+
+    def __init__(self, digest: bytes) -> None:
+        self.digest = digest
+        self.values: dict[Hashable, tuple[Any, int]] = {}
+        self.cost = ENTRY_COST
+
+
 class VerdictCache:
-    """A bounded LRU of per-text verdicts, keyed by (scope, text digest)."""
+    """A bounded LRU of per-text verdicts, keyed by text digest, then by (scope, tag)."""
 
     def __init__(
         self,
@@ -51,7 +71,7 @@ class VerdictCache:
         self.max_entries = max_entries
         self.max_cost = max_cost
         self._lookups: dict[tuple[str, bool], int] = {}
-        self._entries: OrderedDict[tuple[Hashable, bytes], tuple[object, int]] = OrderedDict()
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         self._cost = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -63,6 +83,17 @@ class VerdictCache:
     @property
     def cost(self) -> int:
         return self._cost
+
+    def entry(self, text: str) -> Entry:
+        """`text`'s entry, made most recently used; a new one (not stored until it holds a
+        value) when the text is not known."""
+        digest = text_digest(text)
+        with self._lock:
+            found = self._entries.get(digest)
+            if found is not None:
+                self._entries.move_to_end(digest)
+                return found
+        return Entry(digest)
 
     def get_or_compute(
         self,
@@ -77,32 +108,57 @@ class VerdictCache:
         `size(value)` is the value's cost (0 when not given). An exception from `compute`
         propagates and nothing is cached.
         """
-        key = (scope, text_digest(text))
+        return self.lookup(self.entry(text), scope, _call, compute, size, kind)
+
+    def lookup(
+        self,
+        entry: Entry,
+        scope: Hashable,
+        compute: Callable[[_A], _T],
+        argument: _A,
+        size: Callable[[_T], int] | None = None,
+        kind: str = "",
+    ) -> _T:
+        """The value under `scope` in a text's `entry` (see `entry`), or `compute(argument)`'s,
+        which is then stored there (the argument spares callers a closure per lookup)."""
+        found = entry.values.get(scope, _MISSING)
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-            else:
-                self.misses += 1
-            counted = (kind, found is not None)
+            counted = (kind, found is not _MISSING)
             self._lookups[counted] = self._lookups.get(counted, 0) + 1
-        if found is not None:
-            return found[0]  # type: ignore[return-value]
-        value = compute()
-        cost = ENTRY_COST + (size(value) if size is not None else 0)
-        if cost > self.max_cost // 4:
+            if found is not _MISSING:
+                self.hits += 1
+                return found[0]  # type: ignore[no-any-return]
+            self.misses += 1
+        value = compute(argument)
+        cost = size(value) if size is not None else 0
+        if ENTRY_COST + cost > self.max_cost // 4:
             return value
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:  # computed twice concurrently: keep one copy
-                self._cost -= old[1]
-            self._entries[key] = (value, cost)
-            self._cost += cost
-            while len(self._entries) > self.max_entries or self._cost > self.max_cost:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self._cost -= evicted
+            self._store(entry, scope, value, cost)
         return value
+
+    def _store(self, entry: Entry, scope: Hashable, value: object, cost: int) -> None:
+        current = self._entries.get(entry.digest)
+        if current is None:  # new, or evicted since it was looked up: (re)insert it
+            self._entries[entry.digest] = entry
+            self._cost += entry.cost
+        elif current is not entry:  # another request stored this text meanwhile: join it
+            entry = current
+        values = entry.values
+        old = values.pop(scope, None)  # computed twice concurrently: keep one copy
+        if old is not None:
+            entry.cost -= old[1]
+            self._cost -= old[1]
+        elif len(values) >= MAX_VALUES:
+            dropped = _pop_oldest(values)
+            entry.cost -= dropped
+            self._cost -= dropped
+        values[scope] = (value, cost)
+        entry.cost += cost
+        self._cost += cost
+        while len(self._entries) > self.max_entries or self._cost > self.max_cost:
+            _, evicted = self._entries.popitem(last=False)
+            self._cost -= evicted.cost
 
     def clear(self) -> None:
         with self._lock:
@@ -113,3 +169,12 @@ class VerdictCache:
         """Lookups so far by (policy kind, hit), for metrics."""
         with self._lock:
             return dict(self._lookups)
+
+
+def _call(compute: Callable[[], _T]) -> _T:
+    return compute()
+
+
+def _pop_oldest(values: dict[Hashable, tuple[Any, int]]) -> int:
+    """Drop the verdict stored first (dicts keep insertion order); return its cost."""
+    return values.pop(next(iter(values)))[1]

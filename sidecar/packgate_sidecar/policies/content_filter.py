@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from packgate_policy import ContentFilter, PolicyBlock
 
@@ -145,15 +144,20 @@ class ContentFilterPolicy(Policy):
         counts: dict[str, int] = {}
         for item in texts:
             if item.text:
-                builtin = item.role not in APP_ROLES
-                match = partial(self._match, item.text, builtin)
-                # Once per text and config (`memo`), not once per turn that repeats it.
-                for name in self.memo("builtin" if builtin else "own", item.text, match):
+                # Once per text and config (`judge`), not once per turn that repeats it.
+                if item.role in APP_ROLES:
+                    found = self.judge("own", item, self._match_own)
+                else:
+                    found = self.judge("builtin", item, self._match_builtin)
+                for name in found:
                     counts[name] = counts.get(name, 0) + 1
         return counts
 
-    def _match(self, text: str, builtin: bool) -> tuple[str, ...]:
-        return tuple(self.matcher.match(text, builtin=builtin))
+    def _match_builtin(self, text: str) -> tuple[str, ...]:
+        return tuple(self.matcher.match(text, builtin=True))
+
+    def _match_own(self, text: str) -> tuple[str, ...]:
+        return tuple(self.matcher.match(text, builtin=False))
 
     async def _check(self, texts: Sequence[TextItem]) -> Decision:
         counts = await maybe_offload(text_chars(texts), lambda: self.scan(texts))

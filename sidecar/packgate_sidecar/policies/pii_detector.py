@@ -26,7 +26,6 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from packgate_policy import PiiDetector as PiiSettings
@@ -132,6 +131,12 @@ class PiiDetectorPolicy(Policy):
         out, findings = self._text(text, counts)
         return _Item(None if out == text else out, tuple(findings), tuple(counts.items()))
 
+    def _scan_plain(self, text: str) -> _Item:
+        return self._scan_text(text, False)
+
+    def _scan_arguments(self, text: str) -> _Item:
+        return self._scan_text(text, True)
+
     def scan(self, texts: Sequence[TextItem]) -> _Scan:
         """Counts by entity, the rewritten texts, and the plain texts' findings.
 
@@ -143,13 +148,10 @@ class PiiDetectorPolicy(Policy):
             text = item.text
             if not text:
                 continue
-            arguments = item.path.endswith(".arguments") and text.lstrip()[:1] in ("{", "[")
-            done = self.memo(
-                "arguments" if arguments else "text",
-                text,
-                partial(self._scan_text, text, arguments),
-                _Item.size,
-            )
+            if item.path.endswith(".arguments") and text.lstrip()[:1] in ("{", "["):
+                done = self.judge("arguments", item, self._scan_arguments, _Item.size)
+            else:
+                done = self.judge("text", item, self._scan_plain, _Item.size)
             for entity, count in done.counts:
                 result.counts[entity] = result.counts.get(entity, 0) + count
             if done.findings:

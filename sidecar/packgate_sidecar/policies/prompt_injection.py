@@ -57,6 +57,10 @@ def windows(text: str, size: int = WINDOW, overlap: int = OVERLAP) -> list[str]:
     return [text[start : start + size] for start in range(0, len(text) - overlap, step)]
 
 
+def _text(piece: TextItem | str) -> str:
+    return piece if isinstance(piece, str) else piece.text
+
+
 class PromptInjectionPolicy(Policy):
     kind = "prompt-injection"
 
@@ -84,14 +88,24 @@ class PromptInjectionPolicy(Policy):
             else None
         )
 
-    def pieces(self, texts: Sequence[TextItem]) -> list[str]:
-        """What is scored: the scored roles' texts, long ones as overlapping windows."""
-        return [p for item in texts if item.role in UNTRUSTED_ROLES for p in windows(item.text)]
+    def pieces(self, texts: Sequence[TextItem]) -> list[TextItem | str]:
+        """What is scored: the scored roles' items, and of a long text its overlapping windows."""
+        out: list[TextItem | str] = []
+        for item in texts:
+            if item.role in UNTRUSTED_ROLES:
+                if len(item.text) <= WINDOW:
+                    out.append(item)
+                else:
+                    out.extend(windows(item.text))
+        return out
 
-    def local(self, piece: str) -> float:
+    def local(self, piece: TextItem | str) -> float:
         """The shipped model's score of one piece, computed once per piece and config (`memo`):
-        the earlier turns a chat re-sends with every request cost a digest, not a scoring."""
-        return self.memo("score", piece, partial(self.scorer.score, piece))
+        the earlier turns a chat re-sends with every request cost a digest, not a scoring. A
+        whole item is looked up through its own cache entry, shared with the other policies."""
+        if isinstance(piece, str):
+            return self.memo("score", piece, partial(self.scorer.score, piece))
+        return self.judge("score", piece, self.scorer.score)
 
     def score(self, texts: Sequence[TextItem]) -> float:
         """The highest local score over the scored roles' texts (0.0 when there are none)."""
@@ -101,7 +115,7 @@ class PromptInjectionPolicy(Policy):
         pieces = self.pieces(texts)
         if not pieces:
             return Decision.allow()
-        if offloaded(sum(map(len, pieces))):
+        if offloaded(sum([len(_text(p)) for p in pieces])):
             scores = await asyncio.to_thread(lambda: [self.local(p) for p in pieces])
         else:
             scores = [self.local(p) for p in pieces]
@@ -113,7 +127,7 @@ class PromptInjectionPolicy(Policy):
         in_band = [(s, i) for s, i in ranked if band.low <= s < band.high]
         # The classifier sees the most suspicious pieces only; the rest keep the local verdict.
         asked = {i for _, i in in_band[:MAX_BACKEND_TEXTS]}
-        unsure = [pieces[i] for i in sorted(asked)]
+        unsure = [_text(pieces[i]) for i in sorted(asked)]
         sure = max((s for s, i in ranked if i not in asked), default=0.0)
         if not unsure or sure >= self.config.threshold:
             return self._verdict(local >= self.config.threshold, score=local)
