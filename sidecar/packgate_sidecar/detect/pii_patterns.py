@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from .pii_regions import Region
 
@@ -47,15 +47,11 @@ _EMAIL_DOMAIN = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-])"
 )
 _EMAIL_LOCAL = re.compile(r"(?<![\w.%+\-])[A-Za-z0-9_%+\-][A-Za-z0-9_.%+\-]{0,63}\Z")
-# The same separator twice; the issuing rules are checked in `scan_ssn`.
-_SSN = re.compile(r"\d(?<![\w\-.]\d)\d\d([- .])\d\d\1\d{4}(?![\w\-]|\.\d)")
-_SSN_BARE = re.compile(r"\d(?<![\w\-.+]\d)\d{8}(?![\w\-]|\.\d)")
 # "SSN", "SSN#", "SSNs", "social security", then up to three short words ("number is", "no.").
 _SSN_CONTEXT = re.compile(
     r"(?:\bssns?|\bsocial[\s\-]+security)\b(?:\W+[^\W\d]{1,12}){0,3}\W*\Z", re.IGNORECASE
 )
 SSN_CONTEXT_BEFORE = 40
-_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d)")
 # IPv6: found from two colons at most four hex digits apart (a fast literal scan, where starting
 # at every hex letter a-f of English text is not), then the hex/colon/dot run around them is
 # handed to `ipaddress`.
@@ -63,13 +59,28 @@ _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f:]+(?:\.[0-9]+)*(?![\w:])")
 _HEX_BEFORE = re.compile(r"[0-9A-Fa-f]{0,4}\Z")
 
+# SSNs, IPv4 addresses and payment cards: one pattern, as each is a whole token that starts at
+# a digit with no word character or "." before it (so a digit inside a token costs one failed
+# look-behind, not one per entity), and a token is at most one of them: the alternatives never
+# match at the same place, and none starts inside another's match (a property test holds this
+# pattern to the four separate ones).
+_TOKEN = re.compile(
+    r"\d(?<![\w.]\d)(?:"
+    # SSN: 3-2-4 digits, the same separator twice; the issuing rules are checked in `scan_tokens`.
+    r"(?P<SSN>(?<!-\d)\d\d(?P<ssn_sep>[- .])\d\d(?P=ssn_sep)\d{4}(?![\w\-]|\.\d))"
+    # Nine bare digits: an SSN only after a context word.
+    r"|(?P<SSN_BARE>(?<![\-+]\d)\d{8}(?![\w\-]|\.\d))"
+    r"|(?P<IP_ADDRESS>\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d))"
+    # A bare 12-19 digit run or 4-digit-led groups with one consistent separator (4-4-4-4, 4-6-5
+    # Amex, 4-6-4 Diners); loose grouping would swallow phone numbers.
+    r"|(?P<CREDIT_CARD>(?<![+\-]\d)(?<!\d \d)"
+    r"(?:\d{11,18}|\d{3}(?P<card_sep>[ \-])\d{4,6}(?:(?P=card_sep)\d{3,6}){1,3})(?![\w\-]|\.\d))"
+    r")"
+)
+TOKEN_ENTITIES = ("SSN", "IP_ADDRESS", "CREDIT_CARD")
+
 # --- payment cards and IBANs ---------------------------------------------------------------------
 
-# Either a bare 12-19 digit run or 4-digit-led groups with one consistent separator
-# (4-4-4-4, 4-6-5 Amex, 4-6-4 Diners); loose grouping would swallow phone numbers.
-_CARD = re.compile(
-    r"\d(?<![\w+\-.]\d)(?<!\d \d)(?:\d{11,18}|\d{3}([ \-])\d{4,6}(?:\1\d{3,6}){1,3})(?![\w\-]|\.\d)"
-)
 # Card networks live under major industry identifiers 2-6; 1800 (JCB) and 0604 (Maestro) are old.
 _CARD_PREFIX = re.compile(r"[2-6]|1800|0604")
 
@@ -148,21 +159,33 @@ def _issued(digits: str) -> bool:
     )
 
 
-def scan_ssn(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:
-    rank = RANK["SSN"]
-    for pos, endpos in windows:
-        for m in _SSN.finditer(text, pos, endpos):
-            s = _ascii_digits(m.group())
-            if _issued(s[:3] + s[4:6] + s[7:]):
-                out.append((rank, m.start(), m.end(), "SSN"))
-    # Nine bare digits (a whole token: matches never overlap) only with a context word.
-    for pos, endpos in windows:
-        for m in _SSN_BARE.finditer(text, pos, endpos):
-            start = m.start()
-            if _issued(_ascii_digits(m.group())) and _SSN_CONTEXT.search(
-                text, max(0, start - SSN_CONTEXT_BEFORE), start
-            ):
-                out.append((rank, start, m.end(), "SSN"))
+def token_scanner(entities: Collection[str]) -> Scanner:
+    """The scanner of `_TOKEN` that reports the SSNs, IPv4 addresses and cards of `entities`."""
+    ssn, ip, card = (e in entities for e in TOKEN_ENTITIES)
+
+    def scan(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:
+        for pos, endpos in windows:
+            for m in _TOKEN.finditer(text, pos, endpos):
+                kind = m.lastgroup
+                if kind == "SSN":
+                    s = _ascii_digits(m.group())
+                    if ssn and _issued(s[:3] + s[4:6] + s[7:]):
+                        out.append((RANK["SSN"], m.start(), m.end(), "SSN"))
+                elif kind == "SSN_BARE":
+                    start = m.start()
+                    if (
+                        ssn
+                        and _issued(_ascii_digits(m.group()))
+                        and _SSN_CONTEXT.search(text, max(0, start - SSN_CONTEXT_BEFORE), start)
+                    ):
+                        out.append((RANK["SSN"], start, m.end(), "SSN"))
+                elif kind == "IP_ADDRESS":
+                    if ip and _ipv4_ok(m.group()):
+                        out.append((RANK["IP_ADDRESS"], m.start(), m.end(), "IP_ADDRESS"))
+                elif card and _card_ok(m.group()):
+                    out.append((RANK["CREDIT_CARD"], m.start(), m.end(), "CREDIT_CARD"))
+
+    return scan
 
 
 def _ipv4_ok(quad: str) -> bool:
@@ -172,13 +195,9 @@ def _ipv4_ok(quad: str) -> bool:
     )
 
 
-def scan_ip(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:
+def scan_ipv6(text: str, out: list[Candidate], _partial: bool, _windows: Sequence[Region]) -> None:
+    """IPv6 addresses need not hold a digit: found from the whole text's colons."""
     rank = RANK["IP_ADDRESS"]
-    for pos, endpos in windows:
-        for m in _IPV4.finditer(text, pos, endpos):
-            if _ipv4_ok(m.group()):
-                out.append((rank, m.start(), m.end(), "IP_ADDRESS"))
-    # IPv6 addresses need not hold a digit: found from the whole text's colons.
     done = 0
     for hint in _IPV6_HINT.finditer(text):
         if hint.start() < done:
@@ -199,17 +218,14 @@ def scan_ip(text: str, out: list[Candidate], _partial: bool, windows: Sequence[R
         out.append((rank, v6.start(), v6.end(), "IP_ADDRESS"))
 
 
-def scan_card(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:
-    for pos, endpos in windows:
-        for m in _CARD.finditer(text, pos, endpos):
-            digits = _ascii_digits(m.group().replace(" ", "").replace("-", ""))
-            if (
-                12 <= len(digits) <= 19
-                and _CARD_PREFIX.match(digits)
-                and luhn_ok(digits)
-                and digits.count(digits[0]) != len(digits)
-            ):
-                out.append((RANK["CREDIT_CARD"], m.start(), m.end(), "CREDIT_CARD"))
+def _card_ok(number: str) -> bool:
+    digits = _ascii_digits(number.replace(" ", "").replace("-", ""))
+    return (
+        12 <= len(digits) <= 19
+        and _CARD_PREFIX.match(digits) is not None
+        and luhn_ok(digits)
+        and digits.count(digits[0]) != len(digits)
+    )
 
 
 def scan_iban(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:

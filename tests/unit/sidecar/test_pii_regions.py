@@ -20,12 +20,19 @@ from packgate_sidecar.detect import pii, pii_patterns, pii_phone, pii_regions
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
 
 PATTERNS = {
-    "ssn": pii_patterns._SSN,
-    "ssn-bare": pii_patterns._SSN_BARE,
-    "ipv4": pii_patterns._IPV4,
-    "card": pii_patterns._CARD,
+    "ssn-ipv4-card": pii_patterns._TOKEN,
     "iban": pii_patterns._IBAN,
     "phone": pii_phone._PHONE,
+}
+# The four patterns `_TOKEN` joins, as they were written before it.
+SEPARATE = {
+    "SSN": re.compile(r"\d(?<![\w\-.]\d)\d\d([- .])\d\d\1\d{4}(?![\w\-]|\.\d)"),
+    "SSN_BARE": re.compile(r"\d(?<![\w\-.+]\d)\d{8}(?![\w\-]|\.\d)"),
+    "IP_ADDRESS": re.compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d)"),
+    "CREDIT_CARD": re.compile(
+        r"\d(?<![\w+\-.]\d)(?<!\d \d)(?:\d{11,18}|\d{3}([ \-])\d{4,6}(?:\1\d{3,6}){1,3})"
+        r"(?![\w\-]|\.\d)"
+    ),
 }
 
 PIECES = st.sampled_from(
@@ -86,7 +93,7 @@ def _bare_ssns_word_first(text: str) -> list[tuple[int, int]]:
     done = 0
     for word in re.finditer(r"ssn|social", text, re.IGNORECASE):
         last = word.end() + pii_patterns.SSN_CONTEXT_BEFORE
-        for m in pii_patterns._SSN_BARE.finditer(
+        for m in SEPARATE["SSN_BARE"].finditer(
             text, max(done, word.end()), min(len(text), last + 11)
         ):
             start = m.start()
@@ -106,9 +113,21 @@ def _bare_ssns_word_first(text: str) -> list[tuple[int, int]]:
 @given(TEXTS)
 def test_bare_ssn_rule_is_the_word_first_rule(text: str) -> None:
     found: list[pii_patterns.Candidate] = []
-    pii_patterns.scan_ssn(text, found, False, pii_regions.digit_windows(text))
-    bare = [(s, e) for _, s, e, _ in found if pii_patterns._SSN_BARE.fullmatch(text, s, e)]
+    pii_patterns.token_scanner(["SSN"])(text, found, False, pii_regions.digit_windows(text))
+    bare = [(s, e) for _, s, e, _ in found if text[s:e].isdecimal()]
     assert bare == _bare_ssns_word_first(text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(TEXTS, st.text(alphabet="0123456789 -.+_a", max_size=60)))
+def test_one_token_pattern_finds_what_the_four_separate_ones_found(text: str) -> None:
+    joined = sorted(
+        (m.start(), m.end(), str(m.lastgroup)) for m in pii_patterns._TOKEN.finditer(text)
+    )
+    separate = sorted(
+        (m.start(), m.end(), kind) for kind, rx in SEPARATE.items() for m in rx.finditer(text)
+    )
+    assert joined == separate
 
 
 DETECTOR = PiiDetector(BUILTIN_ENTITIES, phone_regions=("US", "GB", "DE"))
