@@ -468,6 +468,11 @@ typedef struct Pool {
     Feat *caret;
     int32_t *caret_id; /* its id in `words`, or -1 */
     uint8_t *caret_ok;
+    /* before[x]: how many tokens start before character x, for x in [0, text_end]: the first
+     * token at or after x, asked for every span's ends and every piece's start (a binary
+     * search over the tokens mispredicted about half its steps) */
+    int32_t *before;
+    Py_ssize_t bcap;
 } Pool;
 
 static void seq_free(Seq *q) {
@@ -491,6 +496,7 @@ static void pool_free(Pool *p) {
     PyMem_Free(p->caret);
     PyMem_Free(p->caret_id);
     PyMem_Free(p->caret_ok);
+    PyMem_Free(p->before);
     seq_free(&p->words);
     seq_free(&p->chars);
     PyMem_Free(p);
@@ -706,6 +712,16 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     }
     const float *weights = (const float *)self->weights.buf;
 
+    /* before[]: a 1 after each token start, then running sums (no branch per character) */
+    if (t->end + 1 > p->bcap) {
+        GROW(p->before, t->end + 1);
+        p->bcap = t->end + 1;
+    }
+    int32_t *starts = p->before;
+    memset(starts, 0, (size_t)(t->end + 1) * sizeof(int32_t));
+    for (Py_ssize_t k = 0; k < ntok; k++) starts[tok[k].start + 1] = 1;
+    for (Py_ssize_t x = 1; x <= t->end; x++) starts[x] += starts[x - 1];
+
     p->words.len = nwords;
     p->chars.len = nchars;
     seq_index(&p->words, weights);
@@ -714,18 +730,13 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
     p->text_end = t->end;
     memset(p->caret_ok, 0, (size_t)ntok);
     return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
 }
 
-/* First token of the pool starting at or after `at` (tokens are sorted). */
-static Py_ssize_t first_token_from(const Pool *p, Py_ssize_t at) {
-    Py_ssize_t lo = 0, hi = p->tok.len;
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (p->tok.items[mid].start < at) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
+/* First token of the pool starting at or after `at` (0 <= at <= the text's length). */
+static inline Py_ssize_t first_token_from(const Pool *p, Py_ssize_t at) { return p->before[at]; }
 
 static inline double mean_like(double sum, Py_ssize_t n) { return n ? sum / sqrt((double)n) : 0.0; }
 
@@ -758,6 +769,14 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     /* the span's tokens in order: left?, tok[i..fe), right? */
 #define SPAN_TOKEN(k) \
     ((has_left && (k) == 0) ? left : ((k) - has_left < whole ? tok[i + (k) - has_left] : right))
+    /* The index among those of the first one starting at or after `at` (s <= at < e), count
+     * when none: the cut left piece starts at s, and the cut right token is pool token fe. */
+#define SPAN_FIRST(at)                                                                      \
+    ((has_left && (at) <= s)                                                                \
+         ? 0                                                                                \
+         : (first_token_from(p, (at)) < fe                                                  \
+                ? has_left + first_token_from(p, (at)) - i                                  \
+                : (has_right && first_token_from(p, (at)) == fe ? count - 1 : count)))
     double sum;
     Py_ssize_t cnt;
     Group g;
@@ -775,9 +794,9 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
         put_extra(&g, &p->words, wa, wb, hash_span(self->seed_words, t, right));
     }
     uint64_t caret = fnv(self->seed_words, '^');
-    for (Py_ssize_t q = 0, k = 0; q < pieces->len; q++) {
+    for (Py_ssize_t q = 0; q < pieces->len; q++) {
         Span piece = pieces->items[q];
-        while (k < count && SPAN_TOKEN(k).start < piece.start) k++;
+        Py_ssize_t k = SPAN_FIRST(piece.start);
         if (k < count && SPAN_TOKEN(k).start < piece.end) {
             if (k >= has_left && k - has_left < whole)
                 put_caret(self, &g, p, t, i + k - has_left, wa, wb);
@@ -793,16 +812,19 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
      * part of the text, so a tail sequence of the whole text (hashed and indexed) cost more
      * than it saved. The sum is the same in any order: see seq_range. */
     if (pieces->len > 1) {
-        Py_ssize_t from = pieces->items[pieces->len - 1].start, f = 0;
-        while (f < count && SPAN_TOKEN(f).start < from) f++;
+        Py_ssize_t from = pieces->items[pieces->len - 1].start, f = SPAN_FIRST(from);
         /* f >= has_left: a cut first token starts the first piece, before the last one */
         Py_ssize_t first = i + f - has_left; /* pool index of the first whole tail token */
         if (group_open(self, &g, NULL, 2 * (fe - first) + 2) < 0) return -1;
         uint64_t prev = 0;
-        for (Py_ssize_t k = first; k < fe; k++) {
-            uint64_t h = hash_span(self->seed_tail, t, tok[k]);
+        for (Py_ssize_t k = first; k < fe; k++) { /* unigram and bigram in one loop */
+            uint64_t h = self->seed_tail, bi = fnv(prev, ' ');
+            for (Py_ssize_t c = tok[k].start; c < tok[k].end; c++) {
+                h = fnv(h, CH(t, c));
+                bi = fnv(bi, CH(t, c));
+            }
             group_add(&g, h);
-            if (k > first) group_add(&g, hash_span(fnv(prev, ' '), t, tok[k]));
+            if (k > first) group_add(&g, bi);
             prev = h;
         }
         if (has_right && f < count) { /* the cut last token is in the tail */
@@ -841,6 +863,7 @@ static int pool_span(Scorer *self, Pool *p, const Text *t, int n, int sentence, 
     seq_range(&p->chars, ca, cb, &sum, &cnt);
     *z += mean_like(sum + g.sum, cnt + g.n);
 #undef SPAN_TOKEN
+#undef SPAN_FIRST
     return 0;
 }
 
