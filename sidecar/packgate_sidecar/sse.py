@@ -152,7 +152,7 @@ class StreamRewriter:
                     if first or self._plain_span(block) is None:
                         at = stop + 2
                         if block.strip(b"\n"):
-                            out.append(self._event(block))
+                            out.append(self._event(block, plain_tried=not first))
                             if first and out[-1]:
                                 break
                         continue
@@ -178,28 +178,39 @@ class StreamRewriter:
             out += self._flush([()], set())
         return out
 
-    def _event(self, block: bytes) -> bytes:
+    def _event(self, block: bytes, plain_tried: bool = False) -> bytes:
+        """One event block's bytes to send. `plain_tried`: the caller found it is no plain
+        delta event (`_plain_span`), so that is not asked again."""
+        name: str | None
         if block.startswith(b"data: ") and b"\n" not in block:
             if block == b"data: [DONE]":
                 self.saw_done = True
                 return (self._flush([()], set()) if self.policies else b"") + block + b"\n\n"
-            plain = self.shape.plain_delta(block, 6)
-            if plain is not None:
-                return self._plain(block, *plain)
-        name, data = parse_block(block)
-        if data is None:
-            # Comments, ids, retry hints: nothing to dispatch. Keep the connection warm only.
-            return KEEP_ALIVE if block.startswith(b":") else b""
-        if not data.strip():
+            if not plain_tried:
+                plain = self.shape.plain_delta(block, 6)
+                if plain is not None:
+                    return self._plain(block, *plain)
+            # One `data:` line: what parse_block would read, without splitting lines.
+            name, body = None, block[6:]
+            data = body.decode()
+            raw = block + b"\n\n"
+        else:
+            name, found = parse_block(block)
+            if found is None:
+                # Comments, ids, retry hints: nothing to dispatch. Keep the connection warm only.
+                return KEEP_ALIVE if block.startswith(b":") else b""
+            data, body = found, found.encode()
+            raw = block + b"\n\n" if _canonical(block) else _reframed(name, data)
+        stripped = data.strip()
+        if not stripped:
             return b""
-        raw = block + b"\n\n" if _canonical(block) else _reframed(name, data)
-        if data.strip() == "[DONE]":
+        if stripped == "[DONE]":
             self.saw_done = True
             return (self._flush([()], set()) if self.policies else b"") + raw
         try:
             # Strict for the reason whole answers are (strict_json.py): an event no policy
             # rewrote goes out as the provider's bytes, so the chain must read them the only way.
-            obj = strict_json.loads(data.encode(), "The provider's stream event")
+            obj = strict_json.loads(body, "The provider's stream event")
         except strict_json.JsonRefused as refused:
             raise UnreadableEvent(refused.message) from None
         if not isinstance(obj, dict):

@@ -16,7 +16,8 @@ and `CONTEXT_BEFORE` + 16 characters of released text are kept as left context. 
 patterns the guarantee needs every entity shorter than `holdback`.
 
 Deltas whose text holds no digit, '@', ':' or non-ASCII character cannot start or complete a
-built-in entity, so the detector is not run for them at all: only the open tail is computed.
+built-in entity, so the detector is not run for them at all: only the open tail is computed; at
+the end of the stream such a held-back tail is released as it is.
 
 Memory is bounded: a run of overlapping candidates (or one unbroken token) longer than
 `max_pending` is released anyway (any entity found in it is still redacted), so pending text
@@ -98,7 +99,15 @@ class StreamRedactor:
 
     def flush(self) -> str:
         """End of stream: return the rest, redacted. The redactor can then be reused."""
-        out = self._release(final=True) if self._pending else ""
+        pending = self._pending
+        if not pending:
+            out = ""
+        elif self._detector.builtin_only and self._clean and _PLAIN.fullmatch(pending):
+            # Nothing in it can be or finish an entity, and none crosses the last cut (clean):
+            # what the detector would find in the window lies wholly in released text.
+            out, self._pending = pending, ""
+        else:
+            out = self._release(final=True)
         self._context = ""
         self._clean = True
         return out

@@ -131,3 +131,30 @@ def test_chunked_output_equals_whole_text_redaction(
     text, chunks = case
     expected = anonymize(text, DET.find(text), action)
     assert stream(StreamRedactor(DET, action, holdback=holdback), chunks) == expected
+
+
+class _AlwaysScanned(StreamRedactor):
+    """The reference for `flush`: the detector judges the held-back rest every time."""
+
+    def flush(self) -> str:
+        out = self._release(final=True) if self._pending else ""
+        self._context, self._clean = "", True
+        return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.text(st.sampled_from("ab.-@ 1\n"), max_size=40) | st.sampled_from(PII + FILLER),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([None, 80, 200]),
+)
+def test_flush_releases_a_plain_rest_as_the_detector_would(
+    chunks: list[str], max_pending: int | None
+) -> None:
+    # Small max_pending forces cuts inside long candidates (the rest is then not clean).
+    fast = StreamRedactor(DET, "redact", holdback=32, max_pending=max_pending)
+    full = _AlwaysScanned(DET, "redact", holdback=32, max_pending=max_pending)
+    assert stream(fast, chunks) == stream(full, chunks)
