@@ -1077,13 +1077,15 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     uint16_t before = 0;               /* the previous character's class */
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
         uint16_t k = class_at(CH(&t, i));
+        /* Masks, not conditionals: gcc turned `in ? run + 1 : 0` into a branch per run. */
         digits += (k & C_DIGIT) != 0;
-        b64_run = (k & C_B64) ? b64_run + 1 : 0;
-        hex_run = (k & (C_HEX | C_HEXSEP)) ? hex_run + 1 : 0;
-        morse_run = (k & (C_MARK | C_GAP)) ? morse_run + 1 : 0;
-        Py_ssize_t chain = (k & C_WORD) ? 1 + ((before & C_SPACESEP) ? chain2 : 0) : 0;
+        b64_run = (b64_run + 1) & -(Py_ssize_t)((k & C_B64) != 0);
+        hex_run = (hex_run + 1) & -(Py_ssize_t)((k & (C_HEX | C_HEXSEP)) != 0);
+        morse_run = (morse_run + 1) & -(Py_ssize_t)((k & (C_MARK | C_GAP)) != 0);
+        Py_ssize_t chain = (1 + (chain2 & -(Py_ssize_t)((before & C_SPACESEP) != 0))) &
+                           -(Py_ssize_t)((k & C_WORD) != 0);
         /* a substitute followed by a letter: both leet-class, so inside one run */
-        int pair = (before & C_SUB) && (k & C_LETTER);
+        int pair = ((before & C_SUB) != 0) & ((k & C_LETTER) != 0);
         if (__builtin_expect(pair | (b64_run == 16) | (hex_run == 16) | (morse_run == 15) |
                                  ((chain == 5) & (spaced < 0)),
                              0)) {
