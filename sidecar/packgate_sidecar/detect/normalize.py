@@ -430,12 +430,14 @@ def iter_lowered_variants(text: str, *, reference: bool = False) -> Iterator[tup
     base = normalize(text)
     lowered = lower(base)
     yield base, lowered
-    seen = {base}
+    # A handful of strings, compared by equality (which stops at a differing length or
+    # character); a set hashed each whole text (~0.5 us a KB).
+    seen = [base]
     for candidate in _decodings(base, lowered, reference):
         if candidate is not None:
             candidate = normalize(candidate)
             if candidate not in seen:
-                seen.add(candidate)
+                seen.append(candidate)
                 yield candidate, lower(candidate)
 
 
