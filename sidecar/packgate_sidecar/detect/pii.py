@@ -162,6 +162,8 @@ class PiiDetector:
         """Sorted, non-overlapping findings in `text`."""
         norm = Normalized(text)
         found = _resolve(self._scan(norm, False))
+        if not norm.changed:
+            return [Finding(entity, start, end) for start, end, entity in found]
         return [Finding(entity, *norm.span(start, end)) for start, end, entity in found]
 
     def find_partial(self, text: str) -> tuple[list[Finding], list[tuple[int, int]], int | None]:

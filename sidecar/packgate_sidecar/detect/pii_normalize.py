@@ -28,6 +28,15 @@ from functools import lru_cache
 
 # Characters that may change: anything outside printable ASCII, tab and line breaks.
 _SPECIAL = re.compile(r"[^\t\n\r\x20-\x7e]")
+_KEPT_ASCII = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F)])
+
+
+def plain(text: str) -> bool:
+    """Whether `text` holds no `_SPECIAL` character: ASCII from which deleting the kept bytes
+    leaves nothing (one C pass, several times faster than searching for `_SPECIAL`)."""
+    return text.isascii() and not text.encode("ascii").translate(None, _KEPT_ASCII)
+
+
 _DROP_CONTROLS = frozenset(chr(c) for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
@@ -54,7 +63,7 @@ class Normalized:
         self._norm: list[int] = []
         self._orig: list[int] = []
         self._width: list[int] = []
-        if original.isascii() and _SPECIAL.search(original) is None:
+        if plain(original):
             self.text = original
             return
         # Decide per distinct character (few, even in long non-Latin text), then visit only the

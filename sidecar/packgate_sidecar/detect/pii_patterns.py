@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Sequence
 
-from .pii_regions import Region
+from .pii_regions import Region, iban_heads
 
 # Overlap resolution: checksum-validated identifiers are the most trustworthy, phone numbers (the
 # loosest rule) the least; within a rank the longer span wins.
@@ -229,14 +229,17 @@ def _card_ok(number: str) -> bool:
 
 
 def scan_iban(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:
-    for pos, endpos in windows:
-        # Only the check digits are found in the window: the rest is read from the whole text.
-        for m in _IBAN.finditer(text, pos, endpos):
-            start = m.start() - 2
-            want = _IBAN_LENGTHS.get(text[start : start + 2].upper())
-            rest = _IBAN_REST[want].match(text, m.end()) if want else None
-            if rest is not None and iban_ok(text[start : rest.end()].replace(" ", "")):
-                out.append((RANK["IBAN"], start, rest.end(), "IBAN"))
+    # Only the check digits are found (in the windows): the rest is read from the whole text.
+    if text.isascii():
+        heads = iban_heads(text)
+    else:
+        heads = [m.start() for pos, end in windows for m in _IBAN.finditer(text, pos, end)]
+    for head in heads:
+        start = head - 2
+        want = _IBAN_LENGTHS.get(text[start:head].upper())
+        rest = _IBAN_REST[want].match(text, head + 2) if want else None
+        if rest is not None and iban_ok(text[start : rest.end()].replace(" ", "")):
+            out.append((RANK["IBAN"], start, rest.end(), "IBAN"))
 
 
 def custom_scanner(label: str, pattern: re.Pattern[str]) -> Scanner:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector
-from packgate_sidecar.detect.pii_normalize import Normalized
+from packgate_sidecar.detect.pii_normalize import _SPECIAL, Normalized, plain
 
 DET = PiiDetector(BUILTIN_ENTITIES)
 
@@ -81,3 +81,9 @@ def test_invisible_characters_anywhere_inside_keep_the_email_found_whole(
     obfuscated = "".join(chars)
     text = f"Contact {obfuscated} now"
     assert DET.find(text) == [Finding("EMAIL", 8, 8 + len(obfuscated))]
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x10F), max_size=40))
+def test_plain_text_is_text_without_a_special_character(text: str) -> None:
+    # The fast byte check that lets plain text through as is agrees with the character class.
+    assert plain(text) == (_SPECIAL.search(text) is None)

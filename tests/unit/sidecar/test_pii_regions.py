@@ -87,6 +87,14 @@ def test_ascii_cluster_scan_matches_the_unicode_one(text: str) -> None:
     assert fast == generic
 
 
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(TEXTS, st.text(alphabet="0123456789 GBDEaz_-.", max_size=40)))
+def test_iban_heads_are_where_the_iban_pattern_matches(text: str) -> None:
+    text = text.encode("ascii", "ignore").decode()
+    want = [m.start() for m in pii_patterns._IBAN.finditer(text)]
+    assert pii_regions.iban_heads(text) == want
+
+
 def _bare_ssns_word_first(text: str) -> list[tuple[int, int]]:
     """The bare-SSN rule as it was written before windows: from each context word forwards."""
     out = []
