@@ -444,10 +444,10 @@ typedef struct {
     Slot *slots; /* bucket + 1 -> id (open addressing), key 0 when empty */
     Py_ssize_t kcap;
     uint32_t kmask; /* of the part in use for the current text */
-    int32_t *first, *count, *occ; /* per id: its positions, ascending, at occ[first[id]...] */
-    int32_t *fid;                 /* each feature's id */
+    int32_t *next;  /* next index with the same bucket, or INT32_MAX */
+    int32_t *first; /* per id: its first index */
+    int32_t *at;    /* per id: one of its indexes, where seq_holds_id left off */
     int32_t ids_used;
-    int occ_ready;                /* occ is built on the first membership question */
 } Seq;
 
 typedef struct Pool {
@@ -479,10 +479,9 @@ static void seq_free(Seq *q) {
     PyMem_Free(q->f);
     PyMem_Free(q->prev);
     PyMem_Free(q->slots);
+    PyMem_Free(q->next);
     PyMem_Free(q->first);
-    PyMem_Free(q->count);
-    PyMem_Free(q->occ);
-    PyMem_Free(q->fid);
+    PyMem_Free(q->at);
 }
 
 static void pool_free(Pool *p) {
@@ -507,10 +506,9 @@ static int seq_reserve(Seq *q, Py_ssize_t len) {
     if (len > q->cap) {
         GROW(q->f, len);
         GROW(q->prev, len);
+        GROW(q->next, len);
         GROW(q->first, len);
-        GROW(q->count, len);
-        GROW(q->occ, len);
-        GROW(q->fid, len);
+        GROW(q->at, len);
         q->cap = len;
     }
     Py_ssize_t kcap = 64;
@@ -556,12 +554,11 @@ static inline int32_t seq_id(const Seq *q, uint32_t bucket) {
     }
 }
 
-/* Each feature's weight, prev[] and id (q->f[0..len).bucket filled in); the occurrence lists
- * follow on demand (seq_occurrences). */
+/* Each feature's weight, prev[] and next[] (q->f[0..len).bucket filled in). */
 static void seq_index(Seq *q, const float *weights) {
     uint32_t mask = q->kmask;
     int32_t next_id = 0;
-    int32_t *last = q->occ; /* scratch until the occurrence lists are written */
+    int32_t *last = q->at; /* per id: its latest index so far */
     for (Py_ssize_t k = 0; k < q->len; k++) {
         /* The weight table and, for a long text, the map are larger than the cache: fetch
          * both for the features a little ahead, so their misses overlap. */
@@ -577,47 +574,34 @@ static void seq_index(Seq *q, const float *weights) {
         if (!q->slots[i].key) {
             q->slots[i].key = b + 1;
             q->slots[i].id = id = next_id++;
-            q->count[id] = 0;
+            q->first[id] = (int32_t)k;
             q->prev[k] = -1;
         } else {
             id = q->slots[i].id;
             q->prev[k] = last[id];
+            q->next[last[id]] = (int32_t)k;
         }
+        q->next[k] = INT32_MAX;
         last[id] = (int32_t)k;
-        q->fid[k] = id;
-        q->count[id]++;
     }
     q->ids_used = next_id;
-    q->occ_ready = 0;
+    memcpy(q->at, q->first, (size_t)next_id * sizeof(int32_t));
 }
 
-/* Each bucket's sorted occurrences (for seq_holds), once per text and only when asked. */
-static void seq_occurrences(Seq *q) {
-    int32_t at = 0, next_id = q->ids_used;
-    for (int32_t id = 0; id < next_id; id++) {
-        q->first[id] = at;
-        at += q->count[id];
-        q->count[id] = 0; /* refilled below as a cursor */
-    }
-    for (Py_ssize_t k = 0; k < q->len; k++) {
-        int32_t id = q->fid[k];
-        q->occ[q->first[id] + q->count[id]++] = (int32_t)k;
-    }
-    q->occ_ready = 1;
-}
-
-/* Whether the bucket with this id (seq_id; -1: none) sits at a position in [a, b) of q. */
+/* Whether the bucket with this id (seq_id; -1: none) sits at a position in [a, b) of q: whether
+ * its last index before b is at least a. That index is found by following next[] from where
+ * the previous question about this bucket left off (or from its first index when that lies at
+ * or past b): the spans are visited in two runs (windows, then sentences), each with rising
+ * ends, so a run follows each bucket's chain once instead of searching its occurrences anew
+ * for every span (and no sorted occurrence lists are built). */
 static inline int seq_holds_id(Seq *q, int32_t id, Py_ssize_t a, Py_ssize_t b) {
     if (a >= b || id < 0) return 0;
-    if (!q->occ_ready) seq_occurrences(q);
-    const int32_t *pos = q->occ + q->first[id];
-    Py_ssize_t lo = 0, hi = q->count[id];
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (pos[mid] < a) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo < q->count[id] && pos[lo] < b;
+    int32_t k = q->at[id];
+    if (k >= b) k = q->first[id];
+    if (k >= b) return 0;
+    while (q->next[k] < b) k = q->next[k];
+    q->at[id] = k;
+    return k >= a;
 }
 
 /* Distinct buckets of q's range [a, b): sum of their weights and their number. Four running
