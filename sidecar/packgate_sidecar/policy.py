@@ -121,6 +121,16 @@ class TextItem:
             self._cache = cache
         return entry
 
+    @staticmethod
+    def all_verdicts(items: Sequence[TextItem], cache: VerdictCache) -> list[Entry]:
+        """`verdicts` of each item; those not looked up yet are looked up together."""
+        new = [item for item in items if item._cache is not cache]
+        if new:
+            for item, entry in zip(new, cache.entries([item.text for item in new]), strict=True):
+                item._entry = entry
+                item._cache = cache
+        return [item._entry for item in items]  # type: ignore[misc]
+
     def _replace(self, *, text: str) -> TextItem:
         return TextItem(text, self.role, self.path)
 
@@ -324,6 +334,25 @@ class Policy:
         cache = self.runtime.verdicts
         return cache.lookup(
             item.verdicts(cache), (self._memo_scope, tag), judge, item.text, size, self.kind
+        )
+
+    def judge_all(
+        self,
+        tag: str,
+        items: Sequence[TextItem],
+        judge: Callable[[str], _T],
+        size: Callable[[_T], int] | None = None,
+    ) -> list[_T]:
+        """`judge` of each item, in order: the items' entries fetched together, the hits counted
+        together; a long conversation's earlier turns cost a dict lookup each."""
+        cache = self.runtime.verdicts
+        return cache.lookup_all(
+            TextItem.all_verdicts(items, cache),
+            (self._memo_scope, tag),
+            judge,
+            [item.text for item in items],
+            size,
+            self.kind,
         )
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from hashlib import blake2b
 from typing import Any, TypeVar
 
@@ -95,6 +95,21 @@ class VerdictCache:
                 return found
         return Entry(digest)
 
+    def entries(self, texts: Sequence[str]) -> list[Entry]:
+        """`entry` of each text, under one lock."""
+        digests = [text_digest(text) for text in texts]
+        out: list[Entry] = []
+        with self._lock:
+            stored = self._entries
+            for digest in digests:
+                found = stored.get(digest)
+                if found is None:
+                    out.append(Entry(digest))
+                else:
+                    stored.move_to_end(digest)
+                    out.append(found)
+        return out
+
     def get_or_compute(
         self,
         scope: Hashable,
@@ -129,6 +144,44 @@ class VerdictCache:
                 self.hits += 1
                 return found[0]  # type: ignore[no-any-return]
             self.misses += 1
+        return self._compute(entry, scope, compute, argument, size)
+
+    def lookup_all(
+        self,
+        entries: Sequence[Entry],
+        scope: Hashable,
+        compute: Callable[[_A], _T],
+        arguments: Sequence[_A],
+        size: Callable[[_T], int] | None = None,
+        kind: str = "",
+    ) -> list[_T]:
+        """`lookup` of each entry with its argument, in order; the hits are counted under one
+        lock, and the misses computed in order."""
+        found = [entry.values.get(scope, _MISSING) for entry in entries]
+        missed = sum([value is _MISSING for value in found])
+        with self._lock:
+            lookups = self._lookups
+            if missed:
+                lookups[(kind, False)] = lookups.get((kind, False), 0) + missed
+                self.misses += missed
+            if missed < len(found):
+                lookups[(kind, True)] = lookups.get((kind, True), 0) + len(found) - missed
+                self.hits += len(found) - missed
+        if not missed:
+            return [value[0] for value in found]
+        return [
+            self._compute(entry, scope, compute, argument, size) if value is _MISSING else value[0]
+            for entry, value, argument in zip(entries, found, arguments, strict=True)
+        ]
+
+    def _compute(
+        self,
+        entry: Entry,
+        scope: Hashable,
+        compute: Callable[[_A], _T],
+        argument: _A,
+        size: Callable[[_T], int] | None,
+    ) -> _T:
         value = compute(argument)
         cost = size(value) if size is not None else 0
         if ENTRY_COST + cost > self.max_cost // 4:

@@ -76,6 +76,11 @@ class _Scan:
     findings: dict[int, list[Finding]] = field(default_factory=dict)
 
 
+def _arguments(item: TextItem) -> bool:
+    """Whether a text is tool-call arguments holding JSON (scanned value by value)."""
+    return item.path.endswith(".arguments") and item.text.lstrip()[:1] in ("{", "[")
+
+
 class PiiDetectorPolicy(Policy):
     kind = "pii-detector"
 
@@ -144,20 +149,25 @@ class PiiDetectorPolicy(Policy):
         with every request are not scanned or redacted again.
         """
         result = _Scan()
-        for index, item in enumerate(texts):
-            text = item.text
-            if not text:
-                continue
-            if item.path.endswith(".arguments") and text.lstrip()[:1] in ("{", "["):
-                done = self.judge("arguments", item, self._scan_arguments, _Item.size)
-            else:
-                done = self.judge("text", item, self._scan_plain, _Item.size)
-            for entity, count in done.counts:
+        indexes = [index for index, item in enumerate(texts) if item.text]
+        arguments = [_arguments(texts[index]) for index in indexes]
+        if any(arguments):
+            done = [
+                self.judge("arguments", texts[index], self._scan_arguments, _Item.size)
+                if is_arguments
+                else self.judge("text", texts[index], self._scan_plain, _Item.size)
+                for index, is_arguments in zip(indexes, arguments, strict=True)
+            ]
+        else:  # the usual case: every text judged in one pass over the verdict cache
+            items = [texts[index] for index in indexes]
+            done = self.judge_all("text", items, self._scan_plain, _Item.size)
+        for index, item in zip(indexes, done, strict=True):
+            for entity, count in item.counts:
                 result.counts[entity] = result.counts.get(entity, 0) + count
-            if done.findings:
-                result.findings[index] = list(done.findings)
-            if done.text is not None:
-                result.rewrites[index] = done.text
+            if item.findings:
+                result.findings[index] = list(item.findings)
+            if item.text is not None:
+                result.rewrites[index] = item.text
         return result
 
     def _decide(self, scanned: _Scan) -> Decision:

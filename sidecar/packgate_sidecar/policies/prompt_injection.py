@@ -107,18 +107,27 @@ class PromptInjectionPolicy(Policy):
             return self.memo("score", piece, partial(self.scorer.score, piece))
         return self.judge("score", piece, self.scorer.score)
 
+    def scores(self, pieces: Sequence[TextItem | str]) -> list[float]:
+        """`local` of each piece, in order; the whole items judged together (`judge_all`)."""
+        whole = [piece for piece in pieces if not isinstance(piece, str)]
+        judged = self.judge_all("score", whole, self.scorer.score)
+        if len(whole) == len(pieces):
+            return judged
+        ordered = iter(judged)
+        return [self.local(piece) if isinstance(piece, str) else next(ordered) for piece in pieces]
+
     def score(self, texts: Sequence[TextItem]) -> float:
         """The highest local score over the scored roles' texts (0.0 when there are none)."""
-        return max(map(self.local, self.pieces(texts)), default=0.0)
+        return max(self.scores(self.pieces(texts)), default=0.0)
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         pieces = self.pieces(texts)
         if not pieces:
             return Decision.allow()
         if offloaded(sum([len(_text(p)) for p in pieces])):
-            scores = await asyncio.to_thread(lambda: [self.local(p) for p in pieces])
+            scores = await asyncio.to_thread(self.scores, pieces)
         else:
-            scores = [self.local(p) for p in pieces]
+            scores = self.scores(pieces)
         local = round(max(scores), 4)
         if self.backend is None:
             return self._verdict(local >= self.config.threshold, score=local)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_policy import load_mapping
+from packgate_sidecar import verdicts
 from packgate_sidecar.chain import Chain, builtin_registry
 from packgate_sidecar.metrics import Metrics
 from packgate_sidecar.policy import PolicyRuntime, RequestContext, TextItem
@@ -205,17 +206,23 @@ def test_a_failed_computation_is_not_cached() -> None:
     assert cache.get_or_compute("s", "text", lambda: 7) == 7
 
 
-async def test_every_policy_of_the_chain_shares_one_lookup_per_text() -> None:
+async def test_every_policy_of_the_chain_shares_one_lookup_per_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     runtime = PolicyRuntime()
     chain = Chain.build(config(), builtin_registry(), runtime, Metrics())
-    looked_up = Counting(runtime.verdicts, "entry")
-    _, slots = chat(5)
+    digested: list[str] = []
+    real = verdicts.text_digest
+    monkeypatch.setattr(verdicts, "text_digest", lambda text: digested.append(text) or real(text))
+    body, slots = chat(5)
     assert await run(chain, slots) is None
-    # Three policies judge the 11 texts: one digest and one LRU lookup per text, not one per
-    # policy and text. pii-detector (first in the chain) redacts the 5 user turns' addresses,
-    # and the policies after it judge those new texts: one lookup each.
+    # Three policies judge the 11 texts: each text is digested (and looked up) once, not once
+    # per policy. pii-detector (first in the chain) redacts the 5 user turns' addresses, and
+    # the policies after it judge those new texts: once each.
     assert len(slots) == 11
-    assert looked_up.calls == 11 + 5
+    assert len(digested) == 11 + 5
+    assert len(set(digested)) == len(digested)
+    assert "<EMAIL>" in str(body)
 
 
 def test_an_entry_holds_a_bounded_number_of_verdicts() -> None:
@@ -262,3 +269,31 @@ def test_lookups_always_return_the_texts_own_verdict(
         assert cache.cost == sum(e.cost for e in stored)
         for e in stored:
             assert e.cost == ENTRY_COST + sum(cost for _, cost in e.values.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 6), max_size=8), st.integers(0, 2)),
+        max_size=20,
+    ),
+    st.integers(1, 5),
+)
+def test_batched_lookups_agree_with_one_by_one(
+    batches: list[tuple[list[int], int]], max_entries: int
+) -> None:
+    """`lookup_all` (one request's texts together, the same text possibly twice) returns what
+    `lookup` would, item by item, and counts every lookup once."""
+    cache = VerdictCache(max_entries=max_entries, max_cost=1500)
+    total = 0
+    for numbers, scope in batches:
+        texts = [f"text {n}" for n in numbers]
+        got = cache.lookup_all(
+            cache.entries(texts), scope, lambda t, s=scope: f"{s}:{t}", texts, len
+        )
+        assert got == [f"{scope}:{text}" for text in texts]
+        total += len(texts)
+        assert cache.hits + cache.misses == total
+        stored = list(cache._entries.values())
+        assert cache.cost == sum(e.cost for e in stored) <= cache.max_cost
+        assert len(stored) <= max_entries
