@@ -829,7 +829,44 @@ static PyObject *CharClasses_drop_runs(CharClasses *self, PyObject *args, PyObje
     return result;
 }
 
+/* Whether a character of a class in `run` directly follows one of a class in `after`: the
+ * normaliser's question "is a combining mark on a Latin letter?", which a regex look-behind
+ * answered at ~5 ns a character. Stops at the first. */
+__attribute__((always_inline)) static inline int class_follows(const CharClasses *cc,
+                                                               const void *data, int kind,
+                                                               Py_ssize_t n, unsigned int run,
+                                                               unsigned int after) {
+    unsigned int before = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned int k = class_of(cc, PyUnicode_READ(kind, data, i));
+        if ((k & run) && (before & after)) return 1;
+        before = k;
+    }
+    return 0;
+}
+
+static PyObject *CharClasses_follows(CharClasses *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"text", "run", "after", NULL};
+    PyObject *s;
+    unsigned int run, after;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UII", keywords, &s, &run, &after)) return NULL;
+    if (!self->bmp) Py_RETURN_FALSE;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    const void *data = PyUnicode_DATA(s);
+    int found;
+    if (PyUnicode_KIND(s) == PyUnicode_1BYTE_KIND)
+        found = class_follows(self, data, PyUnicode_1BYTE_KIND, n, run, after);
+    else if (PyUnicode_KIND(s) == PyUnicode_2BYTE_KIND)
+        found = class_follows(self, data, PyUnicode_2BYTE_KIND, n, run, after);
+    else
+        found = class_follows(self, data, PyUnicode_4BYTE_KIND, n, run, after);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef CharClasses_methods[] = {
+    {"follows", (PyCFunction)(void (*)(void))CharClasses_follows, METH_VARARGS | METH_KEYWORDS,
+     "follows(text, run, after) -> bool: whether a character of a class in `run` directly\n"
+     "follows a character of a class in `after`."},
     {"drop_runs", (PyCFunction)(void (*)(void))CharClasses_drop_runs, METH_VARARGS | METH_KEYWORDS,
      "drop_runs(text, run, after) -> str: the text without each maximal run of characters of a\n"
      "class in `run` that directly follows a character of a class in `after`."},

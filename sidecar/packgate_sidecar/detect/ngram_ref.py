@@ -228,6 +228,9 @@ class CharClasses:
             before = mask
         return "".join(out)
 
+    def follows(self, text: str, run: int, after: int) -> bool:
+        return any(self._mask(c) & run and self._mask(b) & after for b, c in pairwise(text))
+
     def runs(self, text: str, need: int, gap: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         i = 0

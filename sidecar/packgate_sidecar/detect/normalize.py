@@ -220,7 +220,9 @@ def normalize(text: str) -> str:
                 present = _CLASSES.which(text)
         elif text is not before:
             present = _CLASSES.which(text)
-        if present & _MARK and _LATIN_COMBINING.search(text):
+        # A mark right after a Latin letter: what _LATIN_COMBINING finds (its classes are
+        # _MARK and _LATIN_LETTER), asked without a regex scan.
+        if present & _MARK and _CLASSES.follows(text, _MARK, _LATIN_LETTER):
             text = _by_stretch(text, _UNSTABLE_OR_MARK, _drop_latin_marks)
             present = _CLASSES.which(text)
         # The fold is idempotent: after one, no word holds a Latin letter and a look-alike, and

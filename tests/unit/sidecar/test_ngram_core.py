@@ -265,6 +265,8 @@ def test_char_classes_and_translators_agree(text: str) -> None:
         assert compiled.tokens(text, need) == reference.tokens(text, need)
         for gap in (0, 1, 3):
             assert compiled.runs(text, need, gap) == reference.runs(text, need, gap)
+        for after in (1, 2, 6, 8):
+            assert compiled.follows(text, need, after) == reference.follows(text, need, after)
     table = {0x200B: None, 0x0430: "a", 0xE0041: "A", 0x4E2D: "\U0001f642", 0xAD: None}
     assert _ngramcore.Translator(table).apply(text) == text.translate(table)
     assert ngram_ref.Translator(table).apply(text) == text.translate(table)
@@ -291,6 +293,10 @@ def test_dropping_marks_on_latin_letters_is_the_normalisers_regex(text: str) -> 
     classes = [_class(_MARKS), _class(_LATIN)]
     assert _ngramcore.CharClasses(classes).drop_runs(text, 1, 2) == want
     assert ngram_ref.CharClasses(classes).drop_runs(text, 1, 2) == want
+    # and asks the regex's question (is there a mark on a Latin letter?) with follows
+    found = bool(_LATIN_COMBINING.search(text))
+    assert _CLASSES.follows(text, _MARK, _LATIN_LETTER) == found
+    assert ngram_ref.CharClasses(classes).follows(text, 1, 2) == found
 
 
 def test_malformed_translators_are_refused() -> None:
