@@ -137,7 +137,7 @@ class StreamRewriter:
             ):
                 # What a provider trickling its events sends: one event, in the last plain
                 # event's frame (its text holds no line end, so the chunk is that one event).
-                return self._plain(chunk, channel, len(head), end, (head, tail))
+                return self._framed(chunk, head, tail, channel)
         data = _lf(self._rest + chunk)
         out: list[bytes] = []
         at = 0
@@ -343,28 +343,36 @@ class StreamRewriter:
             raise
         return b"".join(out), at
 
-    def _plain(
-        self,
-        block: bytes,
-        channel: Channel,
-        start: int,
-        end: int,
-        frame: tuple[bytes, bytes] | None = None,
-    ) -> bytes:
-        """An event whose only text is block[start:end], a JSON string without escapes; `block`
-        ends with its blank line when its `frame` (the bytes around the text) is given."""
-        original = _utf8(block[start:end])
-        whole = block if frame is not None else block + b"\n\n"
-        if self.policies is None:
+    def _framed(self, event: bytes, head: bytes, tail: bytes, channel: Channel) -> bytes:
+        """`_plain` for a whole event (with its blank line) in the frame (`head`, `tail`) of
+        `channel`: every delta of a trickling provider takes this path, so a changed text is
+        put between the frame's bytes without slicing the event."""
+        original = _utf8(event[len(head) : len(event) - len(tail) - 2])
+        policies = self.policies
+        if policies is None:
             self.ctx.output_chars += len(original)
-            return whole
-        text = self.policies.feed(channel, original) if original else original
-        self._frames[channel] = frame or (block[:start], block[end:])
+            return event
+        text = policies.feed(channel, original) if original else original
+        self._frames[channel] = (head, tail)
         self._templates.pop(channel, None)
         self._sent(channel, text)
         if text == original:
-            return whole
-        return _splice(whole[: len(whole) - 2] if frame is not None else block, start, end, text)
+            return event
+        return head + _json_text(text) + tail + b"\n\n"
+
+    def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
+        """An event whose only text is block[start:end], a JSON string without escapes."""
+        original = _utf8(block[start:end])
+        if self.policies is None:
+            self.ctx.output_chars += len(original)
+            return block + b"\n\n"
+        text = self.policies.feed(channel, original) if original else original
+        self._frames[channel] = (block[:start], block[end:])
+        self._templates.pop(channel, None)
+        self._sent(channel, text)
+        if text == original:
+            return block + b"\n\n"
+        return _splice(block, start, end, text)
 
     def _flush(self, prefixes: list[Channel], skip: set[Channel]) -> bytes:
         assert self.policies is not None
@@ -408,13 +416,16 @@ def _utf8(text: bytes) -> str:
         raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
 
 
+def _json_text(text: str) -> bytes:
+    """`text` as the content of a JSON string (escaped where JSON requires it)."""
+    if _JSON_SPECIAL.search(text):
+        return json.dumps(text, ensure_ascii=False)[1:-1].encode()
+    return text.encode()
+
+
 def _splice(block: bytes, start: int, end: int, text: str) -> bytes:
     """The event `block` with `text` in place of its JSON string content block[start:end]."""
-    if _JSON_SPECIAL.search(text):
-        value = json.dumps(text, ensure_ascii=False)[1:-1].encode()
-    else:
-        value = text.encode()
-    return block[:start] + value + block[end:] + b"\n\n"
+    return block[:start] + _json_text(text) + block[end:] + b"\n\n"
 
 
 def _reframed(event: str | None, data: str) -> bytes:
