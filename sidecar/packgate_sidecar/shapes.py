@@ -503,34 +503,50 @@ def _metadata(out: list[TextSlot], body: Json) -> None:
         out.extend(all_strings(metadata, "metadata", "metadata", keys=True))
 
 
+def _chat_message(out: list[TextSlot], message: Any, index: int) -> None:
+    """One chat message by the full rules (fields, role, content parts, tool calls)."""
+    path = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise ShapeError(f"{path} must be an object", path)
+    role = message.get("role")
+    if role not in CHAT_ROLES:
+        raise _bad_role(role, f"{path}.role", CHAT_ROLES)
+    _known(message, MESSAGE_FIELDS, path)
+    _content(out, message, "content", role, path, CHAT_PARTS)
+    _string(out, message, "refusal", role, path)
+    _string(out, message, "name", role, path)
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise ShapeError(f"{path}.tool_calls must be an array", f"{path}.tool_calls")
+        for number, call in enumerate(calls):
+            call_path = f"{path}.tool_calls[{number}]"
+            if not isinstance(call, dict):
+                raise ShapeError(f"{call_path} must be an object", call_path)
+            _walk(out, call, "function.arguments", role, call_path, True)
+            _walk(out, call, "custom.input", role, call_path, True)
+    if "function_call" in message:  # the legacy form, rarely sent
+        _walk(out, message, "function_call.arguments", role, path, True)
+
+
+_CHAT_ROLE_SET = frozenset(CHAT_ROLES)
+
+
 def _chat_request(body: Json) -> list[TextSlot]:
     out: list[TextSlot] = []
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise ShapeError("messages is required and must be an array", "messages")
     for index, message in enumerate(messages):
-        path = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise ShapeError(f"{path} must be an object", path)
-        role = message.get("role")
-        if role not in CHAT_ROLES:
-            raise _bad_role(role, f"{path}.role", CHAT_ROLES)
-        _known(message, MESSAGE_FIELDS, path)
-        _content(out, message, "content", role, path, CHAT_PARTS)
-        _string(out, message, "refusal", role, path)
-        _string(out, message, "name", role, path)
-        calls = message.get("tool_calls")
-        if calls is not None:
-            if not isinstance(calls, list):
-                raise ShapeError(f"{path}.tool_calls must be an array", f"{path}.tool_calls")
-            for number, call in enumerate(calls):
-                call_path = f"{path}.tool_calls[{number}]"
-                if not isinstance(call, dict):
-                    raise ShapeError(f"{call_path} must be an object", call_path)
-                _walk(out, call, "function.arguments", role, call_path, True)
-                _walk(out, call, "custom.input", role, call_path, True)
-        if "function_call" in message:  # the legacy form, rarely sent
-            _walk(out, message, "function_call.arguments", role, path, True)
+        # Nearly every message is {"role": <a role>, "content": "<text>"}: exactly those two
+        # keys, so the full rules would yield just its content; a long conversation pays the
+        # full rules per message otherwise (_chat_message, held equal by a property test).
+        if type(message) is dict and len(message) == 2:
+            role, content = message.get("role"), message.get("content")
+            if type(content) is str and type(role) is str and role in _CHAT_ROLE_SET:
+                out.append(TextSlot(message, "content", role, f"messages[{index}].content"))
+                continue
+        _chat_message(out, message, index)
     prediction = body.get("prediction")
     if isinstance(prediction, dict):
         _content(out, prediction, "content", "user", "prediction", CHAT_PARTS)
@@ -609,6 +625,34 @@ def choices_of(body: Json) -> list[tuple[int, Json]]:
     return [(i, c) for i, c in enumerate(choices) if isinstance(c, dict)]
 
 
+# The keys of an answer's message that hold no text or only `content` and `refusal`.
+_PLAIN_ANSWER_KEYS = frozenset({"role", "content", "refusal", "annotations"})
+_ANSWER_SPECS = (
+    "content*",
+    "refusal",
+    "tool_calls[].function.arguments",
+    "tool_calls[].custom.input",
+    "function_call.arguments",
+    "audio.transcript",
+    "reasoning_content",
+)
+
+
+def _chat_answer(out: list[TextSlot], message: Json, path: str) -> None:
+    """One answer message's texts: the usual plain message (content and refusal each a string
+    or null) directly, anything else by walking every spec (held equal by a property test)."""
+    if _PLAIN_ANSWER_KEYS.issuperset(message):
+        content, refusal = message.get("content"), message.get("refusal")
+        if (content is None or type(content) is str) and (refusal is None or type(refusal) is str):
+            if content is not None:
+                out.append(TextSlot(message, "content", "assistant", path + ".content"))
+            if refusal is not None:
+                out.append(TextSlot(message, "refusal", "assistant", path + ".refusal"))
+            return
+    for spec in _ANSWER_SPECS:
+        _walk(out, message, spec, "assistant", path, False)
+
+
 def _chat_response(body: Json) -> list[TextSlot]:
     out: list[TextSlot] = []
     for index, choice in choices_of(body):
@@ -616,17 +660,7 @@ def _chat_response(body: Json) -> list[TextSlot]:
         if not isinstance(message, dict):
             continue
         first = len(out)
-        path = f"choices[{index}].message"
-        for spec in (
-            "content*",
-            "refusal",
-            "tool_calls[].function.arguments",
-            "tool_calls[].custom.input",
-            "function_call.arguments",
-            "audio.transcript",
-            "reasoning_content",
-        ):
-            _walk(out, message, spec, "assistant", path, False)
+        _chat_answer(out, message, f"choices[{index}].message")
         # One `logprobs` per choice covers all its texts (as in chat streams): null on any change.
         for slot in out[first:]:
             slot.tokens = (choice, None)

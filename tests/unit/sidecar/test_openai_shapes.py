@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from packgate_sidecar import shapes
 from packgate_sidecar.shapes import (
     CHAT,
     COMPLETIONS,
@@ -502,3 +505,64 @@ def test_issue_13_fields_roles_and_files() -> None:
     with pytest.raises(ShapeError) as caught:
         request_texts(CHAT, {"model": "m", "messages": [], "surprise": 1})
     assert caught.value.param == "surprise"
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.sampled_from(["user", "assistant", "system", "tool", "nobody", ""]),
+    st.text(max_size=5),
+    st.integers(),
+    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=3)})),
+    st.dictionaries(st.sampled_from(["arguments", "name"]), st.text(max_size=3), max_size=2),
+)
+_ROLES = st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", "x"])
+_MESSAGES = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["role", "content", "name", "refusal", "tool_calls", "annotations", "x"]),
+        _VALUES,
+        max_size=4,
+    ),
+    # The shape the shortcuts take, and its near misses.
+    st.fixed_dictionaries({"role": _ROLES, "content": _VALUES}),
+    st.fixed_dictionaries({"role": _ROLES, "content": st.text(max_size=3), "refusal": _VALUES}),
+)
+
+
+def _outcome(build: Any) -> Any:
+    try:
+        slots = build()
+    except ShapeError as exc:
+        return ("error", str(exc), exc.param)
+    return [(type(s), s.path, s.role, s.key, id(s.parent), s.tokens) for s in slots]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_MESSAGES, st.integers(), st.none()), min_size=1, max_size=3))
+def test_plain_chat_messages_read_as_by_the_full_rules(messages: list[Any]) -> None:
+    """The shortcut for {"role", "content": str} messages yields what the full rules do."""
+    body = {"model": "m", "messages": messages}
+
+    def reference() -> list[shapes.TextSlot]:
+        out: list[shapes.TextSlot] = []
+        for index, message in enumerate(messages):
+            shapes._chat_message(out, message, index)
+        return out
+
+    assert _outcome(lambda: request_texts(CHAT, body)) == _outcome(reference)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_MESSAGES)
+def test_plain_answers_read_as_by_every_spec(message: dict[str, Any]) -> None:
+    def reference() -> list[shapes.TextSlot]:
+        out: list[shapes.TextSlot] = []
+        for spec in shapes._ANSWER_SPECS:
+            shapes._walk(out, message, spec, "assistant", "choices[0].message", False)
+        return out
+
+    def fast() -> list[shapes.TextSlot]:
+        out: list[shapes.TextSlot] = []
+        shapes._chat_answer(out, message, "choices[0].message")
+        return out
+
+    assert _outcome(fast) == _outcome(reference)
