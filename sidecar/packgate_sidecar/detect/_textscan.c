@@ -1100,7 +1100,8 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
      * leetspeak pair, is an event, rare in a prompt, and only there is its whole run examined
      * (its end, its characters) exactly as the decoder's regex would:
      * - base64: a maximal [A-Za-z0-9+/_-] run of >= 16 with an upper-case letter and a
-     *   lower-case letter or digit (what _B64_BLOB matches and _decode_b64 accepts);
+     *   lower-case letter or digit, with up to two "=" after it (what _B64_BLOB matches and
+     *   _decode_b64 accepts);
      * - hex: a maximal run of [0-9A-Fa-f :] holding >= 16 hex digits, consecutive ones at most
      *   one [ :] apart (_HEX_BLOB's shape): such a run is 16 characters long or more;
      * - leet: a maximal run of [\w@$!|] of length >= 3, not an ordinal, holding
@@ -1136,8 +1137,11 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
                 Py_ssize_t a = i - 15, b = run_end(&t, i, C_B64);
                 uint16_t seen = 0;
                 for (Py_ssize_t j = a; j < b; j++) seen |= class_at(CH(&t, j));
+                /* the blob is the run and up to two "=" of padding after it */
+                Py_ssize_t pad = b;
+                while (pad < n && pad - b < 2 && CH(&t, pad) == '=') pad++;
                 if ((seen & C_UPPER) && (seen & C_LOWDIG))
-                    failed = failed || push_span(b64, a, b) < 0;
+                    failed = failed || push_span(b64, a, pad) < 0;
             }
             if (hex_run == 16) {
                 Py_ssize_t a = i - 15, b = run_end(&t, i, C_HEX | C_HEXSEP);

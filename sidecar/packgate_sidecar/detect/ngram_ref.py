@@ -296,7 +296,7 @@ def count_tokens(text: str, length: int) -> int:
     return sum(len(token) == length for token in _WORD.findall(text))
 
 
-_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX_RUN = re.compile(r"[0-9A-Fa-f :]+")
 _HEX_STRETCH = re.compile(r"[0-9A-Fa-f](?:[ :]?[0-9A-Fa-f]){15}")
 _LEET_WORD = re.compile(
@@ -314,8 +314,9 @@ def signals(text: str) -> tuple[Spans, Spans, Spans, bool, Spans, int]:
     """Where the decoders of `normalize.py` can apply to `text`, plus its ASCII digit count.
 
     (base64, hex, leet, morse, spaced, digits): the maximal base64-alphabet runs of 16 or more
-    with an upper-case letter and a lower-case letter or digit (what `_B64_BLOB` matches, less
-    its `=` padding, and `_decode_b64` accepts); the maximal runs of hex digits, spaces and
+    with an upper-case letter and a lower-case letter or digit, and up to two `=` of padding
+    after them (what `_B64_BLOB` matches and `_decode_b64` accepts); the maximal runs of hex
+    digits, spaces and
     colons that hold 16 hex digits with at most one space or colon between neighbours (the only
     places `_HEX_BLOB` can match); the leetspeak words `_LEET_WORD` matches; whether a run of
     dots, dashes, spaces and slashes has 8 or more dot/dash groups; the spans `_SPACED` (spaced

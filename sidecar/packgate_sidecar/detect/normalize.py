@@ -326,6 +326,12 @@ def _printable_text(raw: bytes) -> str | None:
 def _decode_b64(blob: str) -> str | None:
     if not (_UPPER.search(blob) and _LOWER_OR_DIGIT.search(blob)):
         return None  # a long all-lower-case run is a word or identifier, not base64
+    return _decode_b64_blob(blob)
+
+
+def _decode_b64_blob(blob: str) -> str | None:
+    # _decode_b64 for a blob known to hold an upper-case letter and a lower-case one or a digit
+    # (every blob `signals` reports).
     padded = blob + "=" * (-len(blob) % 4)
     try:
         if "-" in blob or "_" in blob:
@@ -378,15 +384,6 @@ def _replace(
         return None
     parts.append(text[last:])
     return "".join(parts)
-
-
-def _with_padding(text: str, runs: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    # _B64_BLOB's matches: each run with up to two "=" that follow it.
-    for start, end in runs:
-        stop = end
-        while stop < len(text) and stop - end < 2 and text[stop] == "=":
-            stop += 1
-        yield start, stop
 
 
 def _hex_blobs(text: str, regions: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
@@ -451,7 +448,7 @@ def _decodings(base: str, lowered: str, reference: bool) -> Iterator[str | None]
         if reference:
             yield _substitute(base, _B64_BLOB, _decode_b64)
         else:
-            yield _replace(base, _with_padding(base, b64), _decode_b64)
+            yield _replace(base, b64, _decode_b64_blob)  # blobs with their padding
     # Hex-encoded text is mostly digits: skip it unless there are plenty of them.
     if hexa and digits >= 16:
         if reference:

@@ -37,6 +37,7 @@ from packgate_sidecar.detect.normalize import (
     _MORSE_RUN,
     _SPACED,
     _class,
+    iter_variants,
     variants,
 )
 from packgate_sidecar.detect.segments import segments
@@ -228,7 +229,7 @@ def test_signals_agree_and_never_hide_a_decodable_text(text: str) -> None:
     # The fast path decodes exactly these spans instead of running the decoders' regexes.
     blobs = [m for m in _B64_BLOB.finditer(text) if re.search("[A-Z]", m.group(0))]
     blobs = [m for m in blobs if re.search("[a-z0-9]", m.group(0))]
-    assert [(m.start(), m.start() + len(m.group(0).rstrip("="))) for m in blobs] == b64
+    assert [m.span() for m in blobs] == b64
     for match in _HEX_BLOB.finditer(text):
         assert any(a <= match.start() and match.end() <= b for a, b in hexa)
     assert [m.span() for m in _LEET_WORD.finditer(text)] == leet
@@ -236,6 +237,17 @@ def test_signals_agree_and_never_hide_a_decodable_text(text: str) -> None:
         assert morse
     # The spaced-letters decoder joins exactly these runs instead of running its regex.
     assert [m.span() for m in _SPACED.finditer(text)] == spaced
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["SGVsbG8gd29y", "bGQh", "aGk", "=", "==", "Ab9+/_-", " ", "é"])))
+def test_base64_blobs_are_the_regexs_matches_with_their_padding(pieces: list[str]) -> None:
+    # Runs long enough to be blobs, with and without "=" after them (one, two, three).
+    text = "".join(pieces)
+    blobs = [m for m in _B64_BLOB.finditer(text) if re.search("[A-Z]", m.group(0))]
+    blobs = [m for m in blobs if re.search("[a-z0-9]", m.group(0))]
+    assert _ngramcore.signals(text)[0] == [m.span() for m in blobs] == ngram_ref.signals(text)[0]
+    assert variants(text) == list(iter_variants(text, reference=True))
 
 
 @settings(max_examples=400, deadline=None)
