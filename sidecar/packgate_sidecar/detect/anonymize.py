@@ -21,6 +21,7 @@ Actions:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, Literal, get_args
@@ -74,17 +75,7 @@ def anonymize(
     if not findings:
         return text
     if _ordered(findings, len(text)):
-        apply = _OPERATORS[operator.operator_name]
-        pieces: list[str] = []
-        at = 0
-        for finding in findings:
-            params = {**operator.params, "entity_type": finding.entity}
-            apply.validate(params=params)
-            pieces.append(text[at : finding.start])
-            pieces.append(apply.operate(params=params, text=text[finding.start : finding.end]))
-            at = finding.end
-        pieces.append(text[at:])
-        return "".join(pieces)
+        return splice(text, findings, _replace(text, findings, operator))
     results = [RecognizerResult(f.entity, f.start, f.end, 1.0) for f in findings]
     # Presidio would merge same-type entities separated by spaces (meant for "James Bond"): two
     # e-mail addresses in a row would become one marker, and one hash of both.
@@ -92,6 +83,49 @@ def anonymize(
         text, results, {"DEFAULT": operator}, merge_entities_with_spaces=False
     )
     return str(engine_result.text)
+
+
+def replacements(
+    text: str,
+    findings: Sequence[Finding],
+    action: Action,
+    *,
+    hash_salt: bytes | None = None,
+) -> tuple[str, ...] | None:
+    """What `anonymize` puts in place of each finding, in order (`splice` puts them there), or
+    None when the findings are not ordered and disjoint (then only `anonymize` applies them).
+
+    For callers that keep a redaction for long (the verdict cache): the replacements are a
+    fraction of the text, and each distinct one is kept once (`sys.intern`: every "<EMAIL>" is
+    the same string).
+    """
+    operator = _operator(action, _PROCESS_SALT if hash_salt is None else hash_salt)
+    if not _ordered(findings, len(text)):
+        return None
+    return tuple(sys.intern(r) for r in _replace(text, findings, operator))
+
+
+def splice(text: str, findings: Sequence[Finding], replaced: Sequence[str]) -> str:
+    """`text` with each of the ordered, disjoint `findings` replaced by its `replaced` string."""
+    pieces: list[str] = []
+    at = 0
+    for finding, new in zip(findings, replaced, strict=True):
+        pieces.append(text[at : finding.start])
+        pieces.append(new)
+        at = finding.end
+    pieces.append(text[at:])
+    return "".join(pieces)
+
+
+def _replace(text: str, findings: Sequence[Finding], operator: Any) -> list[str]:
+    """Each finding's value rewritten by presidio's own operator."""
+    apply = _OPERATORS[operator.operator_name]
+    out = []
+    for finding in findings:
+        params = {**operator.params, "entity_type": finding.entity}
+        apply.validate(params=params)
+        out.append(apply.operate(params=params, text=text[finding.start : finding.end]))
+    return out
 
 
 def _ordered(findings: Sequence[Finding], length: int) -> bool:

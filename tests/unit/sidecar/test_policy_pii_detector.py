@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_policy import PiiDetector
+from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.policies.common import OFFLOAD_CHARS
 from packgate_sidecar.policies.pii_detector import PiiDetectorPolicy
 from packgate_sidecar.policy import Blocked, PolicyRuntime, RequestContext, TextItem
@@ -199,3 +200,37 @@ async def test_a_large_phase_is_scanned_in_a_worker_thread_with_the_same_result(
     assert decision.rewrites[0].startswith("Mail <EMAIL>, call <PHONE>")
     await hook(ctx(), [user(PROMPT)])
     assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
+
+
+PIECES = st.sampled_from(
+    [" ", ", ", "Mail ", "call ", "SSN ", EMAIL, PHONE, SSN, CARD, "10.0.0.1", "x", "\u200b"]
+)
+POLICIES = {action: policy(action=action) for action in ("redact", "mask", "hash", "block")}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(PIECES, max_size=14).map("".join), st.sampled_from(sorted(POLICIES)))
+def test_a_remembered_verdict_rewrites_and_counts_as_a_fresh_scan(text: str, action: str) -> None:
+    # The verdict cache keeps a rewrite as its replacements and splices them in again on every
+    # hit: the first scan (a miss) and the next (a hit) agree with redacting from scratch.
+    pol = POLICIES[action]
+    findings = pol.detector.find(text)
+    expected = text if action == "block" else anonymize(text, findings, action)
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding.entity] = counts.get(finding.entity, 0) + 1
+    for _ in range(2):
+        scanned = pol.scan([user(text)])
+        assert scanned.rewrites.get(0, text) == expected
+        assert (0 in scanned.rewrites) == (expected != text)
+        assert scanned.counts == counts
+        assert scanned.findings.get(0, []) == findings
+
+
+def test_the_verdict_cache_keeps_no_copy_of_a_redacted_text() -> None:
+    pol = policy()
+    text = PROMPT + " " + "filler words " * 80
+    item = pol._scan_plain(text)
+    held = [value for value in (item.rewritten, *item.replaced) if value]
+    assert held and all(len(value) < 32 for value in held)
+    assert item.rewrite(text) == anonymize(text, pol.detector.find(text), "redact")
