@@ -194,10 +194,12 @@ def _drop_latin_marks(text: str) -> str:
     return unicodedata.normalize("NFC", _CLASSES.drop_runs(text, _MARK, _LATIN_LETTER))
 
 
-def normalize(text: str) -> str:
+def normalize(text: str, *, every_step: bool = False) -> str:
     """Fold compatibility forms, invisible characters and look-alike letters into plain text.
 
-    Case and whitespace are kept: callers lower-case or tokenise as they need.
+    Case and whitespace are kept: callers lower-case or tokenise as they need. `every_step`
+    takes the text through every step even when it is settled already (the definition the
+    shortcut is tested against).
     """
     # The steps feed each other (a folded look-alike can take a stray accent, a dropped accent
     # can make a word mixed-script), so repeat until nothing changes: usually one round.
@@ -206,6 +208,18 @@ def normalize(text: str) -> str:
             return text
         before = text
         present = _CLASSES.which(text)
+        # Settled already when no step below can act: no table character, nothing Unicode
+        # normalisation changes, no mark on a Latin letter and, in the first round, no
+        # look-alike. Asked up front (one compiled pass), so that text, a decoded reading of a
+        # normalised text most often, is not taken through every step to find it unchanged.
+        if (
+            not every_step
+            and not present & _TABLED
+            and (round_ or not present & _HOMOGLYPH)
+            and not _boundaries().which(text) & _UNSTABLE
+            and not (present & _MARK and _CLASSES.follows(text, _MARK, _LATIN_LETTER))
+        ):
+            return text
         if present & _TABLED:
             text = _UNTABLE.apply(text)
         # NFKC, stretch by stretch (unicodedata.is_normalized would not save the work: on text

@@ -234,3 +234,31 @@ def test_decoded_text_is_judged_printable_as_the_definition_does(text: str) -> N
     raw = text.encode()
     assert _printable_text(raw) == _printable_by_definition(raw)
     assert _printable_text(raw[:-1]) == _printable_by_definition(raw[:-1])  # maybe cut UTF-8
+
+
+# Invisibles, tags, full-width forms, marks on and off Latin letters (enclosing marks among
+# them: marks that Unicode normalisation leaves alone), look-alikes, real Cyrillic and Greek.
+_SETTLING = [
+    *"aZ é.",
+    "\u200b",
+    "\U000e0041",
+    "\uff41",
+    "\u0301",
+    "\u20dd",
+    "\u0316",
+    "а",
+    "ж",
+    "ο",
+    "λ",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_SETTLING), max_size=30))
+def test_a_text_found_settled_up_front_is_what_every_step_makes_of_it(pieces: list[str]) -> None:
+    # normalize() returns a text at once when no step can change it; taking it through every
+    # step must give the same text, whatever the round.
+    text = "".join(pieces)
+    assert normalize(text) == normalize(text, every_step=True)
+    once = normalize(text, every_step=True)
+    assert normalize(once) == normalize(once, every_step=True) == once
