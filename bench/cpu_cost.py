@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -72,19 +73,30 @@ def thread_cpu_ns(pid: int) -> tuple[int, int]:
     return main, other
 
 
-async def _send(port: int, body: bytes, requests: int, concurrency: int) -> int:
-    """Send exactly `requests` requests over `concurrency` keep-alive connections; count 200s."""
+# --vary: one count for the whole run, so no prompt repeats across setups and rounds either.
+_TAGS = itertools.count(1)
+
+
+async def _send(port: int, body: bytes, requests: int, concurrency: int, vary: bool) -> int:
+    """Send exactly `requests` requests over `concurrency` keep-alive connections; count 200s.
+    With `vary`, each request carries a new case tag (`payloads.tag`), as loadgen --vary does."""
     loop = asyncio.get_running_loop()
     data = build_request("127.0.0.1", port, "/v1/chat/completions", body, "sk-bench-client")
+    at = data.find(payloads.TAG_PREFIX + payloads.TAG_DEFAULT) + len(payloads.TAG_PREFIX)
     left = requests
     ok = 0
+
+    def next_request() -> bytes:
+        if not vary:
+            return data
+        return data[:at] + payloads.tag(next(_TAGS)) + data[at + len(payloads.TAG_DEFAULT) :]
 
     async def worker() -> None:
         nonlocal left, ok
         _, client = await loop.create_connection(Client, "127.0.0.1", port)
         while left > 0:
             left -= 1
-            answer = await client.request(data)
+            answer = await client.request(next_request())
             ok += answer.status == 200
         assert client.transport is not None
         client.transport.close()
@@ -93,15 +105,17 @@ async def _send(port: int, body: bytes, requests: int, concurrency: int) -> int:
     return ok
 
 
-def measure(pid: int, port: int, body: bytes, requests: int, concurrency: int) -> dict[str, float]:
+def measure(
+    pid: int, port: int, body: bytes, requests: int, concurrency: int, vary: bool = False
+) -> dict[str, float]:
     import uvloop
 
-    uvloop.run(_send(port, body, max(50, requests // 10), concurrency))  # warm-up
+    uvloop.run(_send(port, body, max(50, requests // 10), concurrency, vary))  # warm-up
     time.sleep(0.05)  # let after-response work (audit records) of the warm-up finish
     main0, other0 = thread_cpu_ns(pid)
     switched = switches(pid)
     started = time.perf_counter()
-    ok = uvloop.run(_send(port, body, requests, concurrency))
+    ok = uvloop.run(_send(port, body, requests, concurrency, vary))
     wall = time.perf_counter() - started
     time.sleep(0.05)
     main1, other1 = thread_cpu_ns(pid)
@@ -137,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         "script pinned elsewhere, e.g. `taskset -c 0 ... --cpu 1`",
     )
     parser.add_argument("--json", type=Path, help="also write the medians here")
+    parser.add_argument(
+        "--vary",
+        action="store_true",
+        help="a new prompt in every request (as the bench's packgate-seed-fresh row): no "
+        "verdict-cache hits",
+    )
     args = parser.parse_args(argv)
     setups = args.setups.split(",")
     if args.baseline is not None:
@@ -194,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                         pid, port = servers[key]
                         name = f"{kind} c{concurrency} {key}"
                         results.setdefault(name, []).append(
-                            measure(pid, port, body, args.requests, concurrency)
+                            measure(pid, port, body, args.requests, concurrency, args.vary)
                         )
         out: dict[str, Any] = {"load_avg": os.getloadavg()}
         print(
