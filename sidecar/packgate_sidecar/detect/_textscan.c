@@ -342,9 +342,17 @@ static int translator_spans(PyObject *spans, Py_ssize_t n, Spans *out) {
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), last = 0;
     for (Py_ssize_t k = 0; k < count; k++) {
         Py_ssize_t start, end;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "nn;a span is (start, end)",
-                              &start, &end))
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2 &&
+            PyLong_CheckExact(PyTuple_GET_ITEM(item, 0)) &&
+            PyLong_CheckExact(PyTuple_GET_ITEM(item, 1))) {
+            /* the usual (int, int): read directly (ParseTuple parses its format per span) */
+            start = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 0));
+            end = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 1));
+            if ((start == -1 || end == -1) && PyErr_Occurred()) goto fail;
+        } else if (!PyArg_ParseTuple(item, "nn;a span is (start, end)", &start, &end)) {
             goto fail;
+        }
         if (start < last || start > end || end > n) {
             PyErr_Format(PyExc_ValueError,
                          "spans must be sorted, disjoint and inside the text (length %zd), got "
@@ -433,6 +441,31 @@ __attribute__((always_inline)) static inline void translator_write(
     }
 }
 
+/* The largest character of data[a, b) (a str's kind), inlined with a constant kind: a loop
+ * the compiler vectorises, where reading through the kind switched at every character. */
+__attribute__((always_inline)) static inline Py_UCS4 max_in(const void *data, int kind,
+                                                           Py_ssize_t a, Py_ssize_t b) {
+    Py_UCS4 top = 0;
+    for (Py_ssize_t i = a; i < b; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        top = c > top ? c : top;
+    }
+    return top;
+}
+
+static Py_UCS4 max_char(PyObject *s, Py_ssize_t a, Py_ssize_t b) {
+    const void *data = PyUnicode_DATA(s);
+    if (PyUnicode_IS_ASCII(s)) return a < b ? 0x7F : 0; /* every result below 0x80 is ASCII */
+    switch (PyUnicode_KIND(s)) {
+    case PyUnicode_1BYTE_KIND:
+        return max_in(data, PyUnicode_1BYTE_KIND, a, b);
+    case PyUnicode_2BYTE_KIND:
+        return max_in(data, PyUnicode_2BYTE_KIND, a, b);
+    default:
+        return max_in(data, PyUnicode_4BYTE_KIND, a, b);
+    }
+}
+
 /* translator_run inside spans: characters outside them are copied, not looked up. */
 static PyObject *translator_run_spans(Translator *self, PyObject *s, const Spans *sp) {
     Py_ssize_t n = PyUnicode_GET_LENGTH(s), out_len = n;
@@ -443,10 +476,8 @@ static PyObject *translator_run_spans(Translator *self, PyObject *s, const Spans
     Py_ssize_t last = 0;
     for (Py_ssize_t k = 0; k <= sp->len; k++) {
         Py_ssize_t a = k < sp->len ? sp->items[k].start : n, b = k < sp->len ? sp->items[k].end : n;
-        for (Py_ssize_t i = last; i < a; i++) {
-            Py_UCS4 c = PyUnicode_READ(kind, data, i);
-            if (c > maxchar) maxchar = c;
-        }
+        Py_UCS4 outside = max_char(s, last, a);
+        if (outside > maxchar) maxchar = outside;
         for (Py_ssize_t i = a; i < b; i++) {
             Py_UCS4 c = PyUnicode_READ(kind, data, i);
             const Mapping *m = translator_find(self, c);

@@ -317,9 +317,18 @@ def test_malformed_translators_are_refused() -> None:
             impl.Translator({0x41: "ab"})
         with pytest.raises(ValueError, match="one character"):
             impl.Translator({0: "a"})
-        for spans in ([(1, 0)], [(0, 2), (1, 2)], [(0, 4)]):
+        for spans in ([(1, 0)], [(0, 2), (1, 2)], [(0, 4)], [(-1, 2)]):
             with pytest.raises(ValueError, match="sorted, disjoint"):
                 impl.Translator({0x41: "a"}).apply("abc", spans)
+    # Inside spans of an ASCII text: the result is stored as compactly as str would store it.
+    for table, want in (({0x61: "é", 0x62: None}, "éc ab"), ({0x61: "z"}, "zbc ab")):
+        got = _ngramcore.Translator(table).apply("abc ab", [(0, 2)])
+        assert got == want and hash(got) == hash(want) and got.isascii() == want.isascii()
+    # The compiled core reads (int, int) spans directly; anything else is still refused.
+    with pytest.raises(TypeError):
+        _ngramcore.Translator({0x41: "a"}).apply("abc", [("0", 1)])
+    with pytest.raises(OverflowError):
+        _ngramcore.Translator({0x41: "a"}).apply("abc", [(0, 2**70)])
 
 
 # Long enough for windows, with short and long words, so windows and capped sentences cut
