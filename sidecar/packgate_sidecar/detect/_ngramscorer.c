@@ -3,6 +3,10 @@
 
 #include "_ngramcore.h"
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 /* ------------------------------------------------------------------------------------------ */
 /* Scorer: the hashed weight table and the feature extraction that reads it.                  */
 
@@ -489,7 +493,8 @@ typedef struct {
 } Slot;
 
 typedef struct {
-    Feat *f;
+    uint32_t *bucket; /* each feature's bucket and weight, apart: seq_range reads the weights */
+    float *w;
     int32_t *prev;  /* previous index with the same bucket, or -1 */
     Py_ssize_t len, cap;
     Slot *slots; /* bucket + 1 -> id (open addressing), key 0 when empty */
@@ -527,7 +532,8 @@ typedef struct Pool {
 } Pool;
 
 static void seq_free(Seq *q) {
-    PyMem_Free(q->f);
+    PyMem_Free(q->bucket);
+    PyMem_Free(q->w);
     PyMem_Free(q->prev);
     PyMem_Free(q->slots);
     PyMem_Free(q->next);
@@ -555,7 +561,8 @@ static void pool_free(Pool *p) {
 static int seq_reserve(Seq *q, Py_ssize_t len) {
     q->len = 0;
     if (len > q->cap) {
-        GROW(q->f, len);
+        GROW(q->bucket, len);
+        GROW(q->w, len);
         GROW(q->prev, len);
         GROW(q->next, len);
         GROW(q->first, len);
@@ -605,7 +612,7 @@ static inline int32_t seq_id(const Seq *q, uint32_t bucket) {
     }
 }
 
-/* Each feature's weight, prev[] and next[] (q->f[0..len).bucket filled in). */
+/* Each feature's weight, prev[] and next[] (q->bucket[0..len) filled in). */
 static void seq_index(Seq *q, const float *weights) {
     uint32_t mask = q->kmask;
     int32_t next_id = 0;
@@ -614,12 +621,12 @@ static void seq_index(Seq *q, const float *weights) {
         /* The weight table and, for a long text, the map are larger than the cache: fetch
          * both for the features a little ahead, so their misses overlap. */
         if (k + 16 < q->len) {
-            uint32_t ahead = q->f[k + 16].bucket;
+            uint32_t ahead = q->bucket[k + 16];
             __builtin_prefetch(&weights[ahead]);
             __builtin_prefetch(&q->slots[ahead & mask], 1);
         }
-        q->f[k].weight = weights[q->f[k].bucket];
-        uint32_t b = q->f[k].bucket, i = b & mask;
+        uint32_t b = q->bucket[k], i = b & mask;
+        q->w[k] = weights[b];
         while (q->slots[i].key && q->slots[i].key != b + 1) i = (i + 1) & mask;
         int32_t id;
         if (!q->slots[i].key) {
@@ -664,19 +671,41 @@ static void seq_range(const Seq *q, Py_ssize_t a, Py_ssize_t b, double *sum, Py_
     double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
     Py_ssize_t count = 0, k = a;
     const int32_t *prev = q->prev;
-    const Feat *f = q->f;
+    const float *w = q->w;
+#ifdef __SSE2__
+    /* Four features a step in SSE2 (every x86-64 has it): the same four running sums, lane j
+     * holding t_j, each fed the same additions in the same order as the scalar loop below. A
+     * feature seen before in the range adds +0.0 (its weight's bits masked off), as there. */
+    __m128d s01 = _mm_setzero_pd(), s23 = _mm_setzero_pd();
+    __m128i fresh = _mm_setzero_si128(), av = _mm_set1_epi32((int32_t)a);
+    for (; k + 4 <= b; k += 4) {
+        __m128i m = _mm_cmplt_epi32(_mm_loadu_si128((const __m128i *)(prev + k)), av);
+        __m128 wv = _mm_and_ps(_mm_loadu_ps(w + k), _mm_castsi128_ps(m));
+        s01 = _mm_add_pd(s01, _mm_cvtps_pd(wv));
+        s23 = _mm_add_pd(s23, _mm_cvtps_pd(_mm_movehl_ps(wv, wv)));
+        fresh = _mm_sub_epi32(fresh, m);
+    }
+    double lanes[4];
+    int32_t counts[4];
+    _mm_storeu_pd(lanes, s01);
+    _mm_storeu_pd(lanes + 2, s23);
+    _mm_storeu_si128((__m128i *)counts, fresh);
+    t0 = lanes[0], t1 = lanes[1], t2 = lanes[2], t3 = lanes[3];
+    count = (Py_ssize_t)counts[0] + counts[1] + counts[2] + counts[3];
+#else
     for (; k + 4 <= b; k += 4) {
         int f0 = prev[k] < a, f1 = prev[k + 1] < a, f2 = prev[k + 2] < a, f3 = prev[k + 3] < a;
-        t0 += f0 ? (double)f[k].weight : 0.0;
-        t1 += f1 ? (double)f[k + 1].weight : 0.0;
-        t2 += f2 ? (double)f[k + 2].weight : 0.0;
-        t3 += f3 ? (double)f[k + 3].weight : 0.0;
+        t0 += f0 ? (double)w[k] : 0.0;
+        t1 += f1 ? (double)w[k + 1] : 0.0;
+        t2 += f2 ? (double)w[k + 2] : 0.0;
+        t3 += f3 ? (double)w[k + 3] : 0.0;
         count += f0 + f1 + f2 + f3;
     }
+#endif
     for (; k < b; k++) {
-        int fresh = prev[k] < a;
-        t0 += fresh ? (double)f[k].weight : 0.0;
-        count += fresh;
+        int one = prev[k] < a;
+        t0 += one ? (double)w[k] : 0.0;
+        count += one;
     }
     *sum = (t0 + t1) + (t2 + t3);
     *n = count;
@@ -711,7 +740,7 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
         seq_reserve(&p->chars, nchars + 1) < 0)
         return -1;
     uint32_t mask = self->mask;
-    Feat *w = p->words.f, *ch = p->chars.f;
+    uint32_t *w = p->words.bucket, *ch = p->chars.bucket;
     Py_UCS4 *j = p->joined;
     Py_ssize_t len = 0;
     j[len++] = ' ';
@@ -730,19 +759,19 @@ static int pool_build(Scorer *self, Pool *p, const Text *t, int n) {
             j[len++] = c;
         }
         p->hw[k] = before = uni;
-        w[2 * k].bucket = bucket_of(mask, uni);
-        if (k) w[2 * k - 1].bucket = bucket_of(mask, bi);
+        w[2 * k] = bucket_of(mask, uni);
+        if (k) w[2 * k - 1] = bucket_of(mask, bi);
     }
     j[len++] = ' ';
     if (n == 4) { /* the shipped model's size: a fixed inner loop the compiler unrolls */
         for (Py_ssize_t i = 0; i < nchars; i++)
-            ch[i].bucket = bucket_of(
+            ch[i] = bucket_of(
                 mask, fnv(fnv(fnv(fnv(self->seed_chars, j[i]), j[i + 1]), j[i + 2]), j[i + 3]));
     } else {
         for (Py_ssize_t i = 0; i < nchars; i++) {
             uint64_t h = self->seed_chars;
             for (Py_ssize_t c = 0; c < n; c++) h = fnv(h, j[i + c]);
-            ch[i].bucket = bucket_of(mask, h);
+            ch[i] = bucket_of(mask, h);
         }
     }
     const float *weights = (const float *)self->weights.buf;
