@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_sidecar import strict_json
 from packgate_sidecar.strict_json import MAX_DEPTH, JsonRefused, dumps, loads
@@ -131,9 +131,31 @@ def test_colons_in_keys_and_strings_and_wide_integers_read_as_the_standard_libra
 
 # Raw JSON text with object members written one by one, so an object may repeat a key; keys
 # and strings draw on colons, escapes and non-ASCII text, numbers on wide integers.
-_keys = st.sampled_from(["a", "b", ":", "a:", "é", "\\u003a", "\\u00e9", 'x\\"y'])
+_keys = st.sampled_from(
+    ["a", "b", ":", "a:", "é", "\\u003a", "\\u00e9", 'x\\"y', "\\u0061", "\\/", "/", ""]
+)
 _scalars = st.one_of(
-    st.sampled_from(["null", "true", "1", "-0", "2.5e3", "18446744073709551616", '":"']),
+    st.sampled_from(
+        [
+            "null",
+            "true",
+            "1",
+            "-0",
+            "2.5e3",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "9223372036854775807",
+            "1234567890123456789.5",
+            "1e400",
+            '":"',
+            '"\\ud83d\\ude00"',
+            '"\\ud800"',
+            '"\\udc00x"',
+            '"\\\\ud800"',
+            '"a\\"b\\\\"',
+            '"\\u"',
+        ]
+    ),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.text(st.sampled_from(list(':ab\\u003a é"\\\\'))).map(json.dumps),
@@ -145,6 +167,11 @@ raw_documents = st.recursive(
         st.lists(inner, max_size=4).map(lambda items: "[" + ",".join(items) + "]")
         | st.lists(st.tuples(_keys, inner), max_size=4).map(
             lambda members: "{" + ",".join(f'"{k}":{v}' for k, v in members) + "}"
+        )
+        # JSON whitespace between tokens, and deep nesting around the limit.
+        | st.tuples(_keys, inner).map(lambda m: '{ "' + m[0] + '" :\t' + m[1] + "\n}")
+        | st.tuples(st.integers(MAX_DEPTH - 2, MAX_DEPTH + 1), inner).map(
+            lambda d: "[" * d[0] + d[1] + "]" * d[0]
         )
     ),
     max_leaves=12,
@@ -158,7 +185,31 @@ def _reading(read: Callable[[], object]) -> tuple[str, object]:
         return (refused.code, None)
 
 
+@settings(max_examples=1000, deadline=None)
 @given(raw_documents)
 def test_the_fast_reading_agrees_with_the_standard_library_with_hooks(text: str) -> None:
     raw = text.encode()
     assert _reading(lambda: loads(raw)) == _reading(lambda: strict_json._strict(raw, "it"))
+
+
+def test_the_compiled_proof_is_the_one_in_use() -> None:
+    assert strict_json._quick is strict_json._quick_compiled
+
+
+@given(raw_documents)
+def test_the_python_proof_agrees_with_the_standard_library_with_hooks(text: str) -> None:
+    """The fallback used where the extension is missing (`_quick_ref`) reads the same way."""
+    raw = text.encode()
+    quick = strict_json._quick_ref(raw)
+    if quick is not strict_json._UNSURE:
+        assert _reading(lambda: quick) == _reading(lambda: strict_json._strict(raw, "it"))
+
+
+def test_objects_with_many_keys_are_read_right_either_way() -> None:
+    many = {f"k{n}": n for n in range(300)}
+    assert loads(json.dumps(many).encode()) == many
+    doubled = json.dumps(many)[:-1] + ', "k299": 1}'
+    with pytest.raises(JsonRefused) as caught:
+        loads(doubled.encode())
+    assert caught.value.code == "duplicate_key"
+    assert loads(b'{"a":"x\\"y","a\\"":1}') == {"a": 'x"y', 'a"': 1}
