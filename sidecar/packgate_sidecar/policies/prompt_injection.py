@@ -124,7 +124,7 @@ class PromptInjectionPolicy(Policy):
         pieces = self.pieces(texts)
         if not pieces:
             return Decision.allow()
-        if offloaded(sum([len(_text(p)) for p in pieces])):
+        if offloaded(sum([len(p) if isinstance(p, str) else len(p.text) for p in pieces])):
             scores = await asyncio.to_thread(self.scores, pieces)
         else:
             scores = self.scores(pieces)
