@@ -50,6 +50,9 @@ _BEFORE = re.compile(
     r"(?P<gap>(?:\W+[^\W\d]{1,12}){0,3}\W*)\Z",
     re.IGNORECASE,
 )
+# The same on lower-cased ASCII, where case-insensitive matching is plain matching: `re` can then
+# skip the alternatives by their first letter, which halves a search.
+_BEFORE_ASCII = re.compile(_BEFORE.pattern)
 _AFTER = re.compile(
     r"\W{0,3}(?:office|fax|mobile|mob|cell|phone|tel|home|work|desk|direct|landline)\b",
     re.IGNORECASE,
@@ -75,7 +78,12 @@ _LAST_DIGIT = re.compile(r"\d")
 
 
 def _phone_context(text: str, start: int, end: int, partial: bool) -> bool:
-    before = _BEFORE.search(text, max(0, start - CONTEXT_BEFORE), start)
+    since = max(0, start - CONTEXT_BEFORE)
+    near = text[max(0, since - 1) : start]  # with the character the first \b looks back at
+    if near.isascii():
+        before = _BEFORE_ASCII.search(near.lower(), since - max(0, since - 1))
+    else:
+        before = _BEFORE.search(text, since, start)
     if before is not None and not _NOT_PHONE_WORDS.intersection(
         _WORD.findall(before.group("gap").lower())
     ):

@@ -8,6 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packgate_sidecar.detect import pii_phone
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector, iban_ok, luhn_ok
 
 ALL = PiiDetector(BUILTIN_ENTITIES)
@@ -185,3 +186,49 @@ def test_hostile_input_stays_linear(text: str) -> None:
     t0 = time.perf_counter()
     ALL.find(text)
     assert time.perf_counter() - t0 < 0.5
+
+
+def _context_on_the_text(text: str, start: int, end: int) -> bool:
+    """The phone-context rule as a case-insensitive search of the text itself (the reference
+    for `_phone_context`, which searches lower-cased ASCII with a plain pattern)."""
+    before = pii_phone._BEFORE.search(text, max(0, start - pii_phone.CONTEXT_BEFORE), start)
+    if before is not None and not pii_phone._NOT_PHONE_WORDS.intersection(
+        pii_phone._WORD.findall(before.group("gap").lower())
+    ):
+        return True
+    return pii_phone._AFTER.match(text, end, end + pii_phone.CONTEXT_AFTER) is not None
+
+
+CONTEXT_PIECES = st.sampled_from(
+    [
+        " ", ", ", ": ", "-", "\n", "x", "Phone", "PHONE:", "call", "Called", "me", "at", "tel",
+        "Office:", "t:", "T :", "whats app", "order", "Account", "no.", "is", "my", "cellphones",
+        "reach", "xphone", "phonex", "_", "1", "555-0134", "\u0130", "\u017f", "\u212a",
+        "\u00e9", "SMS", "ext", " " * 20,
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(CONTEXT_PIECES, max_size=24).map("".join), st.integers(0, 120), st.integers(0, 8))
+def test_phone_context_is_the_case_insensitive_search(text: str, at: int, width: int) -> None:
+    start = min(at, len(text))
+    end = min(start + width, len(text))
+    assert pii_phone._phone_context(text, start, end, False) == _context_on_the_text(
+        text, start, end
+    )
+
+
+def test_phone_context_sees_the_word_the_48_character_window_cuts_into() -> None:
+    # Where the window starts inside "xphone", "phone" is not a word there (a long gap of spaces
+    # lets the rule reach it): both searches agree for every cut, so for the character before
+    # the window that `\b` reads.
+    for pad in range(60):
+        for text in (
+            "y" * pad + "xphone:" + " " * 44 + "5" * 9,
+            "y" * pad + " Phone, me:" + " " * 40,
+        ):
+            for start in range(len(text) + 1):
+                assert pii_phone._phone_context(text, start, start, False) == _context_on_the_text(
+                    text, start, start
+                ), (text, start)
