@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Keyed on what `pip install` builds from: a changed C source rebuilds the extension too.
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sidecar/packgate_sidecar/*.c sidecar/packgate_sidecar/detect/*.[ch] | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml sidecar/packgate_sidecar/*.c sidecar/packgate_sidecar/detect/*.[ch] sidecar/packgate_sidecar/audit/*.c | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: help demo test check lint format tools node-tools image browser crds bench bench-proxy clean
@@ -22,7 +22,7 @@ help:
 	@echo "make bench  - long performance measurements (not part of make test)"
 	@echo "make bench-proxy - the proxy rows and their targets only (bare proxy vs seed chain, ~3 min)"
 
-$(STAMP): pyproject.toml $(wildcard sidecar/packgate_sidecar/*.c sidecar/packgate_sidecar/detect/*.[ch])
+$(STAMP): pyproject.toml $(wildcard sidecar/packgate_sidecar/*.c sidecar/packgate_sidecar/detect/*.[ch] sidecar/packgate_sidecar/audit/*.c)
 	@$(PYTHON) cluster/build-deps.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -4,19 +4,29 @@ Why it exists: every proxied request produces an audit record, and no ``fsync`` 
 event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``), which validates
 and seals the record on the spot (its body encoded in one pass by ``AuditRecord.encode``; hash
 and MAC: some 15 us, less than handing the record to another thread costs) and appends the line
-to an in-memory batch. One writer thread writes each batch with a single ``os.write`` on an
-``O_APPEND`` descriptor and ``fsync``s once, so throughput grows with load instead of paying one
-``fsync`` per request.
+to an in-memory batch. Each batch is written with one ``write`` on an ``O_APPEND`` descriptor
+and synced once, so throughput grows with load instead of paying one sync per request.
 
-Handing a batch over costs thread switches (the writer thread must take the GIL from the event
-loop, several times per batch; on a pinned sidecar all on one core), so batches are made large
-when they can be: requests that will send records soon are counted (:meth:`expect`); while
-others than the batch's own are counted, the batch waits up to ``linger`` (5 ms) for theirs,
-then a timer on the event loop wakes the thread once for all of them. With nothing else in
-flight, a record is handed over at once, so a lone request never waits. A record no answer waits
-for (``lazy``: a relayed stream's outcome) hurries nobody: it goes with the next record, or
-after ``linger``. Completion costs one call into each waiting event loop per batch, which
-resolves all of that batch's futures.
+Who writes a batch: the compiled syncer (``_syncer.c``), a pthread that never takes the GIL. A
+ready batch's bytes are copied into its queue; it writes and ``fdatasync``s them (the data and
+the file's size: all an appended line needs; batches that queued meanwhile share one), then
+counts the completion in an eventfd that the event loop which handed the batch over watches
+(``loop.add_reader``); the loop then resolves the batch's futures itself. A Python writer thread
+doing the same must take the GIL back from the loop after each of its system calls, which on the
+one core a sidecar is pinned to cost ~500 us of CPU per batch at c1 (more than the fsync); see
+the commit that brought the syncer for the side-by-side numbers. The Python writer thread stays
+for what is rare or needs Python: creating segments, pruning, the stdout copy, and batches
+handed over by threads without an event loop (a blocking :meth:`flush`, ``submit`` from a
+thread); it first waits for everything the syncer holds, so one order holds across both.
+``native=False`` (or a build without the extension) leaves every batch to the thread, the
+reference the syncer is tested against byte for byte.
+
+Batches are made large when they can be: requests that will send records soon are counted
+(:meth:`expect`); while others than the batch's own are counted, the batch waits up to
+``linger`` (5 ms) for theirs, then a timer on the event loop hands it over. With nothing else
+in flight, a record is handed over at once, so a lone request never waits. A record no answer
+waits for (``lazy``: a relayed stream's outcome) hurries nobody: it goes with the next record,
+or after ``linger``.
 
 On disk: ``DIR/audit-NNNNNN-YYYYMMDD.jsonl`` segments, one sealed JSON record per line (see
 ``chain.py``). A segment is created atomically (header written to a temp file, fsynced, then
@@ -32,16 +42,18 @@ verifier can tell a crash from tampering. A record is durable once the batch hol
 fsynced; records still queued at a crash are lost. :meth:`submit_durable` returns a future of the
 caller's event loop that resolves only once the record's batch is fsynced (records queued
 together share one fsync: group commit), for records that must survive a crash of the process
-the moment after; ``await put_durable`` waits for the same. The stdout copy is written by the
-same thread after the fsync, so a stalled stdout slows the writer and, through the bounded queue,
-the requests, rather than letting the two copies diverge.
+the moment after; ``await put_durable`` waits for the same. A failed write or sync stops the
+writer for good (the kernel may have dropped the unsynced pages): every waiting future fails.
+The stdout copy is written by the writer thread after the fsync (with it on, every batch goes
+through that thread), so a stalled stdout slows the writer and, through the bounded queue, the
+requests, rather than letting the two copies diverge.
 
-Backpressure: the queue holds ``max_queue`` records (plus the batch being written). When it is
-full, :meth:`submit` raises :class:`AuditQueueFull` (counted in ``stats.rejected``) so the caller
-can fail the request closed, and ``await put`` waits for room (counted in ``stats.waited``),
-slowing requests down to the disk's pace. Records are never dropped silently. If the disk fails,
-the writer stops, every waiting future and every later call gets :class:`AuditWriterError`, and
-queued records are counted in ``stats.lost``.
+Backpressure: the queue holds ``max_queue`` records (those the syncer holds included, plus the
+batch the writer thread is writing). When it is full, :meth:`submit` raises :class:`AuditQueueFull`
+(counted in ``stats.rejected``) so the caller can fail the request closed, and ``await put`` waits
+for room (counted in ``stats.waited``), slowing requests down to the disk's pace. Records are never
+dropped silently. If the disk fails, the writer stops, every waiting future and every later call
+gets :class:`AuditWriterError`, and queued records are counted in ``stats.lost``.
 
 Retention: with ``retention_days`` set, whole segments whose newest record is older than that
 are deleted, oldest first and never the current one, after a ``prune`` record naming them and
@@ -56,16 +68,18 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
+import logging
 import math
 import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from packgate_sidecar.audit.chain import (
     GENESIS_STATE,
@@ -90,6 +104,19 @@ from packgate_sidecar.audit.segments import (
     segno,
     write_all,
 )
+
+if TYPE_CHECKING:
+    from packgate_sidecar.audit._syncer import Syncer
+else:
+    try:
+        from packgate_sidecar.audit._syncer import Syncer
+    except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+        Syncer = None
+        logging.getLogger("packgate.audit").warning(
+            "compiled audit syncer unavailable (%s); the writer thread writes and fsyncs, "
+            "which costs the event loop GIL hand-offs: reinstall packgate (pip install .)",
+            exc,
+        )
 
 # ctx.state key under which audit-logger leaves the futures of records that must be durable
 # before the gateway sends a whole response (the wait is I/O, outside any policy's time budget).
@@ -188,6 +215,17 @@ class _Batch:
         return bool(self.ops or self.loops or self.threads)
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch handed to the compiled syncer as job ``ticket``, until it completes."""
+
+    ticket: int
+    batch: _Batch
+    records: int
+    access: int
+    thread: bool  # no event loop watches for it: the writer thread settles it
+
+
 class AuditWriter:
     def __init__(
         self,
@@ -202,6 +240,7 @@ class AuditWriter:
         echo_stdout: bool = False,
         echo_stream: IO[bytes] | None = None,
         clock: Callable[[], float] = time.time,
+        native: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.stats = AuditStats()
@@ -211,6 +250,8 @@ class AuditWriter:
         stdout = sys.stdout.buffer if echo_stdout else None
         self._echo = echo_stream if echo_stream is not None else stdout
         self._echo_stream = echo_stream
+        self._echo_fd = _echo_fd(self._echo)
+        self._echo_errors_seen = 0  # failed copies the syncer reported, in stats.echo_errors
         self._clock = clock
         self._linger = linger
         self._expecting = 0  # see expect()
@@ -231,7 +272,16 @@ class AuditWriter:
         self._to_echo = bytearray()  # durable, not yet copied to stdout
         self._pruning: set[str] = set()
         self._access_written = 0
-        # Called on the writer thread after each durable batch (the shipper's wake-up).
+        # The compiled syncer (with ``native`` and the extension built), once started; and the
+        # batches handed to it, oldest first, with the records they hold (part of the queue).
+        self._want_native = native and Syncer is not None
+        self._native: Syncer | None = None
+        self._flights: deque[_Flight] = deque()
+        self._flying = 0  # access records in _flights
+        self._busy = False  # the writer thread holds a batch: nothing goes to the syncer
+        self._readers: set[asyncio.AbstractEventLoop] = set()  # loops watching its eventfd
+        # Called after each durable batch (the shipper's wake-up), on the writer thread or on
+        # the event loop that learned of it.
         self.on_durable: Callable[[], None] | None = None
 
     @property
@@ -256,7 +306,7 @@ class AuditWriter:
                 self._error is None
                 and self._thread is not None
                 and not self._closing
-                and self._batch.access < self._max_queue
+                and self._batch.access + self._flying < self._max_queue
             )
 
     def reconfigure(self, *, retention_days: int | None, echo_stdout: bool) -> None:
@@ -265,6 +315,7 @@ class AuditWriter:
         with self._cv:
             self._retention = retention_days
             self._echo = (self._echo_stream or sys.stdout.buffer) if echo_stdout else None
+            self._echo_fd = _echo_fd(self._echo)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -312,6 +363,8 @@ class AuditWriter:
                 break
             self._apply(batch.ops)
             self._echo_out()
+        if self._want_native:
+            self._native = Syncer()
         self._thread = threading.Thread(target=self._run, name="packgate-audit", daemon=True)
         self._thread.start()
 
@@ -347,6 +400,17 @@ class AuditWriter:
         return self._thread
 
     def _end_close(self) -> None:
+        native = self._native
+        if native is not None:
+            native.close()  # drained by the writer thread already; its eventfd stays open
+            here = _running_loop()
+            for loop in self._readers:
+                if loop is here:
+                    loop.remove_reader(native.fileno())
+                elif not loop.is_closed():
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(_unwatch, loop, native)
+            self._readers.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -457,7 +521,7 @@ class AuditWriter:
         with self._cv:
             self._check_open()
             batch = self._batch
-            if batch.access >= self._max_queue:
+            if batch.access + self._flying >= self._max_queue:
                 if room is None:
                     self.stats.rejected += 1
                     raise AuditQueueFull(f"audit queue full ({self._max_queue} records waiting)")
@@ -488,7 +552,8 @@ class AuditWriter:
         join it: the thread is then woken once per batch, by the loop (as a submit would).
         A lazy record waits the whole ``linger`` unless a later record hurries the batch."""
         others = self._expecting - batch.counted
-        if loop is None or batch.access >= self._max_queue or (others <= 0 and not lazy):
+        full = batch.access + self._flying >= self._max_queue
+        if loop is None or full or (others <= 0 and not lazy):
             self._ready()
             return
         delay = self._linger if lazy else self._linger * min(others, _FULL_LINGER) / _FULL_LINGER
@@ -503,10 +568,121 @@ class AuditWriter:
                 self._ready()
 
     def _ready(self) -> None:
-        self._batch.ready = True
-        if self._sleeping:
+        batch = self._batch
+        batch.ready = True
+        if self._native_takes(batch):
+            self._dispatch(batch)
+        elif self._sleeping:
             self._sleeping = False
             self._cv.notify()
+
+    # -- the compiled syncer (with _cv held, but for _reap and _settle_native) -----------------
+
+    def _native_takes(self, batch: _Batch) -> bool:
+        """Whether the syncer writes this batch: lines only (segments and pruning are the
+        writer thread's), no stdout copy to write after it, the thread holding no batch (whose
+        ops come first), nothing failed."""
+        return (
+            self._native is not None
+            and not self._busy
+            and self._echo_fd is not None
+            and self._error is None
+            and all(isinstance(op, _Write) for op in batch.ops)
+        )
+
+    def _dispatch(self, batch: _Batch) -> None:
+        """Hand a ready batch to the syncer; the event loop handing it over watches the
+        syncer's eventfd from now on (the thread settles batches no loop will see to)."""
+        native = self._native
+        assert native is not None
+        writes = [op for op in batch.ops if isinstance(op, _Write)]
+        data = writes[0].data if len(writes) == 1 else b"".join(op.data for op in writes)
+        try:
+            echo = self._echo_fd
+            assert echo is not None  # see _native_takes
+            ticket = native.submit(self._fd, data, self._fsync, echo)
+        except OSError as exc:  # it failed since the last completion was settled
+            self._batch = _Batch()
+            error = AuditWriterError(f"audit writer failed: {exc}")
+            for failed in (batch, *self._fail(exc)):
+                _settle(failed, error)
+            room, self._room = self._room, []
+            _wake(room, None)  # put() tries again and gets the error
+            return
+        loop = _running_loop()
+        thread = loop is None or bool(batch.threads)  # a blocking flush() must not wait on a loop
+        records, access = sum(op.records for op in writes), sum(op.access for op in writes)
+        self._flights.append(_Flight(ticket, batch, records, access, thread))
+        self._flying += batch.access
+        self._batch = _Batch()
+        if loop is not None and loop not in self._readers:
+            loop.add_reader(native.fileno(), self._reap)
+            self._readers.add(loop)
+        if thread and self._sleeping:
+            self._sleeping = False
+            self._cv.notify()
+
+    def _fail(self, exc: BaseException) -> list[_Batch]:
+        """Stop for good after a failed write or fsync; returns the batches that now fail."""
+        self._error = exc
+        lost = [flight.batch for flight in self._flights] + [self._batch]
+        self._flights.clear()
+        self._flying = 0
+        self._batch = _Batch()
+        self.stats.lost = self.stats.submitted - self._access_written
+        return lost
+
+    def _reap(self) -> None:
+        """The syncer's eventfd is readable: settle what it completed (on the event loop)."""
+        native = self._native
+        if native is not None:
+            self._settle_native(*native.poll())
+
+    def _settle_native(self, completed: int, errno: int) -> None:
+        """Resolve the batches up to ``completed``; with ``errno``, fail every other one."""
+        done: list[_Flight] = []
+        failed: list[_Batch] = []
+        with self._cv:
+            flights = self._flights
+            while flights and flights[0].ticket <= completed:
+                flight = flights.popleft()
+                done.append(flight)
+                self._flying -= flight.batch.access
+                if flight.records:
+                    self.stats.written += flight.records
+                    self._access_written += flight.access
+                    self.stats.batches += 1
+            if errno and self._error is None:
+                failed = self._fail(OSError(errno, os.strerror(errno)))
+            if done and self._echo_fd is not None and self._echo_fd >= 0:
+                native = self._native
+                assert native is not None
+                echo_errors = native.counters()[2]  # copies of earlier batches: a hint
+                self.stats.echo_errors += echo_errors - self._echo_errors_seen
+                self._echo_errors_seen = echo_errors
+            room: list[asyncio.Future[None]] = []
+            if done or failed:
+                room, self._room = self._room, []
+        for flight in done:
+            _settle(flight.batch, None)
+        if any(flight.records for flight in done) and self.on_durable is not None:
+            self.on_durable()
+        if failed:
+            error = AuditWriterError(f"audit writer failed: {self._error}")
+            for batch in failed:
+                _settle(batch, error)
+        _wake(room, None)  # put() tries again: room now, or the error
+
+    def _drain_native(self, *, orphans_only: bool = False) -> None:
+        """Wait (without the GIL) for the syncer's batches, or for the last one no event loop
+        watches, and settle them; raises the failure that stopped the writer, if any."""
+        native = self._native
+        with self._cv:
+            flights = [f for f in self._flights if f.thread or not orphans_only]
+        if native is not None and flights:
+            self._settle_native(*native.wait(flights[-1].ticket))
+        if self._error is not None:
+            raise self._error
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -550,28 +726,50 @@ class AuditWriter:
         try:
             while True:
                 with self._cv:
-                    while not self._batch.ready and not self._closing:
-                        self._sleeping = True
-                        self._cv.wait()
-                    self._sleeping = False
-                    batch, self._batch = self._batch, _Batch()
+                    taken = self._take()
                     room, self._room = self._room, []
                 _wake(room, None)
-                if not batch.waiting():
-                    return  # closing, and everything queued has been written
+                if taken is None:  # the syncer's batches that no loop settles, or closing
+                    self._drain_native(orphans_only=not self._closing)
+                    with self._cv:
+                        if self._closing and not self._flights and not self._batch.waiting():
+                            return  # everything queued has been written
+                    continue
+                batch = taken
+                self._drain_native()  # what the syncer holds comes first
                 self._apply(batch.ops)
                 self._echo_out()  # before the loop is woken: after, the two contend for the GIL
                 _settle(batch, None)
+                with self._cv:
+                    self._busy = False
         except BaseException as exc:
             with self._cv:
-                self._error = exc
-                lost, self._batch = self._batch, _Batch()
+                lost = self._fail(exc) if self._error is None else [self._batch]
+                self._batch = _Batch()
                 room, self._room = self._room, []
                 self.stats.lost = self.stats.submitted - self._access_written
-            error = AuditWriterError(f"audit writer failed: {exc}")
-            for failed in (batch, lost):
+            error = AuditWriterError(f"audit writer failed: {self._error}")
+            for failed in (batch, *lost):
                 _settle(failed, error)
             _wake(room, None)  # put() tries again and gets the error
+
+    def _take(self) -> _Batch | None:
+        """(With _cv held.) Wait for work: a ready batch the syncer does not take (returned,
+        the thread busy with it), or a syncer batch no event loop settles, or closing (None)."""
+        while True:
+            batch = self._batch
+            if batch.ready or (self._closing and batch.waiting()):
+                if self._native_takes(batch):
+                    self._dispatch(batch)  # left while the thread was busy, or on close
+                    continue
+                self._batch = _Batch()
+                self._busy = True
+                return batch
+            if self._closing or any(flight.thread for flight in self._flights):
+                return None
+            self._sleeping = True
+            self._cv.wait()
+            self._sleeping = False
 
     def _apply(self, ops: list[_Op]) -> None:
         """Write the ops in order; everything written is fsynced when this returns."""
@@ -667,6 +865,18 @@ def _body(record: AuditRecord | Mapping[str, object]) -> bytes:
     return AuditRecord.from_body(record).encode()
 
 
+def _echo_fd(echo: IO[bytes] | None) -> int | None:
+    """Where the syncer writes the stdout copy: -1 for none, None if only the writer thread
+    can (a stream without a descriptor of its own, such as a test's BytesIO)."""
+    if echo is None:
+        return -1
+    try:
+        echo.flush()  # what it buffered goes first; the syncer writes to the descriptor itself
+        return echo.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -675,9 +885,13 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _settle(batch: _Batch, error: BaseException | None) -> None:
-    """Resolve everyone waiting for a batch: one call into each waiting event loop, whose
-    callback resolves all of that loop's futures."""
+    """Resolve everyone waiting for a batch: the running event loop's futures at once, one
+    call into each other waiting loop, whose callback resolves all of that loop's futures."""
+    here = _running_loop() if batch.loops else None
     for loop, futures in batch.loops.items():
+        if loop is here:
+            _resolve_all(futures, error)
+            continue
         with contextlib.suppress(RuntimeError):  # that loop has been closed meanwhile
             loop.call_soon_threadsafe(_resolve_all, futures, error)
     for done in batch.threads:
@@ -688,6 +902,10 @@ def _settle(batch: _Batch, error: BaseException | None) -> None:
     for op in batch.ops if error is not None else ():  # commands: resolved by their op if run
         if isinstance(op, _Prune | _Unlink) and op.done is not None and not op.done.done():
             op.done.set_exception(error)
+
+
+def _unwatch(loop: asyncio.AbstractEventLoop, native: Syncer) -> None:
+    loop.remove_reader(native.fileno())
 
 
 def _wake(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:

@@ -4,7 +4,8 @@ Why it exists: compliance needs to show, after the fact, who sent what kind of r
 which pack and what every policy decided, without the log itself becoming a store of prompts.
 Records are `audit.record.AuditRecord`s (short tokens and numbers only: no prompt, completion or
 secret can be written), sealed into the hash chain by `audit.writer.AuditWriter` (on the event
-loop; the writes and fsyncs on its thread); `packgate audit verify DIR` checks them.
+loop; written and fdatasynced by its compiled syncer thread, which never takes the GIL);
+`packgate audit verify DIR` checks them.
 
 - `log_all_access: true`: a record for every request; false: only for requests where some
   policy did not simply allow (flag, rewrite, block) or failed.

@@ -301,7 +301,7 @@ def test_deleting_an_unexpired_segment_is_still_caught_after_pruning(tmp_path: P
 async def test_full_queue_rejects_submit_and_makes_put_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = AuditWriter(tmp_path, KEY, max_queue=3)
+    w = AuditWriter(tmp_path, KEY, max_queue=3, native=False)  # the thread path: os.fsync patched
     await w.astart()
     real_fsync = os.fsync
     gate, stuck = threading.Event(), threading.Event()
@@ -333,7 +333,7 @@ async def test_full_queue_rejects_submit_and_makes_put_wait(
 async def test_slow_disk_does_not_block_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = AuditWriter(tmp_path, KEY)
+    w = AuditWriter(tmp_path, KEY, native=False)  # the thread path: os.fsync patched
     await w.astart()
     real_fsync = os.fsync
     disk_stuck = threading.Event()
@@ -363,7 +363,7 @@ async def test_slow_disk_does_not_block_the_event_loop(
 async def test_disk_failure_stops_the_writer_loudly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = AuditWriter(tmp_path, KEY)
+    w = AuditWriter(tmp_path, KEY, native=False)  # the thread path: write_all patched
     await w.astart()
 
     def enospc(fd: int, data: object) -> None:
@@ -417,7 +417,7 @@ def test_without_a_key_a_random_one_is_used_with_a_warning_that_hides_it(
 async def test_a_durable_future_resolves_only_once_its_record_is_fsynced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = AuditWriter(tmp_path, KEY)
+    w = AuditWriter(tmp_path, KEY, native=False)  # the thread path: os.fsync patched
     await w.astart()
     real_fsync = os.fsync
     synced: list[bytes] = []  # the segment's bytes each time an fsync of it returned
@@ -474,7 +474,7 @@ def test_records_from_many_threads_and_rollovers_keep_one_gapless_order(tmp_path
 async def test_a_failed_fsync_fails_every_waiting_record_and_refuses_new_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = AuditWriter(tmp_path, KEY)
+    w = AuditWriter(tmp_path, KEY, native=False)  # the thread path: os.fsync patched
     await w.astart()
     real_fsync = os.fsync
     gate = threading.Event()
