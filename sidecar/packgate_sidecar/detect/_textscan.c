@@ -1114,6 +1114,46 @@ static int spaced_matches(const Text *t, Py_ssize_t from, PyObject *out) {
     return 0;
 }
 
+/* What signals() collects; the rare events fill it (see signal_event). */
+typedef struct {
+    const Text *t;
+    PyObject *b64, *hex, *leet;
+    Py_ssize_t leet_done, spaced;
+    int morse, failed;
+} Signals;
+
+/* A run that has grown long enough to matter, or a leetspeak pair, at position i: examined
+ * here, out of line, so that the scan's loop keeps its few counters in registers. */
+static __attribute__((noinline)) void signal_event(Signals *g, Py_ssize_t i, int pair,
+                                                   Py_ssize_t b64_run, Py_ssize_t hex_run,
+                                                   Py_ssize_t morse_run, Py_ssize_t chain) {
+    const Text *t = g->t;
+    if (g->failed) return;
+    if (pair && i >= g->leet_done) {
+        Py_ssize_t a = i - 1, b = run_end(t, i, C_LEET);
+        while (a > 0 && (class_at(CH(t, a - 1)) & C_LEET)) a--;
+        g->leet_done = b;
+        if (b - a >= 3 && !ordinal_start(t, a, b)) g->failed = push_span(g->leet, a, b) < 0;
+    }
+    if (b64_run == 16) {
+        Py_ssize_t a = i - 15, b = run_end(t, i, C_B64);
+        uint16_t seen = 0;
+        for (Py_ssize_t j = a; j < b; j++) seen |= class_at(CH(t, j));
+        /* the blob is the run and up to two "=" of padding after it */
+        Py_ssize_t pad = b;
+        while (pad < t->end && pad - b < 2 && CH(t, pad) == '=') pad++;
+        if ((seen & C_UPPER) && (seen & C_LOWDIG))
+            g->failed = g->failed || push_span(g->b64, a, pad) < 0;
+    }
+    if (hex_run == 16) {
+        Py_ssize_t a = i - 15, b = run_end(t, i, C_HEX | C_HEXSEP);
+        if (hex_run_hits(t, a, b)) g->failed = g->failed || push_span(g->hex, a, b) < 0;
+    }
+    if (morse_run == 15 && !g->morse)
+        g->morse = morse_run_hits(t, i - 14, run_end(t, i, C_MARK | C_GAP));
+    if (chain == 5 && g->spaced < 0) g->spaced = i - 8;
+}
+
 PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"text", NULL};
     (void)module;
@@ -1121,10 +1161,9 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U", keywords, &s)) return NULL;
     Text t;
     if (ngc_text_view(s, 0, PyUnicode_GET_LENGTH(s), &ngc_shared_scratch, &t) < 0) return NULL;
-    PyObject *b64 = PyList_New(0), *hex = PyList_New(0), *leet = PyList_New(0);
+    Signals g = {&t, PyList_New(0), PyList_New(0), PyList_New(0), 0, -1, 0, 0};
+    g.failed = !g.b64 || !g.hex || !g.leet;
     Py_ssize_t n = t.end, digits = 0;
-    int morse = 0, failed = !b64 || !hex || !leet;
-    Py_ssize_t spaced = -1; /* where the first chain of five starts */
     /* One pass keeps a few run lengths, each without a branch (the text alternates between
      * words, spaces and punctuation: a branch per decoder and class change mispredicted several
      * times a word, ~5 ns a character in all); a run that grows long enough to matter, or a
@@ -1140,13 +1179,14 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
      * - morse: a run of [.\- /] holding >= 8 groups of dots/dashes (15 characters or more);
      * - spaced: \w s \w s \w s \w s \w with s in [ .\-_*] (chain counts the word characters
      *   of such an alternation ending at i): where _SPACED's matches can start (see
-     *   spaced_matches, which finds them from the first). */
-    Py_ssize_t b64_run = 0, hex_run = 0, morse_run = 0, leet_done = 0;
+     *   spaced_matches, which finds them from the first).
+     * Masks, not conditionals: gcc turned `in ? run + 1 : 0` into a branch per run. */
+    Py_ssize_t b64_run = 0, hex_run = 0, morse_run = 0;
     Py_ssize_t chain1 = 0, chain2 = 0; /* chain length ending at i-1 and at i-2 */
+    Py_ssize_t chain_event = 5;        /* -1 (never) once the first chain of five is found */
     uint16_t before = 0;               /* the previous character's class */
-    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         uint16_t k = class_at(CH(&t, i));
-        /* Masks, not conditionals: gcc turned `in ? run + 1 : 0` into a branch per run. */
         digits += (k & C_DIGIT) != 0;
         b64_run = (b64_run + 1) & -(Py_ssize_t)((k & C_B64) != 0);
         hex_run = (hex_run + 1) & -(Py_ssize_t)((k & (C_HEX | C_HEXSEP)) != 0);
@@ -1156,48 +1196,28 @@ PyObject *ngc_signals(PyObject *module, PyObject *args, PyObject *kwargs) {
         /* a substitute followed by a letter: both leet-class, so inside one run */
         int pair = ((before & C_SUB) != 0) & ((k & C_LETTER) != 0);
         if (__builtin_expect(pair | (b64_run == 16) | (hex_run == 16) | (morse_run == 15) |
-                                 ((chain == 5) & (spaced < 0)),
+                                 (chain == chain_event),
                              0)) {
-            if (pair && i >= leet_done) {
-                Py_ssize_t a = i - 1, b = run_end(&t, i, C_LEET);
-                while (a > 0 && (class_at(CH(&t, a - 1)) & C_LEET)) a--;
-                leet_done = b;
-                if (b - a >= 3 && !ordinal_start(&t, a, b)) failed = push_span(leet, a, b) < 0;
-            }
-            if (b64_run == 16) {
-                Py_ssize_t a = i - 15, b = run_end(&t, i, C_B64);
-                uint16_t seen = 0;
-                for (Py_ssize_t j = a; j < b; j++) seen |= class_at(CH(&t, j));
-                /* the blob is the run and up to two "=" of padding after it */
-                Py_ssize_t pad = b;
-                while (pad < n && pad - b < 2 && CH(&t, pad) == '=') pad++;
-                if ((seen & C_UPPER) && (seen & C_LOWDIG))
-                    failed = failed || push_span(b64, a, pad) < 0;
-            }
-            if (hex_run == 16) {
-                Py_ssize_t a = i - 15, b = run_end(&t, i, C_HEX | C_HEXSEP);
-                if (hex_run_hits(&t, a, b)) failed = failed || push_span(hex, a, b) < 0;
-            }
-            if (morse_run == 15 && !morse)
-                morse = morse_run_hits(&t, i - 14, run_end(&t, i, C_MARK | C_GAP));
-            if (chain == 5 && spaced < 0) spaced = i - 8;
+            signal_event(&g, i, pair, b64_run, hex_run, morse_run, chain);
+            chain_event = g.spaced < 0 ? 5 : -1;
         }
         chain2 = chain1;
         chain1 = chain;
         before = k;
     }
     /* every _SPACED match starts with a chain of five, so none starts before the first */
-    PyObject *runs = failed ? NULL : PyList_New(0);
-    failed = !runs || (spaced >= 0 && spaced_matches(&t, spaced, runs) < 0);
+    PyObject *runs = g.failed ? NULL : PyList_New(0);
+    int failed = !runs || (g.spaced >= 0 && spaced_matches(&t, g.spaced, runs) < 0);
     ngc_scratch_trim(&ngc_shared_scratch);
     if (failed) {
-        Py_XDECREF(b64);
-        Py_XDECREF(hex);
-        Py_XDECREF(leet);
+        Py_XDECREF(g.b64);
+        Py_XDECREF(g.hex);
+        Py_XDECREF(g.leet);
         Py_XDECREF(runs);
         return NULL;
     }
-    return Py_BuildValue("(NNNONn)", b64, hex, leet, morse ? Py_True : Py_False, runs, digits);
+    return Py_BuildValue("(NNNONn)", g.b64, g.hex, g.leet, g.morse ? Py_True : Py_False, runs,
+                         digits);
 }
 
 
