@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packgate_sidecar.detect import pii_phone
+from packgate_sidecar.detect import pii, pii_phone
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector, iban_ok, luhn_ok
 
 ALL = PiiDetector(BUILTIN_ENTITIES)
@@ -232,3 +232,35 @@ def test_phone_context_sees_the_word_the_48_character_window_cuts_into() -> None
                 assert pii_phone._phone_context(text, start, start, False) == _context_on_the_text(
                     text, start, start
                 ), (text, start)
+
+
+def _resolve_by_trust(cands: list[tuple[int, int, int, str]]) -> list[tuple[int, int, str]]:
+    """Overlap resolution as written before its no-overlap shortcut (the reference)."""
+    from bisect import bisect_left
+
+    ranked = sorted((c for c in cands if c[3]), key=lambda c: (c[0], c[1] - c[2], c[1]))
+    starts: list[int] = []
+    kept: list[tuple[int, int, int, str]] = []
+    for cand in ranked:
+        i = bisect_left(starts, cand[1])
+        if (i > 0 and kept[i - 1][2] > cand[1]) or (i < len(kept) and kept[i][1] < cand[2]):
+            continue
+        starts.insert(i, cand[1])
+        kept.insert(i, cand)
+    return [(start, end, entity) for _, start, end, entity in kept]
+
+
+CANDIDATE = st.tuples(
+    st.sampled_from([0, 1, 2, 3, 99]),
+    st.integers(0, 40),
+    st.integers(1, 12),
+    st.sampled_from("ABC"),
+).map(lambda c: (c[0], c[1], c[1] + c[2], "" if c[0] == 99 else c[3]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(CANDIDATE, max_size=12))
+def test_overlap_resolution_is_the_trust_ordered_rule(
+    cands: list[tuple[int, int, int, str]],
+) -> None:
+    assert pii._resolve(list(cands)) == _resolve_by_trust(cands)
