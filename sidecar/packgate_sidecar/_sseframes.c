@@ -15,18 +15,34 @@
 /* A byte that cannot be inside a plain text: a quote ends a JSON string, a backslash starts an
  * escape, and a raw control character is not valid JSON. */
 static unsigned char special[256];
+/* A byte that cannot be inside a varying value: a special byte or any non-ASCII one (the value
+ * is never decoded, so it must be ASCII to be valid UTF-8; OpenAI's padding is alphanumeric). */
+static unsigned char special_value[256];
 
-/* frame_texts(data, at, head, tail) -> list[bytes]
+/* The end of the plain run of bytes from `at`: the first byte `stops` marks, or `size`. */
+static Py_ssize_t plain_end(const char *data, Py_ssize_t at, Py_ssize_t size,
+                            const unsigned char *stops) {
+    while (at < size && !stops[(unsigned char)data[at]]) {
+        at++;
+    }
+    return at;
+}
+
+/* frame_texts(data, at, head, tail, suffix) -> (list[bytes], int)
  *
  * The texts of the consecutive complete events from `at` on that are `head` + text + `tail` +
- * a blank line, where the text holds no special byte: the run ends at the first event that is
- * not (or is not complete). `tail` must start with the quote that closes the text (as every
- * chat frame's does), so a text ends at its first special byte. */
+ * a blank line, where the text holds no special byte, and where the run ends. With a `suffix`,
+ * an event is `head` + text + `tail` + value + `suffix` + a blank line instead, the value
+ * printable ASCII without a quote or backslash (a string value that changes from event to
+ * event, such as OpenAI's `obfuscation` padding). The run ends at the first event that is not such an event (or is not
+ * complete). `tail` and a `suffix` must start with a quote (the one that closes the string
+ * before them), so a text or value ends at its first special byte. */
 static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
-        !PyBytes_Check(args[2]) || !PyBytes_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "frame_texts(data: bytes, at: int, head: bytes, tail: bytes)");
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
+        !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "frame_texts(data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes)");
         return NULL;
     }
     const char *data = PyBytes_AS_STRING(args[0]);
@@ -39,8 +55,11 @@ static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t head_len = PyBytes_GET_SIZE(args[2]);
     const char *tail = PyBytes_AS_STRING(args[3]);
     Py_ssize_t tail_len = PyBytes_GET_SIZE(args[3]);
-    if (at < 0 || tail_len == 0 || tail[0] != '"') {
-        PyErr_SetString(PyExc_ValueError, "at must be >= 0 and tail must start with a quote");
+    const char *suffix = PyBytes_AS_STRING(args[4]);
+    Py_ssize_t suffix_len = PyBytes_GET_SIZE(args[4]);
+    if (at < 0 || tail_len == 0 || tail[0] != '"' || (suffix_len > 0 && suffix[0] != '"')) {
+        PyErr_SetString(PyExc_ValueError,
+                        "at must be >= 0 and tail (and a suffix) must start with a quote");
         return NULL;
     }
     PyObject *texts = PyList_New(0);
@@ -49,12 +68,19 @@ static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     while (size - at >= head_len && memcmp(data + at, head, (size_t)head_len) == 0) {
         Py_ssize_t start = at + head_len;
-        Py_ssize_t end = start;
-        while (end < size && !special[(unsigned char)data[end]]) {
-            end++;
+        Py_ssize_t end = plain_end(data, start, size, special);
+        if (size - end < tail_len || memcmp(data + end, tail, (size_t)tail_len) != 0) {
+            break;
         }
-        if (size - end < tail_len + 2 || memcmp(data + end, tail, (size_t)tail_len) != 0 ||
-            data[end + tail_len] != '\n' || data[end + tail_len + 1] != '\n') {
+        Py_ssize_t next = end + tail_len;
+        if (suffix_len > 0) {
+            next = plain_end(data, next, size, special_value);
+            if (size - next < suffix_len || memcmp(data + next, suffix, (size_t)suffix_len) != 0) {
+                break;
+            }
+            next += suffix_len;
+        }
+        if (size - next < 2 || data[next] != '\n' || data[next + 1] != '\n') {
             break;
         }
         PyObject *text = PyBytes_FromStringAndSize(data + start, end - start);
@@ -64,14 +90,15 @@ static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t n
             return NULL;
         }
         Py_DECREF(text);
-        at = end + tail_len + 2;
+        at = next + 2;
     }
-    return texts;
+    PyObject *result = Py_BuildValue("(Nn)", texts, at);
+    return result;
 }
 
 static PyMethodDef methods[] = {
     {"frame_texts", (PyCFunction)(void (*)(void))frame_texts, METH_FASTCALL,
-     "The texts of the run of frame events at `at` (see sse_frames.frame_texts)."},
+     "The texts of the run of frame events at `at` and its end (see sse_frames.py)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -85,5 +112,8 @@ PyMODINIT_FUNC PyInit__sseframes(void) {
     }
     special['"'] = 1;
     special['\\'] = 1;
+    for (int c = 0; c < 256; c++) {
+        special_value[c] = special[c] || c >= 0x80;
+    }
     return PyModule_Create(&module);
 }

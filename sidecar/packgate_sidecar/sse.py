@@ -10,8 +10,9 @@ what was actually streamed, so no snapshot leaks the unfiltered text.
 Cost: events go out byte for byte unless a policy changed their text. The common chat event (one
 choice, one `content` string, nothing else to check) is read without parsing its JSON
 (`StreamShape.plain_delta`) and, when its text changed, the new text is spliced into its bytes;
-the events after it are compared with its bytes around their text (its frame): a chunk that is
-one such event (a provider trickling its events) is read with a few comparisons, and
+the events after it are compared with its bytes around their text (its frame; a last string
+member such as OpenAI's `obfuscation` padding may differ, see sse_frames.py): a chunk that is
+one such event (a provider trickling its events) is read with one compiled scan, and
 consecutive such events of one channel (an upstream chunk often holds dozens) go through the
 filters as one text, one call per filter instead of one per event, unless a filter may block
 (`StreamFilter.may_block`: then the events before the blocking one must still go out). An empty
@@ -36,7 +37,7 @@ from . import strict_json
 from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
-from .sse_frames import PLAIN_TEXT, frame_texts
+from .sse_frames import PLAIN_VALUE, frame_texts
 from .stream_shapes import StreamShape
 
 KEEP_ALIVE = b":\n\n"
@@ -115,8 +116,10 @@ class StreamRewriter:
         self._templates: dict[Channel, tuple[str | None, dict[str, Any]]] = {}
         self._frames: dict[Channel, tuple[bytes, bytes]] = {}
         self._emitted: dict[Channel, str] = {}
-        # The last plain delta event around its text: (bytes before, bytes after, channel).
-        self._frame: tuple[bytes, bytes, Channel] | None = None
+        # The last plain delta event around its text: (bytes before, bytes after up to a last
+        # string value that may change from event to event, bytes after that value or b"" when
+        # there is none, channel); see sse_frames.py.
+        self._frame: tuple[bytes, bytes, bytes, Channel] | None = None
 
     def feed(self, chunk: bytes, first: bool = False) -> bytes:
         """Bytes to send for this upstream chunk; raises StreamBlocked or UnreadableEvent.
@@ -126,24 +129,19 @@ class StreamRewriter:
         for the whole chunk to be checked.
         """
         if self._frame is not None and not self._rest:
-            head, tail, channel = self._frame
-            end = len(chunk) - len(tail) - 2
-            if (
-                end >= len(head)
-                and chunk.startswith(head)
-                and chunk.endswith(b"\n\n")
-                and chunk.startswith(tail, end)
-                and PLAIN_TEXT.fullmatch(chunk, len(head), end) is not None
-            ):
-                # What a provider trickling its events sends: one event, in the last plain
-                # event's frame (its text holds no line end, so the chunk is that one event).
-                return self._framed(chunk, head, tail, channel)
+            head, tail, suffix, channel = self._frame
+            if chunk.startswith(head) and chunk.endswith(b"\n\n"):
+                texts, stop = frame_texts(chunk, 0, head, tail, suffix)
+                if stop == len(chunk) and len(texts) == 1:
+                    # What a provider trickling its events sends: one event, in the last plain
+                    # event's frame.
+                    return self._framed(chunk, texts[0], head, channel)
         data = _lf(self._rest + chunk)
         out: list[bytes] = []
         at = 0
         try:
             while True:
-                texts = [] if first else self._frame_events(data, at)
+                texts, stop = ([], at) if first else self._frame_events(data, at)
                 if not texts:
                     stop = data.find(b"\n\n", at)
                     if stop < 0:
@@ -157,10 +155,10 @@ class StreamRewriter:
                                 break
                         continue
                     # A plain event: it is the frame now, and starts a run in that frame.
-                    texts = self._frame_events(data, at)
+                    texts, stop = self._frame_events(data, at)
                     assert texts, "a plain event reads as its own frame"
-                run, at = self._frame_run(data, at, texts)
-                out.append(run)
+                out.append(self._frame_run(data, at, texts, stop))
+                at = stop
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out) + blocked.partial
             raise
@@ -260,29 +258,39 @@ class StreamRewriter:
         found = self.shape.plain_delta(block, 6)
         if found is not None:
             channel, start, end = found
-            self._frame = (block[:start], block[end:], channel)
+            after = block[end:]
+            # A last member whose value is a plain string (`"obfuscation":"..."}`) may change
+            # from event to event: the frame ends before that value and resumes after it.
+            value = after.rfind(b'":"') + 3
+            if (
+                value > 2
+                and after.endswith(b'"}')
+                and PLAIN_VALUE.fullmatch(after, value, len(after) - 2)
+            ):
+                self._frame = (block[:start], after[:value], b'"}', channel)
+            else:
+                self._frame = (block[:start], after, b"", channel)
         return found
 
-    def _frame_events(self, data: bytes, at: int) -> list[bytes]:
+    def _frame_events(self, data: bytes, at: int) -> tuple[list[bytes], int]:
         """The texts of the complete events from `at` on that are the frame around another
         plain text (`sse_frames.frame_texts`): a stream's delta events differ only in their
         text, so an event made of the last plain one's bytes around a text without quotes,
         backslashes or control characters (which could change the JSON around it) is plain on
-        the same channel."""
+        the same channel. Also returns where the run ends."""
         if self._frame is None:
-            return []
-        head, tail, _ = self._frame
-        return frame_texts(data, at, head, tail)
+            return [], at
+        head, tail, suffix, _ = self._frame
+        return frame_texts(data, at, head, tail, suffix)
 
-    def _frame_run(self, data: bytes, at: int, texts: list[bytes]) -> tuple[bytes, int]:
-        """Consecutive plain delta events of one channel (as one upstream chunk brings them),
-        filtered as one text: one pass of each filter instead of one per event. The events keep
-        their number and order, and what they carry together is what the filters released.
-        Returns the bytes to send and where the run ends.
+    def _frame_run(self, data: bytes, at: int, texts: list[bytes], stop: int) -> bytes:
+        """Consecutive plain delta events of one channel (as one upstream chunk brings them,
+        data[at:stop]), filtered as one text: one pass of each filter instead of one per event.
+        The events keep their number and order, and what they carry together is what the
+        filters released. Returns the bytes to send.
         """
         assert self._frame is not None
-        head, tail, channel = self._frame
-        frame = len(head) + len(tail) + 2
+        head, tail, suffix, channel = self._frame
         policies = self.policies
         if len(texts) == 1 or (policies is not None and not policies.joinable(channel)):
             return self._plain_each(data, at, texts, channel)
@@ -290,16 +298,15 @@ class StreamRewriter:
         ascii_only = joined.isascii()
         pieces = None if ascii_only else list(map(_utf8, texts))
         whole = joined.decode() if pieces is None else "".join(pieces)
-        stop = at + len(texts) * frame + len(joined)
         if policies is None:
             self.ctx.output_chars += len(whole)
-            return data[at:stop], stop
+            return data[at:stop]
         released = policies.feed(channel, whole)
-        self._frames[channel] = (head, tail)
+        self._frames[channel] = (head, tail + suffix)  # a varying value left empty
         self._templates.pop(channel, None)
         self._sent(channel, released)
         if released == whole:
-            return data[at:stop], stop
+            return data[at:stop]
         # The events go out as they came while the released text starts with their texts; the
         # first that differs (or the last) carries the rest of it, the events after it none.
         sizes = list(accumulate(map(len, texts if pieces is None else pieces), initial=0))
@@ -311,54 +318,54 @@ class StreamRewriter:
             else:
                 high = middle - 1
         number = low
-        event = (
-            at
-            + number * frame
-            + (sizes[number] if pieces is None else len(b"".join(texts[:number])))
-        )
-        start = event + len(head)
+        if suffix:  # events of varying length: the number-th starts after number blank lines
+            event = at
+            for _ in range(number):
+                event = data.index(b"\n\n", event) + 2
+        else:
+            texts_before = sizes[number] if pieces is None else len(b"".join(texts[:number]))
+            event = at + number * (len(head) + len(tail) + 2) + texts_before
         changed = _splice(
-            data[event : start + len(texts[number]) + len(tail)],
+            data[event : data.index(b"\n\n", event + len(head) + len(texts[number]))],
             len(head),
             len(head) + len(texts[number]),
             released[sizes[number] :],
         )
-        return data[at:event] + changed + (head + tail + b"\n\n") * (len(texts) - number - 1), stop
+        empty = (head + tail + suffix + b"\n\n") * (len(texts) - number - 1)
+        return data[at:event] + changed + empty
 
-    def _plain_each(
-        self, data: bytes, at: int, texts: list[bytes], channel: Channel
-    ) -> tuple[bytes, int]:
+    def _plain_each(self, data: bytes, at: int, texts: list[bytes], channel: Channel) -> bytes:
         """A run event by event: a filter that may block sees each delta alone, and the events
         before the one it blocks on still go out."""
         assert self._frame is not None
-        head, tail, _ = self._frame
+        start = len(self._frame[0])
         out: list[bytes] = []
         try:
             for text in texts:
-                stop = at + len(head) + len(text) + len(tail)
-                out.append(self._plain(data[at:stop], channel, len(head), len(head) + len(text)))
+                stop = data.index(b"\n\n", at + start + len(text))
+                out.append(self._plain(data[at:stop], channel, start, start + len(text)))
                 at = stop + 2
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
             raise
-        return b"".join(out), at
+        return b"".join(out)
 
-    def _framed(self, event: bytes, head: bytes, tail: bytes, channel: Channel) -> bytes:
-        """`_plain` for a whole event (with its blank line) in the frame (`head`, `tail`) of
-        `channel`: every delta of a trickling provider takes this path, so a changed text is
-        put between the frame's bytes without slicing the event."""
-        original = _utf8(event[len(head) : len(event) - len(tail) - 2])
+    def _framed(self, event: bytes, raw: bytes, head: bytes, channel: Channel) -> bytes:
+        """`_plain` for a whole event (with its blank line) in the frame of `channel`, whose
+        text `raw` follows `head`: every delta of a trickling provider takes this path."""
+        original = _utf8(raw)
         policies = self.policies
         if policies is None:
             self.ctx.output_chars += len(original)
             return event
         text = policies.feed(channel, original) if original else original
-        self._frames[channel] = (head, tail)
+        rest = event[len(head) + len(raw) :]
+        self._frames[channel] = (head, rest[:-2])
         self._templates.pop(channel, None)
         self._sent(channel, text)
         if text == original:
             return event
-        return head + _json_text(text) + tail + b"\n\n"
+        return head + _json_text(text) + rest
 
     def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
         """An event whose only text is block[start:end], a JSON string without escapes."""

@@ -11,7 +11,11 @@ that holds the two equal.
 The rule: from `at` on, each event is `head`, a text without a quote, backslash or control
 character (so nothing in it can change the JSON around it), `tail` (which starts with the quote
 that closes the text) and a blank line; the run ends at the first event that is not, or that the
-chunk does not hold complete.
+chunk does not hold complete. With a `suffix`, each event is `head`, text, `tail`, a value, the
+`suffix` and a blank line, the value printable ASCII without a quote or backslash (it is never
+decoded): OpenAI ends every chat delta event with an `obfuscation` string of random padding (by
+default), so no two events are alike after their text, yet their JSON differs only in two plain
+strings.
 """
 
 from __future__ import annotations
@@ -24,24 +28,36 @@ __all__ = ["COMPILED", "frame_texts", "frame_texts_ref"]
 
 # A JSON string's text that cannot end it or escape, and has no character not allowed raw.
 PLAIN_TEXT = re.compile(rb'[^"\\\x00-\x1f]*')
+# A varying value: as plain, and ASCII (it is never decoded, so this keeps it valid UTF-8).
+PLAIN_VALUE = re.compile(rb'[^"\\\x00-\x1f\x80-\xff]*')
 
 
-def frame_texts_ref(data: bytes, at: int, head: bytes, tail: bytes) -> list[bytes]:
-    """The texts of the run of frame events in `data` from `at` (the rule above)."""
-    if at < 0 or tail[:1] != b'"':
-        raise ValueError("at must be >= 0 and tail must start with a quote")
+def frame_texts_ref(
+    data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes
+) -> tuple[list[bytes], int]:
+    """The texts of the run of frame events in `data` from `at`, and where the run ends."""
+    if at < 0 or tail[:1] != b'"' or suffix[:1] not in (b"", b'"'):
+        raise ValueError("at must be >= 0 and tail (and a suffix) must start with a quote")
     texts: list[bytes] = []
     while data.startswith(head, at):
         start = at + len(head)
-        end = PLAIN_TEXT.match(data, start).end()  # type: ignore[union-attr]  # `*` always matches
-        if not data.startswith(tail + b"\n\n", end):
+        end = PLAIN_TEXT.match(data, start).end()  # type: ignore[union-attr]  # `*` matches
+        if not data.startswith(tail, end):
+            break
+        after = end + len(tail)
+        if suffix:
+            after = PLAIN_VALUE.match(data, after).end()  # type: ignore[union-attr]
+            if not data.startswith(suffix, after):
+                break
+            after += len(suffix)
+        if not data.startswith(b"\n\n", after):
             break
         texts.append(data[start:end])
-        at = end + len(tail) + 2
-    return texts
+        at = after + 2
+    return texts, at
 
 
-frame_texts: Callable[[bytes, int, bytes, bytes], list[bytes]]
+frame_texts: Callable[[bytes, int, bytes, bytes, bytes], tuple[list[bytes], int]]
 try:
     from ._sseframes import frame_texts
 

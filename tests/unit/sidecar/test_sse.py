@@ -215,11 +215,11 @@ def test_events_read_from_the_last_plain_frame_agree_with_the_full_parse(
         data = chunk(choice_list)
         text = json.dumps(data, **COMPACT) if compact else json.dumps(data)
         block = b"data: " + text.encode()
-        texts = r._frame_events(block + b"\n\n", 0) if r._frame is not None else []
+        texts = r._frame_events(block + b"\n\n", 0)[0] if r._frame is not None else []
         if texts:  # read as the last plain event's frame around another text
             assert r._frame is not None and len(texts) == 1
             start = len(r._frame[0])
-            fast: tuple[Any, int, int] | None = (r._frame[2], start, start + len(texts[0]))
+            fast: tuple[Any, int, int] | None = (r._frame[3], start, start + len(texts[0]))
         else:
             fast = r._plain_span(block)
         if fast is None:
@@ -231,15 +231,26 @@ def test_events_read_from_the_last_plain_frame_agree_with_the_full_parse(
 
 
 @settings(max_examples=300, deadline=None)
-@given(usual, st.one_of(usual, st.lists(choices, max_size=3)), st.booleans())
+@given(
+    usual,
+    st.one_of(usual, st.lists(choices, max_size=3)),
+    st.booleans(),
+    st.lists(st.text(st.sampled_from('aZ09"\\\né\x00'), max_size=6), max_size=2),
+)
 def test_an_event_alone_in_its_chunk_reads_as_the_full_parse_reads_it(
-    before: list[dict[str, Any]], choice_list: list[dict[str, Any]], compact: bool
+    before: list[dict[str, Any]],
+    choice_list: list[dict[str, Any]],
+    compact: bool,
+    obfuscation: list[str],
 ) -> None:
     """The one-event chunk a trickling provider sends, after a plain event set the frame: what
-    goes out is what the full parse of that event alone makes of it (every text filtered)."""
+    goes out is what the full parse of that event alone makes of it (every text filtered),
+    with or without an `obfuscation` value that differs from the frame event's."""
     dump: Any = (lambda d: json.dumps(d, **COMPACT)) if compact else json.dumps
-    first = b"data: " + dump(chunk(before)).encode() + b"\n\n"
-    event = b"data: " + dump(chunk(choice_list)).encode() + b"\n\n"
+    pads = {"obfuscation": obfuscation[0]} if obfuscation else {}
+    first = b"data: " + dump({**chunk(before), **pads}).encode() + b"\n\n"
+    pads = {"obfuscation": obfuscation[-1]} if obfuscation else {}
+    event = b"data: " + dump({**chunk(choice_list), **pads}).encode() + b"\n\n"
     framed = rewriter(policies=Upper())
     framed.feed(first)
     fresh = rewriter(policies=Upper())
@@ -356,18 +367,28 @@ def test_streamed_answer_equals_redacting_the_whole_answer(
     assert got == anonymize(text, DET.find(text), "redact")
 
 
+# OpenAI's padding is alphanumeric; quotes, escapes and non-ASCII must not fool the fast path.
+pads = st.text(st.sampled_from('aZ09"\\\né\x00'), max_size=6)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     texts_and_chunks(),
     texts_and_chunks(),
     st.lists(st.sampled_from(["plain", "other", "logprobs", "tool"]), min_size=1),
     st.one_of(st.integers(1, 700), st.just(1 << 30), st.just(0)),  # 0: one event per chunk
+    st.lists(pads),
 )
 def test_runs_of_frame_events_carry_every_channel_redacted_in_any_chunking(
-    first: tuple[str, list[str]], second: tuple[str, list[str]], kinds: list[str], split: int
+    first: tuple[str, list[str]],
+    second: tuple[str, list[str]],
+    kinds: list[str],
+    split: int,
+    obfuscation: list[str],
 ) -> None:
     """Two choices' deltas interleaved with events the fast path must not take (logprobs,
-    tool call arguments, a third choice): whether a chunk holds long runs of one frame, frames
+    tool call arguments, a third choice), with or without OpenAI's `obfuscation` padding (a
+    different value in every event): whether a chunk holds long runs of one frame, frames
     alternating, or one event at a time, each channel's text is the redacted whole."""
     streams = [list(first[1]), list(second[1])]
     stream, number = b"", 0
@@ -384,7 +405,10 @@ def test_runs_of_frame_events_carry_every_channel_redacted_in_any_chunking(
             call = {"index": 0, "function": {"arguments": "x"}}
             stream += b"data: " + json.dumps(chunk([{"index": 2, "delta": {"tool_calls": [call]}}]),
                                              **COMPACT).encode() + b"\n\n"  # fmt: skip
-        stream += b"data: " + json.dumps(chunk([choice]), **COMPACT).encode() + b"\n\n"
+        event = chunk([choice])
+        if obfuscation:
+            event["obfuscation"] = obfuscation[number % len(obfuscation)]
+        stream += b"data: " + json.dumps(event, **COMPACT).encode() + b"\n\n"
         number += 1
     stream += b"data: [DONE]\n\n"
     r = rewriter(policies=Redacting())

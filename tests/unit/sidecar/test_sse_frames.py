@@ -1,6 +1,6 @@
 """The compiled frame-run scan says exactly what its Python reference says, on runs of frame
-events with texts that may hold quotes, escapes or control characters, events in another frame,
-and chunks cut anywhere."""
+events with texts (and varying values) that may hold quotes, escapes, control characters or
+non-ASCII bytes, events in another frame, and chunks cut anywhere."""
 
 from __future__ import annotations
 
@@ -14,34 +14,53 @@ from packgate_sidecar.sse_frames import frame_texts, frame_texts_ref
 pieces = st.sampled_from([b"a", b" ", b"\xc3\xa9", b'"', b"\\", b"\n", b"\x00", b"\x1f", b"}"])
 texts = st.lists(pieces, max_size=6).map(b"".join)
 heads = st.sampled_from([b'data: {"c":"', b"H", b"", b'data: {"id":"x","d":{"content":"'])
-tails = st.sampled_from([b'"', b'"}', b'"}]}', b'"\\'])
+tails = st.sampled_from([b'"', b'"}', b'"}]}', b'"\\', b'"}],"obfuscation":"'])
+suffixes = st.sampled_from([b"", b'"}', b'"'])
 
 
 def test_the_extension_is_built() -> None:
     assert sse_frames.COMPILED  # `pip install` builds it: a missing one is a broken install
 
 
-@settings(max_examples=500, deadline=None)
-@given(heads, tails, st.lists(st.tuples(texts, st.booleans()), max_size=8), st.data())
+@settings(max_examples=800, deadline=None)
+@given(heads, tails, suffixes, st.lists(st.tuples(texts, texts, st.booleans()), max_size=8),
+       st.data())  # fmt: skip
 def test_compiled_scan_equals_the_reference(
-    head: bytes, tail: bytes, events: list[tuple[bytes, bool]], data: st.DataObject
+    head: bytes,
+    tail: bytes,
+    suffix: bytes,
+    events: list[tuple[bytes, bytes, bool]],
+    data: st.DataObject,
 ) -> None:
     # Each event in the frame or in another one (its head changed); then cut the chunk anywhere.
-    chunk = b"".join((head if framed else b"X" + head) + text + tail + b"\n\n"
-                     for text, framed in events)  # fmt: skip
+    chunk = b"".join(
+        (head if framed else b"X" + head) + text + tail + (value + suffix if suffix else b"")
+        + b"\n\n"
+        for text, value, framed in events
+    )  # fmt: skip
     chunk = chunk[: data.draw(st.integers(0, len(chunk)))]
     at = data.draw(st.integers(0, len(chunk)))
-    assert frame_texts(chunk, at, head, tail) == frame_texts_ref(chunk, at, head, tail)
+    assert frame_texts(chunk, at, head, tail, suffix) == frame_texts_ref(
+        chunk, at, head, tail, suffix
+    )
 
 
 def test_a_run_ends_at_the_first_event_that_is_not_in_the_frame() -> None:
     chunk = b'H1"T\n\nH22"T\n\nH3\\"T\n\nH4"T\n\n'
-    assert frame_texts(chunk, 0, b"H", b'"T') == [b"1", b"22"]
-    assert frame_texts(chunk, 6, b"H", b'"T') == [b"22"]
-    assert frame_texts(chunk[:-1], 21, b"H", b'"T') == []  # incomplete: no blank line yet
+    assert frame_texts(chunk, 0, b"H", b'"T', b"") == ([b"1", b"22"], 13)
+    assert frame_texts(chunk, 6, b"H", b'"T', b"") == ([b"22"], 13)
+    assert frame_texts(chunk[:-1], 21, b"H", b'"T', b"") == ([], 21)  # no blank line yet
+
+
+def test_a_varying_value_is_ascii_without_quotes_or_escapes() -> None:
+    tail, suffix = b'"},"o":"', b'"}'
+    chunk = b'H1"},"o":"ab"}\n\nH2"},"o":""}\n\nH3"},"o":"\xc3\xa9"}\n\nH4"},"o":"x"}\n\n'
+    assert frame_texts(chunk, 0, b"H", tail, suffix) == ([b"1", b"2"], 30)
 
 
 @pytest.mark.parametrize("scan", [frame_texts, frame_texts_ref])
-def test_a_tail_that_does_not_close_the_text_is_refused(scan: object) -> None:
+def test_a_tail_or_suffix_that_does_not_close_a_string_is_refused(scan: object) -> None:
     with pytest.raises(ValueError):
-        scan(b'H1"T\n\n', 0, b"H", b"T")  # type: ignore[operator]
+        scan(b'H1"T\n\n', 0, b"H", b"T", b"")  # type: ignore[operator]
+    with pytest.raises(ValueError):
+        scan(b'H1"T\n\n', 0, b"H", b'"T', b"S")  # type: ignore[operator]
