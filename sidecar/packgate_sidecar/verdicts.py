@@ -97,7 +97,11 @@ class VerdictCache:
 
     def entries(self, texts: Sequence[str]) -> list[Entry]:
         """`entry` of each text, under one lock."""
-        digests = [text_digest(text) for text in texts]
+        # text_digest, inline: a call per text is a tenth of a short text's digest.
+        digests = [
+            blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for text in texts
+        ]
         out: list[Entry] = []
         with self._lock:
             stored = self._entries

@@ -193,6 +193,8 @@ class PiiDetectorPolicy(Policy):
             items = [texts[index] for index in indexes]
             done = self.judge_all("text", items, self._scan_plain, _Item.size)
         for index, item in zip(indexes, done, strict=True):
+            if not item.findings and not item.counts and item.rewritten is None:
+                continue  # nothing found (most texts): nothing to count or rewrite
             item.count(result.counts)
             if item.findings:
                 result.findings[index] = list(item.findings)

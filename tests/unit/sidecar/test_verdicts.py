@@ -211,9 +211,14 @@ async def test_every_policy_of_the_chain_shares_one_lookup_per_text(
 ) -> None:
     runtime = PolicyRuntime()
     chain = Chain.build(config(), builtin_registry(), runtime, Metrics())
-    digested: list[str] = []
-    real = verdicts.text_digest
-    monkeypatch.setattr(verdicts, "text_digest", lambda text: digested.append(text) or real(text))
+    digested: list[bytes] = []
+    real = verdicts.blake2b
+
+    def counted(data: bytes, **options: Any) -> Any:
+        digested.append(data)
+        return real(data, **options)
+
+    monkeypatch.setattr(verdicts, "blake2b", counted)
     body, slots = chat(5)
     assert await run(chain, slots) is None
     # Three policies judge the 11 texts: each text is digested (and looked up) once, not once
