@@ -18,8 +18,11 @@
  * stage or on a fresh machine.
  *
  * Files: this one holds what the others share (text views, tokens) and the module itself;
- * `_ngramscorer.c` the Scorer (feature extraction, spans, pooling); `_textscan.c` the text
- * scanners the normaliser and the phrase rules use (Lexicon, Translator, CharClasses, signals).
+ * `_ngramscorer.c` the Scorer (feature extraction, spans, pooling); the text scanners the
+ * normaliser and the phrase rules use, one file each, sharing `_textscan.h`:
+ * `_textscan_lexicon.c` (Lexicon), `_textscan_translator.c` (Translator),
+ * `_textscan_charclasses.c` (CharClasses), `_textscan_signals.c` (signals, count_tokens) and
+ * `_textscan_lower.c` (lower).
  *
  * Thread safety: every entry point holds the GIL for its whole run (a call takes microseconds
  * per KB, less than a GIL hand-off), so the per-object scratch buffers and stamp array are never
