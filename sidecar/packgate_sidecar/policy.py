@@ -345,6 +345,8 @@ class Policy:
     ) -> list[_T]:
         """`judge` of each item, in order: the items' entries fetched together, the hits counted
         together; a long conversation's earlier turns cost a dict lookup each."""
+        if len(items) == 1:  # a one-message phase: the batch's lists cost more than they save
+            return [self.judge(tag, items[0], judge, size)]
         cache = self.runtime.verdicts
         return cache.lookup_all(
             TextItem.all_verdicts(items, cache),
