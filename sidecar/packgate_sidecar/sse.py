@@ -185,15 +185,18 @@ class StreamRewriter:
                 self.saw_done = True
                 return (self._flush([()], set()) if self.policies else b"") + block + b"\n\n"
             if not plain_tried:
-                plain = self.shape.plain_delta(block, 6)
+                plain = self._plain_delta(block)
                 if plain is not None:
                     return self._plain(block, *plain)
             # One `data:` line: what parse_block would read, without splitting lines.
             name, body = None, block[6:]
-            data = body.decode()
+            data = _utf8(body)
             raw = block + b"\n\n"
         else:
-            name, found = parse_block(block)
+            try:
+                name, found = parse_block(block)
+            except UnicodeDecodeError:
+                raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
             if found is None:
                 # Comments, ids, retry hints: nothing to dispatch. Keep the connection warm only.
                 return KEEP_ALIVE if block.startswith(b":") else b""
@@ -255,7 +258,7 @@ class StreamRewriter:
         event also becomes the frame that the events after it are compared with."""
         if not block.startswith(b"data: ") or b"\n" in block:
             return None
-        found = self.shape.plain_delta(block, 6)
+        found = self._plain_delta(block)
         if found is not None:
             channel, start, end = found
             after = block[end:]
@@ -270,6 +273,18 @@ class StreamRewriter:
                 self._frame = (block[:start], after[:value], b'"}', channel)
             else:
                 self._frame = (block[:start], after, b"", channel)
+        return found
+
+    def _plain_delta(self, block: bytes) -> tuple[Channel, int, int] | None:
+        """`StreamShape.plain_delta` of a `data: ` line, for a block that is UTF-8 throughout:
+        such an event goes out as its bytes, so bytes the full parse would refuse must not pass
+        outside its text either (the events read in its frame repeat its checked bytes)."""
+        found = self.shape.plain_delta(block, 6)
+        if found is not None and not block.isascii():
+            try:
+                block.decode()
+            except UnicodeDecodeError:
+                return None  # the full parse refuses it
         return found
 
     def _frame_events(self, data: bytes, at: int) -> tuple[list[bytes], int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.detect.anonymize import anonymize
@@ -13,7 +14,7 @@ from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
 from packgate_sidecar.detect.pii_stream import StreamRedactor
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import CHAT, COMPLETIONS, RESPONSES
-from packgate_sidecar.sse import KEEP_ALIVE, StreamRewriter, split_events
+from packgate_sidecar.sse import KEEP_ALIVE, StreamRewriter, UnreadableEvent, split_events
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
 from tests.unit.sidecar.test_pii_stream import texts_and_chunks
@@ -429,3 +430,20 @@ def test_runs_of_frame_events_carry_every_channel_redacted_in_any_chunking(
     for index, (text, _) in enumerate((first, second)):
         assert got.get(index, "") == anonymize(text, DET.find(text), "redact")
     assert got.get(2, "") == "x" * stream.count(b'"tool_calls"')
+
+
+@pytest.mark.parametrize("framed", [False, True])
+@pytest.mark.parametrize("finish", [None, "stop"])
+def test_an_event_that_is_not_utf8_outside_its_text_is_refused(
+    framed: bool, finish: str | None
+) -> None:
+    """Invalid UTF-8 in a field no policy reads (here the model name) would reach the app as
+    the provider's bytes: the stream ends instead, on the fast paths as on the full parse."""
+    good = chunk([{"index": 0, "delta": {"content": "a"}, "finish_reason": None}])
+    bad = json.dumps(chunk([{"index": 0, "delta": {"content": "b"}, "finish_reason": finish}]),
+                     **COMPACT).encode().replace(b'"model":"m"', b'"model":"m\xff"')  # fmt: skip
+    r = rewriter(policies=Upper())
+    if framed:
+        r.feed(b"data: " + json.dumps(good, **COMPACT).encode() + b"\n\n")
+    with pytest.raises(UnreadableEvent, match="UTF-8"):
+        r.feed(b"data: " + bad + b"\n\n")
