@@ -20,9 +20,10 @@ strings.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
+
+from . import compiled
 
 __all__ = ["COMPILED", "frame_texts", "frame_texts_ref"]
 
@@ -65,8 +66,4 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     frame_texts = frame_texts_ref
     COMPILED = False
-    logging.getLogger("packgate.sse").warning(
-        "compiled SSE frame scan unavailable (%s); using the Python reference, which is about "
-        "10x slower per streamed chunk: reinstall packgate (pip install .) to build it",
-        exc,
-    )
+    compiled.missing("SSE frame scan", exc, "the Python reference runs, ~10x slower per chunk")

@@ -25,13 +25,14 @@ Refused, each with a message naming the problem and where it is:
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+
+from . import compiled
 
 # Deeper than any OpenAI request needs (JSON schemas included), far below the recursion limit.
 MAX_DEPTH = 64
@@ -147,11 +148,7 @@ try:
     _quick = _quick_compiled
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     _quick = _quick_ref
-    logging.getLogger("packgate.strict_json").warning(
-        "compiled JSON scan unavailable (%s); proving bodies unambiguous in Python, which costs "
-        "about 2 us more per KB: reinstall packgate (pip install .) to build it",
-        exc,
-    )
+    compiled.missing("JSON scan", exc, "bodies are proven unambiguous in Python, ~2 us more per KB")
 
 
 def _keys_and_colons(node: Any, depth: int) -> int:

@@ -10,8 +10,9 @@ benchmarks which one they measure.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
+
+from .. import compiled
 
 __all__ = [
     "COMPILED",
@@ -37,11 +38,7 @@ else:
         from . import ngram_ref as _core
 
         COMPILED = False
-        logging.getLogger("packgate.detect").warning(
-            "compiled scoring core unavailable (%s); using the pure-Python reference, which is "
-            "about 100x slower: reinstall packgate (pip install .) to build it",
-            exc,
-        )
+        compiled.missing("scoring core", exc, "the pure-Python reference runs, ~100x slower")
 
 CharClasses = _core.CharClasses
 Lexicon = _core.Lexicon
