@@ -18,8 +18,10 @@
  * stage or on a fresh machine.
  *
  * Files: this one holds what the others share (text views, tokens) and the module itself;
- * `_ngramscorer.c` the Scorer (feature extraction, spans, pooling); the text scanners the
- * normaliser and the phrase rules use, one file each, sharing `_textscan.h`:
+ * the Scorer, one file per part sharing `_ngramscorer.h`: `_ngramscorer.c` (the type),
+ * `_ngramscorer_extract.c` (a span's features), `_ngramscorer_sentences.c` (segments and
+ * sentence pieces), `_ngramscorer_seq.c` and `_ngramscorer_pool.c` (pooling); the text
+ * scanners the normaliser and the phrase rules use, one file each, sharing `_textscan.h`:
  * `_textscan_lexicon.c` (Lexicon), `_textscan_translator.c` (Translator),
  * `_textscan_charclasses.c` (CharClasses), `_textscan_signals.c` (signals, count_tokens) and
  * `_textscan_lower.c` (lower).

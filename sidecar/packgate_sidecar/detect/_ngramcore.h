@@ -75,7 +75,8 @@ NGC_INTERNAL int ngc_spans_push(Spans *s, Py_ssize_t start, Py_ssize_t end);
 NGC_INTERNAL int ngc_spans_grow(Spans *s); /* double the capacity */
 NGC_INTERNAL int ngc_tokenize(const Text *t, Spans *out);
 
-/* The scorer (_ngramscorer.c) and the text scanners (_textscan_*.c, see _textscan.h). */
+/* The scorer (_ngramscorer*.c, see _ngramscorer.h) and the text scanners (_textscan_*.c,
+ * see _textscan.h). */
 NGC_INTERNAL extern PyTypeObject ngc_ScorerType, ngc_LexiconType, ngc_TranslatorType,
     ngc_CharClassesType;
 NGC_INTERNAL PyObject *ngc_segments(PyObject *module, PyObject *args, PyObject *kwargs);
