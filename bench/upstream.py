@@ -7,7 +7,8 @@ upstream must be far cheaper than any proxy: this one is a bare asyncio protocol
 answers from bytes prepared at start-up. The answers are still the real wire format: a
 `chat.completion` object with `usage`, or a `text/event-stream` of `chat.completion.chunk`
 events (chunked transfer encoding) ending in `data: [DONE]`, so the OpenAI SDK, LiteLLM and
-packgate all parse them as they would a provider's. The answer text carries an e-mail address,
+packgate all parse them as they would a provider's; every delta event carries the random
+`obfuscation` padding OpenAI adds by default. The answer text carries an e-mail address,
 so response-side PII redaction has work to do too, and the prompt's case tag (see
 `payloads.tag`): when a request carries another tag than the default, the answer carries it too,
 written over the prepared bytes (same length), so under `loadgen --vary` no answer repeats either.
@@ -23,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import signal
+import string
 import sys
 import time
 from pathlib import Path
@@ -86,9 +89,17 @@ def stream_events(created: int) -> list[bytes]:
         "system_fingerprint": "fp_bench",
     }
 
+    padding = random.Random(created)
+
     def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        payload = json.dumps({**base, "choices": [choice]}, separators=(",", ":"))
+        # OpenAI pads every delta event by default (stream_options.include_obfuscation) with
+        # random characters that even out the events' sizes against length side channels.
+        size = max(2, 16 - len(delta.get("content") or ""))
+        pad = "".join(padding.choices(string.ascii_letters + string.digits, k=size))
+        payload = json.dumps(
+            {**base, "choices": [choice], "obfuscation": pad}, separators=(",", ":")
+        )
         return f"data: {payload}\n\n".encode()
 
     events = [event({"role": "assistant", "content": ""})]
