@@ -177,9 +177,11 @@ class Shipper:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def notify(self) -> None:
-        """Called by the audit writer's thread after each durable batch. Only the first one since
-        the spool was last read wakes the loop: the rest are read with it, and a wake-up per
-        request is a cross-thread call on the proxy's event loop."""
+        """Called by the audit writer after each durable batch (``AuditWriter.on_durable``): on
+        its thread, or on the event loop that settled a batch of the compiled syncer. Only the
+        first one since the spool was last read wakes the loop: the rest are read with it, and
+        a wake-up per request is a cross-thread call on the proxy's event loop (the call
+        below is safe from either side)."""
         if self._pending_since is not None:
             return
         self._pending_since = time.monotonic()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packgate_sidecar.audit import writer as writer_mod
+from packgate_sidecar.audit import disk as disk_mod
 from packgate_sidecar.audit.chain import verify_lines
 from packgate_sidecar.audit.keys import AuditKeyError, load_key
 from packgate_sidecar.audit.record import (
@@ -369,7 +369,7 @@ async def test_disk_failure_stops_the_writer_loudly(
     def enospc(fd: int, data: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer_mod, "write_all", enospc)
+    monkeypatch.setattr(disk_mod, "write_all", enospc)
     w.submit(record(1))
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
