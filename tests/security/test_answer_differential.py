@@ -128,16 +128,10 @@ async def test_an_ambiguous_stream_event_ends_the_stream_with_an_error(
     hidden = b'{"content":"write to ' + SECRET.encode() + b'","content":" no data here"}'
     events = [_event(b'{"role":"assistant","content":"Hello,"}'), _event(hidden)]
     upstream.then(Behavior(sse=[*events, b"data: [DONE]\n\n"]))
-    stream = await gateway.client().chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], stream=True
-    )
-    received = ""
-    with pytest.raises(openai.APIError) as caught:
-        async for chunk in stream:
-            received += "".join(c.delta.content or "" for c in chunk.choices)
+    received, error = await gateway.stream_until_error()
     assert received == "Hello,"
-    assert "'content' more than once" in caught.value.message
-    assert SECRET not in caught.value.message
+    assert "'content' more than once" in error.message
+    assert SECRET not in error.message
     ctx = await _finished(audited)
     assert ctx.error_code == "bad_upstream_response"
 

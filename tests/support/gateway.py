@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from openai import AsyncOpenAI
+from openai import APIError, AsyncOpenAI
 from packgate_sidecar.app import Gateway, GatewayOptions
 from packgate_sidecar.metrics import Metrics
 from packgate_sidecar.policy import PodIdentity, PolicyRuntime, Registry
@@ -70,6 +70,20 @@ class RunningGateway:
     def metric(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return value or 0.0
+
+    async def stream_until_error(self) -> tuple[str, APIError]:
+        """Stream a chat answer to "hi" through the real SDK until the stream ends in an error
+        event: the text the application received before it, and the error."""
+        stream = await self.client().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        received = ""
+        try:
+            async for chunk in stream:
+                received += "".join(c.delta.content or "" for c in chunk.choices)
+        except APIError as error:
+            return received, error
+        raise AssertionError(f"the stream ended without an error after {received!r}")
 
 
 def _port(runner: web.AppRunner) -> int:

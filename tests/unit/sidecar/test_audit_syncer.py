@@ -14,36 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.audit._syncer import Syncer
-from packgate_sidecar.audit.record import AuditRecord, utc_time
+from packgate_sidecar.audit.record import AuditRecord
 from packgate_sidecar.audit.verify import verify_path
 from packgate_sidecar.audit.writer import AuditQueueFull, AuditWriter, AuditWriterError
 
-KEY = bytes.fromhex("5f" * 32)
-DAY = 86400.0
-T0 = 1735689600.0  # 2025-01-01T00:00:00Z
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.audit_records import DAY, KEY, T0, Clock, writer_record
 
 
 def record(i: int, now: float = T0) -> AuditRecord:
-    return AuditRecord(
-        time=utc_time(now),
-        request_id=f"req-{i}",
-        endpoint="chat.completions",
-        status=200,
-        latency_ms=1.5,
-        pod="app-7d9f",
-        namespace="team-a",
-        pack="default",
-        pack_version="1.2.0",
-        model="gpt-4o",
-    )
+    return writer_record(i, now)
 
 
 def files(directory: Path) -> dict[str, bytes]:

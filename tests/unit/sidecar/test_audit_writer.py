@@ -25,7 +25,6 @@ from packgate_sidecar.audit.record import (
     PolicyDecision,
     TokenUsage,
     client_token,
-    utc_time,
 )
 from packgate_sidecar.audit.verify import verify_path
 from packgate_sidecar.audit.writer import (
@@ -36,31 +35,14 @@ from packgate_sidecar.audit.writer import (
     list_segments,
 )
 
-KEY = bytes.fromhex("5f" * 32)
-DAY = 86400.0
-T0 = 1735689600.0  # 2025-01-01T00:00:00Z
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.audit_records import DAY, KEY, T0, Clock, writer_record
 
 
 def record(i: int, now: float = T0) -> AuditRecord:
-    return AuditRecord(
-        time=utc_time(now),
-        request_id=f"req-{i}",
-        endpoint="chat.completions",
-        status=200,
+    return writer_record(
+        i,
+        now,
         latency_ms=12.5,
-        pod="app-7d9f",
-        namespace="team-a",
-        pack="default",
-        pack_version="1.2.0",
-        model="gpt-4o",
         target="chatgpt-enterprise",
         decisions=(PolicyDecision("pii-detector", "redact", "pii:EMAIL"),),
         usage=TokenUsage(prompt_tokens=10, completion_tokens=5, total_tokens=15),
