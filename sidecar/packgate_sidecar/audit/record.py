@@ -32,12 +32,44 @@ _MAX_SEEN = 4096
 
 
 def utc_time(epoch: float) -> str:
-    """RFC 3339 UTC time with milliseconds, the form every audit timestamp uses."""
+    """RFC 3339 UTC time with milliseconds, the form every audit timestamp uses.
+
+    Every record takes two (its own and its seal's), and most fall in the second the previous
+    one did: the date and time up to the second are formatted once per second and remembered
+    (a tuple swapped whole, so any thread reads a consistent pair). The split into second and
+    microsecond is ``datetime.fromtimestamp``'s own (``modf``, round half to even, carry), so
+    the result equals :func:`utc_time_reference` for every epoch (a property test holds them
+    equal)."""
+    global _SECOND
+    frac, whole = math.modf(epoch)
+    micro = round(frac * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second = int(whole)
+    cached = _SECOND
+    if cached[0] != second:
+        t = datetime.fromtimestamp(second, tz=UTC)
+        cached = _SECOND = (
+            second,
+            f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}.",
+        )
+    return f"{cached[1]}{micro // 1000:03d}Z"
+
+
+def utc_time_reference(epoch: float) -> str:
+    """:func:`utc_time` from ``datetime`` at every call: the reference it is tested against."""
     t = datetime.fromtimestamp(epoch, tz=UTC)  # formatted by hand: strftime is 5x slower
     return (
         f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
         f"{t.microsecond // 1000:03d}Z"
     )
+
+
+_SECOND: tuple[int, str] = (-(2**62), "")  # (epoch second, its formatted prefix)
 
 
 def client_token(value: str | None) -> str | None:
@@ -176,17 +208,23 @@ class AuditRecord:
             raise ValueError("audit field time: must be RFC 3339 UTC like 2025-01-31T12:00:00.000Z")
         _token("request_id", self.request_id)
         _token("endpoint", self.endpoint)
-        for name in (
-            "pod",
-            "namespace",
-            "pack",
-            "pack_version",
-            "config_hash",
-            "model",
-            "target",
-            "outcome",
+        # The optional tokens (identities from the config and pod, model, target, outcome)
+        # repeat from request to request: one pass over them finds each seen before or unset;
+        # only a new one is checked (and named, if it fails) field by field.
+        for value in (
+            self.pod,
+            self.namespace,
+            self.pack,
+            self.pack_version,
+            self.config_hash,
+            self.model,
+            self.target,
+            self.outcome,
         ):
-            _opt_token(name, getattr(self, name))
+            if value is not None and not (type(value) is str and value in _SEEN):
+                for name in _OPT_TOKENS:
+                    _opt_token(name, getattr(self, name))
+                break
         # A write-ahead record ("started") has no status yet: the request is not answered.
         if not (self.status is None and self.outcome == "started") and (
             isinstance(self.status, bool)
@@ -306,4 +344,14 @@ def _decision(raw: object) -> PolicyDecision:
 
 
 _FIELDS = frozenset(AuditRecord.__dataclass_fields__)
+_OPT_TOKENS = (
+    "pod",
+    "namespace",
+    "pack",
+    "pack_version",
+    "config_hash",
+    "model",
+    "target",
+    "outcome",
+)
 _USAGE_FIELDS = frozenset(TokenUsage.__dataclass_fields__)

@@ -95,6 +95,7 @@ _EXPECTED = "audit-logger/expected"
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:/@+=,%\-]")
 _MAX_DECISIONS = 32
 _TOKENS: dict[str, str] = {}
+_DECISIONS: dict[tuple[str, str, str], PolicyDecision] = {}
 
 
 class AuditUnavailable(RuntimeError):
@@ -196,8 +197,7 @@ def decision_reason(record: DecisionRecord) -> str:
 def build_record(ctx: RequestContext, started: bool = False) -> AuditRecord:
     """The audit record of a finished request: identities, decisions, usage, cost, timing."""
     decisions = [
-        PolicyDecision(record.kind, record.action, decision_reason(record))
-        for record in ctx.decisions
+        _decision(record.kind, record.action, decision_reason(record)) for record in ctx.decisions
     ]
     found = ctx.state.get(STATE_KEY)
     attribution = found if isinstance(found, Attribution) else None
@@ -237,6 +237,19 @@ def build_record(ctx: RequestContext, started: bool = False) -> AuditRecord:
         tags=dict(list(tags.items())[:32]),
         outcome="started" if started else _token(ctx.outcome),
     )
+
+
+def _decision(kind: str, action: str, reason: str) -> PolicyDecision:
+    """``PolicyDecision(kind, action, reason)``, validated once: the same few decisions come
+    with every request, and a frozen one can be shared by every record that holds it."""
+    key = (kind, action, reason)
+    decision = _DECISIONS.get(key)
+    if decision is None:
+        decision = PolicyDecision(kind, action, reason)  # raises before anything is remembered
+        if len(_DECISIONS) >= 4096:
+            _DECISIONS.clear()
+        _DECISIONS[key] = decision
+    return decision
 
 
 def _token(value: str | None) -> str | None:

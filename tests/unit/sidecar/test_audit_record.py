@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.audit.chain import canonical
-from packgate_sidecar.audit.record import AuditRecord, PolicyDecision, TokenUsage
+from packgate_sidecar.audit.record import (
+    AuditRecord,
+    PolicyDecision,
+    TokenUsage,
+    utc_time,
+    utc_time_reference,
+)
 
 TOKEN = st.text("AZaz09_.:/@+=,%-", min_size=1, max_size=20)
 OPT_TOKEN = st.none() | TOKEN
@@ -59,3 +67,31 @@ def test_a_write_ahead_record_without_a_status_encodes_it_as_null() -> None:
     )
     assert started.encode() == canonical(started.to_body())
     assert b'"status":null' in started.encode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(-62135596800.0, 253402300799.0) | st.integers(0, 2**33), max_size=6))
+@example([1.9999995, 1.9999994999, 1.0, -0.0005, -1.0000005])  # rounding carries a second
+@example([1700000000.9999996, 1700000000.0005, 1700000001.0])
+def test_utc_time_remembering_its_second_equals_the_datetime_reference(
+    epochs: list[float],
+) -> None:
+    # a sequence, so that the remembered second is reused, replaced and carried across calls
+    assert [utc_time(e) for e in epochs] == [utc_time_reference(e) for e in epochs]
+
+
+def test_a_new_optional_token_is_checked_and_named_even_among_remembered_ones() -> None:
+    ok = AuditRecord(
+        time="2025-01-31T12:00:00.000Z",
+        request_id="req-1",
+        endpoint="chat.completions",
+        status=200,
+        latency_ms=1.0,
+        pod="pod-a",
+        pack="chatgpt",
+        model="gpt-4o",
+        outcome="ok",
+    )
+    for field, bad in (("target", "free text"), ("outcome", "x" * 129), ("pack", 7)):
+        with pytest.raises(ValueError, match=f"audit field {field}:"):
+            dataclasses.replace(ok, **{field: bad})

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from packgate_policy import AuditLogger, CostAttribution
+from packgate_sidecar.audit.record import PolicyDecision
 from packgate_sidecar.audit.verify import verify_path
 from packgate_sidecar.audit.writer import DURABLE_STATE_KEY, STREAMED_STATE_KEY, AuditWriter
 from packgate_sidecar.chain import Chain, Entry
@@ -164,6 +165,26 @@ def test_decision_reasons_become_audit_tokens() -> None:
         "pii-detector", "request", "block", "policy error, failed closed", {}, 1.0, "error"
     )
     assert decision_reason(failed) == "request:error,fail_closed"
+
+
+def test_remembered_decisions_are_the_ones_built_afresh() -> None:
+    ctx = request(
+        DecisionRecord("pii-detector", "request", "rewrite", "pii:EMAIL", {"EMAIL": 2}),
+        DecisionRecord("prompt-injection", "request", "allow", "", {"score": 0.25}),
+    )
+    first, again = audit_logger.build_record(ctx), audit_logger.build_record(ctx)
+    assert (
+        again.decisions
+        == first.decisions
+        == tuple(PolicyDecision(d.kind, d.action, decision_reason(d)) for d in ctx.decisions)
+    )
+    assert again.encode() == first.encode()
+    ctx.decisions[1] = DecisionRecord("prompt-injection", "request", "allow", "", {"score": 0.5})
+    assert audit_logger.build_record(ctx).decisions[1].reason == "request/score=0.5"
+    with pytest.raises(ValueError, match=r"decisions\.policy"):  # never remembered, still refused
+        audit_logger._decision("not a token", "allow", "request")
+    with pytest.raises(ValueError, match=r"decisions\.policy"):
+        audit_logger._decision("not a token", "allow", "request")
 
 
 async def test_cost_is_recorded_even_when_audit_comes_first_in_the_chain(tmp_path: Path) -> None:
