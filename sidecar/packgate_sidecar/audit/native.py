@@ -86,12 +86,17 @@ class SyncerLane:
         no loop will see to)."""
         syncer = self.syncer
         assert syncer is not None
-        writes = [op for op in batch.ops if isinstance(op, Write)]
-        data = writes[0].data if len(writes) == 1 else b"".join(op.data for op in writes)
+        ops = batch.ops
+        data: bytes | bytearray
+        if len(ops) == 1 and type(op := ops[0]) is Write:  # the usual batch: one run of lines
+            data, records, access = op.data, op.records, op.access
+        else:
+            writes = [op for op in ops if isinstance(op, Write)]
+            data = b"".join(op.data for op in writes)
+            records, access = sum(op.records for op in writes), sum(op.access for op in writes)
         ticket = syncer.submit(fd, data, fsync, echo_fd)
         loop = running_loop()
         thread = loop is None or bool(batch.threads)  # a blocking flush() must not wait on a loop
-        records, access = sum(op.records for op in writes), sum(op.access for op in writes)
         flight = Flight(ticket, batch, records, access, thread)
         self.flights.append(flight)
         self.flying += batch.access
