@@ -113,7 +113,8 @@ typedef struct Terms {
  * and in a range [a, b) the distinct buckets are the features whose previous occurrence in the
  * sequence lies before a: a branch-free sum, no set. The few other features of a span (the
  * pieces of tokens a window cuts, the sentences' first words) are hashed, checked against the
- * range through each bucket's sorted occurrences, and de-duplicated with the usual set. Only a
+ * range by following their bucket's chain of occurrences (seq_holds_id), and de-duplicated with
+ * the usual set. Only a
  * single character n-gram size takes this path (the shipped model's); others extract each span
  * from scratch, as `logit` does. */
 typedef struct {

@@ -124,7 +124,6 @@ class InjectionScorer:
         for b, w in zip(buckets, weights, strict=True):
             table[b] = w
         self.table = table
-        self._entries = len(buckets)
         self.bits = bits
         self.char_sizes = char_sizes
         self.seeds: tuple[int, int, int] = (seeds[0], seeds[1], seeds[2])
@@ -132,11 +131,6 @@ class InjectionScorer:
         self.compiled = ngram.COMPILED and not reference
         core = ngram.Scorer if self.compiled else ngram_ref.Scorer
         self.core = core(table, char_sizes, self.seeds)
-
-    @property
-    def nonzero_weights(self) -> int:
-        """Table entries the model sets, plus its rules (a size measure for reports)."""
-        return self._entries + len(self.rule_weights)
 
     def logit(self, normalised: str, lowered: str | None = None) -> float:
         """Calibrated log-odds for one normalised text (one variant, no decoding); `lowered`
@@ -146,10 +140,6 @@ class InjectionScorer:
         rules = matched_rules if self.compiled else searched_rules
         z = self.bias + sum(self.rule_weights.get(r, 0.0) for r in rules(normalised, lowered))
         return z + self.core.pooled_logit(lowered)
-
-    def span_logit(self, lowered: str, start: int, end: int) -> float:
-        """The n-gram part of one span of a lower-cased variant (no bias, no rules)."""
-        return float(self.core.logit(lowered, start, end))
 
     def score(self, text: str) -> float:
         """Injection score in [0, 1]: the worst case over the text's decoded variants.
