@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+from packgate_sidecar import compiled
 from packgate_sidecar.audit.batch import Batch, Write, running_loop
 
 if TYPE_CHECKING:
@@ -42,10 +42,8 @@ else:
         from packgate_sidecar.audit._syncer import Syncer
     except ImportError as exc:  # pragma: no cover - exercised only on a broken install
         Syncer = None
-        logging.getLogger("packgate.audit").warning(
-            "compiled audit syncer unavailable (%s); the writer thread writes and fsyncs, "
-            "which costs the event loop GIL hand-offs: reinstall packgate (pip install .)",
-            exc,
+        compiled.missing(
+            "audit syncer", exc, "the writer thread writes and fsyncs, at GIL hand-offs' cost"
         )
 
 AVAILABLE = Syncer is not None  # the extension is built

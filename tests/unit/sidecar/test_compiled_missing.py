@@ -24,6 +24,11 @@ CASES = [
         "compiled SSE frame scan unavailable",
     ),
     (
+        "packgate_sidecar.audit._syncer",
+        "from packgate_sidecar.audit import native as m; assert not m.AVAILABLE",
+        "compiled audit syncer unavailable",
+    ),
+    (
         "packgate_sidecar.detect._ngramcore",
         "from packgate_sidecar.detect import ngram as m; assert not m.COMPILED",
         "compiled scoring core unavailable",
