@@ -38,8 +38,8 @@ def utc_time(epoch: float) -> str:
     one did: the date and time up to the second are formatted once per second and remembered
     (a tuple swapped whole, so any thread reads a consistent pair). The split into second and
     microsecond is ``datetime.fromtimestamp``'s own (``modf``, round half to even, carry), so
-    the result equals :func:`utc_time_reference` for every epoch (a property test holds them
-    equal)."""
+    the result equals formatting ``datetime.fromtimestamp(epoch)`` for every epoch (a property
+    test holds them equal)."""
     global _SECOND
     frac, whole = math.modf(epoch)
     micro = round(frac * 1e6)
@@ -58,15 +58,6 @@ def utc_time(epoch: float) -> str:
             f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}.",
         )
     return f"{cached[1]}{micro // 1000:03d}Z"
-
-
-def utc_time_reference(epoch: float) -> str:
-    """:func:`utc_time` from ``datetime`` at every call: the reference it is tested against."""
-    t = datetime.fromtimestamp(epoch, tz=UTC)  # formatted by hand: strftime is 5x slower
-    return (
-        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
-        f"{t.microsecond // 1000:03d}Z"
-    )
 
 
 _SECOND: tuple[int, str] = (-(2**62), "")  # (epoch second, its formatted prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import example, given, settings
@@ -14,7 +15,6 @@ from packgate_sidecar.audit.record import (
     PolicyDecision,
     TokenUsage,
     utc_time,
-    utc_time_reference,
 )
 
 TOKEN = st.text("AZaz09_.:/@+=,%-", min_size=1, max_size=20)
@@ -67,6 +67,15 @@ def test_a_write_ahead_record_without_a_status_encodes_it_as_null() -> None:
     )
     assert started.encode() == canonical(started.to_body())
     assert b'"status":null' in started.encode()
+
+
+def utc_time_reference(epoch: float) -> str:
+    """utc_time from ``datetime`` at every call: the reference it is tested against."""
+    t = datetime.fromtimestamp(epoch, tz=UTC)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
+        f"{t.microsecond // 1000:03d}Z"
+    )
 
 
 @settings(max_examples=500, deadline=None)
