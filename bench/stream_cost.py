@@ -3,8 +3,9 @@ chain's stream filters, without the network.
 
 Why it exists: a streamed answer costs the sidecar per event, and how the events arrive decides
 which path they take. The bench upstream (`upstream.py`) sends a whole answer in one write, so
-the sidecar reads its 113 events as one chunk; a provider generating tokens sends them one event
-per chunk. This measures both for the bench answer, through the first seed config's stream
+the sidecar reads its events as one chunk; a provider generating tokens sends them one event
+per chunk. This measures both for the bench answer, as a chat completions stream and as a
+Responses API stream (`upstream.responses_stream_events`), through the first seed config's stream
 filters (pii-detector redact; audit-logger left out, as in `cpu_cost.py`'s seed-no-audit), as
 thread CPU time per stream (the minimum of several rounds, which barely moves on a loaded
 machine). With `--baseline DIR` the same runs use another checkout's sidecar in a second
@@ -52,19 +53,26 @@ def _chain() -> Any:
 def measure(streams: int, rounds: int) -> dict[str, float]:
     """Microseconds of thread CPU per stream, for each way the events arrive."""
     from packgate_sidecar.policy import RequestContext
-    from packgate_sidecar.shapes import CHAT
+    from packgate_sidecar.shapes import CHAT, RESPONSES
     from packgate_sidecar.sse import StreamRewriter
     from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
     chain = _chain()
-    events = upstream.stream_events(int(time.time()))
-    arrivals = {"one chunk": [b"".join(events)], "one event per chunk": events}
+    created = int(time.time())
+    arrivals: dict[str, tuple[str, list[bytes]]] = {}
+    for route, events in (
+        (CHAT, upstream.stream_events(created)),
+        (RESPONSES, upstream.responses_stream_events(created)),
+    ):
+        label = f"{route.removeprefix('/v1/')}, {len(events)} events"
+        arrivals[f"{label}, one chunk"] = (route, [b"".join(events)])
+        arrivals[f"{label}, one event per chunk"] = (route, events)
 
-    def one(chunks: list[bytes]) -> None:
+    def one(route: str, chunks: list[bytes]) -> None:
         # As forward._relay feeds it: the first bytes as soon as one event is checked.
-        ctx = RequestContext("bench", CHAT)
+        ctx = RequestContext("bench", route)
         policies = chain.open_stream(ctx)
-        rewriter = StreamRewriter(STREAM_SHAPES[CHAT], policies, ctx)
+        rewriter = StreamRewriter(STREAM_SHAPES[route], policies, ctx)
         sent = False
         for chunk in chunks:
             if rewriter.feed(chunk, first=not sent) and not sent:
@@ -74,13 +82,13 @@ def measure(streams: int, rounds: int) -> dict[str, float]:
         policies.close()
 
     out: dict[str, float] = {}
-    for name, chunks in arrivals.items():
-        one(chunks)
+    for name, (route, chunks) in arrivals.items():
+        one(route, chunks)
         best = float("inf")
         for _ in range(rounds):
             started = time.thread_time()
             for _ in range(streams):
-                one(chunks)
+                one(route, chunks)
             best = min(best, (time.thread_time() - started) / streams * 1e6)
         out[name] = best
     return out
@@ -108,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             raise SystemExit(f"{label} failed: {done.stderr[-800:]}")
         results[label] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{'us of thread CPU per stream (113 events)':44}" + "".join(f"{t:>12}" for t in trees))
+    print(f"{'us of thread CPU per stream':48}" + "".join(f"{t:>12}" for t in trees))
     for name in results["this tree"]:
-        print(f"{name:44}" + "".join(f"{results[t][name]:12.0f}" for t in trees))
+        print(f"{name:48}" + "".join(f"{results[t][name]:12.0f}" for t in trees))
     print("load average", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 

@@ -111,6 +111,55 @@ def stream_events(created: int) -> list[bytes]:
     return events
 
 
+def responses_stream_events(created: int) -> list[bytes]:
+    """The same answer as a Responses API stream (`POST /v1/responses`, `stream: true`), in the
+    layout OpenAI sends: each event named on an `event:` line, numbered by `sequence_number`,
+    text deltas padded with `obfuscation`, then the whole text repeated by the `.done` events
+    and the final `response.completed` snapshot."""
+    padding = random.Random(created)
+    item_id = "msg_68b5ebae5a708196b74b94f22ca8995e0698ecbf1b9f2704"
+    number = 0
+
+    def event(data: dict[str, Any]) -> bytes:
+        nonlocal number
+        payload = json.dumps(
+            {"type": data["type"], "sequence_number": number, **data}, separators=(",", ":")
+        )
+        number += 1
+        return f"event: {data['type']}\ndata: {payload}\n\n".encode()
+
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
+    item = {"id": item_id, "type": "message", "status": "in_progress", "content": [],
+            "role": "assistant"}  # fmt: skip
+    response: dict[str, Any] = {
+        "id": "resp_bench", "object": "response", "created_at": created, "status": "in_progress",
+        "model": MODEL, "output": [], "usage": None,
+    }  # fmt: skip
+    events = [event({"type": "response.created", "response": response})]
+    events.append(event({"type": "response.in_progress", "response": response}))
+    events.append(event({"type": "response.output_item.added", "output_index": 0, "item": item}))
+    events.append(event({"type": "response.content_part.added", **where, "part": part}))
+    for piece in _pieces(ANSWER):
+        size = max(2, 16 - len(piece))
+        pad = "".join(padding.choices(string.ascii_letters + string.digits, k=size))
+        delta = {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+        events.append(event({**delta, "obfuscation": pad}))
+    events.append(
+        event({"type": "response.output_text.done", **where, "text": ANSWER, "logprobs": []})
+    )
+    done_part = {**part, "text": ANSWER}
+    events.append(event({"type": "response.content_part.done", **where, "part": done_part}))
+    done_item = {**item, "status": "completed", "content": [done_part]}
+    events.append(
+        event({"type": "response.output_item.done", "output_index": 0, "item": done_item})
+    )
+    usage = {"input_tokens": 260, "output_tokens": 64, "total_tokens": 324}
+    final = {**response, "status": "completed", "output": [done_item], "usage": usage}
+    events.append(event({"type": "response.completed", "response": final}))
+    return events
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 

@@ -16,8 +16,12 @@ one such event (a provider trickling its events) is read with one compiled scan,
 consecutive such events of one channel (an upstream chunk often holds dozens) go through the
 filters as one text, one call per filter instead of one per event, unless a filter may block
 (`StreamFilter.may_block`: then the events before the blocking one must still go out). An empty
-text is not fed to the filters. Every other event is parsed in full. When a text changes, the
-event's `logprobs` (which spell out the original tokens) are dropped.
+text is not fed to the filters. The Responses API's common event, OpenAI's `output_text.delta`
+(an `event:` line naming it, then its data), is read the same way (`ResponsesStream.plain_delta`
+spells out every byte of it), so its text reaches the filters and the whole-text bookkeeping
+(`_sent`) without a parse, and a changed text is spliced in where the full path would re-encode
+the same bytes. Every other event is parsed in full. When a text changes, the event's
+`logprobs` (which spell out the original tokens) are dropped.
 
 SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
 other than `event` and `data` are ignored; a block without data dispatches nothing. A comment-only
@@ -185,7 +189,7 @@ class StreamRewriter:
                 self.saw_done = True
                 return (self._flush([()], set()) if self.policies else b"") + block + b"\n\n"
             if not plain_tried:
-                plain = self._plain_delta(block)
+                plain = self._plain_delta(block, 6)
                 if plain is not None:
                     return self._plain(block, *plain)
             # One `data:` line: what parse_block would read, without splitting lines.
@@ -193,6 +197,11 @@ class StreamRewriter:
             data = _utf8(body)
             raw = block + b"\n\n"
         else:
+            at = -1 if plain_tried else self._data_at(block)
+            if at > 0:  # an `event:` line the shape's plain events open with, then `data: `
+                plain = self._plain_delta(block, at)
+                if plain is not None:
+                    return self._plain(block, *plain)
             try:
                 name, found = parse_block(block)
             except UnicodeDecodeError:
@@ -256,9 +265,10 @@ class StreamRewriter:
     def _plain_span(self, block: bytes) -> tuple[Channel, int, int] | None:
         """The fast path's reading of a chat delta event (`StreamShape.plain_delta`); a plain
         event also becomes the frame that the events after it are compared with."""
-        if not block.startswith(b"data: ") or b"\n" in block:
+        at = self._data_at(block)
+        if at < 0:
             return None
-        found = self._plain_delta(block)
+        found = self._plain_delta(block, at)
         if found is not None:
             channel, start, end = found
             after = block[end:]
@@ -275,11 +285,25 @@ class StreamRewriter:
                 self._frame = (block[:start], after, b"", channel)
         return found
 
-    def _plain_delta(self, block: bytes) -> tuple[Channel, int, int] | None:
-        """`StreamShape.plain_delta` of a `data: ` line, for a block that is UTF-8 throughout:
+    def _data_at(self, block: bytes) -> int:
+        """Where the JSON of a block that may be a plain delta event starts: after `data: ` when
+        the block is that one line, or is the shape's `plain_event` line and that line; else -1.
+        (parse_block reads the same name and data from such a block, and `_canonical` holds.)"""
+        if block.startswith(b"data: "):
+            return -1 if b"\n" in block else 6
+        named = self.shape.plain_event
+        if named is None or not block.startswith(named):
+            return -1
+        at = len(named)
+        if not block.startswith(b"data: ", at) or block.find(b"\n", at) >= 0:
+            return -1
+        return at + 6
+
+    def _plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
+        """`StreamShape.plain_delta` of a block `_data_at` found, when it is UTF-8 throughout:
         such an event goes out as its bytes, so bytes the full parse would refuse must not pass
         outside its text either (the events read in its frame repeat its checked bytes)."""
-        found = self.shape.plain_delta(block, 6)
+        found = self.shape.plain_delta(block, at)
         if found is not None and not block.isascii():
             try:
                 block.decode()

@@ -34,6 +34,9 @@ class StreamShape:
     """How one endpoint's stream carries text. Subclasses override `parse` and `synthesize`."""
 
     has_snapshots = False
+    # The `event:` line (with its LF) a plain delta event may open with (`plain_delta`); None
+    # when the shape's plain events are one `data:` line.
+    plain_event: bytes | None = None
 
     def parse(self, event: str | None, data: Json) -> StreamEvent:
         raise NotImplementedError
@@ -41,8 +44,10 @@ class StreamShape:
     def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
         """For the common event that carries one text delta and nothing else the chain needs
         (no other text, no end of a channel, no usage, no error), its channel and the byte span
-        of that text inside `block` (whose JSON starts at `at`), read without parsing the JSON;
-        None when the event must be parsed. Must agree exactly with `parse` where it answers."""
+        of that text inside `block` (whose JSON starts at `at`, after a `data: ` that may follow
+        `plain_event`), read without parsing the JSON; None when the event must be parsed. Must
+        agree exactly with `parse` where it answers, and re-encoding the event with a changed
+        text must be the same as putting the text between its bytes."""
         return None
 
     def drop_logprobs(self, data: Json, channel: Channel) -> None:
@@ -214,8 +219,32 @@ def _item_channels(output_index: int, item: Any) -> list[tuple[Channel, TextSlot
     return out
 
 
+# The Responses fast path (see ResponsesStream.plain_delta): OpenAI's `output_text.delta`
+# event, member for member. Every byte is spelled out, so the event has no escape, duplicate
+# key or other member, and its compact JSON is what `json.dumps` writes back: putting a new
+# text between its bytes is re-encoding it. Integers are JSON's (no leading zero) and short;
+# the id and the `obfuscation` padding are printable ASCII without a quote or backslash.
+_PLAIN_RESPONSES = re.compile(
+    rb'\{"type":"response\.output_text\.delta","sequence_number":(?:0|[1-9][0-9]{0,15}),'
+    rb'"item_id":"[\x20\x21\x23-\x5b\x5d-\x7f]*",'
+    rb'"output_index":(0|[1-9][0-9]{0,8}),"content_index":(0|[1-9][0-9]{0,8}),'
+    rb'"delta":"([^"\\\x00-\x1f]*)"(?:,"logprobs":\[\])?'
+    rb'(?:,"obfuscation":"[\x20\x21\x23-\x5b\x5d-\x7f]*")?\}'
+)
+
+
 class ResponsesStream(StreamShape):
     has_snapshots = True
+    plain_event = b"event: response.output_text.delta\n"
+
+    def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
+        # `parse` reads `type` (the event line only names it again), and `drop_logprobs` has
+        # nothing to drop from an empty list: the text is the only thing the chain needs.
+        match = _PLAIN_RESPONSES.fullmatch(block, at)
+        if match is None:
+            return None
+        channel = (int(match.group(1)), int(match.group(2)), "text")
+        return (channel, match.start(3), match.end(3))
 
     # delta event -> (channel builder, key of the whole text in the matching `.done` event)
     _DELTAS: dict[str, tuple[str, str]] = {
