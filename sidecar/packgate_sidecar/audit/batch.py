@@ -64,6 +64,16 @@ class Batch:
     def waiting(self) -> bool:
         return bool(self.ops or self.loops or self.threads)
 
+    def append(self, line: bytes, *, access: bool) -> None:
+        """Add a sealed line to the run of lines at the end of ``ops``."""
+        tail = self.tail
+        if tail is None:
+            tail = self.tail = Write(bytearray())
+            self.ops.append(tail)
+        tail.data += line
+        tail.records += 1
+        tail.access += access
+
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
     try:

@@ -3,12 +3,13 @@
 Why it exists: every proxied request produces an audit record, and no ``fsync`` may stall the
 event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``), which validates
 and seals the record on the spot (its body encoded in one pass by ``AuditRecord.encode``; hash
-and MAC: some 15 us, less than handing the record to another thread costs) and appends the line
-to an in-memory batch (``batch.py``). Each batch is written with one ``write`` on an
-``O_APPEND`` descriptor and synced once, so throughput grows with load instead of paying one
-sync per request. Who writes it: the compiled syncer for plain lines handed over by an event
-loop (``native.py``), else the writer thread of this module, whose disk work (segments,
-retention, the stdout copy, recovery at start) is ``disk.py``.
+and MAC: some 15 us, less than handing the record to another thread costs; the chain's head and
+segments are ``sealer.py``) and appends the line to an in-memory batch (``batch.py``). Each
+batch is written with one ``write`` on an ``O_APPEND`` descriptor and synced once, so throughput
+grows with load instead of paying one sync per request. Who writes it (``drain.py``): the
+compiled syncer for plain lines handed over by an event loop (``native.py``), else the writer
+thread, whose disk work (segments, retention, the stdout copy, recovery at start) is ``disk.py``.
+This module is the producers' side: the API, the queue's bound, and when a batch is ready.
 
 Batches are made large when they can be: requests that will send records soon are counted
 (:meth:`expect`); while others than the batch's own are counted, the batch waits up to
@@ -50,26 +51,10 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
 from packgate_sidecar.audit import native as native_mod
-from packgate_sidecar.audit.batch import (
-    Batch,
-    Open,
-    Prune,
-    Unlink,
-    Write,
-    running_loop,
-    settle,
-    wake,
-)
-from packgate_sidecar.audit.chain import (
-    GENESIS_STATE,
-    ChainState,
-    JSONValue,
-    RecordType,
-    key_id,
-    seal,
-    seal_encoded,
-)
+from packgate_sidecar.audit.batch import Batch, Prune, Unlink, running_loop
+from packgate_sidecar.audit.chain import ChainState, JSONValue
 from packgate_sidecar.audit.disk import SegmentDisk, recover
+from packgate_sidecar.audit.drain import BatchDrain
 from packgate_sidecar.audit.errors import (
     AuditQueueFull,
     AuditRecoveryError,
@@ -77,14 +62,9 @@ from packgate_sidecar.audit.errors import (
     AuditWriterError,
 )
 from packgate_sidecar.audit.native import SyncerLane, echo_fd
-from packgate_sidecar.audit.record import AuditRecord, utc_time
-from packgate_sidecar.audit.segments import (
-    DAY,
-    SEGMENT_RE,
-    list_segments,
-    read_tail,
-    segment_name,
-)
+from packgate_sidecar.audit.record import AuditRecord
+from packgate_sidecar.audit.sealer import Sealer
+from packgate_sidecar.audit.segments import SEGMENT_RE, list_segments, read_tail, segment_name
 
 if TYPE_CHECKING:
     from packgate_sidecar.audit._syncer import Syncer
@@ -114,7 +94,7 @@ __all__ = [
 ]
 
 
-class AuditWriter:
+class AuditWriter(BatchDrain):
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -132,8 +112,7 @@ class AuditWriter:
     ) -> None:
         self.directory = Path(directory)
         self.stats = AuditStats()
-        self._key, self._kid = key, key_id(key)
-        self._max_bytes, self._max_queue, self._fsync = max_segment_bytes, max_queue, fsync
+        self._max_queue, self._fsync = max_queue, fsync
         stdout = sys.stdout.buffer if echo_stdout else None
         echo = echo_stream if echo_stream is not None else stdout
         self._echo_stream = echo_stream
@@ -143,15 +122,13 @@ class AuditWriter:
         self._expecting = 0  # see expect()
         self._cv = threading.Condition(threading.Lock())
         # Guarded by _cv: the queue, and the sealing side of the chain (head, segment, size).
+        self._sealer = Sealer(key, max_segment_bytes)
         self._batch = Batch()
         self._room: list[asyncio.Future[None]] = []  # put() calls waiting for room
         self._sleeping = False  # the writer thread waits for work (a submit must wake it)
         self._thread: threading.Thread | None = None
         self._closing = False
         self._error: BaseException | None = None
-        self._state = GENESIS_STATE
-        self._segno, self._seg_name, self._size = 0, "", 0
-        self._day_start = self._day_end = 0.0
         # Owned by the writer thread once it runs (by start() before): the open segment file.
         self._disk = SegmentDisk(
             self.directory,
@@ -175,12 +152,12 @@ class AuditWriter:
     @property
     def head(self) -> ChainState:
         """The state after the last sealed record (``seq`` of the next one, hash to link to)."""
-        return self._state
+        return self._sealer.state
 
     @property
     def segment(self) -> str:
         """The segment records are being sealed into (the newest one)."""
-        return self._seg_name
+        return self._sealer.segment
 
     @property
     def accepting(self) -> bool:
@@ -229,14 +206,16 @@ class AuditWriter:
         for stale in self.directory.glob(".audit-*.tmp"):
             stale.unlink()  # a segment whose creation crashed before it was linked into place
         now = self._clock()
-        found = recover(self.directory, self._key, self._kid)
+        sealer = self._sealer
+        found = recover(self.directory, sealer.key, sealer.kid)
         torn: dict[str, JSONValue] | None = None
         if found is not None:
-            self._state, self._seg_name, self._segno, torn = found
+            state, segment, segno, torn = found
+            sealer.resume(state, segment, segno)
         with self._cv:
-            self._roll(now, "recovery" if torn else "start")
+            sealer.roll(self._batch, now, "recovery" if torn else "start")
             if torn is not None:
-                self._append(self._seal("recovered", torn, now), access=False)
+                sealer.record(self._batch, "recovered", torn, now)
         while True:  # the header, the recovered record, then what start-up pruning queues
             with self._cv:
                 batch, self._batch = self._batch, Batch()
@@ -396,15 +375,7 @@ class AuditWriter:
                     raise AuditQueueFull(f"audit queue full ({self._max_queue} records waiting)")
                 self._room.append(room)
                 return False
-            now = self._clock()
-            if not self._day_start <= now < self._day_end:
-                self._roll(now, "day")
-            elif self._size >= self._max_bytes:  # so a segment overshoots by one record at most
-                self._roll(now, "size")
-            line, self._state = seal_encoded(
-                self._state, "access", body, key=self._key, ts=utc_time(now), kid=self._kid
-            )
-            self._append(line, access=True)
+            self._sealer.access(batch, body, self._clock())
             batch.access += 1
             batch.counted += counted
             self.stats.submitted += 1
@@ -445,125 +416,11 @@ class AuditWriter:
             self._sleeping = False
             self._cv.notify()
 
-    # -- the compiled syncer (with _cv held, but for _reap and _settle_native) -----------------
-
-    def _native_takes(self, batch: Batch) -> bool:
-        """Whether the syncer writes this batch: lines only (segments and pruning are the
-        writer thread's), no stdout copy to write after it, the thread holding no batch (whose
-        ops come first), nothing failed."""
-        return (
-            self._lane.syncer is not None
-            and not self._busy
-            and self._echo_fd is not None
-            and self._error is None
-            and all(isinstance(op, Write) for op in batch.ops)
-        )
-
-    def _dispatch(self, batch: Batch) -> None:
-        """Hand a ready batch to the syncer (see ``SyncerLane.hand_over``)."""
-        try:
-            echo = self._echo_fd
-            assert echo is not None  # see _native_takes
-            flight = self._lane.hand_over(self._disk.fd, batch, self._fsync, echo, self._reap)
-        except OSError as exc:  # it failed since the last completion was settled
-            self._batch = Batch()
-            error = AuditWriterError(f"audit writer failed: {exc}")
-            for failed in (batch, *self._fail(exc)):
-                settle(failed, error)
-            room, self._room = self._room, []
-            wake(room, None)  # put() tries again and gets the error
-            return
-        self._batch = Batch()
-        if flight.thread and self._sleeping:  # no event loop watches for it: wake the thread
-            self._sleeping = False
-            self._cv.notify()
-
-    def _fail(self, exc: BaseException) -> list[Batch]:
-        """Stop for good after a failed write or fsync; returns the batches that now fail."""
-        self._error = exc
-        lost = [*self._lane.drop(), self._batch]
-        self._batch = Batch()
-        self.stats.lost = self.stats.submitted - self._access_written
-        return lost
-
-    def _reap(self) -> None:
-        """The syncer's eventfd is readable: settle what it completed (on the event loop)."""
-        syncer = self._lane.syncer
-        if syncer is not None:
-            self._settle_native(*syncer.poll())
-
-    def _settle_native(self, completed: int, errno: int) -> None:
-        """Resolve the batches up to ``completed``; with ``errno``, fail every other one."""
-        failed: list[Batch] = []
-        with self._cv:
-            done = self._lane.landed(completed)
-            for flight in done:
-                if flight.records:
-                    self.stats.written += flight.records
-                    self._access_written += flight.access
-                    self.stats.batches += 1
-            if errno and self._error is None:
-                failed = self._fail(OSError(errno, os.strerror(errno)))
-            if done and self._echo_fd is not None and self._echo_fd >= 0:
-                self.stats.echo_errors += self._lane.new_echo_errors()
-            room: list[asyncio.Future[None]] = []
-            if done or failed:
-                room, self._room = self._room, []
-        for flight in done:
-            settle(flight.batch, None)
-        if any(flight.records for flight in done) and self.on_durable is not None:
-            self.on_durable()
-        if failed:
-            error = AuditWriterError(f"audit writer failed: {self._error}")
-            for batch in failed:
-                settle(batch, error)
-        wake(room, None)  # put() tries again: room now, or the error
-
-    def _drain_native(self, *, orphans_only: bool = False) -> None:
-        """Wait (without the GIL) for the syncer's batches, or for the last one no event loop
-        watches, and settle them; raises the failure that stopped the writer, if any."""
-        syncer = self._lane.syncer
-        with self._cv:
-            ticket = self._lane.last_ticket(orphans_only=orphans_only)
-        if syncer is not None and ticket is not None:
-            self._settle_native(*syncer.wait(ticket))
-        if self._error is not None:
-            raise self._error
-
     def _check_open(self) -> None:
         if self._error is not None:
             raise AuditWriterError(f"audit writer failed: {self._error}")
         if self._thread is None or self._closing:
             raise AuditWriterError("audit writer is not running")
-
-    # -- sealing (with _cv held) -------------------------------------------------------------
-
-    def _seal(self, kind: RecordType, body: Mapping[str, JSONValue], now: float) -> bytes:
-        line, self._state = seal(
-            self._state, kind, body, key=self._key, ts=utc_time(now), kid=self._kid
-        )
-        return line
-
-    def _append(self, line: bytes, *, access: bool) -> None:
-        tail = self._batch.tail
-        if tail is None:
-            tail = self._batch.tail = Write(bytearray())
-            self._batch.ops.append(tail)
-        tail.data += line
-        tail.records += 1
-        tail.access += access
-        self._size += len(line)
-
-    def _roll(self, now: float, reason: str) -> None:
-        """Seal the header of the next segment; later lines go to it once the thread made it."""
-        name = segment_name(self._segno + 1, now)
-        header = {"segment": name, "reason": reason, "prev_segment": self._seg_name or None}
-        line = self._seal("segment", header, now)
-        self._batch.ops.append(Open(name, line, now))
-        self._batch.tail = None
-        self._segno, self._seg_name, self._size = self._segno + 1, name, len(line)
-        self._day_start = now - now % DAY  # POSIX time: every UTC day is 86400 s long
-        self._day_end = self._day_start + DAY
 
     def _queue_prune(
         self,
@@ -575,68 +432,10 @@ class AuditWriter:
         """(From the disk work, without _cv.) Seal the prune record naming expired segments
         and queue their deletion after it."""
         with self._cv:
-            self._append(self._seal("prune", body, now), access=False)
+            self._sealer.record(self._batch, "prune", body, now)
             self._batch.ops.append(Unlink(paths, done))
             self._batch.tail = None
             self._ready()
-
-    # -- the writer thread -------------------------------------------------------------------
-
-    def _run(self) -> None:
-        batch = Batch()
-        try:
-            while True:
-                with self._cv:
-                    taken = self._take()
-                    room, self._room = self._room, []
-                wake(room, None)
-                if taken is None:  # the syncer's batches that no loop settles, or closing
-                    self._drain_native(orphans_only=not self._closing)
-                    with self._cv:
-                        if self._closing and not self._lane.flights and not self._batch.waiting():
-                            return  # everything queued has been written
-                    continue
-                batch = taken
-                self._drain_native()  # what the syncer holds comes first
-                self._disk.apply(batch.ops)
-                self._disk.echo_out()  # before the loop is woken: after, both contend for the GIL
-                settle(batch, None)
-                with self._cv:
-                    self._busy = False
-        except BaseException as exc:
-            with self._cv:
-                lost = self._fail(exc) if self._error is None else [self._batch]
-                self._batch = Batch()
-                room, self._room = self._room, []
-                self.stats.lost = self.stats.submitted - self._access_written
-            error = AuditWriterError(f"audit writer failed: {self._error}")
-            for failed in (batch, *lost):
-                settle(failed, error)
-            wake(room, None)  # put() tries again and gets the error
-
-    def _take(self) -> Batch | None:
-        """(With _cv held.) Wait for work: a ready batch the syncer does not take (returned,
-        the thread busy with it), or a syncer batch no event loop settles, or closing (None)."""
-        while True:
-            batch = self._batch
-            if batch.ready or (self._closing and batch.waiting()):
-                if self._native_takes(batch):
-                    self._dispatch(batch)  # left while the thread was busy, or on close
-                    continue
-                self._batch = Batch()
-                self._busy = True
-                return batch
-            if self._closing or any(flight.thread for flight in self._lane.flights):
-                return None
-            self._sleeping = True
-            self._cv.wait()
-            self._sleeping = False
-
-    def _durable(self, access: int) -> None:
-        """(On the writer thread.) Lines holding ``access`` access records were fsynced."""
-        self._access_written += access
-        if self.on_durable is not None:
-            self.on_durable()
 
 
 def _body(record: AuditRecord | Mapping[str, object]) -> bytes:
