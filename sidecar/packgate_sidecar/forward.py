@@ -33,6 +33,7 @@ from .policy import RequestContext
 from .shapes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, all_strings, response_texts
 from .sse import StreamRewriter, UnreadableEvent
 from .stream_shapes import STREAM_SHAPES
+from .upstream_read import read_any
 
 _log = get_logger("forward")
 API_ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
@@ -385,7 +386,7 @@ class Forwarder:
             self.streams[ctx.request_id] = response
             while True:
                 try:
-                    chunk = await answer.content.readany()
+                    chunk = await read_any(answer.content)  # readany, cheaper per HTTP chunk
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     reason, error = "upstream_error", _broken(ctx, isinstance(exc, TimeoutError))
                     break
