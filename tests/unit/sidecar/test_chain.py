@@ -310,6 +310,73 @@ async def test_finish_hooks_see_the_whole_request_and_never_raise() -> None:
     )
 
 
+async def test_finish_runs_hooks_that_never_wait_at_once_and_hands_back_the_rest() -> None:
+    """`finish_now` runs each hook's first step in the caller: a chain whose hooks never wait
+    is done when it returns (nothing left to schedule); a hook that waits is handed back with
+    the hooks after it, which then run in chain order, and its wait is still cut by its
+    budget (a timeout, counted and logged, never raised)."""
+    events: list[str] = []
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    class Quick(Policy):
+        async def on_finish(self, ctx: RequestContext) -> None:
+            events.append(f"quick:{ctx.request_id}")
+
+    class Waits(Policy):
+        finish_first = True
+
+        async def on_finish(self, ctx: RequestContext) -> None:
+            events.append("waits:start")
+            await gate
+            events.append("waits:end")
+
+    class Stuck(Policy):
+        async def on_finish(self, ctx: RequestContext) -> None:
+            events.append("stuck:start")
+            await asyncio.sleep(10)
+
+    quick = build(["audit-logger"], registry_with(audit_logger=Quick))
+    assert quick.finish_now(RequestContext("a", CHAT)) is None
+    assert events == ["quick:a"]
+    timed = sample(
+        quick, "packgate_policy_duration_seconds_count", kind="audit-logger", phase="finish"
+    )
+    assert timed == 1
+
+    events.clear()
+    both = build(
+        ["audit-logger", "cost-attribution"],
+        registry_with(audit_logger=Quick, cost_attribution=Waits),
+    )
+    rest = both.finish_now(RequestContext("b", CHAT))
+    assert rest is not None and events == ["waits:start"]  # the rest waits for the gate
+    task = asyncio.get_running_loop().create_task(rest)
+    await asyncio.sleep(0)
+    assert events == ["waits:start"]
+    gate.set_result(None)
+    await task
+    assert events == ["waits:start", "waits:end", "quick:b"]
+
+    events.clear()
+    stuck = build(
+        ["cost-attribution", "audit-logger"],
+        registry_with(cost_attribution=Stuck, audit_logger=Quick),
+        cost_attribution={"timeout_ms": 20},
+    )
+    rest = stuck.finish_now(RequestContext("c", CHAT))
+    assert rest is not None
+    await asyncio.wait_for(rest, 5)
+    assert events == ["stuck:start", "quick:c"]
+    failures = sample(
+        stuck,
+        "packgate_policy_failures_total",
+        kind="cost-attribution",
+        phase="finish",
+        reason="timeout",
+    )
+    assert failures == 1
+
+
 # --- stream filters -------------------------------------------------------------------------
 
 
