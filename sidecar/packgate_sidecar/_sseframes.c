@@ -4,7 +4,8 @@
  * only in their text (the provider's id, model and choice layout repeat around it). sse.py reads
  * such a run as the last plain event's bytes before and after its text (the frame) around other
  * texts; finding where each text ends took ~0.5 us of Python per event (splits, joins and regex
- * checks over windows of the chunk), this takes one pass over the bytes. The Python reference
+ * checks over windows of the chunk), this takes one pass over the bytes. The Responses API's text
+ * events differ in their `sequence_number` too: the frame may pause at one integer (`mid`). The Python reference
  * (sse_frames.py) says the same thing event by event; a property test holds the two equal.
  */
 
@@ -36,13 +37,26 @@ static Py_ssize_t plain_end(const char *data, Py_ssize_t at, Py_ssize_t size,
  * printable ASCII without a quote or backslash (a string value that changes from event to
  * event, such as OpenAI's `obfuscation` padding). The run ends at the first event that is not such an event (or is not
  * complete). `tail` and a `suffix` must start with a quote (the one that closes the string
- * before them), so a text or value ends at its first special byte. */
+ * before them), so a text or value ends at its first special byte.
+ *
+ * With a sixth argument `mid`, an event is `head` + a JSON integer + `mid` + text + ... instead:
+ * the integer is `0` or 1 to 16 digits without a leading zero (the Responses API numbers every
+ * event with `sequence_number`), and `mid` must not start with a digit, so the integer ends at
+ * its first non-digit byte. */
 static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
-        !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4])) {
+    if (nargs < 5 || nargs > 6 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
+        !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4]) ||
+        (nargs == 6 && !PyBytes_Check(args[5]))) {
         PyErr_SetString(PyExc_TypeError,
-                        "frame_texts(data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes)");
+                        "frame_texts(data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes"
+                        "[, mid: bytes])");
+        return NULL;
+    }
+    const char *mid = nargs == 6 ? PyBytes_AS_STRING(args[5]) : "";
+    Py_ssize_t mid_len = nargs == 6 ? PyBytes_GET_SIZE(args[5]) : 0;
+    if (mid_len > 0 && mid[0] >= '0' && mid[0] <= '9') {
+        PyErr_SetString(PyExc_ValueError, "mid must not start with a digit");
         return NULL;
     }
     const char *data = PyBytes_AS_STRING(args[0]);
@@ -68,6 +82,19 @@ static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     while (size - at >= head_len && memcmp(data + at, head, (size_t)head_len) == 0) {
         Py_ssize_t start = at + head_len;
+        if (mid_len > 0) {
+            Py_ssize_t digits = start;
+            while (digits < size && digits - start < 17 && data[digits] >= '0' &&
+                   data[digits] <= '9') {
+                digits++;
+            }
+            Py_ssize_t count = digits - start;
+            if (count == 0 || count > 16 || (count > 1 && data[start] == '0') ||
+                size - digits < mid_len || memcmp(data + digits, mid, (size_t)mid_len) != 0) {
+                break;
+            }
+            start = digits + mid_len;
+        }
         Py_ssize_t end = plain_end(data, start, size, special);
         if (size - end < tail_len || memcmp(data + end, tail, (size_t)tail_len) != 0) {
             break;

@@ -20,8 +20,11 @@ text is not fed to the filters. The Responses API's common event, OpenAI's `outp
 (an `event:` line naming it, then its data), is read the same way (`ResponsesStream.plain_delta`
 spells out every byte of it), so its text reaches the filters and the whole-text bookkeeping
 (`_sent`) without a parse, and a changed text is spliced in where the full path would re-encode
-the same bytes. Every other event is parsed in full. When a text changes, the event's
-`logprobs` (which spell out the original tokens) are dropped.
+the same bytes. Its frame also pauses at the event's `sequence_number`, an integer that changes
+from event to event (`StreamShape.plain_counter`); such numbered events are filtered one by one,
+not joined, so each carries exactly the text the full parse would give it and the stream is
+byte for byte the full parse's. Every other event is parsed in full. When a text changes, the
+event's `logprobs` (which spell out the original tokens) are dropped.
 
 SSE conformance (the WHATWG rules): lines end in LF, CRLF or CR; comment lines (`:`) and fields
 other than `event` and `data` are ignored; a block without data dispatches nothing. A comment-only
@@ -41,7 +44,7 @@ from . import strict_json
 from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
-from .sse_frames import PLAIN_VALUE, frame_texts
+from .sse_frames import PLAIN_INTEGER, PLAIN_VALUE, frame_texts
 from .stream_shapes import StreamShape
 
 KEEP_ALIVE = b":\n\n"
@@ -120,10 +123,12 @@ class StreamRewriter:
         self._templates: dict[Channel, tuple[str | None, dict[str, Any]]] = {}
         self._frames: dict[Channel, tuple[bytes, bytes]] = {}
         self._emitted: dict[Channel, str] = {}
-        # The last plain delta event around its text: (bytes before, bytes after up to a last
-        # string value that may change from event to event, bytes after that value or b"" when
-        # there is none, channel); see sse_frames.py.
-        self._frame: tuple[bytes, bytes, bytes, Channel] | None = None
+        # The last plain delta event around its text: (bytes before, up to an integer that may
+        # change from event to event when there is one, bytes after that integer or b"" when
+        # there is none, bytes after the text up to a last string value that may change from
+        # event to event, bytes after that value or b"" when there is none, channel); see
+        # sse_frames.py.
+        self._frame: tuple[bytes, bytes, bytes, bytes, Channel] | None = None
 
     def feed(self, chunk: bytes, first: bool = False) -> bytes:
         """Bytes to send for this upstream chunk; raises StreamBlocked or UnreadableEvent.
@@ -133,13 +138,14 @@ class StreamRewriter:
         for the whole chunk to be checked.
         """
         if self._frame is not None and not self._rest:
-            head, tail, suffix, channel = self._frame
+            head, mid, tail, suffix, channel = self._frame
             if chunk.startswith(head) and chunk.endswith(b"\n\n"):
-                texts, stop = frame_texts(chunk, 0, head, tail, suffix)
+                texts, stop = frame_texts(chunk, 0, head, tail, suffix, mid)
                 if stop == len(chunk) and len(texts) == 1:
                     # What a provider trickling its events sends: one event, in the last plain
                     # event's frame.
-                    return self._framed(chunk, texts[0], head, channel)
+                    start = self._text_at(chunk, 0) if mid else len(head)
+                    return self._framed(chunk, texts[0], start, channel)
         data = _lf(self._rest + chunk)
         out: list[bytes] = []
         at = 0
@@ -271,6 +277,16 @@ class StreamRewriter:
         found = self._plain_delta(block, at)
         if found is not None:
             channel, start, end = found
+            head, mid = block[:start], b""
+            counter = self.shape.plain_counter
+            # The shape's counter member (`"sequence_number":N`) may change from event to
+            # event: the frame pauses at its integer and resumes after it.
+            number = head.find(counter, at) if counter is not None else -1
+            if number >= 0 and counter is not None:
+                number += len(counter)
+                digits = PLAIN_INTEGER.match(head, number)
+                if digits is not None and not head[digits.end() : digits.end() + 1].isdigit():
+                    head, mid = head[:number], head[digits.end() :]
             after = block[end:]
             # A last member whose value is a plain string (`"obfuscation":"..."}`) may change
             # from event to event: the frame ends before that value and resumes after it.
@@ -280,9 +296,9 @@ class StreamRewriter:
                 and after.endswith(b'"}')
                 and PLAIN_VALUE.fullmatch(after, value, len(after) - 2)
             ):
-                self._frame = (block[:start], after[:value], b'"}', channel)
+                self._frame = (head, mid, after[:value], b'"}', channel)
             else:
-                self._frame = (block[:start], after, b"", channel)
+                self._frame = (head, mid, after, b"", channel)
         return found
 
     def _data_at(self, block: bytes) -> int:
@@ -319,8 +335,17 @@ class StreamRewriter:
         the same channel. Also returns where the run ends."""
         if self._frame is None:
             return [], at
-        head, tail, suffix, _ = self._frame
-        return frame_texts(data, at, head, tail, suffix)
+        head, mid, tail, suffix, _ = self._frame
+        return frame_texts(data, at, head, tail, suffix, mid)
+
+    def _text_at(self, data: bytes, at: int) -> int:
+        """Where the text of the frame event at data[at] starts (after its integer, if any)."""
+        assert self._frame is not None
+        head, mid = self._frame[0], self._frame[1]
+        if not mid:
+            return at + len(head)
+        # The integer is digits only and `mid` does not start with one: its first match.
+        return data.index(mid, at + len(head)) + len(mid)
 
     def _frame_run(self, data: bytes, at: int, texts: list[bytes], stop: int) -> bytes:
         """Consecutive plain delta events of one channel (as one upstream chunk brings them,
@@ -329,17 +354,23 @@ class StreamRewriter:
         filters released. Returns the bytes to send.
         """
         assert self._frame is not None
-        head, tail, suffix, channel = self._frame
+        head, mid, tail, suffix, channel = self._frame
         policies = self.policies
-        if len(texts) == 1 or (policies is not None and not policies.joinable(channel)):
+        # Numbered events (`mid`: the Responses API's) go through the filters one by one, so
+        # each carries exactly what the full parse would put in it, byte for byte.
+        if len(texts) == 1 or (policies is not None and (mid or not policies.joinable(channel))):
             return self._plain_each(data, at, texts, channel)
         joined = b"".join(texts)
         ascii_only = joined.isascii()
+        if policies is None:
+            if ascii_only:
+                self.ctx.output_chars += len(joined)
+            else:  # counted event by event up to one that is not UTF-8, as the full parse does
+                for text in texts:
+                    self.ctx.output_chars += len(_utf8(text))
+            return data[at:stop]
         pieces = None if ascii_only else list(map(_utf8, texts))
         whole = joined.decode() if pieces is None else "".join(pieces)
-        if policies is None:
-            self.ctx.output_chars += len(whole)
-            return data[at:stop]
         released = policies.feed(channel, whole)
         self._frames[channel] = (head, tail + suffix)  # a varying value left empty
         self._templates.pop(channel, None)
@@ -377,10 +408,12 @@ class StreamRewriter:
         """A run event by event: a filter that may block sees each delta alone, and the events
         before the one it blocks on still go out."""
         assert self._frame is not None
-        start = len(self._frame[0])
+        start, numbered = len(self._frame[0]), bool(self._frame[1])
         out: list[bytes] = []
         try:
             for text in texts:
+                if numbered:
+                    start = self._text_at(data, at) - at
                 stop = data.index(b"\n\n", at + start + len(text))
                 out.append(self._plain(data[at:stop], channel, start, start + len(text)))
                 at = stop + 2
@@ -389,16 +422,16 @@ class StreamRewriter:
             raise
         return b"".join(out)
 
-    def _framed(self, event: bytes, raw: bytes, head: bytes, channel: Channel) -> bytes:
+    def _framed(self, event: bytes, raw: bytes, start: int, channel: Channel) -> bytes:
         """`_plain` for a whole event (with its blank line) in the frame of `channel`, whose
-        text `raw` follows `head`: every delta of a trickling provider takes this path."""
+        text `raw` starts at `start`: every delta of a trickling provider takes this path."""
         original = _utf8(raw)
         policies = self.policies
         if policies is None:
             self.ctx.output_chars += len(original)
             return event
         text = policies.feed(channel, original) if original else original
-        rest = event[len(head) + len(raw) :]
+        head, rest = event[:start], event[start + len(raw) :]
         self._frames[channel] = (head, rest[:-2])
         self._templates.pop(channel, None)
         self._sent(channel, text)

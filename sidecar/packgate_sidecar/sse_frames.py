@@ -15,7 +15,9 @@ chunk does not hold complete. With a `suffix`, each event is `head`, text, `tail
 `suffix` and a blank line, the value printable ASCII without a quote or backslash (it is never
 decoded): OpenAI ends every chat delta event with an `obfuscation` string of random padding (by
 default), so no two events are alike after their text, yet their JSON differs only in two plain
-strings.
+strings. With a `mid`, each event is `head`, a JSON integer (`0` or up to 16 digits without a
+leading zero), `mid` and then the text: the Responses API numbers its events (`sequence_number`),
+so there the bytes before the text differ from event to event too.
 """
 
 from __future__ import annotations
@@ -31,17 +33,26 @@ __all__ = ["COMPILED", "frame_texts", "frame_texts_ref"]
 PLAIN_TEXT = re.compile(rb'[^"\\\x00-\x1f]*')
 # A varying value: as plain, and ASCII (it is never decoded, so this keeps it valid UTF-8).
 PLAIN_VALUE = re.compile(rb'[^"\\\x00-\x1f\x80-\xff]*')
+# A varying integer: JSON's spelling (no leading zero), at most 16 digits.
+PLAIN_INTEGER = re.compile(rb"0|[1-9][0-9]{0,15}")
 
 
 def frame_texts_ref(
-    data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes
+    data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes, mid: bytes = b""
 ) -> tuple[list[bytes], int]:
     """The texts of the run of frame events in `data` from `at`, and where the run ends."""
     if at < 0 or tail[:1] != b'"' or suffix[:1] not in (b"", b'"'):
         raise ValueError("at must be >= 0 and tail (and a suffix) must start with a quote")
+    if mid[:1].isdigit():
+        raise ValueError("mid must not start with a digit")
     texts: list[bytes] = []
     while data.startswith(head, at):
         start = at + len(head)
+        if mid:
+            number = PLAIN_INTEGER.match(data, start)
+            if number is None or not data.startswith(mid, number.end()):
+                break
+            start = number.end() + len(mid)
         end = PLAIN_TEXT.match(data, start).end()  # type: ignore[union-attr]  # `*` matches
         if not data.startswith(tail, end):
             break
@@ -58,7 +69,7 @@ def frame_texts_ref(
     return texts, at
 
 
-frame_texts: Callable[[bytes, int, bytes, bytes, bytes], tuple[list[bytes], int]]
+frame_texts: Callable[..., tuple[list[bytes], int]]
 try:
     from ._sseframes import frame_texts
 

@@ -37,6 +37,10 @@ class StreamShape:
     # The `event:` line (with its LF) a plain delta event may open with (`plain_delta`); None
     # when the shape's plain events are one `data:` line.
     plain_event: bytes | None = None
+    # A member before the text of a plain delta event whose value, an integer in JSON's
+    # spelling (`sse_frames.PLAIN_INTEGER`), may differ from event to event without changing
+    # what `plain_delta` answers (sse.py then reads the next events in the frame around it).
+    plain_counter: bytes | None = None
 
     def parse(self, event: str | None, data: Json) -> StreamEvent:
         raise NotImplementedError
@@ -236,6 +240,7 @@ _PLAIN_RESPONSES = re.compile(
 class ResponsesStream(StreamShape):
     has_snapshots = True
     plain_event = b"event: response.output_text.delta\n"
+    plain_counter = b',"sequence_number":'
 
     def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
         # `parse` reads `type` (the event line only names it again), and `drop_logprobs` has

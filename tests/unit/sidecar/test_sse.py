@@ -220,7 +220,7 @@ def test_events_read_from_the_last_plain_frame_agree_with_the_full_parse(
         if texts:  # read as the last plain event's frame around another text
             assert r._frame is not None and len(texts) == 1
             start = len(r._frame[0])
-            fast: tuple[Any, int, int] | None = (r._frame[3], start, start + len(texts[0]))
+            fast: tuple[Any, int, int] | None = (r._frame[4], start, start + len(texts[0]))
         else:
             fast = r._plain_span(block)
         if fast is None:

@@ -16,6 +16,11 @@ texts = st.lists(pieces, max_size=6).map(b"".join)
 heads = st.sampled_from([b'data: {"c":"', b"H", b"", b'data: {"id":"x","d":{"content":"'])
 tails = st.sampled_from([b'"', b'"}', b'"}]}', b'"\\', b'"}],"obfuscation":"'])
 suffixes = st.sampled_from([b"", b'"}', b'"'])
+mids = st.sampled_from([b"", b'","item_id":"m","delta":"', b"M"])
+# Integers in JSON's spelling and not: a leading zero, too many digits, none, a sign.
+numbers = st.sampled_from(
+    [b"0", b"7", b"42", b"01", b"00", b"1234567890123456", b"12345678901234567", b"", b"-1"]
+)
 
 
 def test_the_extension_is_built() -> None:
@@ -23,26 +28,32 @@ def test_the_extension_is_built() -> None:
 
 
 @settings(max_examples=800, deadline=None)
-@given(heads, tails, suffixes, st.lists(st.tuples(texts, texts, st.booleans()), max_size=8),
-       st.data())  # fmt: skip
+@given(
+    heads,
+    tails,
+    suffixes,
+    mids,
+    st.lists(st.tuples(texts, texts, st.booleans(), numbers), max_size=8),
+    st.data(),
+)
 def test_compiled_scan_equals_the_reference(
     head: bytes,
     tail: bytes,
     suffix: bytes,
-    events: list[tuple[bytes, bytes, bool]],
+    mid: bytes,
+    events: list[tuple[bytes, bytes, bool, bytes]],
     data: st.DataObject,
 ) -> None:
     # Each event in the frame or in another one (its head changed); then cut the chunk anywhere.
     chunk = b"".join(
-        (head if framed else b"X" + head) + text + tail + (value + suffix if suffix else b"")
-        + b"\n\n"
-        for text, value, framed in events
+        (head if framed else b"X" + head) + (number + mid if mid else b"") + text + tail
+        + (value + suffix if suffix else b"") + b"\n\n"
+        for text, value, framed, number in events
     )  # fmt: skip
     chunk = chunk[: data.draw(st.integers(0, len(chunk)))]
     at = data.draw(st.integers(0, len(chunk)))
-    assert frame_texts(chunk, at, head, tail, suffix) == frame_texts_ref(
-        chunk, at, head, tail, suffix
-    )
+    args = (chunk, at, head, tail, suffix) + ((mid,) if mid or data.draw(st.booleans()) else ())
+    assert frame_texts(*args) == frame_texts_ref(*args)
 
 
 def test_a_run_ends_at_the_first_event_that_is_not_in_the_frame() -> None:
@@ -56,6 +67,19 @@ def test_a_varying_value_is_ascii_without_quotes_or_escapes() -> None:
     tail, suffix = b'"},"o":"', b'"}'
     chunk = b'H1"},"o":"ab"}\n\nH2"},"o":""}\n\nH3"},"o":"\xc3\xa9"}\n\nH4"},"o":"x"}\n\n'
     assert frame_texts(chunk, 0, b"H", tail, suffix) == ([b"1", b"2"], 30)
+
+
+def test_a_varying_integer_is_spelled_as_json_spells_it() -> None:
+    chunk = b'H12,Ma"T\n\nH0,Mb"T\n\nH1234567890123456,Mc"T\n\nH01,Md"T\n\n'
+    assert frame_texts(chunk, 0, b"H", b'"T', b"", b",M") == ([b"a", b"b", b"c"], 43)
+    assert frame_texts(b'H12345678901234567,Ma"T\n\n', 0, b"H", b'"T', b"", b",M") == ([], 0)
+    assert frame_texts(b'H,Ma"T\n\n', 0, b"H", b'"T', b"", b",M") == ([], 0)
+
+
+@pytest.mark.parametrize("scan", [frame_texts, frame_texts_ref])
+def test_a_mid_that_starts_with_a_digit_is_refused(scan: object) -> None:
+    with pytest.raises(ValueError):
+        scan(b'H1,Ma"T\n\n', 0, b"H", b'"T', b"", b"1M")  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("scan", [frame_texts, frame_texts_ref])

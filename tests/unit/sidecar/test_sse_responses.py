@@ -175,7 +175,7 @@ def chunked(stream: bytes, split: int) -> list[bytes]:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(texts_and_chunks(), min_size=1, max_size=2),
-    st.lists(st.sampled_from(VARIANTS)),
+    st.lists(st.sampled_from(VARIANTS), max_size=4),
     st.lists(pads),
     st.lists(st.integers(0, 1)),
     st.one_of(st.integers(1, 700), st.just(1 << 30), st.just(0)),
@@ -212,6 +212,25 @@ def test_responses_streams_come_out_as_the_full_parse_makes_them(
                     assert item["content"][0]["text"] == texts.get(output, "")
         for output, (text, _) in enumerate(answers):
             assert texts.get(output, "") == anonymize(text, DET.find(text), "redact")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("split", [1 << 30, 0])
+def test_an_event_after_a_plain_one_is_read_as_the_full_parse_reads_it(
+    variant: str, split: int
+) -> None:
+    """Each layout right after OpenAI's (whose bytes become the frame the next events are
+    compared with), in one chunk and one event per chunk."""
+    stream = responses_stream(
+        [("Mail ann@example.org now", ["Mail ", "ann@exa", "mple.org", " now"])],
+        ["usual", variant, "usual", variant],
+        ["Qx9", "Zk0Zk0"],
+        [],
+    )
+    chunks = chunked(stream, split)
+    for policies in (Redacting, Upper, lambda: None):
+        fast = relay(STREAM_SHAPES[RESPONSES], policies(), chunks)
+        assert fast == relay(FullParse(), policies(), chunks)
 
 
 def test_openai_text_deltas_take_the_fast_path() -> None:
