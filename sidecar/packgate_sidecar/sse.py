@@ -408,12 +408,13 @@ class StreamRewriter:
         """A run event by event: a filter that may block sees each delta alone, and the events
         before the one it blocks on still go out."""
         assert self._frame is not None
-        start, numbered = len(self._frame[0]), bool(self._frame[1])
+        head, mid = self._frame[0], self._frame[1]
+        start = len(head)
         out: list[bytes] = []
         try:
             for text in texts:
-                if numbered:
-                    start = self._text_at(data, at) - at
+                if mid:  # as _text_at
+                    start = data.index(mid, at + len(head)) + len(mid) - at
                 stop = data.index(b"\n\n", at + start + len(text))
                 out.append(self._plain(data[at:stop], channel, start, start + len(text)))
                 at = stop + 2

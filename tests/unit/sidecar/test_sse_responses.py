@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.detect.anonymize import anonymize
+from packgate_sidecar.chain import StreamBlocked
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import RESPONSES, Channel
 from packgate_sidecar.sse import StreamRewriter, UnreadableEvent
@@ -20,6 +21,18 @@ from tests.unit.sidecar.test_sse import DET, Redacting, Upper, events
 
 COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
 ITEM = "msg_68b5ebae5a708196b74b94f22ca8995e0698ecbf1b9f2704"
+
+
+class Blocking(Upper):
+    """Blocks the stream at the first delta holding an `@` (a filter that may block)."""
+
+    def feed(self, channel: Any, text: str) -> str:
+        if "@" in text:
+            raise StreamBlocked("block", "an @ in the answer")
+        return super().feed(channel, text)
+
+    def joinable(self, channel: Any) -> bool:
+        return False
 
 
 class FullParse(ResponsesStream):
@@ -148,8 +161,9 @@ def responses_stream(
 
 
 def relay(shape: ResponsesStream, policies: Any, chunks: list[bytes]) -> tuple[bytes, Any, int]:
-    """What the rewriter sends for `chunks` (fed as forward.py feeds them), how it ended
-    (None, or the refusal's message) and the output size it counted."""
+    """What the rewriter sends for `chunks` (fed as forward.py feeds them, the events before
+    a block included), how it ended (None, or the refusal's or block's message) and the output
+    size it counted."""
     ctx = RequestContext("rid", RESPONSES)
     r = StreamRewriter(shape, policies, ctx)
     out, sent = b"", False
@@ -163,6 +177,8 @@ def relay(shape: ResponsesStream, policies: Any, chunks: list[bytes]) -> tuple[b
         out += r.end()
     except UnreadableEvent as refused:
         return out, str(refused), ctx.output_chars
+    except StreamBlocked as blocked:
+        return out + blocked.partial, blocked.reason, ctx.output_chars
     return out, None, ctx.output_chars
 
 
@@ -179,7 +195,7 @@ def chunked(stream: bytes, split: int) -> list[bytes]:
     st.lists(pads),
     st.lists(st.integers(0, 1)),
     st.one_of(st.integers(1, 700), st.just(1 << 30), st.just(0)),
-    st.sampled_from(["redact", "upper", "observe"]),
+    st.sampled_from(["redact", "upper", "observe", "block"]),
 )
 def test_responses_streams_come_out_as_the_full_parse_makes_them(
     answers: list[tuple[str, list[str]]],
@@ -190,12 +206,14 @@ def test_responses_streams_come_out_as_the_full_parse_makes_them(
     policy: str,
 ) -> None:
     """Byte for byte, in any chunking, with real redaction (held-back text flushed by
-    synthesized events), a filter that changes every delta, or only observing."""
+    synthesized events), a filter that changes every delta, one that blocks, or only
+    observing."""
     stream = responses_stream(answers, variants, pads_, order)
     chunks = chunked(stream, split)
 
     def policies() -> Any:
-        return {"redact": Redacting, "upper": Upper, "observe": lambda: None}[policy]()
+        kinds = {"redact": Redacting, "upper": Upper, "observe": lambda: None, "block": Blocking}
+        return kinds[policy]()
 
     fast = relay(STREAM_SHAPES[RESPONSES], policies(), chunks)
     assert fast == relay(FullParse(), policies(), chunks)
@@ -228,7 +246,7 @@ def test_an_event_after_a_plain_one_is_read_as_the_full_parse_reads_it(
         [],
     )
     chunks = chunked(stream, split)
-    for policies in (Redacting, Upper, lambda: None):
+    for policies in (Redacting, Upper, lambda: None, Blocking):
         fast = relay(STREAM_SHAPES[RESPONSES], policies(), chunks)
         assert fast == relay(FullParse(), policies(), chunks)
 
