@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.chain import StreamBlocked
+from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import RESPONSES, Channel
 from packgate_sidecar.sse import StreamRewriter, UnreadableEvent
