@@ -16,9 +16,10 @@ one such event (a provider trickling its events) is read with one compiled scan,
 consecutive such events of one channel (an upstream chunk often holds dozens) go through the
 filters as one text, one call per filter instead of one per event, unless a filter may block
 (`StreamFilter.may_block`: then the events before the blocking one must still go out). An empty
-text is not fed to the filters. The Responses API's common event, OpenAI's `output_text.delta`
-(an `event:` line naming it, then its data), is read the same way (`ResponsesStream.plain_delta`
-spells out every byte of it), so its text reaches the filters and the whole-text bookkeeping
+text is not fed to the filters. The Responses API's text delta events as OpenAI sends them
+(`output_text`, `refusal`, `reasoning_summary_text`, `reasoning_text`: an `event:` line naming
+it, then its data) are read the same way (`ResponsesStream.plain_delta` spells out every byte
+of them), so their text reaches the filters and the whole-text bookkeeping
 (`_sent`) without a parse, and a changed text is spliced in where the full path would re-encode
 the same bytes. Its frame also pauses at the event's `sequence_number`, an integer that changes
 from event to event (`StreamShape.plain_counter`); such numbered events are filtered one by one,
@@ -303,14 +304,14 @@ class StreamRewriter:
 
     def _data_at(self, block: bytes) -> int:
         """Where the JSON of a block that may be a plain delta event starts: after `data: ` when
-        the block is that one line, or is the shape's `plain_event` line and that line; else -1.
+        the block is that one line, or one of the shape's `plain_events` lines and that; else -1.
         (parse_block reads the same name and data from such a block, and `_canonical` holds.)"""
         if block.startswith(b"data: "):
             return -1 if b"\n" in block else 6
-        named = self.shape.plain_event
-        if named is None or not block.startswith(named):
+        named = self.shape.plain_events
+        if not named or not block.startswith(named):
             return -1
-        at = len(named)
+        at = block.index(b"\n") + 1  # each of them is one line with its LF
         if not block.startswith(b"data: ", at) or block.find(b"\n", at) >= 0:
             return -1
         return at + 6

@@ -34,9 +34,9 @@ class StreamShape:
     """How one endpoint's stream carries text. Subclasses override `parse` and `synthesize`."""
 
     has_snapshots = False
-    # The `event:` line (with its LF) a plain delta event may open with (`plain_delta`); None
-    # when the shape's plain events are one `data:` line.
-    plain_event: bytes | None = None
+    # The `event:` lines (each with its LF) a plain delta event may open with (`plain_delta`);
+    # empty when the shape's plain events are one `data:` line.
+    plain_events: tuple[bytes, ...] = ()
     # A member before the text of a plain delta event whose value, an integer in JSON's
     # spelling (`sse_frames.PLAIN_INTEGER`), may differ from event to event without changing
     # what `plain_delta` answers (sse.py then reads the next events in the frame around it).
@@ -49,9 +49,9 @@ class StreamShape:
         """For the common event that carries one text delta and nothing else the chain needs
         (no other text, no end of a channel, no usage, no error), its channel and the byte span
         of that text inside `block` (whose JSON starts at `at`, after a `data: ` that may follow
-        `plain_event`), read without parsing the JSON; None when the event must be parsed. Must
-        agree exactly with `parse` where it answers, and re-encoding the event with a changed
-        text must be the same as putting the text between its bytes."""
+        one of `plain_events`), read without parsing the JSON; None when the event must be
+        parsed. Must agree exactly with `parse` where it answers, and re-encoding the event with
+        a changed text must be the same as putting the text between its bytes."""
         return None
 
     def drop_logprobs(self, data: Json, channel: Channel) -> None:
@@ -223,23 +223,31 @@ def _item_channels(output_index: int, item: Any) -> list[tuple[Channel, TextSlot
     return out
 
 
-# The Responses fast path (see ResponsesStream.plain_delta): OpenAI's `output_text.delta`
-# event, member for member. Every byte is spelled out, so the event has no escape, duplicate
-# key or other member, and its compact JSON is what `json.dumps` writes back: putting a new
-# text between its bytes is re-encoding it. Integers are JSON's (no leading zero) and short;
-# the id and the `obfuscation` padding are printable ASCII without a quote or backslash.
+# The Responses fast path (see ResponsesStream.plain_delta): OpenAI's text delta events
+# (`output_text`, `refusal`, `reasoning_summary_text`, `reasoning_text`), member for member.
+# Every byte is spelled out, so the event has no escape, duplicate key or other member, and
+# its compact JSON is what `json.dumps` writes back: putting a new text between its bytes is
+# re-encoding it. Integers are JSON's (no leading zero) and short; the id and the
+# `obfuscation` padding are printable ASCII without a quote or backslash.
 _PLAIN_RESPONSES = re.compile(
-    rb'\{"type":"response\.output_text\.delta","sequence_number":(?:0|[1-9][0-9]{0,15}),'
-    rb'"item_id":"[\x20\x21\x23-\x5b\x5d-\x7f]*",'
-    rb'"output_index":(0|[1-9][0-9]{0,8}),"content_index":(0|[1-9][0-9]{0,8}),'
+    rb'\{"type":"response\.([a-z_]+)\.delta","sequence_number":(?:0|[1-9][0-9]{0,15}),'
+    rb'"item_id":"[\x20\x21\x23-\x5b\x5d-\x7f]*","output_index":(0|[1-9][0-9]{0,8}),'
+    rb'"(content|summary)_index":(0|[1-9][0-9]{0,8}),'
     rb'"delta":"([^"\\\x00-\x1f]*)"(?:,"logprobs":\[\])?'
     rb'(?:,"obfuscation":"[\x20\x21\x23-\x5b\x5d-\x7f]*")?\}'
 )
+# Such an event's kind and index member -> how its channel is named (as `parse` names it).
+_PLAIN_KINDS: dict[tuple[bytes, bytes], str] = {
+    (b"output_text", b"content"): "text",
+    (b"refusal", b"content"): "refusal",
+    (b"reasoning_summary_text", b"summary"): "summary",
+    (b"reasoning_text", b"content"): "reasoning",
+}
 
 
 class ResponsesStream(StreamShape):
     has_snapshots = True
-    plain_event = b"event: response.output_text.delta\n"
+    plain_events = tuple(b"event: response.%s.delta\n" % kind for kind, _ in _PLAIN_KINDS)
     plain_counter = b',"sequence_number":'
 
     def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
@@ -248,8 +256,14 @@ class ResponsesStream(StreamShape):
         match = _PLAIN_RESPONSES.fullmatch(block, at)
         if match is None:
             return None
-        channel = (int(match.group(1)), int(match.group(2)), "text")
-        return (channel, match.start(3), match.end(3))
+        kind = _PLAIN_KINDS.get((match.group(1), match.group(3)))
+        if kind is None:  # another event, or an index `parse` would not read (it reads 0)
+            return None
+        output, index = int(match.group(2)), int(match.group(4))
+        channel = self._channel(
+            kind, {"output_index": output, f"{match.group(3).decode()}_index": index}
+        )
+        return (channel, match.start(5), match.end(5))
 
     # delta event -> (channel builder, key of the whole text in the matching `.done` event)
     _DELTAS: dict[str, tuple[str, str]] = {

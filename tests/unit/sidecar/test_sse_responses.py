@@ -38,7 +38,7 @@ class Blocking(Upper):
 class FullParse(ResponsesStream):
     """The reference: every event parsed in full (no plain delta, so no frame either)."""
 
-    plain_event = None
+    plain_events = ()
 
     def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
         return None
@@ -51,7 +51,8 @@ VARIANTS = [
     "null logprobs", "reordered", "spaced", "escaped", "second delta", "second type",
     "leading zero", "big number", "float index", "not utf-8 id", "not utf-8 text",
     "other event name", "event without space", "comment line", "id line", "crlf",
-    "error member", "unicode escape key",
+    "error member", "unicode escape key", "refusal", "summary", "reasoning",
+    "summary by content index", "text by summary index", "audio transcript",
 ]  # fmt: skip
 # Layouts that still mean "this text on this item's first part".
 BENIGN = {
@@ -81,6 +82,15 @@ def delta_event(number: int, output: int, text: str, pad: str, variant: str) -> 
         data = {"delta": data.pop("delta"), **data}
     elif variant == "float index":
         data["output_index"] = float(output)
+    elif variant in ("refusal", "reasoning", "summary by content index", "audio transcript"):
+        kind = {"summary by content index": "reasoning_summary_text", "reasoning": "reasoning_text",
+                "audio transcript": "audio.transcript"}.get(variant, variant)  # fmt: skip
+        data["type"] = f"response.{kind}.delta"
+    elif variant in ("summary", "text by summary index"):
+        if variant == "summary":
+            data["type"] = "response.reasoning_summary_text.delta"
+            del data["logprobs"]  # OpenAI's summary deltas have none
+        data = {k if k != "content_index" else "summary_index": v for k, v in data.items()}
     body = (
         json.dumps(data)
         if variant == "spaced"
@@ -255,12 +265,17 @@ def test_openai_text_deltas_take_the_fast_path() -> None:
     """The event as OpenAI sends it, and without its event line or padding: read without
     parsing; a layout the fast path cannot vouch for is parsed."""
     shape = STREAM_SHAPES[RESPONSES]
-    for variant in ("usual", "no event line", "no padding", "no logprobs"):
+    channels = {"refusal": (1, 0, "refusal"), "summary": (1, "summary", 0),
+                "reasoning": (1, "reasoning", 0)}  # fmt: skip
+    for variant in ("usual", "no event line", "no padding", "no logprobs", *channels):
         block = delta_event(12, 1, "Hello", "japg2KaCkjNsp", variant)[:-2]
         at = block.index(b"data: ") + 6
-        assert shape.plain_delta(block, at) == ((1, 0, "text"), *_span(block, b"Hello"))
+        channel = channels.get(variant, (1, 0, "text"))
+        assert shape.plain_delta(block, at) == (channel, *_span(block, b"Hello")), variant
     for variant in ("logprobs", "null logprobs", "reordered", "spaced", "second delta",
-                    "second type", "leading zero", "big number", "float index"):  # fmt: skip
+                    "second type", "leading zero", "big number", "float index",
+                    "summary by content index", "text by summary index",
+                    "audio transcript"):  # fmt: skip
         block = delta_event(12, 1, "Hello", "pad", variant)[:-2]
         assert shape.plain_delta(block, block.index(b"data: ") + 6) is None, variant
 
