@@ -123,7 +123,9 @@ class StreamRewriter:
         # bytes around its text (one of the two per channel, whichever came last).
         self._templates: dict[Channel, tuple[str | None, dict[str, Any]]] = {}
         self._frames: dict[Channel, tuple[bytes, bytes]] = {}
-        self._emitted: dict[Channel, str] = {}
+        # What each channel streamed, in pieces (joined when a snapshot needs it: appending to
+        # one string would copy the whole text again for every delta of a long answer).
+        self._emitted: dict[Channel, list[str]] = {}
         # The last plain delta event around its text: (bytes before, up to an integer that may
         # change from event to event when there is one, bytes after that integer or b"" when
         # there is none, bytes after the text up to a last string value that may change from
@@ -260,10 +262,10 @@ class StreamRewriter:
             self._sent(channel, text)
         for channel, slot in parsed.snapshots:
             current = slot.get()
-            wanted = self._emitted.get(channel)
+            wanted = self._streamed(channel)
             if wanted is None:
                 wanted = policies.oneshot(current) if current else current
-                self._emitted[channel] = wanted
+                self._emitted[channel] = [wanted]
             if wanted != current:
                 slot.set(wanted)
                 changed = True
@@ -487,7 +489,20 @@ class StreamRewriter:
     def _sent(self, channel: Channel, text: str) -> None:
         self.ctx.output_chars += len(text)
         if self.shape.has_snapshots:
-            self._emitted[channel] = self._emitted.get(channel, "") + text
+            pieces = self._emitted.get(channel)
+            if pieces is None:
+                self._emitted[channel] = [text]
+            else:
+                pieces.append(text)
+
+    def _streamed(self, channel: Channel) -> str | None:
+        """The whole text `channel` streamed so far, or None when it streamed nothing."""
+        pieces = self._emitted.get(channel)
+        if pieces is None:
+            return None
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0]
 
 
 def _utf8(text: bytes) -> str:
