@@ -261,6 +261,65 @@ def test_an_event_after_a_plain_one_is_read_as_the_full_parse_reads_it(
         assert fast == relay(FullParse(), policies(), chunks)
 
 
+KEYS = ["type", "sequence_number", "item_id", "output_index", "content_index", "summary_index",
+        "delta", "logprobs", "obfuscation", "error", "text"]  # fmt: skip
+# Values of the right type for some member or not.
+values = st.one_of(
+    st.sampled_from(["response.output_text.delta", "response.refusal.delta",
+                     "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
+                     "response.output_text.done", "response.audio.delta"]),
+    st.integers(-2, 3), st.sampled_from([0.0, 1e20, None, True, [], {}, [{"token": "a"}]]),
+    st.text(st.sampled_from('aZ "\\\x00é\x7f'), max_size=4),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["output_text", "refusal", "reasoning_summary_text", "reasoning_text"]),
+    st.tuples(st.integers(0, 12), st.integers(0, 2), st.integers(0, 2)),
+    texts_and_chunks(),
+    st.dictionaries(st.sampled_from(KEYS), values, max_size=2),  # members changed or added
+    st.sets(st.sampled_from(KEYS), max_size=2),  # members dropped
+    st.permutations(KEYS),
+    st.booleans(),
+)
+def test_a_plain_event_is_one_text_delta_whose_splice_is_its_re_encoding(
+    kind: str,
+    numbers: tuple[int, int, int],
+    text: tuple[str, list[str]],
+    changed: dict[str, Any],
+    dropped: set[str],
+    order: list[str],
+    reorder: bool,
+) -> None:
+    """OpenAI's text delta event with members changed, added, dropped or reordered: whatever
+    plain_delta answers, parse says the same (one delta, that channel, that text, nothing
+    else) and re-encoding the event with another text gives the spliced bytes."""
+    number, output, index = numbers
+    data: dict[str, Any] = {
+        "type": f"response.{kind}.delta", "sequence_number": number, "item_id": ITEM,
+        "output_index": output, "summary_index" if "summary" in kind else "content_index": index,
+        "delta": text[1][0], "logprobs": [], "obfuscation": "Qx9",
+    }  # fmt: skip
+    data = {k: v for k, v in {**data, **changed}.items() if k not in dropped}
+    if reorder:
+        data = {k: data[k] for k in order if k in data}
+    block = b"data: " + json.dumps(data, **COMPACT).encode()
+    shape = STREAM_SHAPES[RESPONSES]
+    fast = shape.plain_delta(block, 6)
+    if fast is None:
+        return
+    obj = json.loads(block[6:])
+    parsed = shape.parse(None, obj)
+    assert not parsed.closes and not parsed.snapshots and parsed.usage is None
+    [(channel, slot)] = parsed.deltas
+    assert (channel, block[fast[1] : fast[2]].decode()) == (fast[0], slot.get())
+    slot.set('new "text"\n')
+    shape.drop_logprobs(obj, channel)
+    spliced = block[: fast[1]] + json.dumps(slot.get(), **COMPACT)[1:-1].encode() + block[fast[2] :]
+    assert spliced == b"data: " + json.dumps(obj, **COMPACT).encode()
+
+
 def test_openai_text_deltas_take_the_fast_path() -> None:
     """The event as OpenAI sends it, and without its event line or padding: read without
     parsing; a layout the fast path cannot vouch for is parsed."""
