@@ -15,11 +15,18 @@ text, and within that text's entry under (the policy instance's scope, a tag):
   LRU lookup per request however many policies judge it (`entry`; a `TextItem` fetches its
   entry once for the whole chain). Digesting is most of a hit's cost: ~1.3 us per KB.
 - Values are returned as stored, so callers store immutable values (floats, tuples, strings).
-- Memory is bounded twice: by entries (texts), and by a budget of cost units (callers give the
-  size of what a value holds, such as a redacted text), the least recently used text going
-  first. A value bigger than a quarter of the budget is computed but not kept. Verdicts of
-  policy instances that are gone stay in their text's entry until it is evicted; an entry keeps
-  at most `MAX_VALUES` verdicts (the oldest go first), so reloads cannot grow a hot one.
+- Memory is bounded in bytes: each entry is charged what it holds in the interpreter (the LRU
+  slot, digest and entry: `ENTRY_COST`; per verdict its slot and a small value: `VALUE_COST`;
+  plus what the caller says a larger value holds), the least recently used text going first
+  when the budget (`MAX_COST`) or the entry bound is passed. A value bigger than a quarter of
+  the budget is computed but not kept. Under a new prompt in every request the cache fills up
+  with texts that never come back, so its budget is what the sidecar's memory grows by: it is
+  set, and the entries kept compact (no per-verdict tuple, one key object per (scope, tag)), so
+  that a full cache fits the sidecar's 80 MiB target and still holds the texts of ~180
+  concurrent 20-turn chats (docs/performance-history.md).
+- Verdicts of policy instances that are gone stay in their text's entry until it is evicted; an
+  entry keeps at most `MAX_VALUES` verdicts (past that it starts again with the new verdict
+  only), so reloads cannot grow a hot one.
 
 Lookups take a lock: policies scanning very large texts run in worker threads.
 """
@@ -36,10 +43,16 @@ __all__ = ["Entry", "VerdictCache", "text_digest"]
 
 _T = TypeVar("_T")
 _A = TypeVar("_A")
-MAX_ENTRIES = 8192
-MAX_COST = 8 * 1024 * 1024  # roughly bytes of cached values (redacted texts dominate)
-ENTRY_COST = 96  # what an entry costs besides its values: digest, dict, list links
+MAX_ENTRIES = 16384
+# Bytes of the interpreter's memory (as tracemalloc counts it): a full cache adds about this
+# much to the sidecar's resident set (plus pymalloc's ~10%); see docs/performance-history.md.
+MAX_COST = 4 * 1024 * 1024
+# An entry with its first verdict: its LRU slot (~130 with the table's slack), digest (49), the
+# entry with its key table (240) and its cost (an int, 32).
+ENTRY_COST = 450
+VALUE_COST = 24  # a verdict besides what its size says: a float, or its share of a larger table
 MAX_VALUES = 32  # verdicts per text: a few per policy in the chain, plus replaced instances'
+MAX_KEYS = 4096  # distinct (scope, tag) keys remembered to share (a few per policy instance)
 _MISSING: Any = object()
 
 
@@ -48,15 +61,17 @@ def text_digest(text: str) -> bytes:
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-class Entry:
-    """One text's verdicts: (scope, tag) -> (value, cost). Read without the lock (a dict get is
-    atomic); written under the cache's lock."""
+class Entry(dict[Hashable, Any]):
+    """One text's verdicts, (scope, tag) -> value, and what the entry costs. Read without the
+    lock (a dict get is atomic); written under the cache's lock. The entry is the dict itself
+    (not an object holding one), and values are stored bare: a few hundred bytes per text less
+    than an object, a dict and a (value, cost) tuple per verdict."""
 
-    __slots__ = ("cost", "digest", "values")
+    __slots__ = ("cost", "digest")
 
     def __init__(self, digest: bytes) -> None:
+        super().__init__()
         self.digest = digest
-        self.values: dict[Hashable, tuple[Any, int]] = {}
         self.cost = ENTRY_COST
 
 
@@ -72,6 +87,9 @@ class VerdictCache:
         self.max_cost = max_cost
         self._lookups: dict[tuple[str, bool], int] = {}
         self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        # One stored key object per (scope, tag): callers build a new tuple per lookup, and
+        # each entry would otherwise keep its own copy of it.
+        self._keys: dict[Hashable, Hashable] = {}
         self._cost = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -140,13 +158,13 @@ class VerdictCache:
     ) -> _T:
         """The value under `scope` in a text's `entry` (see `entry`), or `compute(argument)`'s,
         which is then stored there (the argument spares callers a closure per lookup)."""
-        found = entry.values.get(scope, _MISSING)
+        found = entry.get(scope, _MISSING)
         with self._lock:
             counted = (kind, found is not _MISSING)
             self._lookups[counted] = self._lookups.get(counted, 0) + 1
             if found is not _MISSING:
                 self.hits += 1
-                return found[0]  # type: ignore[no-any-return]
+                return found  # type: ignore[no-any-return]
             self.misses += 1
         return self._compute(entry, scope, compute, argument, size)
 
@@ -161,7 +179,7 @@ class VerdictCache:
     ) -> list[_T]:
         """`lookup` of each entry with its argument, in order; the hits are counted under one
         lock, and the misses computed in order."""
-        found = [entry.values.get(scope, _MISSING) for entry in entries]
+        found = [entry.get(scope, _MISSING) for entry in entries]
         missed = sum([value is _MISSING for value in found])
         with self._lock:
             lookups = self._lookups
@@ -172,9 +190,9 @@ class VerdictCache:
                 lookups[(kind, True)] = lookups.get((kind, True), 0) + len(found) - missed
                 self.hits += len(found) - missed
         if not missed:
-            return [value[0] for value in found]
+            return found
         return [
-            self._compute(entry, scope, compute, argument, size) if value is _MISSING else value[0]
+            self._compute(entry, scope, compute, argument, size) if value is _MISSING else value
             for entry, value, argument in zip(entries, found, arguments, strict=True)
         ]
 
@@ -187,7 +205,7 @@ class VerdictCache:
         size: Callable[[_T], int] | None,
     ) -> _T:
         value = compute(argument)
-        cost = size(value) if size is not None else 0
+        cost = VALUE_COST + (size(value) if size is not None else 0)
         if ENTRY_COST + cost > self.max_cost // 4:
             return value
         with self._lock:
@@ -201,16 +219,18 @@ class VerdictCache:
             self._cost += entry.cost
         elif current is not entry:  # another request stored this text meanwhile: join it
             entry = current
-        values = entry.values
-        old = values.pop(scope, None)  # computed twice concurrently: keep one copy
-        if old is not None:
-            entry.cost -= old[1]
-            self._cost -= old[1]
-        elif len(values) >= MAX_VALUES:
-            dropped = _pop_oldest(values)
-            entry.cost -= dropped
-            self._cost -= dropped
-        values[scope] = (value, cost)
+        if scope in entry:  # computed twice concurrently: the first copy stays
+            return
+        if len(entry) >= MAX_VALUES:  # many reloads judged this text: start it again
+            self._cost -= entry.cost - ENTRY_COST
+            entry.cost = ENTRY_COST
+            entry.clear()
+        key = self._keys.get(scope)
+        if key is None:
+            if len(self._keys) >= MAX_KEYS:
+                self._keys.clear()  # stored keys stay valid; later ones are shared anew
+            key = self._keys[scope] = scope
+        entry[key] = value
         entry.cost += cost
         self._cost += cost
         while len(self._entries) > self.max_entries or self._cost > self.max_cost:
@@ -230,8 +250,3 @@ class VerdictCache:
 
 def _call(compute: Callable[[], _T]) -> _T:
     return compute()
-
-
-def _pop_oldest(values: dict[Hashable, tuple[Any, int]]) -> int:
-    """Drop the verdict stored first (dicts keep insertion order); return its cost."""
-    return values.pop(next(iter(values)))[1]

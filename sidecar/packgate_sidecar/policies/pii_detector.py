@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+import sys
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,42 +63,129 @@ _WARM_UP = (
 class _Item:
     """What scanning one text found: immutable, as the verdict cache hands it out again.
 
-    The cache keeps thousands of these, so a plain text's rewrite is kept as its replacements
-    (`anonymize.replacements`: "<EMAIL>" is one shared string) and spliced into the text again
-    on each use (~1 us for a 1 KB text with five entities), not as a copy of the text, which
-    was most of what the cache held under new prompts; counts come from the findings.
+    The cache keeps thousands of these, so they are compact. A plain text's rewrite is kept as
+    its replacements (`anonymize.replacements`: "<EMAIL>" is one shared string) and spliced
+    into the text again on each use (~1 us for a 1 KB text with five entities), not as a copy
+    of the text. Its findings are kept as their entity names (a tuple shared by all texts with
+    the same sequence, `_shared`) and their offsets packed in one bytes object, not as Finding
+    objects with an int object per offset: ~150 bytes for five findings instead of ~800. Counts
+    come from the entity names.
     """
 
-    findings: tuple[Finding, ...] = ()  # plain texts only (not tool-call arguments)
+    entities: tuple[str, ...] = ()  # each finding's entity (plain texts only)
+    spans: bytes = b""  # each finding's (start, end), packed as unsigned 32-bit ints
     replaced: tuple[str, ...] = ()  # each finding's replacement, when the text is rewritten
     rewritten: str | None = None  # a rewrite not made of findings: tool-call arguments' JSON
     counts: tuple[tuple[str, int], ...] = ()  # tool-call arguments' counts by entity
 
+    @staticmethod
+    def found(
+        findings: Sequence[Finding], replaced: tuple[str, ...] = (), markers: bool = False
+    ) -> _Item:
+        """An item of `findings` (with their `replaced` values when rewritten); `markers`: the
+        replacements are redaction markers ("<EMAIL>"), shared like the entity names."""
+        if not findings:
+            return _NOTHING
+        offsets = array("I", [at for f in findings for at in (f.start, f.end)])
+        entities = _shared(tuple([f.entity for f in findings]))
+        return _Item(entities, offsets.tobytes(), _shared(replaced) if markers else replaced)
+
+    @property
+    def findings(self) -> list[Finding]:
+        offsets = iter(array("I", self.spans))
+        # zip of one iterator with itself: consecutive (start, end) pairs.
+        return [
+            Finding(entity, start, end)
+            for entity, start, end in zip(self.entities, offsets, offsets, strict=True)
+        ]
+
     def size(self) -> int:
-        return (
-            sum(map(len, self.replaced))
-            + (len(self.rewritten) if self.rewritten else 0)
-            + 48 * (len(self.findings) + len(self.counts))
-        )
+        """Bytes this item holds, as tracemalloc counts them, for the verdict cache's budget
+        (shared tuples and the config's entity names are not this item's)."""
+        if self is _NOTHING:
+            return 0
+        held = _ITEM_BYTES + (_BYTES_BYTES + len(self.spans) if self.spans else 0)
+        if self.entities and _SHARED.get(self.entities) is not self.entities:
+            held += _TUPLE_BYTES + 8 * len(self.entities)
+        if self.replaced and _SHARED.get(self.replaced) is not self.replaced:
+            held += _TUPLE_BYTES + 8 * len(self.replaced) + sum(map(sys.getsizeof, self.replaced))
+        if self.counts:
+            held += (_TUPLE_BYTES + 8) * len(self.counts) + _TUPLE_BYTES  # (entity, count) pairs
+        if self.rewritten is not None:
+            held += sys.getsizeof(self.rewritten)
+        return held
 
     def rewrite(self, text: str) -> str | None:
         """The rewritten `text` (the text this item was made from), None when unchanged."""
-        if self.replaced:
-            return splice(text, self.findings, self.replaced)
-        return self.rewritten
+        if not self.replaced:
+            return self.rewritten
+        offsets = iter(array("I", self.spans))
+        pieces: list[str] = []
+        at = 0
+        for start, end, new in zip(offsets, offsets, self.replaced, strict=True):
+            pieces.append(text[at:start])
+            pieces.append(new)
+            at = end
+        pieces.append(text[at:])
+        return "".join(pieces)
 
     def count(self, counts: dict[str, int]) -> None:
         for entity, count in self.counts:
             counts[entity] = counts.get(entity, 0) + count
-        for finding in self.findings:
-            counts[finding.entity] = counts.get(finding.entity, 0) + 1
+        for entity in self.entities:
+            counts[entity] = counts.get(entity, 0) + 1
+
+
+_NOTHING = _Item()  # what most texts' scans find, one object for all
+_ITEM_BYTES = 72  # an _Item with its five slots
+_BYTES_BYTES = 33  # a bytes object besides its data
+_TUPLE_BYTES = 56  # a tuple besides its items
+# The sequences of entity names (and of their redaction markers) that items share: most texts
+# with PII hold one of a few. Never cleared, so a tuple is shared exactly when it is in here
+# (what `size` charges relies on that); filled up to a bound, first come first kept.
+_SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SHARED_MAX = 1024
+_SHARED_LENGTH = 16  # longer sequences are rarely repeated
+
+
+def _shared(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The shared copy of `names`, which becomes it if there is room."""
+    found = _SHARED.get(names)
+    if found is not None:
+        return found
+    if names and len(names) <= _SHARED_LENGTH and len(_SHARED) < _SHARED_MAX:
+        _SHARED[names] = names
+    return names
+
+
+class _Findings(Mapping[int, list[Finding]]):
+    """Each text's findings by its index, made into Finding objects only when read (by
+    `packgate scan`): the request path never reads them, and a hit would otherwise build
+    them from the compact item every time."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict[int, _Item] = {}
+
+    def add(self, index: int, item: _Item) -> None:
+        self._items[index] = item
+
+    def __getitem__(self, index: int) -> list[Finding]:
+        return self._items[index].findings
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
 class _Scan:
     counts: dict[str, int] = field(default_factory=dict)
     rewrites: dict[int, str] = field(default_factory=dict)
-    findings: dict[int, list[Finding]] = field(default_factory=dict)
+    findings: _Findings = field(default_factory=_Findings)
 
 
 def _arguments(item: TextItem) -> bool:
@@ -155,17 +244,21 @@ class PiiDetectorPolicy(Policy):
             counts: dict[str, int] = {}
             redacted = self._arguments(text, counts)
             if redacted is not None:
+                if redacted == text and not counts:
+                    return _NOTHING
                 rewritten = None if redacted == text else redacted
                 return _Item(rewritten=rewritten, counts=tuple(counts.items()))
-        findings = tuple(self.detector.find(text))
+        findings = self.detector.find(text)
         if not findings or self.config.action == "block":
-            return _Item(findings)
+            return _Item.found(findings)
         replaced = replacements(text, findings, self.config.action)
         if replaced is None:  # never from the detector (its findings are ordered): keep it whole
-            return _Item(findings, rewritten=anonymize(text, findings, self.config.action))
+            found = _Item.found(findings)
+            rewritten = anonymize(text, findings, self.config.action)
+            return _Item(found.entities, found.spans, rewritten=rewritten)
         if splice(text, findings, replaced) == text:
-            return _Item(findings)  # rewritten to itself: reported as unchanged, as before
-        return _Item(findings, replaced)
+            return _Item.found(findings)  # rewritten to itself: reported as unchanged, as before
+        return _Item.found(findings, replaced, markers=self.config.action == "redact")
 
     def _scan_plain(self, text: str) -> _Item:
         return self._scan_text(text, False)
@@ -193,11 +286,11 @@ class PiiDetectorPolicy(Policy):
             items = [texts[index] for index in indexes]
             done = self.judge_all("text", items, self._scan_plain, _Item.size)
         for index, item in zip(indexes, done, strict=True):
-            if not item.findings and not item.counts and item.rewritten is None:
+            if item is _NOTHING:
                 continue  # nothing found (most texts): nothing to count or rewrite
             item.count(result.counts)
-            if item.findings:
-                result.findings[index] = list(item.findings)
+            if item.entities:
+                result.findings.add(index, item)
             rewritten = item.rewrite(texts[index].text)
             if rewritten is not None:
                 result.rewrites[index] = rewritten
