@@ -214,13 +214,13 @@ class VerdictCache:
 
     def _store(self, entry: Entry, scope: Hashable, value: object, cost: int) -> None:
         current = self._entries.get(entry.digest)
+        if current is not None and current is not entry:
+            entry = current  # another request stored this text meanwhile: join it
+        if scope in entry:  # computed twice concurrently: the first copy stays
+            return
         if current is None:  # new, or evicted since it was looked up: (re)insert it
             self._entries[entry.digest] = entry
             self._cost += entry.cost
-        elif current is not entry:  # another request stored this text meanwhile: join it
-            entry = current
-        if scope in entry:  # computed twice concurrently: the first copy stays
-            return
         if len(entry) >= MAX_VALUES:  # many reloads judged this text: start it again
             self._cost -= entry.cost - ENTRY_COST
             entry.cost = ENTRY_COST

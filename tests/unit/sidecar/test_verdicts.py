@@ -262,6 +262,18 @@ async def test_every_policy_of_the_chain_shares_one_lookup_per_text(
     assert "<EMAIL>" in str(body)
 
 
+def test_a_verdict_computed_twice_at_once_is_kept_and_charged_once() -> None:
+    # Two requests look up the same new text before either stores its verdict (as two
+    # concurrent requests, or a worker thread and the loop, can): the first stored stays.
+    cache = VerdictCache()
+    first, second = cache.entry("text"), cache.entry("text")
+    assert first is not second
+    assert cache.lookup(first, "s", lambda _: "A", "text", lambda _: 10) == "A"
+    assert cache.lookup(second, "s", lambda _: "B", "text", lambda _: 10) == "B"
+    assert cache.get_or_compute("s", "text", lambda: "C") == "A"
+    assert len(cache) == 1 and cache.cost == ENTRY_COST + VALUE_COST + 10
+
+
 def test_an_entry_holds_a_bounded_number_of_verdicts() -> None:
     cache = VerdictCache()
     for scope in range(MAX_VALUES + 5):
