@@ -74,7 +74,7 @@ def client_token(value: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
 
 
-def _token(name: str, value: str) -> str:
+def check_token(name: str, value: str) -> str:
     if type(value) is str and value in _SEEN:
         return value
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
@@ -89,10 +89,10 @@ def _token(name: str, value: str) -> str:
 
 
 def _opt_token(name: str, value: str | None) -> str | None:
-    return None if value is None else _token(name, value)
+    return None if value is None else check_token(name, value)
 
 
-def _number(name: str, value: float | None, *, optional: bool = True) -> None:
+def check_number(name: str, value: float | None, *, optional: bool = True) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -101,7 +101,7 @@ def _number(name: str, value: float | None, *, optional: bool = True) -> None:
         raise ValueError(f"audit field {name}: must not be negative")
 
 
-def _count(name: str, value: int | None) -> None:
+def check_count(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValueError(f"audit field {name}: must be a non-negative integer")
 
@@ -115,8 +115,8 @@ class PolicyDecision:
     reason: str | None = None
 
     def __post_init__(self) -> None:
-        _token("decisions.policy", self.policy)
-        _token("decisions.decision", self.decision)
+        check_token("decisions.policy", self.policy)
+        check_token("decisions.decision", self.decision)
         _opt_token("decisions.reason", self.reason)
 
     def to_json(self) -> dict[str, JSONValue]:
@@ -126,7 +126,7 @@ class PolicyDecision:
         """``canonical(self.to_json())``, see :meth:`AuditRecord.encode`."""
         return (
             f'{{"decision":"{self.decision}","policy":"{self.policy}",'
-            f'"reason":{_str(self.reason)}}}'
+            f'"reason":{json_str(self.reason)}}}'
         )
 
 
@@ -139,18 +139,12 @@ class TokenUsage:
     estimated: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.estimated, bool):
-            raise ValueError("audit field usage.estimated: must be a boolean")
-        _count("usage.prompt_tokens", self.prompt_tokens)
-        _count("usage.completion_tokens", self.completion_tokens)
-        _count("usage.total_tokens", self.total_tokens)
+        _check_usage(self.prompt_tokens, self.completion_tokens, self.total_tokens, self.estimated)
 
     def encode(self) -> str:
         """``canonical(self.to_json())``, see :meth:`AuditRecord.encode`."""
-        return (
-            f'{{"completion_tokens":{_num(self.completion_tokens)},'
-            f'"estimated":{"true" if self.estimated else "false"},'
-            f'"prompt_tokens":{_num(self.prompt_tokens)},"total_tokens":{_num(self.total_tokens)}}}'
+        return _usage_json(
+            self.prompt_tokens, self.completion_tokens, self.total_tokens, self.estimated
         )
 
     def to_json(self) -> dict[str, JSONValue]:
@@ -197,8 +191,8 @@ class AuditRecord:
     def __post_init__(self) -> None:
         if not isinstance(self.time, str) or not _TIME.fullmatch(self.time):
             raise ValueError("audit field time: must be RFC 3339 UTC like 2025-01-31T12:00:00.000Z")
-        _token("request_id", self.request_id)
-        _token("endpoint", self.endpoint)
+        check_token("request_id", self.request_id)
+        check_token("endpoint", self.endpoint)
         # The optional tokens (identities from the config and pod, model, target, outcome)
         # repeat from request to request: one pass over them finds each seen before or unset;
         # only a new one is checked (and named, if it fails) field by field.
@@ -223,8 +217,8 @@ class AuditRecord:
             or not 100 <= self.status <= 599
         ):
             raise ValueError("audit field status: must be an HTTP status code")
-        _number("latency_ms", self.latency_ms, optional=False)
-        _number("cost_usd", self.cost_usd)
+        check_number("latency_ms", self.latency_ms, optional=False)
+        check_number("cost_usd", self.cost_usd)
         if not isinstance(self.streamed, bool):
             raise ValueError("audit field streamed: must be a boolean")
         if len(self.decisions) > _MAX_DECISIONS or not all(
@@ -233,11 +227,7 @@ class AuditRecord:
             raise ValueError(f"audit field decisions: at most {_MAX_DECISIONS} PolicyDecision")
         if self.usage is not None and not isinstance(self.usage, TokenUsage):
             raise ValueError("audit field usage: must be a TokenUsage")
-        if len(self.tags) > _MAX_TAGS:
-            raise ValueError(f"audit field tags: at most {_MAX_TAGS} tags")
-        for key, value in self.tags.items():
-            _token("tags key", key)
-            _token(f"tags.{key}", value)
+        check_tags(self.tags)
 
     def to_body(self) -> dict[str, JSONValue]:
         """The JSON object sealed into the chain (all fields present, ``None`` as null)."""
@@ -272,18 +262,18 @@ class AuditRecord:
         per request on the event loop; this is a quarter of what ``json.dumps`` with
         ``sort_keys`` costs here.
         """
-        tags = ",".join(f'"{k}":"{v}"' for k, v in sorted(self.tags.items()))
+        tags = tags_json(self.tags)
         usage = "null" if self.usage is None else self.usage.encode()
         return (
-            f'{{"config_hash":{_str(self.config_hash)},"cost_usd":{_num(self.cost_usd)},'
+            f'{{"config_hash":{json_str(self.config_hash)},"cost_usd":{json_num(self.cost_usd)},'
             f'"decisions":[{",".join([d.encode() for d in self.decisions])}],'
-            f'"endpoint":"{self.endpoint}","latency_ms":{_num(self.latency_ms)},'
-            f'"model":{_str(self.model)},"namespace":{_str(self.namespace)},'
-            f'"outcome":{_str(self.outcome)},"pack":{_str(self.pack)},'
-            f'"pack_version":{_str(self.pack_version)},"pod":{_str(self.pod)},'
-            f'"request_id":"{self.request_id}","status":{_num(self.status)},'
-            f'"streamed":{"true" if self.streamed else "false"},"tags":{{{tags}}},'
-            f'"target":{_str(self.target)},"time":"{self.time}","usage":{usage}}}'
+            f'"endpoint":"{self.endpoint}","latency_ms":{json_num(self.latency_ms)},'
+            f'"model":{json_str(self.model)},"namespace":{json_str(self.namespace)},'
+            f'"outcome":{json_str(self.outcome)},"pack":{json_str(self.pack)},'
+            f'"pack_version":{json_str(self.pack_version)},"pod":{json_str(self.pod)},'
+            f'"request_id":"{self.request_id}","status":{json_num(self.status)},'
+            f'"streamed":{"true" if self.streamed else "false"},"tags":{tags},'
+            f'"target":{json_str(self.target)},"time":"{self.time}","usage":{usage}}}'
         ).encode("ascii")
 
     @classmethod
@@ -310,16 +300,69 @@ class AuditRecord:
             raise ValueError(f"audit record: {exc}") from None
 
 
-def _str(value: str | None) -> str:
+def json_str(value: str | None) -> str:
     """A validated token (nothing to escape) or null, as JSON."""
     return "null" if value is None else f'"{value}"'
 
 
-def _num(value: float | None) -> str:
+def json_num(value: float | None) -> str:
     """A validated finite number or null, spelled as ``json.dumps`` spells it."""
     if value is None:
         return "null"
     return float.__repr__(value) if isinstance(value, float) else int.__repr__(value)
+
+
+def usage_json(
+    prompt: int | None, completion: int | None, total: int | None, estimated: bool
+) -> str:
+    """``TokenUsage(prompt, completion, total, estimated).encode()``, checked the same way,
+    without the object."""
+    _check_usage(prompt, completion, total, estimated)
+    return _usage_json(prompt, completion, total, estimated)
+
+
+def _check_usage(
+    prompt: int | None, completion: int | None, total: int | None, estimated: bool
+) -> None:
+    if not isinstance(estimated, bool):
+        raise ValueError("audit field usage.estimated: must be a boolean")
+    check_count("usage.prompt_tokens", prompt)
+    check_count("usage.completion_tokens", completion)
+    check_count("usage.total_tokens", total)
+
+
+def _usage_json(
+    prompt: int | None, completion: int | None, total: int | None, estimated: bool
+) -> str:
+    return (
+        f'{{"completion_tokens":{json_num(completion)},'
+        f'"estimated":{"true" if estimated else "false"},'
+        f'"prompt_tokens":{json_num(prompt)},"total_tokens":{json_num(total)}}}'
+    )
+
+
+def check_tags(tags: Mapping[str, str]) -> None:
+    if len(tags) > _MAX_TAGS:
+        raise ValueError(f"audit field tags: at most {_MAX_TAGS} tags")
+    for key, value in tags.items():
+        check_token("tags key", key)
+        check_token(f"tags.{key}", value)
+
+
+def tags_json(tags: Mapping[str, str]) -> str:
+    """Checked tags (nothing to escape), as a JSON object with sorted keys."""
+    if not tags:
+        return "{}"
+    return "{" + ",".join(f'"{k}":"{v}"' for k, v in sorted(tags.items())) + "}"
+
+
+class EncodedBody(bytes):
+    """A record body in its canonical encoding whose fields were checked as ``AuditRecord``
+    checks them: what ``AuditRecord.encode`` returns, made without the object by an encoder
+    that is tested byte for byte against it (``policies/audit_body.py``). The writer seals
+    it as it is."""
+
+    __slots__ = ()
 
 
 def _decision(raw: object) -> PolicyDecision:

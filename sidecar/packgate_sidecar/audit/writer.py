@@ -62,7 +62,7 @@ from packgate_sidecar.audit.errors import (
     AuditWriterError,
 )
 from packgate_sidecar.audit.native import SyncerLane, echo_fd
-from packgate_sidecar.audit.record import AuditRecord
+from packgate_sidecar.audit.record import AuditRecord, EncodedBody
 from packgate_sidecar.audit.sealer import Sealer
 from packgate_sidecar.audit.segments import SEGMENT_RE, list_segments, read_tail, segment_name
 
@@ -75,6 +75,9 @@ DURABLE_STATE_KEY = "audit-logger/durable"
 # ctx.state key the forwarder sets once an answer goes out as a stream (its write-ahead records
 # are durable): no answer waits for the request's outcome record, so it is submitted lazily.
 STREAMED_STATE_KEY = "audit-logger/streamed"
+# What the writer takes: a typed record, its body already encoded (``EncodedBody``), or a plain
+# mapping (checked by ``AuditRecord.from_body``).
+Record = AuditRecord | EncodedBody | Mapping[str, object]
 # With this many requests about to send records, a batch waits the whole ``linger`` for them.
 _FULL_LINGER = 8
 # Importers of the errors and of the directory layout from here (policy, shipper, verifier,
@@ -275,18 +278,18 @@ class AuditWriter(BatchDrain):
         stale value only shifts one batch."""
         self._expecting += delta
 
-    def submit(self, record: AuditRecord | Mapping[str, object]) -> None:
+    def submit(self, record: Record) -> None:
         """Seal and queue a record (any thread); raises :class:`AuditQueueFull` rather than
         block."""
         self._enqueue(_body(record), None, None)
 
-    async def put(self, record: AuditRecord | Mapping[str, object]) -> None:
+    async def put(self, record: Record) -> None:
         """Queue a record, waiting (without blocking the loop) while the queue is full."""
         await self._put(_body(record), None)
 
     def submit_durable(
         self,
-        record: AuditRecord | Mapping[str, object],
+        record: Record,
         *,
         counted: bool = False,
         lazy: bool = False,
@@ -303,7 +306,7 @@ class AuditWriter(BatchDrain):
         self._enqueue(_body(record), done, None, counted, lazy)
         return done
 
-    async def put_durable(self, record: AuditRecord | Mapping[str, object]) -> None:
+    async def put_durable(self, record: Record) -> None:
         """Queue a record (waiting for room) and return once it is fsynced."""
         done = asyncio.get_running_loop().create_future()
         await self._put(_body(record), done)
@@ -438,8 +441,10 @@ class AuditWriter(BatchDrain):
             self._ready()
 
 
-def _body(record: AuditRecord | Mapping[str, object]) -> bytes:
+def _body(record: Record) -> bytes:
     """The record's body in its canonical encoding (validated on the way, see record.py)."""
+    if isinstance(record, EncodedBody):
+        return record
     if isinstance(record, AuditRecord):
         return record.encode()
     return AuditRecord.from_body(record).encode()

@@ -3,8 +3,9 @@
 Why it exists: compliance needs to show, after the fact, who sent what kind of request through
 which pack and what every policy decided, without the log itself becoming a store of prompts.
 Records are `audit.record.AuditRecord`s (short tokens and numbers only: no prompt, completion or
-secret can be written), sealed into the hash chain by `audit.writer.AuditWriter` (on the event
-loop; written and fdatasynced by its compiled syncer thread, which never takes the GIL);
+secret can be written; `audit_body.py` makes them from the request, encoded directly), sealed
+into the hash chain by `audit.writer.AuditWriter` (on the event loop; written and fdatasynced
+by its compiled syncer thread, which never takes the GIL);
 `packgate audit verify DIR` checks them.
 
 - `log_all_access: true`: a record for every request; false: only for requests where some
@@ -49,9 +50,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,7 +61,6 @@ from packgate_policy import AuditLogger, PolicyBlock
 from .. import scrub
 from ..audit import ship
 from ..audit.keys import KEY_ENV, load_key
-from ..audit.record import AuditRecord, PolicyDecision, TokenUsage, client_token, utc_time
 from ..audit.writer import (
     DURABLE_STATE_KEY,
     STREAMED_STATE_KEY,
@@ -70,32 +69,23 @@ from ..audit.writer import (
     AuditWriterError,
 )
 from ..logs import get_logger, log
-from ..policy import (
-    ALLOW,
-    Decision,
-    DecisionRecord,
-    Policy,
-    PolicyRuntime,
-    RequestContext,
-    TextItem,
-)
+from ..policy import ALLOW, Decision, Policy, PolicyRuntime, RequestContext, TextItem
+from .audit_body import build_record, decision_reason, encode_record
 from .common import settings_as
-from .cost_attribution import STATE_KEY, Attribution, measure_usage
 
 _log = get_logger("audit")
 PRUNE_INTERVAL = 86400.0
-ENDPOINTS = {
-    "/v1/chat/completions": "chat.completions",
-    "/v1/completions": "completions",
-    "/v1/embeddings": "embeddings",
-    "/v1/responses": "responses",
-}
 # ctx.state key: this request is counted by the writer's expect() until its last record.
 _EXPECTED = "audit-logger/expected"
-_NOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:/@+=,%\-]")
-_MAX_DECISIONS = 32
-_TOKENS: dict[str, str] = {}
-_DECISIONS: dict[tuple[str, str, str], PolicyDecision] = {}
+__all__ = [
+    "PRUNE_INTERVAL",
+    "AuditLoggerPolicy",
+    "AuditUnavailable",
+    "acted_on",
+    "audit_dir",
+    "build_record",  # the record's body is audit_body.py's: importers from here keep working
+    "decision_reason",
+]
 
 
 class AuditUnavailable(RuntimeError):
@@ -176,97 +166,6 @@ async def _prune_daily(writer: AuditWriter) -> None:
             log(_log, 40, "audit prune failed", error=type(exc).__name__)
 
 
-def decision_reason(record: DecisionRecord) -> str:
-    """`phase:reason` plus numeric details, as one audit token (`request:pii:EMAIL/EMAIL=2`)."""
-    if record.failure is not None:
-        text = f"{record.phase}:{record.failure}," + (
-            "fail_open" if record.fail_open else "fail_closed"
-        )
-    else:
-        text = f"{record.phase}:{record.reason}" if record.reason else record.phase
-        numbers = [
-            f"{key}={value}"
-            for key, value in record.details.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        ]
-        if numbers:
-            text += "/" + ",".join(numbers)
-    return _as_token(text)
-
-
-def build_record(ctx: RequestContext, started: bool = False) -> AuditRecord:
-    """The audit record of a finished request: identities, decisions, usage, cost, timing."""
-    decisions = [
-        _decision(record.kind, record.action, decision_reason(record)) for record in ctx.decisions
-    ]
-    found = ctx.state.get(STATE_KEY)
-    attribution = found if isinstance(found, Attribution) else None
-    measured = None if attribution is not None else measure_usage(ctx)
-    usage = None
-    if attribution is not None and attribution.measured:
-        usage = TokenUsage(
-            attribution.input_tokens,
-            attribution.output_tokens,
-            attribution.input_tokens + attribution.output_tokens,
-            attribution.estimated,
-        )
-    elif measured is not None:
-        usage = TokenUsage(measured[0], measured[1], measured[0] + measured[1], measured[2])
-    tags: Mapping[str, str] = attribution.tags if attribution is not None else {}
-    return AuditRecord(
-        time=utc_time(ctx.started_at),
-        request_id=ctx.request_id,
-        endpoint=ENDPOINTS.get(ctx.route, "other"),
-        status=None
-        if started
-        else ctx.status
-        if ctx.status is not None and 100 <= ctx.status <= 599
-        else 499,
-        latency_ms=ctx.latency_ms or 0.0,
-        pod=_token(ctx.pod.name),
-        namespace=_token(ctx.pod.namespace),
-        pack=_token(ctx.pack),
-        pack_version=_token(ctx.pack_version),
-        config_hash=_token(ctx.config_hash),
-        model=client_token(ctx.upstream_model or ctx.model),
-        target=_token(ctx.target),
-        streamed=ctx.stream,
-        decisions=tuple(decisions[:_MAX_DECISIONS]),
-        usage=usage,
-        cost_usd=attribution.cost_usd if attribution is not None else None,
-        tags=dict(list(tags.items())[:32]),
-        outcome="started" if started else _token(ctx.outcome),
-    )
-
-
-def _decision(kind: str, action: str, reason: str) -> PolicyDecision:
-    """``PolicyDecision(kind, action, reason)``, validated once: the same few decisions come
-    with every request, and a frozen one can be shared by every record that holds it."""
-    key = (kind, action, reason)
-    decision = _DECISIONS.get(key)
-    if decision is None:
-        decision = PolicyDecision(kind, action, reason)  # raises before anything is remembered
-        if len(_DECISIONS) >= 4096:
-            _DECISIONS.clear()
-        _DECISIONS[key] = decision
-    return decision
-
-
-def _token(value: str | None) -> str | None:
-    return _as_token(value) or None if value else None
-
-
-def _as_token(text: str) -> str:
-    """`text` with every character a token may not hold replaced, cut to 128 characters;
-    remembered, since the same pod, pack, target and reasons come with every request."""
-    token = _TOKENS.get(text)
-    if token is None:
-        if len(_TOKENS) >= 4096:
-            _TOKENS.clear()
-        token = _TOKENS[text] = _NOT_TOKEN.sub("_", text)[:128]
-    return token
-
-
 def acted_on(ctx: RequestContext) -> bool:
     return any(d.action != "allow" or d.failure is not None for d in ctx.decisions)
 
@@ -313,7 +212,7 @@ class AuditLoggerPolicy(Policy):
             return None
         counted = _EXPECTED in ctx.state
         try:
-            durable = self.writer.submit_durable(build_record(ctx, started=True), counted=counted)
+            durable = self.writer.submit_durable(encode_record(ctx, started=True), counted=counted)
         except (AuditQueueFull, AuditWriterError):
             if not self.config.fail_open:
                 raise
@@ -326,7 +225,7 @@ class AuditLoggerPolicy(Policy):
             self.writer.expect(-1)  # its last record is submitted now, or never
         if not self.config.log_all_access and not acted_on(ctx):
             return
-        record = build_record(ctx)
+        record = encode_record(ctx)
         try:
             # A relayed stream's outcome record hurries nobody: it rides with the next record.
             lazy = STREAMED_STATE_KEY in ctx.state

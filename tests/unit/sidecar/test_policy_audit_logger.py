@@ -14,7 +14,7 @@ from packgate_sidecar.audit.verify import verify_path
 from packgate_sidecar.audit.writer import DURABLE_STATE_KEY, STREAMED_STATE_KEY, AuditWriter
 from packgate_sidecar.chain import Chain, Entry
 from packgate_sidecar.metrics import Metrics
-from packgate_sidecar.policies import audit_logger
+from packgate_sidecar.policies import audit_body, audit_logger
 from packgate_sidecar.policies.audit_logger import AuditLoggerPolicy, decision_reason
 from packgate_sidecar.policies.cost_attribution import CostAttributionPolicy
 from packgate_sidecar.policy import (
@@ -182,9 +182,9 @@ def test_remembered_decisions_are_the_ones_built_afresh() -> None:
     ctx.decisions[1] = DecisionRecord("prompt-injection", "request", "allow", "", {"score": 0.5})
     assert audit_logger.build_record(ctx).decisions[1].reason == "request/score=0.5"
     with pytest.raises(ValueError, match=r"decisions\.policy"):  # never remembered, still refused
-        audit_logger._decision("not a token", "allow", "request")
+        audit_body._decision("not a token", "allow", "request")
     with pytest.raises(ValueError, match=r"decisions\.policy"):
-        audit_logger._decision("not a token", "allow", "request")
+        audit_body._decision("not a token", "allow", "request")
 
 
 async def test_cost_is_recorded_even_when_audit_comes_first_in_the_chain(tmp_path: Path) -> None:
