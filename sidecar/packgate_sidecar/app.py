@@ -44,7 +44,7 @@ from .errors import (
     too_large,
 )
 from .forward import Durable, Forwarder, wait_durable
-from .logs import describe_exception, get_logger, log
+from .logs import describe_exception, get_logger, log, log_fields
 from .metrics import Metrics
 from .policy import PolicyRuntime, RequestContext
 from .reload import Active, ConfigHolder
@@ -424,22 +424,24 @@ class Gateway:
         ctx.status = status
         ctx.latency_ms = round(duration * 1000, 3)
         if _log.isEnabledFor(INFO):
-            log(
+            log_fields(
                 _log,
                 INFO,
                 "request",
-                request_id=ctx.request_id,
-                route=route_label,
-                status=status,
-                target=ctx.target,
-                model=ctx.upstream_model,
-                stream=ctx.stream,
-                outcome=ctx.outcome,
-                code=ctx.error_code,
-                latency_ms=ctx.latency_ms,
-                upstream_ms=ctx.upstream_latency_ms,
-                attempts=ctx.attempts,
-                decisions=[f"{d.kind}:{d.phase}:{d.action}" for d in ctx.decisions],
+                {
+                    "request_id": ctx.request_id,
+                    "route": route_label,
+                    "status": status,
+                    "target": ctx.target,
+                    "model": ctx.upstream_model,
+                    "stream": ctx.stream,
+                    "outcome": ctx.outcome,
+                    "code": ctx.error_code,
+                    "latency_ms": ctx.latency_ms,
+                    "upstream_ms": ctx.upstream_latency_ms,
+                    "attempts": ctx.attempts,
+                    "decisions": [f"{d.kind}:{d.phase}:{d.action}" for d in ctx.decisions],
+                },
             )
         assert active is not None
         if not active.chain.finish_entries:

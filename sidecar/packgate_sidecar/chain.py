@@ -9,9 +9,10 @@ error (never silently skipped), so an unimplemented policy can never mean an une
 
 Budgets: async waits are cut by a timeout (`budget.within`: armed only once a hook waits);
 CPU-bound work cannot be interrupted on the event loop, so an overrun is also detected after the
-fact, and judged by the CPU time the loop thread spent (`_overran`): wall time would also count
-time the sidecar spent descheduled on a busy node or waiting for the GIL, and turn overload into
-spurious fail-closed blocks that no policy caused.
+fact, and judged by the CPU time the loop thread spent: a hook overran when both its wall time
+and the loop thread's CPU time over it (read only then) exceed the budget. Wall time alone would
+count time the sidecar spent descheduled on a busy node or waiting for the GIL, and turn overload
+into spurious fail-closed blocks that no policy caused.
 """
 
 from __future__ import annotations
@@ -185,11 +186,41 @@ class Chain:
         self, ctx: RequestContext, phase: str, entries: list[Entry], slots: list[TextSlot]
     ) -> DecisionRecord | None:
         items = [TextItem(slot.get(), slot.role, slot.path) for slot in slots]
+        request = phase == "request"
         for entry in entries:
-            method: Callable[
-                [RequestContext, Sequence[TextItem]], Coroutine[Any, Any, Decision]
-            ] = entry.policy.on_request if phase == "request" else entry.policy.on_response
-            decision, failure, elapsed = await self._call(entry, method, ctx, items)
+            # One hook's call, inline (a coroutine layer per hook cost more than the rest of
+            # the bookkeeping): its first step runs here, as `budget.within` runs it; only a
+            # hook that waits gets a timer, for what is left of its budget.
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            failure: str | None = None
+            try:
+                policy = entry.policy
+                call = policy.on_request(ctx, items) if request else policy.on_response(ctx, items)
+                try:
+                    step = call.send(None)
+                except StopIteration as done:
+                    decision = done.value
+                else:
+                    decision = await finish_within(entry.budget - _since(started), call, step)
+                if not isinstance(decision, Decision):
+                    raise TypeError(
+                        f"{entry.kind} returned {type(decision).__name__}, not Decision"
+                    )
+            except Blocked as blocked:
+                decision = Decision.block(blocked.reason, **blocked.details)
+                elapsed = _since(started)
+            except TimeoutError:
+                decision, failure, elapsed = None, "timeout", _since(started)
+            except Exception as exc:
+                log(_log, 40, "policy raised", kind=entry.kind, error=describe_exception(exc))
+                decision, failure, elapsed = None, "error", _since(started)
+            else:
+                elapsed = time.perf_counter() - started
+                # An overrun in CPU-bound code is only visible afterwards; it is still an
+                # overrun. When failing open, the (late) decision is still applied: it is the
+                # safer text.
+                if elapsed > entry.budget and time.thread_time() - cpu_started > entry.budget:
+                    failure = "timeout"
             if failure is not None:
                 record = self._failed(ctx, entry, phase, failure, elapsed)
                 if record.action == "block":
@@ -208,38 +239,6 @@ class Chain:
             if decision.action == "block":
                 return record
         return None
-
-    async def _call(
-        self,
-        entry: Entry,
-        method: Callable[[RequestContext, Sequence[TextItem]], Coroutine[Any, Any, Decision]],
-        ctx: RequestContext,
-        items: Sequence[TextItem],
-    ) -> tuple[Decision | None, str | None, float]:
-        started, cpu_started = time.perf_counter(), time.thread_time()
-        try:
-            # `within`, inline: the first step runs here; only a hook that waits gets a timer.
-            call = method(ctx, items)
-            try:
-                step = call.send(None)
-            except StopIteration as done:
-                decision = done.value
-            else:
-                decision = await finish_within(entry.budget - _since(started), call, step)
-            if not isinstance(decision, Decision):
-                raise TypeError(f"{entry.kind} returned {type(decision).__name__}, not Decision")
-        except Blocked as blocked:
-            return Decision.block(blocked.reason, **blocked.details), None, _since(started)
-        except TimeoutError:
-            return None, "timeout", _since(started)
-        except Exception as exc:
-            log(_log, 40, "policy raised", kind=entry.kind, error=describe_exception(exc))
-            return None, "error", _since(started)
-        elapsed = _since(started)
-        # An overrun in CPU-bound code is only visible afterwards; it is still an overrun. When
-        # failing open, the (late) decision is still applied: it is the safer text.
-        failure = "timeout" if _overran(entry.budget, elapsed, cpu_started) else None
-        return decision, failure, elapsed
 
     def _record(
         self, ctx: RequestContext, entry: Entry, phase: str, decision: Decision, elapsed: float
@@ -405,13 +404,6 @@ def _since(started: float) -> float:
     return time.perf_counter() - started
 
 
-def _overran(budget: float, elapsed: float, cpu_started: float) -> bool:
-    """Whether a hook that finished overran its budget: `elapsed` wall seconds and, read only
-    then, the loop thread's CPU seconds since `cpu_started` both exceed it. Waiting is already cut
-    in wall time by `within`; what is left to judge here is the work the hook did itself."""
-    return elapsed > budget and time.thread_time() - cpu_started > budget
-
-
 def _apply(rewrites: Mapping[int, str], items: list[TextItem], slots: list[TextSlot]) -> None:
     for index, text in rewrites.items():
         if not isinstance(text, str) or not isinstance(index, int) or index < 0:
@@ -506,7 +498,7 @@ class StreamPolicies:
             return self._fail(stage, "error", text, _since(started))
         elapsed = time.perf_counter() - started
         stage.spent += elapsed
-        # _overran, spelled inline: this runs once per delta of a trickling stream.
+        # The overrun rule of `Chain._run`: this runs once per delta of a trickling stream.
         if elapsed > entry.budget and time.thread_time() - cpu_started > entry.budget:
             self._fail(stage, "timeout", out, elapsed)
         return out

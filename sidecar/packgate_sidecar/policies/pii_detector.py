@@ -46,7 +46,7 @@ from ..policy import (
     StreamFilter,
     TextItem,
 )
-from .common import counted_reason, offloaded, settings_as, text_chars
+from .common import OFFLOAD_CHARS, counted_reason, settings_as
 
 # With custom patterns (whose open tail cannot be known) a stream channel holds back this many
 # characters: the longest custom match caught whole.
@@ -274,15 +274,23 @@ class PiiDetectorPolicy(Policy):
         """
         result = _Scan()
         indexes = [index for index, item in enumerate(texts) if item.text]
-        arguments = [_arguments(texts[index]) for index in indexes]
-        if any(arguments):
+        # Tool-call arguments are rare: their test (a strip of the text) only where the path
+        # says they may be.
+        arguments = (
+            [_arguments(texts[index]) for index in indexes]
+            if any([texts[index].path.endswith(".arguments") for index in indexes])
+            else None
+        )
+        if arguments is not None and any(arguments):
             done = [
                 self.judge("arguments", texts[index], self._scan_arguments, _Item.size)
                 if is_arguments
                 else self.judge("text", texts[index], self._scan_plain, _Item.size)
                 for index, is_arguments in zip(indexes, arguments, strict=True)
             ]
-        else:  # the usual case: every text judged in one pass over the verdict cache
+        elif len(indexes) == len(texts):  # the usual case: every text judged in one pass
+            done = self.judge_all("text", texts, self._scan_plain, _Item.size)
+        else:
             items = [texts[index] for index in indexes]
             done = self.judge_all("text", items, self._scan_plain, _Item.size)
         for index, item in zip(indexes, done, strict=True):
@@ -297,16 +305,20 @@ class PiiDetectorPolicy(Policy):
         return result
 
     def _decide(self, scanned: _Scan) -> Decision:
-        if not scanned.counts:
+        counts = scanned.counts
+        if not counts:
             return ALLOW
-        reason = counted_reason("pii", scanned.counts)
+        reason = counted_reason("pii", counts)
         if self.config.action == "block":
-            return Decision.block(reason, **scanned.counts)
-        return Decision.rewrite(scanned.rewrites, reason, **scanned.counts)
+            return Decision.block(reason, **counts)
+        if not scanned.rewrites:
+            return Decision.allow(reason, **counts)
+        # Decision.rewrite without its copies: this scan's dicts are the decision's own.
+        return Decision("rewrite", reason, scanned.rewrites, counts)
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         # Inline unless large (see common.OFFLOAD_CHARS): no coroutine layer per request.
-        if offloaded(text_chars(texts)):
+        if sum([len(item.text) for item in texts]) > OFFLOAD_CHARS:
             scanned = await asyncio.to_thread(self.scan, texts)
         else:
             scanned = self.scan(texts)
@@ -317,7 +329,7 @@ class PiiDetectorPolicy(Policy):
     async def on_response(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         if not self.config.scan_responses:
             return ALLOW
-        if offloaded(text_chars(texts)):
+        if sum([len(item.text) for item in texts]) > OFFLOAD_CHARS:
             return self._decide(await asyncio.to_thread(self.scan, texts))
         return self._decide(self.scan(texts))
 

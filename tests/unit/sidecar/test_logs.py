@@ -7,8 +7,11 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from packgate_sidecar import logs, scrub
 from packgate_sidecar.logs import LOGGER_NAME, configure, get_logger, log
 
@@ -78,3 +81,34 @@ def test_any_field_value_still_makes_one_json_line(stream: io.StringIO) -> None:
     assert odd["attempts"] == [["t", "200"]] and odd["by_code"] == {"404": 1}
     assert odd["path"] == str(logging) and odd["n"] == 10**30
     assert plain["text"] == "déjà"
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["ts", "level", "logger", "event", "status", "route", "n"]) | st.text(),
+        _values,
+        max_size=6,
+    ),
+    event=st.text(max_size=12),
+    created=st.floats(min_value=0, max_value=4e9),
+)
+@example(fields={}, event="request", created=1.9999)
+@example(fields={"n": 10**30}, event="e", created=0.0)
+@example(fields={"ts": "x", "status": 200}, event="request", created=5.5)
+def test_a_line_is_the_encoding_of_its_merged_entry(
+    fields: dict[str, Any], event: str, created: float
+) -> None:
+    """The line is spliced from the fields' own encoding after fixed keys; it must be exactly
+    the line of the merged entry (fixed keys first, a field of the same name in their place)."""
+    for level in ("INFO", "WARNING"):
+        assert logs._line(created, level, "packgate.access", event, fields) == (
+            logs._merged_line(created, level, "packgate.access", event, fields)
+        )
+        assert logs._iso(created)[-5:] == f".{int(created % 1 * 1000):03d}Z"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,14 @@ from packgate_policy import PiiDetector
 from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.policies.common import OFFLOAD_CHARS
 from packgate_sidecar.policies.pii_detector import PiiDetectorPolicy
-from packgate_sidecar.policy import Blocked, PolicyRuntime, RequestContext, TextItem
+from packgate_sidecar.policy import (
+    ALLOW,
+    Blocked,
+    Decision,
+    PolicyRuntime,
+    RequestContext,
+    TextItem,
+)
 
 EMAIL, PHONE, SSN, CARD = (
     "jane.doe@example.com",
@@ -234,3 +242,73 @@ def test_the_verdict_cache_keeps_no_copy_of_a_redacted_text() -> None:
     held = [value for value in (item.rewritten, *item.replaced) if value]
     assert held and all(len(value) < 32 for value in held)
     assert item.rewrite(text) == anonymize(text, pol.detector.find(text), "redact")
+
+
+def _reference_decision(pol: PiiDetectorPolicy, texts: list[TextItem]) -> tuple[Decision, dict]:
+    """A phase's decision from per-text scans without the verdict cache, as the policy made it
+    before its hit path was written out inline: counts in text order (details keep it)."""
+    counts: dict[str, int] = {}
+    rewrites: dict[int, str] = {}
+    findings: dict[int, list[Any]] = {}
+    for index, item in enumerate(texts):
+        if not item.text:
+            continue
+        arguments = item.path.endswith(".arguments") and item.text.lstrip()[:1] in ("{", "[")
+        scanned = pol._scan_text(item.text, arguments)
+        for entity, count in scanned.counts:
+            counts[entity] = counts.get(entity, 0) + count
+        for finding in scanned.findings:
+            counts[finding.entity] = counts.get(finding.entity, 0) + 1
+        if scanned.findings:
+            findings[index] = list(scanned.findings)
+        rewritten = scanned.rewrite(item.text)
+        if rewritten is not None:
+            rewrites[index] = rewritten
+    if not counts:
+        return ALLOW, findings
+    reason = "pii:" + ",".join(sorted(counts))
+    if pol.config.action == "block":
+        return Decision.block(reason, **counts), findings
+    return Decision.rewrite(rewrites, reason, **counts), findings
+
+
+_ARGUMENTS = st.builds(
+    lambda value: json.dumps({"to": value, "n": 1}), st.lists(PIECES, max_size=5).map("".join)
+)
+_PHASE_TEXTS = st.lists(
+    st.one_of(
+        st.builds(
+            user, st.lists(PIECES, max_size=8).map("".join), st.sampled_from(["user", "system"])
+        ),
+        st.builds(
+            lambda text: TextItem(
+                text, "assistant", "messages[1].tool_calls[0].function.arguments"
+            ),
+            _ARGUMENTS | st.lists(PIECES, max_size=4).map("".join),
+        ),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_PHASE_TEXTS, st.sampled_from(sorted(POLICIES)))
+async def test_a_phase_decides_as_per_text_scans_do_on_a_miss_and_on_a_hit(
+    texts: list[TextItem], action: str
+) -> None:
+    pol = POLICIES[action]
+    expected, findings = _reference_decision(pol, texts)
+    for _ in range(2):  # the first may compute verdicts, the second finds them all cached
+        fresh = [TextItem(item.text, item.role, item.path) for item in texts]
+        context = ctx()
+        decision = await pol.on_request(context, fresh)
+        assert decision.action == expected.action and decision.reason == expected.reason
+        assert dict(decision.rewrites) == dict(expected.rewrites)
+        assert list(decision.details.items()) == list(expected.details.items())
+        assert context.state.get("pii-detector", {}).get("findings", {}) == findings
+        response = await pol.on_response(ctx(), fresh)
+        assert (response.action, response.reason, dict(response.rewrites)) == (
+            expected.action,
+            expected.reason,
+            dict(expected.rewrites),
+        )
