@@ -412,18 +412,49 @@ class StreamRewriter:
         before the one it blocks on still go out."""
         assert self._frame is not None
         head, mid = self._frame[0], self._frame[1]
+        policies = self.policies
         start = len(head)
         out: list[bytes] = []
-        try:
+        if policies is None:
             for text in texts:
                 if mid:  # as _text_at
                     start = data.index(mid, at + len(head)) + len(mid) - at
                 stop = data.index(b"\n\n", at + start + len(text))
                 out.append(self._plain(data[at:stop], channel, start, start + len(text)))
                 at = stop + 2
+            return b"".join(out)
+        # `_plain` for each event, inline (a stream's text events mostly arrive in such runs):
+        # the same texts fed, counted and spliced in; the channel's frame is the last event's.
+        ctx, feed = self.ctx, policies.feed
+        pieces = self._emitted.get(channel)
+        last = None
+        try:
+            for text in texts:
+                if mid:  # as _text_at
+                    start = data.index(mid, at + len(head)) + len(mid) - at
+                end = at + start + len(text)
+                stop = data.index(b"\n\n", end)
+                original = _utf8(text)
+                released = feed(channel, original) if original else original
+                last = (at, start, end, stop)
+                ctx.output_chars += len(released)
+                if self.shape.has_snapshots:
+                    if pieces is None:
+                        pieces = self._emitted[channel] = []
+                    pieces.append(released)
+                if released == original:
+                    out.append(data[at : stop + 2])
+                else:
+                    out.append(data[at : at + start] + _json_text(released) + data[end : stop + 2])
+                at = stop + 2
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
             raise
+        finally:
+            if last is not None:
+                event, start, end, stop = last
+                self._frames[channel] = (data[event : event + start], data[end:stop])
+                self._templates.pop(channel, None)
         return b"".join(out)
 
     def _framed(self, event: bytes, raw: bytes, start: int, channel: Channel) -> bytes:
