@@ -37,6 +37,7 @@ class BatchDrain:
     stats: AuditStats
     on_durable: Callable[[], None] | None  # the shipper's wake-up after each durable batch
     _cv: threading.Condition
+    _lock: threading.Lock  # _cv's
     _batch: Batch  # the batch being filled (ready: a consumer may take it)
     _room: list[asyncio.Future[None]]  # put() calls waiting for room
     _sleeping: bool  # the writer thread waits for work (a submit must wake it)
@@ -99,7 +100,7 @@ class BatchDrain:
     def _settle_native(self, completed: int, errno: int) -> None:
         """Resolve the batches up to ``completed``; with ``errno``, fail every other one."""
         failed: list[Batch] = []
-        with self._cv:
+        with self._lock:
             done = self._lane.landed(completed)
             for flight in done:
                 if flight.records:

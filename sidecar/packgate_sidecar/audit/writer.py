@@ -123,7 +123,10 @@ class AuditWriter(BatchDrain):
         self._clock = clock
         self._linger = linger
         self._expecting = 0  # see expect()
-        self._cv = threading.Condition(threading.Lock())
+        # ``with self._lock`` on the per-record paths: the condition's own lock, taken without
+        # Condition's __enter__ and __exit__ (Python functions: 0.7% of the sidecar's samples).
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         # Guarded by _cv: the queue, and the sealing side of the chain (head, segment, size).
         self._sealer = Sealer(key, max_segment_bytes)
         self._batch = Batch()
@@ -169,7 +172,7 @@ class AuditWriter(BatchDrain):
         A hint for callers that must refuse work they could not audit (the answer may change
         the next moment); :meth:`submit` remains the authority.
         """
-        with self._cv:
+        with self._lock:
             return (
                 self._error is None
                 and self._thread is not None
@@ -369,7 +372,7 @@ class AuditWriter(BatchDrain):
         """Seal the record and queue its line. With the queue full: raise AuditQueueFull, or,
         given ``room``, return False with it registered to be resolved once there is room
         (under the same lock as the check, so that wake-up cannot be missed)."""
-        with self._cv:
+        with self._lock:
             self._check_open()
             batch = self._batch
             if batch.access + self._lane.flying >= self._max_queue:
@@ -406,7 +409,7 @@ class AuditWriter(BatchDrain):
             loop.call_later(delay, self._kick, batch)
 
     def _kick(self, batch: Batch) -> None:
-        with self._cv:
+        with self._lock:
             if self._batch is batch:  # not taken meanwhile (a flush, a full queue)
                 self._ready()
 

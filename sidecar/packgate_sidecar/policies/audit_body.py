@@ -42,6 +42,7 @@ ENDPOINTS = {
     "/v1/responses": "responses",
 }
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9_.:/@+=,%\-]")
+_NUMBERS = (int, float)
 _MAX_DECISIONS = 32
 _MAX_TAGS = 32
 _MAX_REMEMBERED = 4096
@@ -61,14 +62,16 @@ def decision_reason(record: DecisionRecord) -> str:
             "fail_open" if record.fail_open else "fail_closed"
         )
     else:
-        text = f"{record.phase}:{record.reason}" if record.reason else record.phase
-        numbers = [
-            f"{key}={value}"
-            for key, value in record.details.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        ]
-        if numbers:
-            text += "/" + ",".join(numbers)
+        reason, details = record.reason, record.details
+        text = f"{record.phase}:{reason}" if reason else record.phase
+        if details:
+            numbers = [
+                f"{key}={value}"
+                for key, value in details.items()
+                if isinstance(value, _NUMBERS) and type(value) is not bool
+            ]
+            if numbers:
+                text += "/" + ",".join(numbers)
     return as_token(text)
 
 
