@@ -14,6 +14,7 @@ from packgate_sidecar.audit.record import (
     AuditRecord,
     PolicyDecision,
     TokenUsage,
+    usage_json,
     utc_time,
 )
 
@@ -104,3 +105,32 @@ def test_a_new_optional_token_is_checked_and_named_even_among_remembered_ones() 
     for field, bad in (("target", "free text"), ("outcome", "x" * 129), ("pack", 7)):
         with pytest.raises(ValueError, match=f"audit field {field}:"):
             dataclasses.replace(ok, **{field: bad})
+
+
+# Counts mostly (the direct path), then what is refused or takes the checked path.
+ANY_COUNT = st.sampled_from(range(6)).flatmap(
+    lambda i: st.integers(-2, 10**12) if i else st.none() | st.booleans() | st.floats(0, 10)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_COUNT, ANY_COUNT, ANY_COUNT, st.booleans() | st.none() | st.integers(0, 1))
+@example(-1, 0, 0, False)
+@example(0, -1, 0, True)
+@example(0, 0, -1, False)
+@example(True, 0, 0, False)
+@example(0, 0, 0, 1)
+@example(None, 1, None, False)
+@example(1.0, 0, 1, False)
+def test_usage_json_is_the_token_usages_encoding_and_refuses_what_it_refuses(
+    prompt: object, completion: object, total: object, estimated: object
+) -> None:
+    try:
+        reference: object = TokenUsage(prompt, completion, total, estimated).encode()  # type: ignore[arg-type]
+    except ValueError as exc:
+        reference = str(exc)
+    try:
+        direct: object = usage_json(prompt, completion, total, estimated)  # type: ignore[arg-type]
+    except ValueError as exc:
+        direct = str(exc)
+    assert direct == reference
