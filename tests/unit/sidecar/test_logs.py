@@ -71,6 +71,16 @@ async def test_on_the_event_loop_the_lines_of_one_iteration_go_out_together_in_o
     assert json.loads(stream.getvalue().splitlines()[-1])["n"] == 3
 
 
+async def test_a_line_logged_for_a_given_loop_waits_for_its_iteration_too(
+    stream: io.StringIO,
+) -> None:
+    loop = asyncio.get_running_loop()
+    logs.log_fields(get_logger("access"), logging.INFO, "request", {"n": 1}, loop)
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)
+    assert json.loads(stream.getvalue())["n"] == 1
+
+
 def test_any_field_value_still_makes_one_json_line(stream: io.StringIO) -> None:
     """Tuples, int keys, objects (as str) and integers beyond 64 bits, which the fast encoder
     refuses, all come out as one JSON line."""
