@@ -47,6 +47,9 @@ WINDOW = 2048
 OVERLAP = 512  # longer than any attack phrase, so none is cut in two at every window edge
 # Bounds one classifier call (a huge tool result yields thousands of windows).
 MAX_BACKEND_TEXTS = 16
+# Remembered local verdicts (`_local`), first come first kept: ~300 bytes each, so a few
+# hundred cover the texts a sidecar sees again without growing under new prompts.
+LOCAL_VERDICTS = 256
 
 
 def windows(text: str, size: int = WINDOW, overlap: int = OVERLAP) -> list[str]:
@@ -87,6 +90,10 @@ class PromptInjectionPolicy(Policy):
             if metrics is not None and self.backend is not None
             else None
         )
+        # Local verdicts by score: a request whose texts were scored before (the verdict
+        # cache) decides to the same Decision, so it is made once. Shared between requests,
+        # like every Decision they are never changed after they are made.
+        self._local: dict[float, Decision] = {}
 
     def pieces(self, texts: Sequence[TextItem]) -> list[TextItem | str]:
         """What is scored: the scored roles' items, and of a long text its overlapping windows."""
@@ -130,7 +137,12 @@ class PromptInjectionPolicy(Policy):
             scores = self.scores(pieces)
         local = round(max(scores), 4)
         if self.backend is None:
-            return self._verdict(local >= self.config.threshold, score=local)
+            decision = self._local.get(local)
+            if decision is None:
+                decision = self._verdict(local >= self.config.threshold, score=local)
+                if len(self._local) < LOCAL_VERDICTS:
+                    self._local[local] = decision
+            return decision
         band = self.backend.config.band
         ranked = sorted(zip(scores, range(len(pieces)), strict=True), reverse=True)
         in_band = [(s, i) for s, i in ranked if band.low <= s < band.high]

@@ -107,3 +107,44 @@ async def test_a_large_request_is_scored_in_a_worker_thread_with_the_same_verdic
     decision = await scorer.on_request(RequestContext("r", "/v1/responses"), items)
     assert decision.action == "block"
     assert set(threads) and threading.get_ident() not in threads
+
+
+class _TableScorer:
+    """Scores from a table (a text not in it scores its length in thousandths)."""
+
+    def __init__(self, table: dict[str, float]) -> None:
+        self.table = table
+
+    def score(self, text: str) -> float:
+        return self.table.get(text, len(text) / 1000)
+
+
+@pytest.mark.parametrize("action", ["block", "log"])
+async def test_remembered_local_verdicts_decide_as_fresh_ones(action: str) -> None:
+    """Verdicts are remembered by score (a bounded table): every request still decides what
+    `_verdict` decides for its score, at, above and below the threshold, on first sight and
+    again, and the table stops growing at its bound."""
+    from packgate_sidecar.policies.prompt_injection import LOCAL_VERDICTS
+
+    texts = {f"text {n}": round(n / 997, 4) for n in range(LOCAL_VERDICTS + 40)}
+    texts["at"] = 0.8
+    pol = PromptInjectionPolicy(
+        PromptInjection.model_validate({"threshold": 0.8, "action": action}),
+        PolicyRuntime(),
+        scorer=_TableScorer(texts),  # type: ignore[arg-type]
+    )
+    for _ in range(2):
+        for text, score in texts.items():
+            decision = await pol.on_request(RequestContext("r", "/v1/chat/completions"), [
+                TextItem(text, "user", "messages[0].content")
+            ])  # fmt: skip
+            fresh = pol._verdict(round(score, 4) >= 0.8, score=round(score, 4))
+            assert (decision.action, decision.reason, dict(decision.details)) == (
+                fresh.action,
+                fresh.reason,
+                dict(fresh.details),
+            )
+            assert decision.action == (
+                "allow" if score < 0.8 else "block" if action == "block" else "flag"
+            )
+    assert len(pol._local) == LOCAL_VERDICTS
