@@ -2,14 +2,15 @@
 
 Why it exists: every proxied request produces an audit record, and no ``fsync`` may stall the
 event loop. Request handlers call :meth:`AuditWriter.submit` (or ``await put``), which validates
-and seals the record on the spot (its body encoded in one pass by ``AuditRecord.encode``; hash
-and MAC: some 15 us, less than handing the record to another thread costs; the chain's head and
-segments are ``sealer.py``) and appends the line to an in-memory batch (``batch.py``). Each
-batch is written with one ``write`` on an ``O_APPEND`` descriptor and synced once, so throughput
-grows with load instead of paying one sync per request. Who writes it (``drain.py``): the
-compiled syncer for plain lines handed over by an event loop (``native.py``), else the writer
-thread, whose disk work (segments, retention, the stdout copy, recovery at start) is ``disk.py``.
-This module is the producers' side: the API, the queue's bound, and when a batch is ready.
+and seals the record on the spot (its body encoded in one pass by ``AuditRecord.encode``, or
+already encoded: ``EncodedBody``; hash and MAC ~5 us, less than handing the record to another
+thread costs; the chain's head and segments are ``sealer.py``) and appends the line to an
+in-memory batch (``batch.py``). Each batch is written with one ``write`` on an ``O_APPEND``
+descriptor and synced once, so throughput grows with load instead of paying one sync per
+request. Who writes it (``drain.py``): the compiled syncer for plain lines handed over by an
+event loop (``native.py``), else the writer thread, whose disk work (segments, retention, the
+stdout copy, recovery at start) is ``disk.py``. This module is the producers' side: the API,
+the queue's bound, and when a batch is ready.
 
 Batches are made large when they can be: requests that will send records soon are counted
 (:meth:`expect`); while others than the batch's own are counted, the batch waits up to
