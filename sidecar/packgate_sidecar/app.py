@@ -231,8 +231,7 @@ class Gateway:
             # on_finish hands over the fsync's future), so a kill -9 cannot lose the record of
             # an answer the client got. Streams got a durable write-ahead record before going
             # upstream.
-            if isinstance(finishing, asyncio.Task):  # a hook still waits
-                await _settled(finishing)
+            await _settled(finishing)
             assert ctx is not None
             try:
                 await wait_durable(ctx.state.get(DURABLE_STATE_KEY, ()))
@@ -409,10 +408,8 @@ class Gateway:
         response: web.StreamResponse | None,
         ctx: RequestContext | None,
         active: Active | None,
-    ) -> asyncio.Task[None] | bool | None:
-        """Count, log and hand the request to the finish hooks; runs for every request. Returns
-        None when no finish hook ran, True when they all ran to the end, else the task running
-        the rest of them."""
+    ) -> asyncio.Task[None] | None:
+        """Count, log and hand the request to the finish hooks; runs for every request."""
         self.metrics.inflight_count -= 1
         # 499: the client went away before an answer existed (nginx's convention).
         status = response.status if response is not None else 499
@@ -452,19 +449,12 @@ class Gateway:
         if not active.chain.finish_entries:
             self.holder.leave(active)
             return None
-        if response is None or response.prepared or self.options.durable_audit:
-            # Nothing waits for these hooks but the answer's own durability (streams and
-            # abandoned requests have no answer left to send; a whole answer waits for its
-            # audit record's fsync anyway): they run here, as far as they go without waiting,
-            # instead of in a task of their own (chain.finish_now).
-            rest = active.chain.finish_now(ctx)
-            if rest is None:
-                self.holder.leave(active)
-                return True
-        else:
-            # Off the response path: the client has its answer; audit and cost run afterwards.
-            rest = active.chain.finish(ctx)
-        task = asyncio.get_running_loop().create_task(rest)
+        # Off the response path: the client has its answer; audit and cost run afterwards.
+        # In a task of their own, not run here as far as they go (Chain.finish_now): that
+        # measured fewer instructions but more CPU per request (json c32, 437 against 403 us)
+        # with more context switches (0.5 against 0.3 per request).
+        rest = active.chain.finish(ctx)
+        task = (self._loop or asyncio.get_running_loop()).create_task(rest)
         self._finishing.add(task)
 
         def _finished(done: asyncio.Task[None], active: Active = active) -> None:
