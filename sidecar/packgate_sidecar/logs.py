@@ -47,9 +47,7 @@ def _line(created: float, level: str, logger: str, event: str, fields: dict[str,
     head = _heads.get((level, logger, event))
     if head is None:
         head = _head(level, logger, event)
-    if head is None or "ts" in fields or "level" in fields or "logger" in fields:
-        return _merged_line(created, level, logger, event, fields)
-    if "event" in fields:
+    if head is None or not _FIXED.isdisjoint(fields):
         return _merged_line(created, level, logger, event, fields)
     # The same bytes as encoding the merged entry, without building it: the fixed keys come
     # first and none of them is among the fields, so the fields' own object is the rest.
@@ -74,6 +72,8 @@ def _merged_line(
     return scrub_text(text)
 
 
+# A field named like a fixed key overrides it (as `entry.update` does): the merged path.
+_FIXED = frozenset(("ts", "level", "logger", "event"))
 # `"level":...,"logger":...,"event":...` by (level, logger, event): call sites log a few fixed
 # events, one line per request for the access log. Bounded: an event name made at run time
 # (none is, today) would be encoded each time rather than kept.
