@@ -74,7 +74,9 @@ def client_token(value: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
 
 
-def check_token(name: str, value: str) -> str:
+def check_token(name: str, value: str, *, remember: bool = True) -> str:
+    """`value` if it is a token, else ValueError naming the field. `remember=False` for values
+    that never repeat (request ids): they would only push the repeating names out of _SEEN."""
     if type(value) is str and value in _SEEN:
         return value
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
@@ -82,9 +84,10 @@ def check_token(name: str, value: str) -> str:
             f"audit field {name}: must be a short token (letters, digits, _.:/@+=,%-; "
             "at most 128 characters, no whitespace); free text is never audited"
         )
-    if len(_SEEN) >= _MAX_SEEN:
-        _SEEN.clear()
-    _SEEN.add(value)
+    if remember:
+        if len(_SEEN) >= _MAX_SEEN:
+            _SEEN.clear()
+        _SEEN.add(value)
     return value
 
 
@@ -191,7 +194,7 @@ class AuditRecord:
     def __post_init__(self) -> None:
         if not isinstance(self.time, str) or not _TIME.fullmatch(self.time):
             raise ValueError("audit field time: must be RFC 3339 UTC like 2025-01-31T12:00:00.000Z")
-        check_token("request_id", self.request_id)
+        check_token("request_id", self.request_id, remember=False)
         check_token("endpoint", self.endpoint)
         # The optional tokens (identities from the config and pod, model, target, outcome)
         # repeat from request to request: one pass over them finds each seen before or unset;

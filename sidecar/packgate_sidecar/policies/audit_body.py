@@ -156,7 +156,7 @@ def encode_record(ctx: RequestContext, started: bool = False) -> EncodedBody:
     target = token(ctx.target)
     outcome = "started" if started else token(ctx.outcome)
     # Then AuditRecord's checks of what is not a checked token already, in its order.
-    check_token("request_id", ctx.request_id)
+    check_token("request_id", ctx.request_id, remember=False)
     if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
         raise ValueError("audit field status: must be an HTTP status code")
     check_number("latency_ms", latency, optional=False)

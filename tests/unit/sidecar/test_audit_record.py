@@ -107,6 +107,30 @@ def test_a_new_optional_token_is_checked_and_named_even_among_remembered_ones() 
             dataclasses.replace(ok, **{field: bad})
 
 
+def test_request_ids_do_not_fill_the_token_memo_that_repeating_names_live_in() -> None:
+    """Request ids never repeat: remembering them would empty the memo every 4,096 requests."""
+    from packgate_sidecar.audit import record as module
+
+    module._SEEN.clear()
+    base = AuditRecord(
+        time="2025-01-31T12:00:00.000Z",
+        request_id="req-0",
+        endpoint="chat.completions",
+        status=200,
+        latency_ms=1.0,
+        pod="pod-a",
+        pack="chatgpt",
+        model="gpt-4o",
+        outcome="ok",
+    )
+    for number in range(module._MAX_SEEN + 10):
+        dataclasses.replace(base, request_id=f"req-{number}")
+    assert "pod-a" in module._SEEN and "chatgpt" in module._SEEN
+    assert not any(value.startswith("req-") for value in module._SEEN)
+    with pytest.raises(ValueError, match="audit field request_id:"):
+        dataclasses.replace(base, request_id="free text")
+
+
 # Counts mostly (the direct path), then what is refused or takes the checked path.
 ANY_COUNT = st.sampled_from(range(6)).flatmap(
     lambda i: st.integers(-2, 10**12) if i else st.none() | st.booleans() | st.floats(0, 10)
