@@ -188,6 +188,17 @@ def fmt(value: Value, key: str = "") -> str:
     return str(value)
 
 
+def verdict_value(v: Verdict) -> str:
+    """The measured value as `fmt` shows it, with a third decimal where `fmt`'s rounding would
+    show a miss as the bound itself (0.499x against >= 0.50x)."""
+    if v.measured is None:
+        return "-"
+    text = fmt(round(v.measured, 3))
+    if text == fmt(v.limit) and v.measured != v.limit:
+        text = f"{v.measured:.3f}"
+    return text
+
+
 def render(report: Report) -> str:
     """The whole report as one plain-text table, section by section, targets last."""
     out: list[str] = []
@@ -216,7 +227,7 @@ def render(report: Report) -> str:
         out.append("== Targets (same run, same machine)")
         width = max(len(v.target) for v in report.verdicts)
         for v in report.verdicts:
-            measured = "-" if v.measured is None else fmt(round(v.measured, 3))
+            measured = verdict_value(v)
             bound = (">=" if v.higher_is_better else "<=") + f" {fmt(v.limit)}{v.unit}"
             detail = f"  ({v.detail})" if v.detail else ""
             out.append(
@@ -252,7 +263,7 @@ def render_markdown(report: Report, command: str) -> str:
     if report.verdicts:
         out += ["**Targets**", "", "| target | measured | bound | result |", "|---|---|---|---|"]
         for v in report.verdicts:
-            measured = "-" if v.measured is None else fmt(round(v.measured, 3)) + v.unit
+            measured = verdict_value(v) + ("" if v.measured is None else v.unit)
             bound = (">= " if v.higher_is_better else "<= ") + f"{fmt(v.limit)}{v.unit}"
             result = v.result + (f" ({v.detail})" if v.detail else "")
             out.append(f"| {v.target} | {measured} | {bound} | {result} |")
