@@ -22,14 +22,14 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import measure_in_trees
+
 KINDS = ("json", "stream")
 
 
@@ -134,20 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(measure(args.requests, args.rounds, args.concurrency)))
         return 0
-    trees = {"this tree": REPO}
-    if args.baseline is not None:
-        trees["baseline"] = args.baseline.resolve()
-    results: dict[str, dict[str, float]] = {}
-    for label, root in trees.items():
-        env = {**os.environ, "PYTHONPATH": f"{root}/sidecar:{root}/operator:{REPO}"}
-        argv_child = [sys.executable, "-m", "bench.audit_hooks", "--json"]
-        argv_child += ["--requests", str(args.requests), "--rounds", str(args.rounds)]
-        argv_child += ["--concurrency", str(args.concurrency)]
-        done = subprocess.run(argv_child, env=env, cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr, file=sys.stderr)
-            return done.returncode
-        results[label] = json.loads(done.stdout)
+    child = ["--requests", str(args.requests), "--rounds", str(args.rounds)]
+    child += ["--concurrency", str(args.concurrency)]
+    results = measure_in_trees("bench.audit_hooks", child, args.baseline)
     print(
         f"audit-logger hooks, c{args.concurrency}: loop thread CPU us per request (min of rounds)"
     )

@@ -152,6 +152,26 @@ def report_from_json(data: dict[str, Any]) -> Report:
     return report
 
 
+def measure_in_trees(
+    module: str, child_args: Sequence[str], baseline: Path | None
+) -> dict[str, Any]:
+    """Run `python -m <module> --json <child_args>` with this tree's sidecar and operator first on
+    PYTHONPATH, and again with `baseline`'s (another checkout: an A/B of a change in one run);
+    returns each run's JSON (its last output line) by label, "this tree" then "baseline"."""
+    trees = {"this tree": REPO}
+    if baseline is not None:
+        trees["baseline"] = baseline.resolve()
+    results: dict[str, Any] = {}
+    for label, root in trees.items():
+        env = {**os.environ, "PYTHONPATH": f"{root}/sidecar:{root}/operator:{REPO}"}
+        argv = [sys.executable, "-m", module, "--json", *child_args]
+        done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{module} in {label} failed: {done.stderr[-800:]}")
+        results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):

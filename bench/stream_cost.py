@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +27,8 @@ from typing import Any
 import yaml
 
 from bench import upstream
+from bench.common import measure_in_trees
 from bench.proxy import SEED_CONFIG, SHARED_SEED
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _chain() -> Any:
@@ -104,18 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(measure(args.streams, args.rounds)))
         return 0
-    trees = {"this tree": REPO}
-    if args.baseline is not None:
-        trees["baseline"] = args.baseline.resolve()
-    results: dict[str, dict[str, float]] = {}
-    for label, root in trees.items():
-        env = {**os.environ, "PYTHONPATH": f"{root}/sidecar:{root}/operator:{REPO}"}
-        argv_child = [sys.executable, "-m", "bench.stream_cost", "--json"]
-        argv_child += ["--streams", str(args.streams), "--rounds", str(args.rounds)]
-        done = subprocess.run(argv_child, env=env, cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{label} failed: {done.stderr[-800:]}")
-        results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    child = ["--streams", str(args.streams), "--rounds", str(args.rounds)]
+    results = measure_in_trees("bench.stream_cost", child, args.baseline)
+    trees = list(results)
     print(f"{'us of thread CPU per stream':48}" + "".join(f"{t:>12}" for t in trees))
     for name in results["this tree"]:
         print(f"{name:48}" + "".join(f"{results[t][name]:12.0f}" for t in trees))

@@ -90,8 +90,8 @@ def test_utc_time_remembering_its_second_equals_the_datetime_reference(
     assert [utc_time(e) for e in epochs] == [utc_time_reference(e) for e in epochs]
 
 
-def test_a_new_optional_token_is_checked_and_named_even_among_remembered_ones() -> None:
-    ok = AuditRecord(
+def _plain_record() -> AuditRecord:
+    return AuditRecord(
         time="2025-01-31T12:00:00.000Z",
         request_id="req-1",
         endpoint="chat.completions",
@@ -102,6 +102,10 @@ def test_a_new_optional_token_is_checked_and_named_even_among_remembered_ones() 
         model="gpt-4o",
         outcome="ok",
     )
+
+
+def test_a_new_optional_token_is_checked_and_named_even_among_remembered_ones() -> None:
+    ok = _plain_record()
     for field, bad in (("target", "free text"), ("outcome", "x" * 129), ("pack", 7)):
         with pytest.raises(ValueError, match=f"audit field {field}:"):
             dataclasses.replace(ok, **{field: bad})
@@ -112,17 +116,7 @@ def test_request_ids_do_not_fill_the_token_memo_that_repeating_names_live_in() -
     from packgate_sidecar.audit import record as module
 
     module._SEEN.clear()
-    base = AuditRecord(
-        time="2025-01-31T12:00:00.000Z",
-        request_id="req-0",
-        endpoint="chat.completions",
-        status=200,
-        latency_ms=1.0,
-        pod="pod-a",
-        pack="chatgpt",
-        model="gpt-4o",
-        outcome="ok",
-    )
+    base = _plain_record()
     for number in range(module._MAX_SEEN + 10):
         dataclasses.replace(base, request_id=f"req-{number}")
     assert "pod-a" in module._SEEN and "chatgpt" in module._SEEN
