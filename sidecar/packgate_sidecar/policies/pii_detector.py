@@ -46,7 +46,7 @@ from ..policy import (
     StreamFilter,
     TextItem,
 )
-from .common import OFFLOAD_CHARS, counted_reason, settings_as
+from .common import counted_reason, offloaded, settings_as, text_chars
 
 # With custom patterns (whose open tail cannot be known) a stream channel holds back this many
 # characters: the longest custom match caught whole.
@@ -318,7 +318,7 @@ class PiiDetectorPolicy(Policy):
 
     async def on_request(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         # Inline unless large (see common.OFFLOAD_CHARS): no coroutine layer per request.
-        if sum([len(item.text) for item in texts]) > OFFLOAD_CHARS:
+        if offloaded(text_chars(texts)):
             scanned = await asyncio.to_thread(self.scan, texts)
         else:
             scanned = self.scan(texts)
@@ -329,7 +329,7 @@ class PiiDetectorPolicy(Policy):
     async def on_response(self, ctx: RequestContext, texts: Sequence[TextItem]) -> Decision:
         if not self.config.scan_responses:
             return ALLOW
-        if sum([len(item.text) for item in texts]) > OFFLOAD_CHARS:
+        if offloaded(text_chars(texts)):
             return self._decide(await asyncio.to_thread(self.scan, texts))
         return self._decide(self.scan(texts))
 
