@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from packgate_policy import ConfigError, ConfigIssue, PolicyConfig
 
-from .budget import finish_within
+from .budget import finish_within, within
 from .logs import describe_exception, get_logger, log
 from .metrics import Metrics
 from .policy import (
@@ -315,73 +315,25 @@ class Chain:
 
     async def finish(self, ctx: RequestContext) -> None:
         """Run every `on_finish` hook; failures are logged and counted, never raised."""
-        rest = self.finish_now(ctx)
-        if rest is not None:
-            await rest
-
-    def finish_now(self, ctx: RequestContext, start: int = 0) -> Coroutine[Any, Any, None] | None:
-        """Run the `on_finish` hooks (from the `start`th) as far as they go without waiting;
-        return None when all are done, or a coroutine running the rest (the hook that waits,
-        under what is left of its budget, then the hooks after it) for the caller to await.
-
-        The hooks almost never wait (audit-logger builds a record and hands it over), so each
-        one's first step runs here as `budget.within` would run it, without a coroutine of its
-        own; failures are logged and counted, never raised. (The gateway still runs `finish`
-        in a task per request: running this in the handler instead measured fewer
-        instructions but more CPU, with more context switches; see app.py.)"""
-        entries = self.finish_entries
-        for index in range(start, len(entries)):
-            entry = entries[index]
+        for entry in self.finish_entries:
             started = time.perf_counter()
             try:
-                hook = entry.policy.on_finish(ctx)
-                step = hook.send(None)
-            except StopIteration:
-                self._finished(entry, started)
-                continue
+                await within(entry.budget, entry.policy.on_finish(ctx))
             except Exception as exc:
-                self._finish_failed(ctx, entry, exc)
-                continue
-            return self._finish_rest(ctx, index, hook, step, started)
-        return None
-
-    async def _finish_rest(
-        self,
-        ctx: RequestContext,
-        index: int,
-        hook: Coroutine[Any, Any, None],
-        step: Any,
-        started: float,
-    ) -> None:
-        """The rest of `finish_now` from a hook that waits: that hook's remainder, cut by what is
-        left of its budget, then the hooks after it."""
-        entry = self.finish_entries[index]
-        try:
-            await finish_within(entry.budget - _since(started), hook, step)
-        except Exception as exc:
-            self._finish_failed(ctx, entry, exc)
-        else:
-            self._finished(entry, started)
-        rest = self.finish_now(ctx, index + 1)
-        if rest is not None:
-            await rest
-
-    def _finished(self, entry: Entry, started: float) -> None:
-        duration = self.metrics.child(self.metrics.policy_duration, entry.kind, "finish")
-        duration.observe(_since(started))
-
-    def _finish_failed(self, ctx: RequestContext, entry: Entry, exc: Exception) -> None:
-        reason = "timeout" if isinstance(exc, TimeoutError) else "error"
-        self.metrics.policy_failures.labels(entry.kind, "finish", reason).inc()
-        log(
-            _log,
-            40,
-            "finish hook failed",
-            kind=entry.kind,
-            reason=reason,
-            request_id=ctx.request_id,
-            error=describe_exception(exc),
-        )
+                reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+                self.metrics.policy_failures.labels(entry.kind, "finish", reason).inc()
+                log(
+                    _log,
+                    40,
+                    "finish hook failed",
+                    kind=entry.kind,
+                    reason=reason,
+                    request_id=ctx.request_id,
+                    error=describe_exception(exc),
+                )
+            else:
+                duration = self.metrics.child(self.metrics.policy_duration, entry.kind, "finish")
+                duration.observe(_since(started))
 
     async def aclose(self, keep: Chain | None = None) -> None:
         """Close the policies that `keep` (the chain replacing this one) does not reuse."""

@@ -310,11 +310,10 @@ async def test_finish_hooks_see_the_whole_request_and_never_raise() -> None:
     )
 
 
-async def test_finish_runs_hooks_that_never_wait_at_once_and_hands_back_the_rest() -> None:
-    """`finish_now` runs each hook's first step in the caller: a chain whose hooks never wait
-    is done when it returns (nothing left to schedule); a hook that waits is handed back with
-    the hooks after it, which then run in chain order, and its wait is still cut by its
-    budget (a timeout, counted and logged, never raised)."""
+async def test_finish_runs_hooks_in_order_each_cut_by_its_own_budget() -> None:
+    """`finish` runs the hooks in chain order, each timed; a hook that waits holds back the
+    hooks after it until it is done, and a wait past its budget is cut (a timeout, counted and
+    logged, never raised) before the next hook runs."""
     events: list[str] = []
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -336,7 +335,7 @@ async def test_finish_runs_hooks_that_never_wait_at_once_and_hands_back_the_rest
             await asyncio.sleep(10)
 
     quick = build(["audit-logger"], registry_with(audit_logger=Quick))
-    assert quick.finish_now(RequestContext("a", CHAT)) is None
+    await quick.finish(RequestContext("a", CHAT))
     assert events == ["quick:a"]
     timed = sample(
         quick, "packgate_policy_duration_seconds_count", kind="audit-logger", phase="finish"
@@ -348,11 +347,9 @@ async def test_finish_runs_hooks_that_never_wait_at_once_and_hands_back_the_rest
         ["audit-logger", "cost-attribution"],
         registry_with(audit_logger=Quick, cost_attribution=Waits),
     )
-    rest = both.finish_now(RequestContext("b", CHAT))
-    assert rest is not None and events == ["waits:start"]  # the rest waits for the gate
-    task = asyncio.get_running_loop().create_task(rest)
+    task = asyncio.get_running_loop().create_task(both.finish(RequestContext("b", CHAT)))
     await asyncio.sleep(0)
-    assert events == ["waits:start"]
+    assert events == ["waits:start"]  # the hook after it waits for the gate too
     gate.set_result(None)
     await task
     assert events == ["waits:start", "waits:end", "quick:b"]
@@ -363,9 +360,7 @@ async def test_finish_runs_hooks_that_never_wait_at_once_and_hands_back_the_rest
         registry_with(cost_attribution=Stuck, audit_logger=Quick),
         cost_attribution={"timeout_ms": 20},
     )
-    rest = stuck.finish_now(RequestContext("c", CHAT))
-    assert rest is not None
-    await asyncio.wait_for(rest, 5)
+    await asyncio.wait_for(stuck.finish(RequestContext("c", CHAT)), 5)
     assert events == ["stuck:start", "quick:c"]
     failures = sample(
         stuck,
