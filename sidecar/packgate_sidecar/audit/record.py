@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 
 from packgate_sidecar.audit.chain import JSONValue
 
@@ -199,16 +200,7 @@ class AuditRecord:
         # The optional tokens (identities from the config and pod, model, target, outcome)
         # repeat from request to request: one pass over them finds each seen before or unset;
         # only a new one is checked (and named, if it fails) field by field.
-        for value in (
-            self.pod,
-            self.namespace,
-            self.pack,
-            self.pack_version,
-            self.config_hash,
-            self.model,
-            self.target,
-            self.outcome,
-        ):
+        for value in _opt_token_values(self):
             if value is not None and not (type(value) is str and value in _SEEN):
                 for name in _OPT_TOKENS:
                     _opt_token(name, getattr(self, name))
@@ -404,4 +396,6 @@ _OPT_TOKENS = (
     "target",
     "outcome",
 )
+# Their values as one tuple, read in C (one list of the names for both reads).
+_opt_token_values = attrgetter(*_OPT_TOKENS)
 _USAGE_FIELDS = frozenset(TokenUsage.__dataclass_fields__)
