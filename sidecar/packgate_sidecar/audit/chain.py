@@ -99,11 +99,11 @@ def seal_encoded(
     # objects: this runs once per proxied request, on the event loop.
     kid = kid if kid is not None else key_id(key)
     tail = _tail(state.prev, state.seq, ts, record_type)
-    raw = b"".join((_HEAD, encoded, f',"kid":"{kid}",{tail}'.encode()))
+    raw = b"".join((LINE_HEAD, encoded, f',"kid":"{kid}",{tail}'.encode()))
     digest = hashlib.sha256(raw).hexdigest()
     mac = hmac.digest(key, raw, "sha256").hex()
     suffix = f',"hash":"{digest}","kid":"{kid}","mac":"{mac}",{tail}\n'.encode()
-    return b"".join((_HEAD, encoded, suffix)), ChainState(seq=state.seq + 1, prev=digest)
+    return b"".join((LINE_HEAD, encoded, suffix)), ChainState(seq=state.seq + 1, prev=digest)
 
 
 def _tail(prev: str, seq: int, ts: str, kind: str) -> str:
@@ -130,16 +130,17 @@ class _Parts:
         return _tail(self.prev, self.seq, self.ts, self.type)
 
     def content(self) -> bytes:
-        return _HEAD + self.body + f',"kid":"{self.kid}",{self._tail()}'.encode()
+        return LINE_HEAD + self.body + f',"kid":"{self.kid}",{self._tail()}'.encode()
 
     def suffix(self, digest: str, mac: str) -> bytes:
         return f',"hash":"{digest}","kid":"{self.kid}","mac":"{mac}",{self._tail()}'.encode()
 
     def line(self, digest: str, mac: str) -> bytes:
-        return _HEAD + self.body + self.suffix(digest, mac)
+        return LINE_HEAD + self.body + self.suffix(digest, mac)
 
 
-_HEAD = b'{"body":'
+# How every sealed line starts: its body comes first in the envelope's sorted keys.
+LINE_HEAD = b'{"body":'
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +195,8 @@ def parse_line(raw: bytes) -> Envelope | str:
     suffix = parts.suffix(obj["hash"], obj["mac"])
     # Hash the body exactly as stored: any change to its bytes, even one that parses to the same
     # value, then fails the hash. Everything around it must be spelled canonically.
-    exact = raw.startswith(_HEAD) and raw.endswith(suffix)
-    stored = raw[len(_HEAD) : len(raw) - len(suffix)] if exact else canonical(body)
+    exact = raw.startswith(LINE_HEAD) and raw.endswith(suffix)
+    stored = raw[len(LINE_HEAD) : len(raw) - len(suffix)] if exact else canonical(body)
     content = _Parts(stored, obj["kid"], obj["prev"], seq, ts, kind).content()
     return Envelope(
         seq, ts, kind, obj["kid"], obj["prev"], obj["hash"], obj["mac"], body, content, exact

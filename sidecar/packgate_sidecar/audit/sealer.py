@@ -29,6 +29,7 @@ from packgate_sidecar.audit.batch import Batch, Open
 from packgate_sidecar.audit.chain import (
     FORMAT_VERSION,
     GENESIS_STATE,
+    LINE_HEAD,
     ChainState,
     JSONValue,
     RecordType,
@@ -79,14 +80,14 @@ class Sealer:
             f'"prev":"{self._prev}","seq":{seq},"ts":"{utc_time(now)}","type":"access",'
             f'"v":{FORMAT_VERSION}}}'
         ).encode()
-        content = b"".join((_HEAD, body, self._kid_field, tail))
+        content = b"".join((LINE_HEAD, body, self._kid_field, tail))
         digest = self._sha256.copy()
         digest.update(content)
         mac = self._hmac.copy()
         mac.update(content)
         hexdigest = digest.hexdigest()
         suffix = f',"hash":"{hexdigest}{self._kid_json}{mac.hexdigest()}",'.encode()
-        line = b"".join((_HEAD, body, suffix, tail, b"\n"))
+        line = b"".join((LINE_HEAD, body, suffix, tail, b"\n"))
         self._seq, self._prev = seq + 1, hexdigest
         batch.append(line, access=True)
         self.size += len(line)
@@ -117,6 +118,3 @@ class Sealer:
     def _append(self, batch: Batch, line: bytes, *, access: bool) -> None:
         batch.append(line, access=access)
         self.size += len(line)
-
-
-_HEAD = b'{"body":'
