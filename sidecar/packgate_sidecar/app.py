@@ -135,6 +135,11 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_body_bytes)
+        # Every path reaches `dispatch`, which routes it. The fixed routes are also registered
+        # by their exact path: aiohttp finds those with one dict lookup, while the catch-all
+        # alone made it walk the path's prefixes and run a regex on every request.
+        for route in ROUTE_METHODS:
+            app.router.add_route("*", route, self.dispatch)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -348,15 +353,19 @@ class Gateway:
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
-        # A client that trickles its body ties up a connection; the whole body has a deadline
-        # (not needed for a body that arrived with its headers, as most do: nothing to wait for).
-        deadline = (
-            contextlib.nullcontext()
-            if request.content.is_eof()
-            else asyncio.timeout(self.options.body_timeout)
-        )
+        content = request.content
         try:
-            async with deadline:
+            if content.is_eof():
+                # The body arrived with its headers, as most do: taken from the buffer at once,
+                # the bytes `request.read()` returns, without its read loop (two `readany`
+                # awaits and a bytearray copy) or a deadline (nothing to wait for).
+                raw = content.read_nowait()
+                if len(raw) > limit:
+                    raise too_large(limit)
+                return raw
+            # A client that trickles its body ties up a connection; the whole body has a
+            # deadline.
+            async with asyncio.timeout(self.options.body_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large(limit) from None

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from packgate_policy import ConfigError, ConfigIssue, PolicyConfig, key_env_name
 from yarl import URL
 
@@ -77,7 +78,11 @@ def resolve_upstreams(config: PolicyConfig, environ: Mapping[str, str]) -> list[
             scrub.register([key])
         base = target.effective_base_url
         urls = {route: URL(base + route.removeprefix("/v1")) for route in API_ROUTES}
-        upstreams.append(Upstream(target.id, target.model, urls, headers))
+        # As a multidict proxy: aiohttp copies such headers as they are, where a dict is first
+        # converted to one on every request.
+        upstreams.append(
+            Upstream(target.id, target.model, urls, CIMultiDictProxy(CIMultiDict(headers)))
+        )
     if issues:
         raise ConfigError(issues)
     return upstreams
@@ -127,9 +132,25 @@ _ANSWER = "The provider's response"
 def _passed_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
     headers = {REQUEST_ID_HEADER: request_id}
     for name, value in upstream.headers.items():
-        if name.lower().startswith(_PASS_PREFIXES):
+        passed = _PASSED.get(name)
+        if passed is None:
+            passed = _passes(name)
+        if passed:
             headers[name] = scrub.scrub_text(value)
     return headers
+
+
+# Whether a response header name is passed on, by its spelling: a provider sends the same
+# dozen names with every answer. Bounded like the log's heads: a name past the bound is
+# decided each time.
+_PASSED: dict[str, bool] = {}
+
+
+def _passes(name: str) -> bool:
+    passed = name.lower().startswith(_PASS_PREFIXES)
+    if len(_PASSED) < 512:
+        _PASSED[name] = passed
+    return passed
 
 
 @dataclass

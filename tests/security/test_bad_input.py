@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from packgate_sidecar.app import GatewayOptions
 
 from tests.support.gateway import make_config, running_gateway
 from tests.support.policies import RecordingPolicy, registry_with
@@ -102,3 +103,44 @@ async def test_unparseable_http_gets_an_openai_shaped_400(raw: bytes) -> None:
         assert b"application/json" in head
         assert json.loads(body)["error"]["code"] == "bad_http_request"
         assert upstream.received == []
+
+
+@pytest.mark.parametrize("arrival", ["whole", "trickled"])
+async def test_a_compressed_body_is_read_decompressed_and_limited_by_its_inflated_size(
+    arrival: str,
+) -> None:
+    """A gzip body is forwarded as the JSON it inflates to; one that inflates past
+    --max-body-bytes is refused with 413 whatever its compressed size, whether it arrived with
+    its headers or in pieces (the two ways the gateway reads a body)."""
+    small = b'{"model":"m","messages":[{"role":"user","content":"hello there"}]}'
+    bomb = b'{"model":"m","messages":[{"role":"user","content":"' + b"a" * 50_000 + b'"}]}'
+
+    async def body(raw: bytes) -> Any:
+        packed = gzip.compress(raw)
+        if arrival == "whole":
+            return packed
+
+        async def pieces() -> Any:  # chunked, with pauses: not all there with the headers
+            for at in range(0, len(packed), 40):
+                yield packed[at : at + 40]
+                await asyncio.sleep(0.001)
+
+        return pieces()
+
+    async with FakeUpstream() as upstream:
+        options = GatewayOptions(max_body_bytes=10_000, read_timeout=10)
+        async with (
+            running_gateway(make_config(upstream.base_url), options=options) as gateway,
+            aiohttp.ClientSession() as session,
+        ):
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            url = gateway.base_url + "/chat/completions"
+            async with session.post(url, data=await body(small), headers=headers) as answer:
+                assert answer.status == 200, await answer.text()
+            assert upstream.received[-1].body["messages"] == [
+                {"role": "user", "content": "hello there"}
+            ]
+            async with session.post(url, data=await body(bomb), headers=headers) as answer:
+                assert answer.status == 413
+                assert (await answer.json())["error"]["code"] == "request_too_large"
+        assert len(upstream.received) == 1
