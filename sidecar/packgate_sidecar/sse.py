@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence, Sized
 from itertools import accumulate
 from typing import Any
 
@@ -382,27 +383,21 @@ class StreamRewriter:
             return data[at:stop]
         # The events go out as they came while the released text starts with their texts; the
         # first that differs (or the last) carries the rest of it, the events after it none.
-        sizes = list(accumulate(map(len, texts if pieces is None else pieces), initial=0))
-        low, high = 0, len(texts) - 1  # how many events go out unchanged: a binary search
-        while low < high:
-            middle = (low + high + 1) // 2
-            if released.startswith(whole[: sizes[middle]]):
-                low = middle
-            else:
-                high = middle - 1
-        number = low
+        number, before = _carrier(whole, released, texts if pieces is None else pieces)
         if suffix:  # events of varying length: the number-th starts after number blank lines
+            # Past its head, an event's first LF starts its blank line (its text, tail and value
+            # hold no control character): memchr finds it several times quicker than b"\n\n".
             event = at
             for _ in range(number):
-                event = data.index(b"\n\n", event) + 2
+                event = data.index(b"\n", event + len(head)) + 2
         else:
-            texts_before = sizes[number] if pieces is None else len(b"".join(texts[:number]))
+            texts_before = before if pieces is None else len(b"".join(texts[:number]))
             event = at + number * (len(head) + len(tail) + 2) + texts_before
         changed = _splice(
             data[event : data.index(b"\n\n", event + len(head) + len(texts[number]))],
             len(head),
             len(head) + len(texts[number]),
-            released[sizes[number] :],
+            released[before:],
         )
         empty = (head + tail + suffix + b"\n\n") * (len(texts) - number - 1)
         return data[at:event] + changed + empty
@@ -548,6 +543,29 @@ def _json_text(text: str) -> bytes:
     if _JSON_SPECIAL.search(text):
         return json.dumps(text, ensure_ascii=False)[1:-1].encode()
     return text.encode()
+
+
+def _carrier(whole: str, released: str, lengths: Sequence[Sized]) -> tuple[int, int]:
+    """Which event of a run (its texts' lengths in characters, `whole` joined) carries what the
+    filters `released` from where it stops starting with the run's texts: the last event whose
+    text starts inside their shared start (or the first), and how many characters precede it."""
+    number = len(lengths) - 1
+    before = len(whole) - len(lengths[number])
+    if whole.startswith(released):  # the usual: the filters held back a tail of the run
+        for _ in range(8):  # so it is one of the last few events
+            if before <= len(released):
+                return number, before
+            number -= 1
+            before -= len(lengths[number])
+    sizes = list(accumulate(map(len, lengths), initial=0))
+    low, high = 0, len(lengths) - 1  # a binary search over the events' offsets
+    while low < high:
+        middle = (low + high + 1) // 2
+        if released.startswith(whole[: sizes[middle]]):
+            low = middle
+        else:
+            high = middle - 1
+    return low, sizes[low]
 
 
 def _splice(block: bytes, start: int, end: int, text: str) -> bytes:

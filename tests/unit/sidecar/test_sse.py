@@ -14,7 +14,12 @@ from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
 from packgate_sidecar.detect.pii_stream import StreamRedactor
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import CHAT, COMPLETIONS, RESPONSES
-from packgate_sidecar.sse import KEEP_ALIVE, StreamRewriter, UnreadableEvent, split_events
+from packgate_sidecar.sse import (
+    KEEP_ALIVE,
+    StreamRewriter,
+    UnreadableEvent,
+    split_events,
+)
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
 from tests.unit.sidecar.test_pii_stream import texts_and_chunks
@@ -143,6 +148,63 @@ def test_text_released_late_is_carried_even_when_the_run_matches_it_so_far() -> 
     # The held "ab" comes out with the run "abab" (which starts with it): nothing is lost.
     assert "".join(e["choices"][0]["delta"]["content"] for e in events(out)) == "ababab"
     assert len(events(out)) == 3
+
+
+class Releasing(Upper):
+    """Releases a text the test chose for the first (joined) delta, then passes deltas on."""
+
+    def __init__(self, released: str) -> None:
+        super().__init__()
+        self.released = released
+
+    def feed(self, channel: Any, text: str) -> str:
+        self.fed.append((channel, text))
+        return self.released if len(self.fed) == 1 else text
+
+
+# Texts a frame run carries: no quote, backslash or control character, some not ASCII.
+run_texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"),
+                                  exclude_characters='"\\'), min_size=1, max_size=5)  # fmt: skip
+
+
+@st.composite
+def released_from(draw: st.DrawFn, whole: str) -> str:
+    """What a filter may release for `whole`: a prefix (a held-back tail), text held from
+    before and then a prefix, a stretch replaced, or any text at all."""
+    cut = draw(st.integers(0, len(whole)))
+    other = draw(st.text(max_size=8))
+    return draw(st.sampled_from([
+        whole[:cut], other + whole[:cut], whole[:cut] + other + whole[cut + 2 :], other,
+    ]))  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.lists(run_texts, min_size=2, max_size=20),
+       st.lists(st.text("aZ09", max_size=16), max_size=12))  # fmt: skip
+def test_a_run_carries_what_the_filters_released_as_the_rule_says(
+    data: st.DataObject, run: list[str], pads: list[str]
+) -> None:
+    """The events of a run go out as they came while the released text starts with their
+    texts; the first that differs (or the last) carries the rest, the events after it carry
+    empty text (and empty padding): checked event by event against that rule spelled out."""
+
+    def event(text: str, pad: str | None) -> bytes:
+        extra = {} if pad is None else {"obfuscation": pad}  # OpenAI's last member
+        body = json.dumps({**chunk([{"index": 0, "delta": {"content": text}}]), **extra}, **COMPACT)
+        return b"data: " + body.encode() + b"\n\n"
+
+    padded = [pads[i % len(pads)] for i in range(len(run))] if pads else [None] * len(run)
+    whole = "".join(run)
+    released = data.draw(released_from(whole))
+    policies = Releasing(released)
+    out = rewriter(policies=policies).feed(b"".join(map(event, run, padded)))
+    assert policies.fed == [((0, "content"), whole)]  # the run went through as one text
+    number = max(i for i in range(len(run)) if released.startswith("".join(run[:i])))
+    before = len("".join(run[:number]))
+    expected = [event(text, pad) for text, pad in zip(run[:number], padded, strict=False)]
+    expected.append(event(released[before:], padded[number]))
+    expected += [event("", None if pads == [] else "")] * (len(run) - number - 1)
+    assert out == b"".join(expected)
 
 
 # --- the chat fast path agrees with the full parse -------------------------------------------
