@@ -58,6 +58,10 @@ class Batch:
     counted: int = 0  # of which from requests still counted by expect() (write-ahead records)
     ready: bool = False  # the writer thread may take it now
     kick_at: float = math.inf  # a loop timer will mark it ready then (time.monotonic())
+    # That timer, on the loop that armed it: cancelled once the batch leaves earlier, or once
+    # a record needs an earlier deadline, so that it does not wake an idle loop for nothing.
+    timer: asyncio.TimerHandle | None = None
+    timer_loop: asyncio.AbstractEventLoop | None = None
     loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = field(default_factory=dict)
     threads: list[concurrent.futures.Future[list[str]]] = field(default_factory=list)
 

@@ -407,16 +407,27 @@ class AuditWriter(BatchDrain):
         due = time.monotonic() + delay
         if due < batch.kick_at:  # the earliest deadline of the batch's records wins
             batch.kick_at = due
-            loop.call_later(delay, self._kick, batch)
+            if batch.timer is not None and batch.timer_loop is loop:
+                batch.timer.cancel()  # a later deadline: it would fire for nothing
+            batch.timer, batch.timer_loop = loop.call_later(delay, self._kick, batch), loop
 
     def _kick(self, batch: Batch) -> None:
         with self._lock:
+            batch.timer = None  # firing now
             if self._batch is batch:  # not taken meanwhile (a flush, a full queue)
                 self._ready()
 
     def _ready(self) -> None:
         batch = self._batch
         batch.ready = True
+        timer = batch.timer
+        if timer is not None:  # it leaves before its timer fires (at c=1: the next request's
+            # record took a stream's lazy outcome record along): that timer would only wake the
+            # loop later. A timer of another loop cannot be cancelled from here; it fires and
+            # finds the batch gone.
+            batch.timer = None
+            if batch.timer_loop is running_loop():
+                timer.cancel()
         if self._native_takes(batch):
             self._dispatch(batch)
         elif self._sleeping:

@@ -517,6 +517,34 @@ async def test_a_record_with_no_other_request_in_flight_is_written_at_once(
     assert w.stats.batches == 2
 
 
+async def test_a_batch_leaving_before_its_linger_timer_cancels_that_timer(tmp_path: Path) -> None:
+    # An idle loop is not woken for a timer whose batch is gone: at c=1 every stream's lazy
+    # outcome record armed one that the next stream's record made pointless.
+    w = AuditWriter(tmp_path, KEY, linger=30.0)
+    await w.astart()
+    outcome = w.submit_durable(record(0), lazy=True)
+    lazy_timer = w._batch.timer
+    assert lazy_timer is not None and not lazy_timer.cancelled()
+    ahead = w.submit_durable(record(1), counted=True)  # takes the batch at once
+    assert lazy_timer.cancelled()
+    await asyncio.wait_for(asyncio.gather(outcome, ahead), 5)
+    w.expect(2)  # two other requests will send records: a batch waits linger x 2/8 for them
+    late = w.submit_durable(record(2), lazy=True)
+    later_timer = w._batch.timer
+    sooner = w.submit_durable(record(3))  # an earlier deadline replaces the later one
+    assert later_timer is not None and later_timer.cancelled()
+    sooner_timer = w._batch.timer
+    assert sooner_timer is not None and not sooner_timer.cancelled()
+    w.expect(-2)
+    await w.aflush()  # the batch leaves now
+    assert sooner_timer.cancelled()
+    assert late.done() and sooner.done()
+    await w.aclose()
+    assert [line["body"].get("request_id") for line in lines_of(tmp_path)[1:]] == [
+        f"req-{i}" for i in range(4)
+    ]
+
+
 async def test_a_record_nobody_waits_for_rides_with_the_next_one_or_leaves_after_linger(
     tmp_path: Path,
 ) -> None:
