@@ -318,7 +318,9 @@ class Gateway:
     async def _proxy(
         self, request: web.Request, ctx: RequestContext, active: Active
     ) -> web.StreamResponse:
-        raw = await self._read_body(request)
+        raw = self._body_now(request)
+        if raw is None:
+            raw = await self._read_body(request)
         try:
             body = strict_json.loads(raw)
         except strict_json.JsonRefused as exc:
@@ -349,20 +351,29 @@ class Gateway:
             request, active.upstreams, active.chain, ctx.route, body, ctx, ahead
         )
 
+    def _body_now(self, request: web.Request) -> bytes | None:
+        """The body when it arrived with its headers, as most do, else None (`_read_body`).
+        Taken from the buffer at once: the bytes `request.read()` returns, without its read
+        loop (two `readany` awaits and a bytearray copy) or a deadline (nothing to wait for)."""
+        content = request.content
+        if not content.is_eof():
+            return None
+        limit = self.options.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large(limit)
+        try:
+            raw = content.read_nowait()
+        except (ContentEncodingError, RequestPayloadError):
+            raise _unreadable(request) from None
+        if len(raw) > limit:  # inflated from a compressed body past the limit
+            raise too_large(limit)
+        return raw
+
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
-        content = request.content
         try:
-            if content.is_eof():
-                # The body arrived with its headers, as most do: taken from the buffer at once,
-                # the bytes `request.read()` returns, without its read loop (two `readany`
-                # awaits and a bytearray copy) or a deadline (nothing to wait for).
-                raw = content.read_nowait()
-                if len(raw) > limit:
-                    raise too_large(limit)
-                return raw
             # A client that trickles its body ties up a connection; the whole body has a
             # deadline.
             async with asyncio.timeout(self.options.body_timeout):
@@ -378,17 +389,7 @@ class Gateway:
                 headers={"Connection": "close"},
             ) from None
         except (ContentEncodingError, RequestPayloadError):
-            encoding = request.headers.get("Content-Encoding")
-            if encoding is None:
-                raise invalid_request(
-                    "The request body could not be read (malformed chunked encoding)",
-                    code="bad_request_body",
-                ) from None
-            raise invalid_request(
-                f"The request body does not match its Content-Encoding ({encoding!r}): it could "
-                "not be decoded",
-                code="bad_content_encoding",
-            ) from None
+            raise _unreadable(request) from None
 
     def _unrouted(
         self, request: web.Request, active: Active | None, request_id: str
@@ -557,6 +558,21 @@ def _internal(exc: Exception, request_id: str) -> ApiError:
         error=describe_exception(exc),
     )
     return ApiError(500, "internal_error", "packgate could not handle this request")
+
+
+def _unreadable(request: web.Request) -> ApiError:
+    """The answer to a body aiohttp could not read: bad chunking or a bad compressed body."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is None:
+        return invalid_request(
+            "The request body could not be read (malformed chunked encoding)",
+            code="bad_request_body",
+        )
+    return invalid_request(
+        f"The request body does not match its Content-Encoding ({encoding!r}): it could "
+        "not be decoded",
+        code="bad_content_encoding",
+    )
 
 
 def _json(body: Any, request_id: str) -> web.Response:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,24 +167,25 @@ class Chain:
 
     # --- request and whole-response phases ---------------------------------------------------
 
-    async def run_request(
-        self, ctx: RequestContext, slots: list[TextSlot]
-    ) -> DecisionRecord | None:
-        """Run the request phase, rewriting `slots` in place; return the block, if any."""
-        if not self.request_entries:
-            return None
-        return await self._run(ctx, "request", self.request_entries, slots)
+    # The phases are plain functions handing back `_run`'s coroutine for the caller to await:
+    # one coroutine per phase, not a second one around it.
 
-    async def run_response(
+    def run_request(
         self, ctx: RequestContext, slots: list[TextSlot]
-    ) -> DecisionRecord | None:
-        if not self.response_entries:
-            return None
-        return await self._run(ctx, "response", self.response_entries, slots)
+    ) -> Coroutine[Any, Any, DecisionRecord | None]:
+        """Run the request phase, rewriting `slots` in place; return the block, if any."""
+        return self._run(ctx, "request", self.request_entries, slots)
+
+    def run_response(
+        self, ctx: RequestContext, slots: list[TextSlot]
+    ) -> Coroutine[Any, Any, DecisionRecord | None]:
+        return self._run(ctx, "response", self.response_entries, slots)
 
     async def _run(
         self, ctx: RequestContext, phase: str, entries: list[Entry], slots: list[TextSlot]
     ) -> DecisionRecord | None:
+        if not entries:
+            return None
         items = [TextItem(slot.get(), slot.role, slot.path) for slot in slots]
         request = phase == "request"
         for entry in entries:

@@ -244,13 +244,13 @@ async def test_every_policy_of_the_chain_shares_one_lookup_per_text(
     runtime = PolicyRuntime()
     chain = Chain.build(config(), builtin_registry(), runtime, Metrics())
     digested: list[bytes] = []
-    real = verdicts.blake2b
+    real = verdicts.sha256
 
-    def counted(data: bytes, **options: Any) -> Any:
+    def counted(data: bytes) -> Any:
         digested.append(data)
-        return real(data, **options)
+        return real(data)
 
-    monkeypatch.setattr(verdicts, "blake2b", counted)
+    monkeypatch.setattr(verdicts, "sha256", counted)
     body, slots = chat(5)
     assert await run(chain, slots) is None
     # Three policies judge the 11 texts: each text is digested (and looked up) once, not once
