@@ -24,6 +24,13 @@ CASES = [
         "compiled SSE frame scan unavailable",
     ),
     (
+        "packgate_sidecar._scrubscan",
+        "from packgate_sidecar import scrub as m; assert m._contains is m._contains_ref; "
+        "m.register(['sk-missing-0123']); assert m.scrub_bytes(b'a sk-missing-0123') == "
+        "b'a [REDACTED]'",
+        "compiled secret search unavailable",
+    ),
+    (
         "packgate_sidecar.audit._syncer",
         "from packgate_sidecar.audit import native as m; assert not m.AVAILABLE",
         "compiled audit syncer unavailable",

@@ -7,6 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 from packgate_sidecar import scrub
+from packgate_sidecar._scrubscan import contains
 
 
 def test_registered_values_are_replaced_in_bytes_and_text() -> None:
@@ -56,3 +57,10 @@ def test_a_tail_that_cannot_start_a_key_is_not_held_back() -> None:
     assert scrubber.feed(b"eam-0123456789 ok\n\n") == b"[REDACTED] ok\n\n"
     assert scrubber.feed(b"cut off in sk-unit-stream-01") == b"cut off in "
     assert scrubber.end() == b"[REDACTED]"
+
+
+@given(st.binary(max_size=64) | st.text("ab-\n", max_size=64).map(str.encode),
+       st.binary(max_size=6) | st.text("ab-\n", max_size=6).map(str.encode))  # fmt: skip
+def test_the_compiled_search_answers_as_in_does(data: bytes, needle: bytes) -> None:
+    assert contains(data, needle) == (needle in data)
+    assert contains(data + needle, needle) and contains(needle + data, needle)
