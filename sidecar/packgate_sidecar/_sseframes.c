@@ -123,9 +123,67 @@ static PyObject *frame_texts(PyObject *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+/* frame_seek(data, at, count, head_len, chars) -> (int, int, int)
+ *
+ * In the run of `count` frame events at `at` that frame_texts found (a `head` of `head_len`
+ * bytes, no `mid`): the last event whose text starts within the first `chars` characters of the
+ * run's texts joined (the first event at least, the last at most), how many characters come
+ * before its text, and where the event starts. An event's text ends at its first quote, the event
+ * at the LF after that (its blank line); the texts are UTF-8, so a character is a byte that is not
+ * a continuation byte. sse.py's _frame_run asks it where the released text stops matching the
+ * run: a Python walk over the events and their lengths took ~0.2 us per event. */
+static PyObject *frame_seek(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
+        !PyLong_Check(args[2]) || !PyLong_Check(args[3]) || !PyLong_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "frame_seek(data: bytes, at: int, count: int, head_len: int, chars: int)");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t head_len = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t chars = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (at < 0 || count < 1 || head_len < 0) {
+        PyErr_SetString(PyExc_ValueError, "at and head_len must be >= 0, count >= 1");
+        return NULL;
+    }
+    Py_ssize_t before = 0;
+    for (Py_ssize_t number = 0;; number++) {
+        Py_ssize_t start = at + head_len;
+        const char *quote = start < size ? memchr(data + start, '"', (size_t)(size - start)) : NULL;
+        if (quote == NULL) {
+            break;
+        }
+        Py_ssize_t end = quote - data;
+        Py_ssize_t length = 0;
+        for (Py_ssize_t byte = start; byte < end; byte++) {
+            length += ((unsigned char)data[byte] & 0xC0) != 0x80;
+        }
+        if (number == count - 1 || before + length > chars) {
+            return Py_BuildValue("(nnn)", number, before, at);
+        }
+        before += length;
+        const char *lf = memchr(quote, '\n', (size_t)(size - end));
+        if (lf == NULL) {
+            break;
+        }
+        at = (lf - data) + 2;
+    }
+    PyErr_SetString(PyExc_ValueError, "the data holds fewer frame events than count");
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"frame_texts", (PyCFunction)(void (*)(void))frame_texts, METH_FASTCALL,
      "The texts of the run of frame events at `at` and its end (see sse_frames.py)."},
+    {"frame_seek", (PyCFunction)(void (*)(void))frame_seek, METH_FASTCALL,
+     "The event of a run holding a character offset of its texts (see sse_frames.py)."},
     {NULL, NULL, 0, NULL},
 };
 

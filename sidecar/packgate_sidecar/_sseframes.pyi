@@ -1,3 +1,6 @@
 def frame_texts(
     data: bytes, at: int, head: bytes, tail: bytes, suffix: bytes
 ) -> tuple[list[bytes], int]: ...
+def frame_seek(
+    data: bytes, at: int, count: int, head_len: int, chars: int
+) -> tuple[int, int, int]: ...

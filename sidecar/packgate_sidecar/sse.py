@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence, Sized
-from itertools import accumulate
 from typing import Any
 
 from . import strict_json
 from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
-from .sse_frames import PLAIN_INTEGER, PLAIN_VALUE, frame_texts
+from .sse_frames import PLAIN_INTEGER, PLAIN_VALUE, frame_seek, frame_texts
 from .stream_shapes import StreamShape
 
 KEEP_ALIVE = b":\n\n"
@@ -383,16 +381,8 @@ class StreamRewriter:
             return data[at:stop]
         # The events go out as they came while the released text starts with their texts; the
         # first that differs (or the last) carries the rest of it, the events after it none.
-        number, before = _carrier(whole, released, texts if pieces is None else pieces)
-        if suffix:  # events of varying length: the number-th starts after number blank lines
-            # Past its head, an event's first LF starts its blank line (its text, tail and value
-            # hold no control character): memchr finds it several times quicker than b"\n\n".
-            event = at
-            for _ in range(number):
-                event = data.index(b"\n", event + len(head)) + 2
-        else:
-            texts_before = before if pieces is None else len(b"".join(texts[:number]))
-            event = at + number * (len(head) + len(tail) + 2) + texts_before
+        shared = len(released) if whole.startswith(released) else _shared(released, whole)
+        number, before, event = frame_seek(data, at, len(texts), len(head), shared)
         changed = _splice(
             data[event : data.index(b"\n\n", event + len(head) + len(texts[number]))],
             len(head),
@@ -545,27 +535,16 @@ def _json_text(text: str) -> bytes:
     return text.encode()
 
 
-def _carrier(whole: str, released: str, lengths: Sequence[Sized]) -> tuple[int, int]:
-    """Which event of a run (its texts' lengths in characters, `whole` joined) carries what the
-    filters `released` from where it stops starting with the run's texts: the last event whose
-    text starts inside their shared start (or the first), and how many characters precede it."""
-    number = len(lengths) - 1
-    before = len(whole) - len(lengths[number])
-    if whole.startswith(released):  # the usual: the filters held back a tail of the run
-        for _ in range(8):  # so it is one of the last few events
-            if before <= len(released):
-                return number, before
-            number -= 1
-            before -= len(lengths[number])
-    sizes = list(accumulate(map(len, lengths), initial=0))
-    low, high = 0, len(lengths) - 1  # a binary search over the events' offsets
+def _shared(first: str, second: str) -> int:
+    """How many leading characters the two strings share (a binary search over slices)."""
+    low, high = 0, min(len(first), len(second))  # first[:low] == second[:low]; at most high
     while low < high:
         middle = (low + high + 1) // 2
-        if released.startswith(whole[: sizes[middle]]):
+        if first.startswith(second[low:middle], low):
             low = middle
         else:
             high = middle - 1
-    return low, sizes[low]
+    return low
 
 
 def _splice(block: bytes, start: int, end: int, text: str) -> bytes:

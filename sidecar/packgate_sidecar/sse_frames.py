@@ -18,6 +18,10 @@ default), so no two events are alike after their text, yet their JSON differs on
 strings. With a `mid`, each event is `head`, a JSON integer (`0` or up to 16 digits without a
 leading zero), `mid` and then the text: the Responses API numbers its events (`sequence_number`),
 so there the bytes before the text differ from event to event too.
+
+When the filters release other text than a run brought, the run's events go out as they came up to
+the one where the released text stops matching theirs: `frame_seek` finds that event, its offset
+and the characters before its text in one pass (`frame_seek_ref` says the same in Python).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Callable
 
 from . import compiled
 
-__all__ = ["COMPILED", "frame_texts", "frame_texts_ref"]
+__all__ = ["COMPILED", "frame_seek", "frame_seek_ref", "frame_texts", "frame_texts_ref"]
 
 # A JSON string's text that cannot end it or escape, and has no character not allowed raw.
 PLAIN_TEXT = re.compile(rb'[^"\\\x00-\x1f]*')
@@ -69,12 +73,33 @@ def frame_texts_ref(
     return texts, at
 
 
+def frame_seek_ref(
+    data: bytes, at: int, count: int, head_len: int, chars: int
+) -> tuple[int, int, int]:
+    """In the run of `count` frame events at `at` (a head of `head_len` bytes, no `mid`, UTF-8
+    texts): the last event whose text starts within the first `chars` characters of the texts
+    joined (the first at least, the last at most), the characters before its text, its offset."""
+    if at < 0 or count < 1 or head_len < 0:
+        raise ValueError("at and head_len must be >= 0, count >= 1")
+    before = 0
+    for number in range(count):
+        start = at + head_len
+        end = data.index(b'"', start)  # a plain text ends at its first quote
+        length = len(data[start:end].decode())
+        if number == count - 1 or before + length > chars:
+            return number, before, at
+        before += length
+        at = data.index(b"\n", end) + 2  # the event's first LF after its text: its blank line
+    raise AssertionError("unreachable: the last event returns")
+
+
 frame_texts: Callable[..., tuple[list[bytes], int]]
+frame_seek: Callable[[bytes, int, int, int, int], tuple[int, int, int]]
 try:
-    from ._sseframes import frame_texts
+    from ._sseframes import frame_seek, frame_texts
 
     COMPILED = True
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
-    frame_texts = frame_texts_ref
+    frame_texts, frame_seek = frame_texts_ref, frame_seek_ref
     COMPILED = False
     compiled.missing("SSE frame scan", exc, "the Python reference runs, ~10x slower per chunk")

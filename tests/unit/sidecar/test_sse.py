@@ -4,6 +4,7 @@ first bytes out early, and logprobs that would spell out replaced text dropped."
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from packgate_sidecar.sse import (
     KEEP_ALIVE,
     StreamRewriter,
     UnreadableEvent,
+    _shared,
     split_events,
 )
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
@@ -205,6 +207,11 @@ def test_a_run_carries_what_the_filters_released_as_the_rule_says(
     expected.append(event(released[before:], padded[number]))
     expected += [event("", None if pads == [] else "")] * (len(run) - number - 1)
     assert out == b"".join(expected)
+
+
+@given(st.text("ab", max_size=40), st.text("ab", max_size=40))
+def test_shared_is_the_length_of_the_common_start(first: str, second: str) -> None:
+    assert _shared(first, second) == len(os.path.commonprefix([first, second]))
 
 
 # --- the chat fast path agrees with the full parse -------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_sidecar import sse_frames
-from packgate_sidecar.sse_frames import frame_texts, frame_texts_ref
+from packgate_sidecar.sse_frames import frame_seek, frame_seek_ref, frame_texts, frame_texts_ref
 
 # Bytes that make a text not plain, mixed with ordinary ones (and the frame's own bytes).
 pieces = st.sampled_from([b"a", b" ", b"\xc3\xa9", b'"', b"\\", b"\n", b"\x00", b"\x1f", b"}"])
@@ -54,6 +54,50 @@ def test_compiled_scan_equals_the_reference(
     at = data.draw(st.integers(0, len(chunk)))
     args = (chunk, at, head, tail, suffix) + ((mid,) if mid or data.draw(st.booleans()) else ())
     assert frame_texts(*args) == frame_texts_ref(*args)
+
+
+# Texts a run carries (valid UTF-8, no quote, backslash or control character) and padding.
+plain_texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"),
+                                    exclude_characters='"\\'), max_size=5)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from([b'data: {"c":"', b"H", b""]),
+    st.sampled_from([b'"', b'"}]}']),
+    st.sampled_from([None, b'"}']),
+    st.lists(st.tuples(plain_texts, st.text("aZ09", max_size=4)), min_size=1, max_size=8),
+    st.data(),
+)
+def test_compiled_seek_equals_the_reference(
+    head: bytes,
+    tail: bytes,
+    suffix: bytes | None,
+    events: list[tuple[str, str]],
+    data: st.DataObject,
+) -> None:
+    """Where the run's texts stop at a character offset: the same event, the same characters
+    before it and the same offset, for any offset; the same refusal for too many events or a
+    chunk cut short."""
+    lead = data.draw(st.binary(max_size=3).filter(lambda b: b'"' not in b and b"\n" not in b))
+    chunk = lead + b"".join(
+        head + text.encode() + tail + (b"" if suffix is None else pad.encode() + suffix) + b"\n\n"
+        for text, pad in events
+    )  # fmt: skip
+    total = sum(len(text) for text, _ in events)
+    count = data.draw(st.integers(1, len(events) + 1))
+    chars = data.draw(st.integers(0, total + 2))
+    chunk = chunk[: data.draw(st.sampled_from([len(chunk), len(chunk) - 1, len(chunk) // 2]))]
+    args = (chunk, len(lead), count, len(head), chars)
+    try:
+        expected: object = frame_seek_ref(*args)
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            frame_seek(*args)
+    else:
+        assert frame_seek(*args) == expected
 
 
 def test_a_run_ends_at_the_first_event_that_is_not_in_the_frame() -> None:
