@@ -4,7 +4,6 @@ first bytes out early, and logprobs that would spell out replaced text dropped."
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
@@ -211,7 +210,10 @@ def test_a_run_carries_what_the_filters_released_as_the_rule_says(
 
 @given(st.text("ab", max_size=40), st.text("ab", max_size=40))
 def test_shared_is_the_length_of_the_common_start(first: str, second: str) -> None:
-    assert _shared(first, second) == len(os.path.commonprefix([first, second]))
+    # The reference: the first position where they differ, character by character.
+    pairs = enumerate(zip(first, second, strict=False))
+    common = next((i for i, (a, b) in pairs if a != b), None)
+    assert _shared(first, second) == (min(len(first), len(second)) if common is None else common)
 
 
 # --- the chat fast path agrees with the full parse -------------------------------------------
