@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from . import gc_tuning, subscribe
-from .app import Gateway, GatewayOptions
+from .app import Gateway, GatewayOptions, Handler
 from .audit import ship
 from .chain import builtin_registry
 from .conn_guard import ConnectionGuard
@@ -236,8 +236,11 @@ async def start_site(
     drain: float,
     cancel_on_disconnect: bool,
     guard: ConnectionGuard | None = None,
+    direct: Callable[[Handler], Handler] | None = None,
 ) -> web.AppRunner:
-    """Serve `app` on `address` (port 0 picks a free one; see `runner.addresses`)."""
+    """Serve `app` on `address` (port 0 picks a free one; see `runner.addresses`). `direct`,
+    given the app's own request handler, returns the handler the server calls instead
+    (`Gateway.direct`)."""
     extra: dict[str, Any] = {}
     if guard is not None:
         extra["keepalive_timeout"] = guard.idle_timeout
@@ -250,6 +253,11 @@ async def start_site(
         **extra,
     )
     await runner.setup()
+    if direct is not None:
+        server = runner.server
+        assert server is not None
+        # Read by each connection's protocol when it is made: set before the site listens.
+        server.request_handler = direct(server.request_handler)
     site = _GuardedSite(runner, address[0], address[1], guard)
     try:
         await site.start()
@@ -286,7 +294,9 @@ async def serve(args: argparse.Namespace) -> int:
     )
     try:
         # The API cancels a handler when its client disconnects, so the upstream call stops too.
-        api = await start_site(gateway.app(), args.listen, args.drain_seconds, True, gateway.guard)
+        api = await start_site(
+            gateway.app(), args.listen, args.drain_seconds, True, gateway.guard, gateway.direct
+        )
         admin = await start_site(gateway.admin_app(), args.admin_listen, 1.0, False)
     except OSError as exc:
         log(_log, 50, "cannot listen", error=str(exc))

@@ -109,7 +109,9 @@ async def running_gateway(
     if config is not None:
         holder.apply(config, "push")
     gateway = Gateway(holder, metrics, runtime, options or GatewayOptions(read_timeout=10))
-    api = await start_site(gateway.app(), ("127.0.0.1", 0), 5.0, True, gateway.guard)
+    api = await start_site(
+        gateway.app(), ("127.0.0.1", 0), 5.0, True, gateway.guard, gateway.direct
+    )
     admin = await start_site(gateway.admin_app(), ("127.0.0.1", 0), 1.0, False)
     try:
         yield RunningGateway(
