@@ -72,7 +72,15 @@ def _take_all(content: StreamReader) -> bytes:
     content._size -= size
     cursor = content._cursor = content._cursor + size
     splits = content._http_chunk_splits
-    while splits and splits[0] < cursor:  # marks of chunks read: dropped, as readany does
+    # Marks of chunks read are dropped, as readany does: every mark before the cursor. Marks
+    # rise (aiohttp never repeats one), so when the last is at or before the cursor, as after
+    # reading a whole answer of ~120 chunks, what stays is that last one if it is the cursor.
+    if splits and splits[-1] <= cursor:
+        last = splits[-1]
+        splits.clear()
+        if last == cursor:
+            splits.append(last)
+    while splits and splits[0] < cursor:  # marks past the cursor (none after a whole read)
         splits.popleft()
     if content._size < content._low_water and (
         splits is None or len(splits) < content._low_water_chunks
