@@ -137,11 +137,8 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_body_bytes)
-        # Every path reaches `dispatch`, which routes it. The fixed routes are also registered
-        # by their exact path: aiohttp finds those with one dict lookup, while the catch-all
-        # alone made it walk the path's prefixes and run a regex on every request.
-        for route in ROUTE_METHODS:
-            app.router.add_route("*", route, self.dispatch)
+        # Every path reaches `dispatch`, which routes it. The server calls `dispatch` directly
+        # (`direct`); aiohttp's router only sees requests with an `Expect` header.
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
