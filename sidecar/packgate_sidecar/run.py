@@ -240,7 +240,10 @@ async def start_site(
 ) -> web.AppRunner:
     """Serve `app` on `address` (port 0 picks a free one; see `runner.addresses`). `direct`,
     given the app's own request handler, returns the handler the server calls instead
-    (`Gateway.direct`)."""
+    (`Gateway.direct`); the app may then have no middlewares or response-prepare signals,
+    which that handler would skip."""
+    if direct is not None and (app.middlewares or app.on_response_prepare):
+        raise ValueError("an app served with a direct handler cannot have middlewares or signals")
     extra: dict[str, Any] = {}
     if guard is not None:
         extra["keepalive_timeout"] = guard.idle_timeout

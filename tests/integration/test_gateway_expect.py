@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
+
+import pytest
+from aiohttp import web
+from packgate_sidecar.app import Handler
+from packgate_sidecar.run import start_site
 
 from tests.support.gateway import RunningGateway, make_config, running_gateway
 from tests.support.upstream import FakeUpstream
@@ -54,3 +60,20 @@ async def test_an_unknown_expectation_gets_417_and_is_never_forwarded() -> None:
         interim, _ = await _exchange(gw, "something-else")
         assert interim.startswith(b"HTTP/1.1 417"), interim
         assert upstream.received == []
+
+
+async def test_an_app_with_middlewares_is_not_served_around_them() -> None:
+    """The direct handler skips aiohttp's middleware pass, so an app that has middlewares (or
+    response-prepare signals) is refused rather than served without them."""
+
+    @web.middleware
+    async def tag(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request)
+
+    app = web.Application(middlewares=[tag])
+
+    def direct(routed: Handler) -> Handler:
+        return routed
+
+    with pytest.raises(ValueError, match="middlewares"):
+        await start_site(app, ("127.0.0.1", 0), 1.0, True, None, direct)
