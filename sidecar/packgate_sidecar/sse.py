@@ -3,7 +3,8 @@
 Why it exists: streamed completions must reach the client as they arrive, yet every delta has to
 pass the policies' stream filters. `StreamRewriter` does that one event at a time: it feeds each
 text delta to its channel's filters, sends what they release, flushes what they held back before
-the event that ends a channel (as a synthesized delta event of the same kind), and keeps the
+the event that ends a channel (as a synthesized delta event of the same kind, numbered in
+turn where the stream numbers its events: sse_numbers.py), and keeps the
 Responses API's repeated whole texts (`.done` events, the final `response.completed`) equal to
 what was actually streamed, so no snapshot leaks the unfiltered text.
 
@@ -45,6 +46,7 @@ from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
 from .sse_frames import PLAIN_INTEGER, PLAIN_VALUE, frame_seek, frame_texts
+from .sse_numbers import number_of, numbered, renumber
 from .stream_shapes import StreamShape
 
 KEEP_ALIVE = b":\n\n"
@@ -131,6 +133,11 @@ class StreamRewriter:
         # event to event, bytes after that value or b"" when there is none, channel); see
         # sse_frames.py.
         self._frame: tuple[bytes, bytes, bytes, bytes, Channel] | None = None
+        # Numbered streams (`StreamShape.numbered`): how many events this rewriter added so far,
+        # so how much higher every later event's number goes out (sse_numbers.py), and the
+        # number of the last event parsed in full.
+        self._shift = 0
+        self._parsed_number: int | None = None
 
     def feed(self, chunk: bytes, first: bool = False) -> bytes:
         """Bytes to send for this upstream chunk; raises StreamBlocked or UnreadableEvent.
@@ -147,7 +154,7 @@ class StreamRewriter:
                     # What a provider trickling its events sends: one event, in the last plain
                     # event's frame.
                     start = self._text_at(chunk, 0) if mid else len(head)
-                    return self._framed(chunk, texts[0], start, channel)
+                    return self._moved(self._framed(chunk, texts[0], start, channel))
         data = _lf(self._rest + chunk)
         out: list[bytes] = []
         at = 0
@@ -169,10 +176,10 @@ class StreamRewriter:
                     # A plain event: it is the frame now, and starts a run in that frame.
                     texts, stop = self._frame_events(data, at)
                     assert texts, "a plain event reads as its own frame"
-                out.append(self._frame_run(data, at, texts, stop))
+                out.append(self._moved(self._frame_run(data, at, texts, stop)))
                 at = stop
         except StreamBlocked as blocked:
-            blocked.partial = b"".join(out) + blocked.partial
+            blocked.partial = b"".join(out) + self._moved(blocked.partial)
             raise
         self._rest = data[at:]
         return b"".join(out)
@@ -199,7 +206,7 @@ class StreamRewriter:
             if not plain_tried:
                 plain = self._plain_delta(block, 6)
                 if plain is not None:
-                    return self._plain(block, *plain)
+                    return self._moved(self._plain(block, *plain))
             # One `data:` line: what parse_block would read, without splitting lines.
             name, body = None, block[6:]
             data = _utf8(body)
@@ -209,7 +216,7 @@ class StreamRewriter:
             if at > 0:  # an `event:` line the shape's plain events open with, then `data: `
                 plain = self._plain_delta(block, at)
                 if plain is not None:
-                    return self._plain(block, *plain)
+                    return self._moved(self._plain(block, *plain))
             try:
                 name, found = parse_block(block)
             except UnicodeDecodeError:
@@ -235,7 +242,14 @@ class StreamRewriter:
             raise UnreadableEvent("upstream sent an event that is not a JSON object")
         if obj.get("error"):
             # The provider's own error event; held-back text is dropped, the error goes through.
-            return raw
+            return self._moved(raw)
+        number = None
+        if self.shape.numbered:
+            number = obj.get("sequence_number")
+            if type(number) is not int:
+                number = None
+            elif self._parsed_number is None or number > self._parsed_number:
+                self._parsed_number = number
         parsed = self.shape.parse(name, obj)
         if parsed.usage is not None:
             self.ctx.usage = parsed.usage
@@ -246,7 +260,7 @@ class StreamRewriter:
             return raw
         changed = False
         delta_channels = {channel for channel, _ in parsed.deltas}
-        out = self._flush(parsed.closes, delta_channels) if parsed.closes else b""
+        out = self._flush(parsed.closes, delta_channels, number) if parsed.closes else b""
         for channel, slot in parsed.deltas:
             original = slot.get()
             text = policies.feed(channel, original)
@@ -268,7 +282,7 @@ class StreamRewriter:
             if wanted != current:
                 slot.set(wanted)
                 changed = True
-        return out + (encode_event(name, obj) if changed else raw)
+        return out + self._moved(encode_event(name, obj) if changed else raw)
 
     def _plain_span(self, block: bytes) -> tuple[Channel, int, int] | None:
         """The fast path's reading of a chat delta event (`StreamShape.plain_delta`); a plain
@@ -473,7 +487,12 @@ class StreamRewriter:
             return block + b"\n\n"
         return _splice(block, start, end, text)
 
-    def _flush(self, prefixes: list[Channel], skip: set[Channel]) -> bytes:
+    def _flush(
+        self, prefixes: list[Channel], skip: set[Channel], before: int | None = None
+    ) -> bytes:
+        """Events carrying what the filters held back of the channels that end here. In a
+        numbered stream each takes the number of the event it goes out before (`before`; at the
+        stream's end, the next one) and the events after it move up one (`_moved`)."""
         assert self.policies is not None
         out = b""
         for channel in self.policies.open_channels():
@@ -482,9 +501,27 @@ class StreamRewriter:
             rest = self.policies.finish(channel)
             event = self._synthesized(channel, rest) if rest else b""
             if event:
+                if self.shape.numbered:
+                    if before is None:
+                        before = self._highest_number() + 1
+                    event = numbered(event, before + self._shift)
+                    self._shift += 1
                 out += event
                 self._sent(channel, rest)
         return out
+
+    def _moved(self, data: bytes) -> bytes:
+        """The provider's events in `data` with their numbers as they go out: as they came
+        until this rewriter added an event, then one higher for each event it added."""
+        return renumber(data, self._shift) if self._shift else data
+
+    def _highest_number(self) -> int:
+        """The highest number the provider gave an event so far: every numbered event was
+        parsed in full or is its channel's last plain event (its frame or template)."""
+        found = [number_of(head) for head, _ in self._frames.values()]
+        found += [template.get("sequence_number") for _, template in self._templates.values()]
+        found.append(self._parsed_number)
+        return max((n for n in found if type(n) is int), default=-1)
 
     def _synthesized(self, channel: Channel, text: str) -> bytes:
         """An event carrying `text` for `channel`, modelled on the channel's last event: a plain

@@ -41,6 +41,9 @@ class StreamShape:
     # spelling (`sse_frames.PLAIN_INTEGER`), may differ from event to event without changing
     # what `plain_delta` answers (sse.py then reads the next events in the frame around it).
     plain_counter: bytes | None = None
+    # Whether the shape numbers its events (the Responses API's `sequence_number`): an event
+    # the rewriter adds must then take a number, and the events after it move up (sse_numbers).
+    numbered = False
 
     def parse(self, event: str | None, data: Json) -> StreamEvent:
         raise NotImplementedError
@@ -249,6 +252,7 @@ class ResponsesStream(StreamShape):
     has_snapshots = True
     plain_events = tuple(b"event: response.%s.delta\n" % kind for kind, _ in _PLAIN_KINDS)
     plain_counter = b',"sequence_number":'
+    numbered = True
 
     def plain_delta(self, block: bytes, at: int) -> tuple[Channel, int, int] | None:
         # `parse` reads `type` (the event line only names it again), and `drop_logprobs` has
