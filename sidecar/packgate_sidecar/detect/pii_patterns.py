@@ -46,7 +46,13 @@ def hold(start: int, end: int) -> Candidate:
 _EMAIL_DOMAIN = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-])"
 )
-_EMAIL_LOCAL = re.compile(r"(?<![\w.%+\-])[A-Za-z0-9_%+\-][A-Za-z0-9_.%+\-]{0,63}\Z")
+# The local part before the "@": not glued to a word, "." or "%+-" before it, not starting with
+# ".", at most 64 characters. As a search ending at the "@" that pattern tries every start in
+# the 64 characters before it, each running to the "@" (most of an e-mail scan); `_email_local`
+# finds the same start from the "@" leftwards instead.
+EMAIL_LOCAL = re.compile(r"(?<![\w.%+\-])[A-Za-z0-9_%+\-][A-Za-z0-9_.%+\-]{0,63}\Z")
+_LOCAL_RUN = re.compile(r"[A-Za-z0-9_.%+\-]*")
+_GLUED = re.compile(r"[\w.%+\-]")
 # "SSN", "SSN#", "SSNs", "social security", then up to three short words ("number is", "no.").
 _SSN_CONTEXT = re.compile(
     r"(?:\bssns?|\bsocial[\s\-]+security)\b(?:\W+[^\W\d]{1,12}){0,3}\W*\Z", re.IGNORECASE
@@ -143,10 +149,31 @@ def scan_email(text: str, out: list[Candidate], _partial: bool, _windows: Sequen
     while at != -1:
         domain = _EMAIL_DOMAIN.match(text, at) if at else None
         if domain is not None:
-            local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
-            if local is not None:
-                out.append((RANK["EMAIL"], local.start(), domain.end(), "EMAIL"))
+            start = _email_local(text, at)
+            if start >= 0:
+                out.append((RANK["EMAIL"], start, domain.end(), "EMAIL"))
         at = text.find("@", at + 1)
+
+
+def _email_local(text: str, at: int) -> int:
+    """Where `EMAIL_LOCAL.search(text, max(0, at - 64), at)` starts its match, or -1.
+
+    Any match ends at `at` and lies in the run of local-part characters before it. A start
+    inside the run fails the look-behind (the character before it is a local-part character),
+    so only the run's first character can start a match: when the run is at most 64 long, does
+    not start with "." and is not glued to a word character before it.
+    """
+    run = _LOCAL_RUN.match(text[max(0, at - 65) : at][::-1])
+    assert run is not None  # the pattern may match empty
+    start = at - run.end()
+    if (
+        start == at
+        or at - start > 64
+        or text[start] == "."
+        or (start > 0 and _GLUED.match(text, start - 1) is not None)
+    ):
+        return -1
+    return start
 
 
 def _issued(digits: str) -> bool:

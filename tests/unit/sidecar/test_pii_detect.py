@@ -8,7 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packgate_sidecar.detect import pii, pii_phone
+from packgate_sidecar.detect import pii, pii_patterns, pii_phone
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, Finding, PiiDetector, iban_ok, luhn_ok
 
 ALL = PiiDetector(BUILTIN_ENTITIES)
@@ -264,3 +264,18 @@ def test_overlap_resolution_is_the_trust_ordered_rule(
     cands: list[tuple[int, int, int, str]],
 ) -> None:
     assert pii._resolve(list(cands)) == _resolve_by_trust(cands)
+
+
+LOCAL_PIECES = st.sampled_from(
+    ["a", "Z", "0", "_", ".", "%", "+", "-", " ", ",", "\u00e9", "\u0663", "@", "x" * 30, "b" * 63]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(LOCAL_PIECES, max_size=30).map("".join), st.integers(0, 200))
+def test_email_local_part_is_the_pattern_searched_before_the_at(text: str, at: int) -> None:
+    # `_email_local` reads the run before the "@" leftwards; the reference is the pattern
+    # searched over the 64 characters before it (runs of 63-65 and glued starts included).
+    at = min(at, len(text))
+    local = pii_patterns.EMAIL_LOCAL.search(text, max(0, at - 64), at)
+    assert pii_patterns._email_local(text, at) == (local.start() if local else -1)
