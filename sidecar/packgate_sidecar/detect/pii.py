@@ -41,7 +41,7 @@ from .pii_patterns import (
     scan_ipv6,
     token_scanner,
 )
-from .pii_phone import CONTEXT_AFTER, CONTEXT_BEFORE, PhoneRule, claimed_spans
+from .pii_phone import CONTEXT_AFTER, CONTEXT_BEFORE, PhoneRule
 from .pii_regions import digit_windows
 
 __all__ = [
@@ -57,8 +57,7 @@ __all__ = [
 
 BUILTIN_ENTITIES = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS")
 _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-# Without one of these, no built-in entity can be in a text (IPv6 needs ':', e-mail '@').
-_TRIGGER = re.compile(r"[\d@:]")
+# Without a digit, '@' or ':' no built-in entity can be in a text (IPv6 needs ':', e-mail '@').
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +158,22 @@ class PiiDetector:
 
     def _scan(self, norm: Normalized, partial: bool) -> list[Candidate]:
         cands: list[Candidate] = []
-        if self.builtin_only and not norm.changed and not _TRIGGER.search(norm.text):
+        text = norm.text
+        # The windows are there exactly when the text holds a digit (each digit starts or
+        # joins a cluster), so they answer the digit part of the trigger test too.
+        windows = digit_windows(text)
+        if (
+            self.builtin_only
+            and not norm.changed
+            and not windows
+            and "@" not in text
+            and ":" not in text
+        ):
             return cands  # no digit, '@' or ':': no built-in entity can be in it
-        windows = digit_windows(norm.text)
         for scan in self._scanners:
-            scan(norm.text, cands, partial, windows)
+            scan(text, cands, partial, windows)
         if self._phone is not None:
-            self._phone.scan(norm.text, cands, partial, windows, claimed_spans(cands))
+            self._phone.scan(text, cands, partial, windows)
         return cands
 
     def find(self, text: str) -> list[Finding]:

@@ -120,16 +120,18 @@ class PhoneRule:
         out: list[Candidate],
         partial: bool,
         windows: Sequence[Region],
-        claimed: Sequence[Span] = (),
+        claimed: Sequence[Span] | None = None,
     ) -> None:
         """Append phone numbers (and, if `partial`, holds) to `out`.
 
         Runs are looked for inside `windows` only (the text's `pii_regions.digit_windows`).
         `claimed` (sorted, non-overlapping) are spans that a more trusted entity surely keeps
         (see `claimed_spans`): a run inside one cannot be kept as a phone number, so it is not
-        validated at all. On prose with cards, IPs and SSNs that is most runs.
+        validated at all. On prose with cards, IPs and SSNs that is most runs. None means
+        `claimed_spans(out)`, worked out at the first run that needs it (most texts have none):
+        what this scan appends (phone numbers and holds) does not change it.
         """
-        starts = [span[0] for span in claimed]
+        starts = [] if claimed is None else [span[0] for span in claimed]
         for m in (m for pos, endpos in windows for m in _PHONE.finditer(text, pos, endpos)):
             start, end = m.span()
             if partial:
@@ -138,6 +140,9 @@ class PhoneRule:
                 out.append(hold(start, end))
             if end - start > _MAX_RUN:
                 continue  # a table or list of numbers, not one phone number
+            if claimed is None:
+                claimed = claimed_spans(out)
+                starts = [span[0] for span in claimed]
             i = bisect_right(starts, start) - 1
             if i >= 0 and claimed[i][1] >= end:
                 continue

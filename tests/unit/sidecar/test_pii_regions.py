@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.detect import pii, pii_patterns, pii_phone, pii_regions
 from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
+from packgate_sidecar.detect.pii_normalize import Normalized
 
 PATTERNS = {
     "ssn-ipv4-card": pii_patterns._TOKEN,
@@ -159,3 +160,43 @@ def test_a_phone_number_opening_with_its_prefix_or_extension_is_found_whole() ->
         ("PHONE", "(+44) 20 7946 0958 extension 12"),
         ("CREDIT_CARD", "4111 1111 1111 1111"),
     ]
+
+
+def _scan_as_written_before(
+    detector: PiiDetector, norm: Normalized, partial: bool
+) -> list[pii_patterns.Candidate]:
+    """`PiiDetector._scan` as written before the windows answered the trigger test and the
+    phone rule worked out the claimed spans itself: a regex trigger, spans claimed up front."""
+    cands: list[pii_patterns.Candidate] = []
+    if detector.builtin_only and not norm.changed and not re.search(r"[\d@:]", norm.text):
+        return cands
+    windows = pii_regions.digit_windows(norm.text)
+    for scan in detector._scanners:
+        scan(norm.text, cands, partial, windows)
+    if detector._phone is not None:
+        claimed = pii_phone.claimed_spans(cands)
+        detector._phone.scan(norm.text, cands, partial, windows, claimed)
+    return cands
+
+
+# Texts with no digit but an '@' or ':' (an IPv6 address of hex letters), non-ASCII digits and
+# invisible characters, and cards that are also phone-shaped runs (a 15-digit Amex after "call").
+TRIGGER_PIECES = st.sampled_from(
+    ["a@b.io", "fe::ab:cd:ef", "::", "@", ":", "\u0663", "\uff11", "\u200b", "call ", "x"]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(TEXTS, st.lists(st.one_of(PIECES, TRIGGER_PIECES), max_size=24).map("".join)))
+def test_detector_scans_as_with_a_regex_trigger_and_spans_claimed_up_front(text: str) -> None:
+    for detector in (DETECTOR, PiiDetector(["EMAIL", "PHONE", "SSN", "CREDIT_CARD"])):
+        for partial in (False, True):
+            norm = Normalized(text)
+            want = _scan_as_written_before(detector, norm, partial)
+            assert detector._scan(norm, partial) == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(TEXTS, st.text(max_size=40)))
+def test_digit_windows_exist_exactly_when_the_text_holds_a_digit(text: str) -> None:
+    assert bool(pii_regions.digit_windows(text)) == bool(re.search(r"\d", text))
