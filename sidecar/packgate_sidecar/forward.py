@@ -32,7 +32,8 @@ from .logs import get_logger, log
 from .metrics import Metrics
 from .policy import RequestContext
 from .shapes import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, all_strings, response_texts
-from .sse import StreamRewriter, UnreadableEvent
+from .sse import StreamRewriter
+from .sse_wire import UnreadableEvent
 from .stream_shapes import STREAM_SHAPES
 from .upstream_read import read_any
 

@@ -38,7 +38,6 @@ decode it.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from . import strict_json
@@ -47,66 +46,24 @@ from .policy import RequestContext
 from .shapes import Channel
 from .sse_frames import PLAIN_INTEGER, PLAIN_VALUE, frame_seek, frame_texts
 from .sse_numbers import number_of, numbered, renumber
+from .sse_wire import (
+    KEEP_ALIVE,
+    UnreadableEvent,
+    canonical,
+    encode_event,
+    json_text,
+    lf,
+    parse_block,
+    reframed,
+    splice,
+    split_events,
+    utf8,
+)
 from .stream_shapes import StreamShape
-
-KEEP_ALIVE = b":\n\n"
-# Characters a JSON string must escape.
-_JSON_SPECIAL = re.compile(r'["\\\x00-\x1f]')
-
-
-class UnreadableEvent(ValueError):
-    """An upstream event whose data is not a JSON object: it cannot be checked, so not sent."""
-
-
-def _lf(buffer: bytes) -> bytes:
-    """`buffer` with its line ends made LF."""
-    if b"\r" in buffer:
-        # A CR at the very end may be the first half of a CRLF: keep it for the next chunk.
-        held = buffer.endswith(b"\r")
-        body = buffer[:-1] if held else buffer
-        buffer = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
-    return buffer
-
-
-def split_events(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Complete event blocks in `buffer` (line ends made LF) and the incomplete rest."""
-    blocks = _lf(buffer).split(b"\n\n")
-    rest = blocks.pop()
-    return [block for block in blocks if block.strip(b"\n")], rest
-
-
-def parse_block(block: bytes) -> tuple[str | None, str | None]:
-    """The `event` name and joined `data` of one event block (None when absent)."""
-    event: str | None = None
-    data: list[bytes] = []
-    for line in block.split(b"\n"):
-        if not line or line.startswith(b":"):
-            continue
-        name, _, value = line.partition(b":")
-        if value.startswith(b" "):
-            value = value[1:]
-        if name == b"data":
-            data.append(value)
-        elif name == b"event":
-            event = value.decode("utf-8", "replace")
-    return event, (b"\n".join(data).decode("utf-8") if data else None)
-
-
-def encode_event(event: str | None, data: Any) -> bytes:
-    head = b"event: " + event.encode() + b"\n" if event else b""
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    return head + b"data: " + body + b"\n\n"
 
 
 def _matches(channel: Channel, prefixes: list[Channel]) -> bool:
     return any(channel[: len(prefix)] == prefix for prefix in prefixes)
-
-
-def _canonical(block: bytes) -> bool:
-    """Only `event:`/`data:` lines: safe to pass on as it came (no comment or id text)."""
-    if b"\n" not in block:
-        return block.startswith((b"data:", b"event:"))
-    return all(line.startswith((b"data:", b"event:")) for line in block.split(b"\n"))
 
 
 class StreamRewriter:
@@ -155,7 +112,7 @@ class StreamRewriter:
                     # event's frame.
                     start = self._text_at(chunk, 0) if mid else len(head)
                     return self._moved(self._framed(chunk, texts[0], start, channel))
-        data = _lf(self._rest + chunk)
+        data = lf(self._rest + chunk)
         out: list[bytes] = []
         at = 0
         try:
@@ -209,7 +166,7 @@ class StreamRewriter:
                     return self._moved(self._plain(block, *plain))
             # One `data:` line: what parse_block would read, without splitting lines.
             name, body = None, block[6:]
-            data = _utf8(body)
+            data = utf8(body)
             raw = block + b"\n\n"
         else:
             at = -1 if plain_tried else self._data_at(block)
@@ -225,7 +182,7 @@ class StreamRewriter:
                 # Comments, ids, retry hints: nothing to dispatch. Keep the connection warm only.
                 return KEEP_ALIVE if block.startswith(b":") else b""
             data, body = found, found.encode()
-            raw = block + b"\n\n" if _canonical(block) else _reframed(name, data)
+            raw = block + b"\n\n" if canonical(block) else reframed(name, data)
         stripped = data.strip()
         if not stripped:
             return b""
@@ -320,7 +277,7 @@ class StreamRewriter:
     def _data_at(self, block: bytes) -> int:
         """Where the JSON of a block that may be a plain delta event starts: after `data: ` when
         the block is that one line, or one of the shape's `plain_events` lines and that; else -1.
-        (parse_block reads the same name and data from such a block, and `_canonical` holds.)"""
+        (parse_block reads the same name and data from such a block, and `canonical` holds.)"""
         if block.startswith(b"data: "):
             return -1 if b"\n" in block else 6
         named = self.shape.plain_events
@@ -383,9 +340,9 @@ class StreamRewriter:
                 self.ctx.output_chars += len(joined)
             else:  # counted event by event up to one that is not UTF-8, as the full parse does
                 for text in texts:
-                    self.ctx.output_chars += len(_utf8(text))
+                    self.ctx.output_chars += len(utf8(text))
             return data[at:stop]
-        pieces = None if ascii_only else list(map(_utf8, texts))
+        pieces = None if ascii_only else list(map(utf8, texts))
         whole = joined.decode() if pieces is None else "".join(pieces)
         released = policies.feed(channel, whole)
         self._frames[channel] = (head, tail + suffix)  # a varying value left empty
@@ -397,7 +354,7 @@ class StreamRewriter:
         # first that differs (or the last) carries the rest of it, the events after it none.
         shared = len(released) if whole.startswith(released) else _shared(released, whole)
         number, before, event = frame_seek(data, at, len(texts), len(head), shared)
-        changed = _splice(
+        changed = splice(
             data[event : data.index(b"\n\n", event + len(head) + len(texts[number]))],
             len(head),
             len(head) + len(texts[number]),
@@ -433,7 +390,7 @@ class StreamRewriter:
                     start = data.index(mid, at + len(head)) + len(mid) - at
                 end = at + start + len(text)
                 stop = data.index(b"\n\n", end)
-                original = _utf8(text)
+                original = utf8(text)
                 released = feed(channel, original) if original else original
                 last = (at, start, end, stop)
                 ctx.output_chars += len(released)
@@ -444,7 +401,7 @@ class StreamRewriter:
                 if released == original:
                     out.append(data[at : stop + 2])
                 else:
-                    out.append(data[at : at + start] + _json_text(released) + data[end : stop + 2])
+                    out.append(data[at : at + start] + json_text(released) + data[end : stop + 2])
                 at = stop + 2
         except StreamBlocked as blocked:
             blocked.partial = b"".join(out)
@@ -459,7 +416,7 @@ class StreamRewriter:
     def _framed(self, event: bytes, raw: bytes, start: int, channel: Channel) -> bytes:
         """`_plain` for a whole event (with its blank line) in the frame of `channel`, whose
         text `raw` starts at `start`: every delta of a trickling provider takes this path."""
-        original = _utf8(raw)
+        original = utf8(raw)
         policies = self.policies
         if policies is None:
             self.ctx.output_chars += len(original)
@@ -471,11 +428,11 @@ class StreamRewriter:
         self._sent(channel, text)
         if text == original:
             return event
-        return head + _json_text(text) + rest
+        return head + json_text(text) + rest
 
     def _plain(self, block: bytes, channel: Channel, start: int, end: int) -> bytes:
         """An event whose only text is block[start:end], a JSON string without escapes."""
-        original = _utf8(block[start:end])
+        original = utf8(block[start:end])
         if self.policies is None:
             self.ctx.output_chars += len(original)
             return block + b"\n\n"
@@ -485,7 +442,7 @@ class StreamRewriter:
         self._sent(channel, text)
         if text == original:
             return block + b"\n\n"
-        return _splice(block, start, end, text)
+        return splice(block, start, end, text)
 
     def _flush(
         self, prefixes: list[Channel], skip: set[Channel], before: int | None = None
@@ -531,7 +488,7 @@ class StreamRewriter:
         if frame is not None:
             head, tail = frame
             if b'"role":' not in head:  # the first event's role is not repeated
-                return _splice(head + tail, len(head), len(head), text)
+                return splice(head + tail, len(head), len(head), text)
             name, template = None, json.loads(head[6:] + tail)
         elif channel in self._templates:
             name, template = self._templates[channel]
@@ -558,20 +515,6 @@ class StreamRewriter:
         return pieces[0]
 
 
-def _utf8(text: bytes) -> str:
-    try:
-        return text.decode()
-    except UnicodeDecodeError:
-        raise UnreadableEvent("upstream sent an event that is not UTF-8") from None
-
-
-def _json_text(text: str) -> bytes:
-    """`text` as the content of a JSON string (escaped where JSON requires it)."""
-    if _JSON_SPECIAL.search(text):
-        return json.dumps(text, ensure_ascii=False)[1:-1].encode()
-    return text.encode()
-
-
 def _shared(first: str, second: str) -> int:
     """How many leading characters the two strings share (a binary search over slices)."""
     low, high = 0, min(len(first), len(second))  # first[:low] == second[:low]; at most high
@@ -582,14 +525,3 @@ def _shared(first: str, second: str) -> int:
         else:
             high = middle - 1
     return low
-
-
-def _splice(block: bytes, start: int, end: int, text: str) -> bytes:
-    """The event `block` with `text` in place of its JSON string content block[start:end]."""
-    return block[:start] + _json_text(text) + block[end:] + b"\n\n"
-
-
-def _reframed(event: str | None, data: str) -> bytes:
-    head = b"event: " + event.encode() + b"\n" if event else b""
-    lines = b"".join(b"data: " + line + b"\n" for line in data.encode().split(b"\n"))
-    return head + lines + b"\n"

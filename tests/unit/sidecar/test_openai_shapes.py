@@ -18,7 +18,8 @@ from packgate_sidecar.shapes import (
     request_texts,
     response_texts,
 )
-from packgate_sidecar.sse import StreamRewriter, UnreadableEvent, split_events
+from packgate_sidecar.sse import StreamRewriter
+from packgate_sidecar.sse_wire import UnreadableEvent, split_events
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
 

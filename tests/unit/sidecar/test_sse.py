@@ -14,13 +14,8 @@ from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
 from packgate_sidecar.detect.pii_stream import StreamRedactor
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import CHAT, COMPLETIONS, RESPONSES
-from packgate_sidecar.sse import (
-    KEEP_ALIVE,
-    StreamRewriter,
-    UnreadableEvent,
-    _shared,
-    split_events,
-)
+from packgate_sidecar.sse import StreamRewriter, _shared
+from packgate_sidecar.sse_wire import KEEP_ALIVE, UnreadableEvent, split_events
 from packgate_sidecar.stream_shapes import STREAM_SHAPES
 
 from tests.unit.sidecar.test_pii_stream import texts_and_chunks

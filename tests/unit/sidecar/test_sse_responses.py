@@ -13,7 +13,8 @@ from packgate_sidecar.chain import StreamBlocked
 from packgate_sidecar.detect.anonymize import anonymize
 from packgate_sidecar.policy import RequestContext
 from packgate_sidecar.shapes import RESPONSES, Channel
-from packgate_sidecar.sse import StreamRewriter, UnreadableEvent
+from packgate_sidecar.sse import StreamRewriter
+from packgate_sidecar.sse_wire import UnreadableEvent
 from packgate_sidecar.stream_shapes import STREAM_SHAPES, ResponsesStream
 
 from tests.unit.sidecar.test_pii_stream import texts_and_chunks
