@@ -18,7 +18,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Sequence
 
-from .pii_regions import Region, iban_heads
+from .pii_regions import SHORTEST_WINDOW, Region, iban_heads
 
 # Overlap resolution: checksum-validated identifiers are the most trustworthy, phone numbers (the
 # loosest rule) the least; within a rank the longer span wins.
@@ -192,6 +192,8 @@ def token_scanner(entities: Collection[str]) -> Scanner:
 
     def scan(text: str, out: list[Candidate], _partial: bool, windows: Sequence[Region]) -> None:
         for pos, endpos in windows:
+            if endpos - pos < SHORTEST_WINDOW:
+                continue
             for m in _TOKEN.finditer(text, pos, endpos):
                 kind = m.lastgroup
                 if kind == "SSN":

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import phonenumbers
 
 from .pii_patterns import RANK, Candidate, hold
-from .pii_regions import Region
+from .pii_regions import SHORTEST_WINDOW, Region
 
 Span = tuple[int, int]
 
@@ -132,7 +132,13 @@ class PhoneRule:
         what this scan appends (phone numbers and holds) does not change it.
         """
         starts = [] if claimed is None else [span[0] for span in claimed]
-        for m in (m for pos, endpos in windows for m in _PHONE.finditer(text, pos, endpos)):
+        runs = (
+            m
+            for pos, endpos in windows
+            if endpos - pos >= SHORTEST_WINDOW
+            for m in _PHONE.finditer(text, pos, endpos)
+        )
+        for m in runs:
             start, end = m.span()
             if partial:
                 # Whether a part of a run is a phone number depends on the whole run (a merged

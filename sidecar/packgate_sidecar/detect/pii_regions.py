@@ -47,6 +47,12 @@ _CLUSTER_ASCII = re.compile(rb"0(?:[().\- ]*+0|[^0]{0,%d}0)*" % GAP)
 _CLUSTER = re.compile(rf"\d(?:[().\- ]*+\d|\D{{0,{GAP}}}\d)*")
 # Clusters lie more than GAP characters apart, so windows this much wider never touch.
 assert BEFORE + AFTER <= GAP
+# A card, SSN, IPv4 address or phone run (`pii_patterns._TOKEN`, `pii_phone._PHONE`) runs at
+# least 7 characters from its first digit to its last, both in one cluster: a window around a
+# shorter cluster (a year, a day, a count: most numbers in prose) cannot hold one, so those
+# scanners skip it rather than start a search there.
+SHORTEST_RUN = 7
+SHORTEST_WINDOW = BEFORE + SHORTEST_RUN + AFTER
 
 
 def digit_windows(text: str) -> list[Region]:

@@ -54,7 +54,8 @@ TEXTS = st.lists(PIECES, max_size=48).map("".join)
 
 
 def whole(text: str) -> list[tuple[int, int]]:
-    return [(0, len(text))]
+    # As a digit window around the whole text reads it (`re` clamps pos and endpos).
+    return [(-pii_regions.BEFORE, len(text) + pii_regions.AFTER)]
 
 
 def spans(pattern: re.Pattern[str], text: str, windows: list[tuple[int, int]]) -> list[str]:
@@ -200,3 +201,21 @@ def test_detector_scans_as_with_a_regex_trigger_and_spans_claimed_up_front(text:
 @given(st.one_of(TEXTS, st.text(max_size=40)))
 def test_digit_windows_exist_exactly_when_the_text_holds_a_digit(text: str) -> None:
     assert bool(pii_regions.digit_windows(text)) == bool(re.search(r"\d", text))
+
+
+# The shortest token and phone runs: 7 characters from the first digit to the last.
+SHORT_RUNS = st.sampled_from(
+    ["1234567", "1.2.3.4", "(+1234567", "+1234567", "(1)-()-2", "(+1)--()2", "12-3456", " ", "x"]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(TEXTS, st.lists(st.one_of(PIECES, SHORT_RUNS), max_size=24).map("".join)))
+def test_no_token_or_phone_run_lies_in_a_window_shorter_than_the_shortest(text: str) -> None:
+    # The token and phone scanners skip windows shorter than SHORTEST_WINDOW.
+    for variant in (text, text + "\n\u00a0"):
+        windows = pii_regions.digit_windows(variant)
+        for pattern in (pii_patterns._TOKEN, pii_phone._PHONE):
+            for m in pattern.finditer(variant):
+                (window,) = [(s, e) for s, e in windows if s <= m.start() and m.end() <= e]
+                assert window[1] - window[0] >= pii_regions.SHORTEST_WINDOW, m
