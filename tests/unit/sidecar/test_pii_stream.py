@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packgate_sidecar.detect.anonymize import Action, anonymize
-from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector
-from packgate_sidecar.detect.pii_stream import StreamRedactor
+from packgate_sidecar.detect.pii import BUILTIN_ENTITIES, PiiDetector, open_tail
+from packgate_sidecar.detect.pii_stream import _PLAIN, StreamRedactor
 
 DET = PiiDetector(BUILTIN_ENTITIES)
 
@@ -158,3 +158,30 @@ def test_flush_releases_a_plain_rest_as_the_detector_would(
     fast = StreamRedactor(DET, "redact", holdback=32, max_pending=max_pending)
     full = _AlwaysScanned(DET, "redact", holdback=32, max_pending=max_pending)
     assert stream(fast, chunks) == stream(full, chunks)
+
+
+class _TailAlwaysComputed(StreamRedactor):
+    """The reference for `feed`'s plain path: the open tail is computed for every plain delta,
+    also for one that only continues a word."""
+
+    def feed(self, delta: str) -> str:
+        self._pending += delta
+        pending = self._pending
+        if self._clean and len(pending) <= self._max_pending and _PLAIN.fullmatch(pending):
+            window, base = self._context + pending, len(self._context)
+            cut = open_tail(window)
+            return self._emit(window, base, cut, []) if cut > base else ""
+        return self._release(final=False)
+
+
+WORD_PIECES = st.sampled_from(["bil", "ling", "a", "Z", " ", " the", ".", ", ", "x-y", "(", "_"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(WORD_PIECES | st.sampled_from(PII + FILLER), min_size=1, max_size=30))
+def test_each_delta_releases_what_computing_the_open_tail_releases(chunks: list[str]) -> None:
+    # Not only the whole output: each delta's release (how long text is held) is unchanged.
+    fast = StreamRedactor(DET, "redact", holdback=64)
+    full = _TailAlwaysComputed(DET, "redact", holdback=64)
+    assert [fast.feed(c) for c in chunks] == [full.feed(c) for c in chunks]
+    assert fast.flush() == full.flush()
