@@ -17,7 +17,9 @@ patterns the guarantee needs every entity shorter than `holdback`.
 
 Deltas whose text holds no digit, '@', ':' or non-ASCII character cannot start or complete a
 built-in entity, so the detector is not run for them at all: only the open tail is computed; at
-the end of the stream such a held-back tail is released as it is.
+the end of the stream such a held-back tail is released as it is. While the pending text is one
+run of ASCII entity characters (a word or an e-mail address still arriving) not even that: the
+open tail covers all of it, so nothing can be released yet.
 
 Memory is bounded: a run of overlapping candidates (or one unbroken token) longer than
 `max_pending` is released anyway (any entity found in it is still redacted), so pending text
@@ -41,6 +43,9 @@ _LEFT_CONTEXT = CONTEXT_BEFORE + 16
 # Text no built-in entity can start or end in: printable ASCII (plus tab and line breaks) without
 # digits, '@' or ':', which normalisation leaves unchanged.
 _PLAIN = re.compile(r"[\t\n\r !-/;-?A-~]*")
+# The ASCII characters of `pii.open_tail`'s entity run (non-ASCII ones may change in
+# normalisation: NFKC turns the word character "\u00bc" into "1\u20444", which ends a run).
+_ONE_RUN = re.compile(r"[A-Za-z0-9_@.%+\-:()#]+")
 
 
 class StreamRedactor:
@@ -88,15 +93,19 @@ class StreamRedactor:
         self._pending += delta
         if self._detector.builtin_only:
             pending = self._pending
-            if self._clean and len(pending) <= self._max_pending and _PLAIN.fullmatch(pending):
-                if pending.isalpha():
-                    # Part of one word (a third of a stream's deltas): the open tail's trailing
-                    # run of entity characters covers all of it, so nothing is released.
+            if len(pending) <= self._max_pending:
+                if _ONE_RUN.fullmatch(pending):
+                    # One run of entity characters (a word, an e-mail address or a number
+                    # still arriving: about half of a stream's deltas). The open tail's
+                    # trailing run covers all of it and the detector's cut lies at or before
+                    # it, so nothing would be released, and no entity crosses the last cut.
+                    self._clean = True
                     return ""
-                # Nothing here can be or finish an entity: release up to the open tail.
-                window, base = self._context + self._pending, len(self._context)
-                cut = open_tail(window)
-                return self._emit(window, base, cut, []) if cut > base else ""
+                if self._clean and _PLAIN.fullmatch(pending):
+                    # Nothing here can be or finish an entity: release up to the open tail.
+                    window, base = self._context + pending, len(self._context)
+                    cut = open_tail(window)
+                    return self._emit(window, base, cut, []) if cut > base else ""
         elif len(self._pending) <= self._holdback:
             return ""
         return self._release(final=False)

@@ -161,8 +161,8 @@ def test_flush_releases_a_plain_rest_as_the_detector_would(
 
 
 class _TailAlwaysComputed(StreamRedactor):
-    """The reference for `feed`'s plain path: the open tail is computed for every plain delta,
-    also for one that only continues a word."""
+    """The reference for `feed`'s shortcuts: the detector judges every delta that is not plain
+    text, and the open tail is computed for every plain one, also when it continues a word."""
 
     def feed(self, delta: str) -> str:
         self._pending += delta
@@ -174,14 +174,30 @@ class _TailAlwaysComputed(StreamRedactor):
         return self._release(final=False)
 
 
-WORD_PIECES = st.sampled_from(["bil", "ling", "a", "Z", " ", " the", ".", ", ", "x-y", "(", "_"])
+# Pieces of words, e-mail addresses and numbers (ASCII and not: "\u00bc" is a word character
+# that normalisation turns into "1\u20444"), and the characters that end a run.
+RUN_PIECES = st.sampled_from(
+    [
+        "bil", "ling", "a", "Z", " ", " the", ".", ", ", "x-y", "(", "_", "jor", "dan.",
+        "s@ex", "ampl", "e.or", "g", " 482", "13", "555", "-26", "71", ":", "#", "\u00bc",
+        "\u00e9", "\u200b", "\uff10",
+    ]
+)  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(WORD_PIECES | st.sampled_from(PII + FILLER), min_size=1, max_size=30))
-def test_each_delta_releases_what_computing_the_open_tail_releases(chunks: list[str]) -> None:
-    # Not only the whole output: each delta's release (how long text is held) is unchanged.
-    fast = StreamRedactor(DET, "redact", holdback=64)
-    full = _TailAlwaysComputed(DET, "redact", holdback=64)
-    assert [fast.feed(c) for c in chunks] == [full.feed(c) for c in chunks]
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(RUN_PIECES | st.sampled_from(PII + FILLER), min_size=1, max_size=30),
+    st.sampled_from([None, 40, 80]),
+)
+def test_each_delta_releases_what_the_detector_and_open_tail_release(
+    chunks: list[str], max_pending: int | None
+) -> None:
+    # Not only the whole output: each delta's release (how long text is held) is unchanged,
+    # and so is whether the last cut is clean (which later deltas' shortcuts depend on).
+    fast = StreamRedactor(DET, "redact", holdback=32, max_pending=max_pending)
+    full = _TailAlwaysComputed(DET, "redact", holdback=32, max_pending=max_pending)
+    for chunk in chunks:
+        assert (fast.feed(chunk), fast._clean) == (full.feed(chunk), full._clean)
     assert fast.flush() == full.flush()
+    assert fast.counts == full.counts
