@@ -95,11 +95,13 @@ def open_tail(text: str) -> int:
 def _resolve(cands: list[Candidate]) -> list[tuple[int, int, str]]:
     """Keep the best of overlapping candidates: lower rank first, then the longer, then earlier."""
     cands = [c for c in cands if c[3]]
-    # Usually no two overlap: then every one is kept, and ordering them by start is all to do.
-    cands.sort(key=itemgetter(1))
-    if all(a[2] <= b[1] for a, b in pairwise(cands)):
-        return [(start, end, entity) for _, start, end, entity in cands]
-    return _resolve_overlaps(cands)
+    # Usually no two overlap (and most texts hold one entity at most): then every one is
+    # kept, and ordering them by start is all to do.
+    if len(cands) > 1:
+        cands.sort(key=itemgetter(1))
+        if not all(a[2] <= b[1] for a, b in pairwise(cands)):
+            return _resolve_overlaps(cands)
+    return [(start, end, entity) for _, start, end, entity in cands]
 
 
 def _resolve_overlaps(cands: list[Candidate]) -> list[tuple[int, int, str]]:
