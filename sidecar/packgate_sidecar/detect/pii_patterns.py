@@ -123,14 +123,15 @@ def _ascii_digits(s: str) -> str:
     return s if s.isascii() else "".join(str(int(c)) if c.isdecimal() else c for c in s)
 
 
+# Luhn doubles every second digit from the right and adds the doubled value's digits.
+_LUHN_DOUBLED = str.maketrans("0123456789", "0246813579")
+
+
 def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+    """The Luhn check of ASCII `digits`, in C: every second digit from the right doubled by
+    a translation, then all digits summed as bytes (a Python loop over them took 2.5x)."""
+    kept, doubled = digits[-1::-2], digits[-2::-2].translate(_LUHN_DOUBLED)
+    return (sum((kept + doubled).encode("ascii")) - 48 * len(digits)) % 10 == 0
 
 
 def iban_ok(iban: str) -> bool:

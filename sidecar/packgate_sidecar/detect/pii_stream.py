@@ -142,7 +142,10 @@ class StreamRedactor:
             # A finding that reaches into released text can only come from context the earlier
             # call could not see (or from a match longer than the holdback): redact the part
             # that is still ours rather than release it, and the rest next time.
-            emit.append(Finding(f.entity, max(f.start, base) - base, min(f.end, cut) - base))
+            if base == 0 and f.end <= cut:
+                emit.append(f)  # already as the released text counts (a stream's first release)
+            else:
+                emit.append(Finding(f.entity, max(f.start, base) - base, min(f.end, cut) - base))
             if f.start >= base:  # the rest of an entity begun in released text is not a new one
                 self.counts[f.entity] = self.counts.get(f.entity, 0) + 1
         return self._emit(window, base, cut, emit)

@@ -279,3 +279,20 @@ def test_email_local_part_is_the_pattern_searched_before_the_at(text: str, at: i
     at = min(at, len(text))
     local = pii_patterns.EMAIL_LOCAL.search(text, max(0, at - 64), at)
     assert pii_patterns._email_local(text, at) == (local.start() if local else -1)
+
+
+def _luhn_by_loop(digits: str) -> bool:
+    """The Luhn check as first written (the reference for `luhn_ok`)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="0123456789", max_size=24))
+def test_luhn_is_the_loop_over_the_digits(digits: str) -> None:
+    assert luhn_ok(digits) == _luhn_by_loop(digits)
