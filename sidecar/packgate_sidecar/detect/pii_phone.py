@@ -152,6 +152,8 @@ class PhoneRule:
             i = bisect_right(starts, start) - 1
             if i >= 0 and claimed[i][1] >= end:
                 continue
+            if _dotted_quad_run(text, start, end):
+                continue  # an IPv4 address IP_ADDRESS does not claim: `_accept` rejects it last
             found = self._accept(text, start, end, partial)
             if found > 0:
                 self._found(text, start, found, partial, out)
@@ -215,6 +217,12 @@ class PhoneRule:
             return 0
         n = len(digits)
         return end if any(lo <= n <= hi and _valid(cand, r) for r, lo, hi in self._regions) else 0
+
+
+def _dotted_quad_run(text: str, start: int, end: int) -> bool:
+    """Whether the run is one dotted quad: `_accept` returns 0 for it (no extension, no space
+    to trim or split at, too few digits to be merged), after all its other steps."""
+    return _DOTTED_QUAD.fullmatch(text, start, end) is not None
 
 
 def claimed_spans(cands: Sequence[Candidate]) -> list[Span]:

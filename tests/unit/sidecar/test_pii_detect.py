@@ -296,3 +296,24 @@ def _luhn_by_loop(digits: str) -> bool:
 @given(st.text(alphabet="0123456789", max_size=24))
 def test_luhn_is_the_loop_over_the_digits(digits: str) -> None:
     assert luhn_ok(digits) == _luhn_by_loop(digits)
+
+
+QUAD_PIECES = st.sampled_from(
+    [
+        "1", "10", "203", "999", "0", ".", " ", "-", "(", ")", "+", "x", "ext 12", "call ",
+        "\u0663", "10.1.2.3", "415-555-2671", "10.1.2.34",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(QUAD_PIECES, max_size=24).map("".join))
+def test_a_dotted_quad_run_is_one_the_phone_rule_rejects(text: str) -> None:
+    # PhoneRule.scan skips such runs before `_accept`, which would reject them whole: no phone
+    # number and no piece split off (the run holds no space).
+    rule = pii_phone.PhoneRule(["US", "DE"])
+    for m in pii_phone._PHONE.finditer(text):
+        if pii_phone._dotted_quad_run(text, m.start(), m.end()):
+            assert " " not in m.group()
+            for partial in (False, True):
+                assert rule._accept(text, m.start(), m.end(), partial) == 0
