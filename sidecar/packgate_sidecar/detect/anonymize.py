@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal, get_args
 
 from presidio_anonymizer import AnonymizerEngine, OperatorConfig, RecognizerResult
@@ -45,7 +45,10 @@ def _engine() -> Any:
 _OPERATORS = {"replace": Replace(), "mask": Mask(), "hash": Hash()}
 
 
+@lru_cache(maxsize=64)
 def _operator(action: str, salt: bytes) -> Any:
+    """The operator config of `action` (one per action and salt: presidio's engine and
+    `_replace` copy its params before adding to them, so it is never changed)."""
     if action == "redact":
         # Without new_value presidio's replace writes "<ENTITY_TYPE>".
         return OperatorConfig("replace", {})

@@ -105,3 +105,18 @@ def test_overlapping_spans_fall_back_to_presidios_conflict_rules() -> None:
     text = "jane@example.com"
     out = anonymize(text, [Finding("EMAIL", 0, 16), Finding("EMAIL", 5, 16)], "redact")
     assert out == "<EMAIL>"
+
+
+def test_the_shared_operator_config_is_never_changed() -> None:
+    # `_operator` hands out one config per action and salt: neither the one-pass splice nor
+    # presidio's engine (overlapping spans) may leave anything in its params.
+    text = "mail a@b.io or call 415-555-2671"
+    ordered = [Finding("EMAIL", 5, 11), Finding("PHONE", 20, 32)]
+    overlapping = [Finding("EMAIL", 5, 11), Finding("PHONE", 8, 20)]
+    salt = b"0123456789abcdef"
+    for action in ("redact", "mask", "hash"):
+        before = dict(_operator(action, salt).params)
+        for findings in (ordered, overlapping):
+            anonymize(text, findings, action, hash_salt=salt)  # type: ignore[arg-type]
+        assert _operator(action, salt).params == before
+        assert _operator(action, salt) is _operator(action, salt)
