@@ -47,8 +47,8 @@ _OPERATORS = {"replace": Replace(), "mask": Mask(), "hash": Hash()}
 
 @lru_cache(maxsize=64)
 def _operator(action: str, salt: bytes) -> Any:
-    """The operator config of `action` (one per action and salt: presidio's engine and
-    `_replace` copy its params before adding to them, so it is never changed)."""
+    """The operator config of `action`, one per action and salt: `_replace` copies its params
+    before adding to them, and the engine gets a copy of its own, so it is never changed."""
     if action == "redact":
         # Without new_value presidio's replace writes "<ENTITY_TYPE>".
         return OperatorConfig("replace", {})
@@ -83,7 +83,12 @@ def anonymize(
     # Presidio would merge same-type entities separated by spaces (meant for "James Bond"): two
     # e-mail addresses in a row would become one marker, and one hash of both.
     engine_result = _engine().anonymize(
-        text, results, {"DEFAULT": operator}, merge_entities_with_spaces=False
+        text,
+        results,
+        # A copy: presidio-anonymizer 2.2.366 copies the params before it adds the entity type,
+        # but the dependency allows releases that may not.
+        {"DEFAULT": OperatorConfig(operator.operator_name, dict(operator.params))},
+        merge_entities_with_spaces=False,
     )
     return str(engine_result.text)
 
