@@ -312,8 +312,8 @@ def usage_json(
 ) -> str:
     """``TokenUsage(prompt, completion, total, estimated).encode()``, checked the same way,
     without the object."""
-    if (
-        type(prompt) is int  # the usual case, checked and spelled at once
+    if not (
+        type(prompt) is int  # the usual case, checked at once
         and type(completion) is int
         and type(total) is int
         and prompt >= 0
@@ -321,11 +321,7 @@ def usage_json(
         and total >= 0
         and type(estimated) is bool
     ):
-        return (
-            f'{{"completion_tokens":{completion},"estimated":{"true" if estimated else "false"},'
-            f'"prompt_tokens":{prompt},"total_tokens":{total}}}'
-        )
-    _check_usage(prompt, completion, total, estimated)
+        _check_usage(prompt, completion, total, estimated)
     return _usage_json(prompt, completion, total, estimated)
 
 

@@ -57,7 +57,6 @@ __all__ = [
 
 BUILTIN_ENTITIES = ("EMAIL", "PHONE", "SSN", "CREDIT_CARD", "IBAN", "IP_ADDRESS")
 _LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-# Without a digit, '@' or ':' no built-in entity can be in a text (IPv6 needs ':', e-mail '@').
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +170,8 @@ class PiiDetector:
             and "@" not in text
             and ":" not in text
         ):
-            return cands  # no digit, '@' or ':': no built-in entity can be in it
+            # No digit, '@' or ':' (e-mail needs '@', IPv6 ':'): no built-in entity can be in it.
+            return cands
         for scan in self._scanners:
             scan(text, cands, partial, windows)
         if self._phone is not None:
