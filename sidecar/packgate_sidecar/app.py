@@ -366,15 +366,16 @@ class Gateway:
         )
 
     def _body_now(self, request: web.Request) -> bytes | None:
-        """The body when it arrived with its headers, as most do, else None (`_read_body`).
+        """The body when it arrived with its headers, as most do, else None (`_read_body`);
+        a declared length over the limit is refused first, for both.
         Taken from the buffer at once: the bytes `request.read()` returns, without its read
         loop (two `readany` awaits and a bytearray copy) or a deadline (nothing to wait for)."""
-        content = request.content
-        if not content.is_eof():
-            return None
         limit = self.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
+        content = request.content
+        if not content.is_eof():
+            return None
         try:
             raw = content.read_nowait()
         except (ContentEncodingError, RequestPayloadError):
@@ -384,9 +385,8 @@ class Gateway:
         return raw
 
     async def _read_body(self, request: web.Request) -> bytes:
+        """A body still arriving, once `_body_now` found it is not all here."""
         limit = self.options.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large(limit)
         try:
             # A client that trickles its body ties up a connection; the whole body has a
             # deadline.

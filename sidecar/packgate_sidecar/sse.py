@@ -45,7 +45,7 @@ from .chain import StreamBlocked, StreamPolicies
 from .policy import RequestContext
 from .shapes import Channel
 from .sse_frames import PLAIN_INTEGER, PLAIN_VALUE, frame_seek, frame_texts
-from .sse_numbers import number_of, numbered, renumber
+from .sse_numbers import NUMBER_KEY, number_of, numbered, renumber
 from .sse_wire import (
     KEEP_ALIVE,
     UnreadableEvent,
@@ -202,7 +202,7 @@ class StreamRewriter:
             return self._moved(raw)
         number = None
         if self.shape.numbered:
-            number = obj.get("sequence_number")
+            number = obj.get(NUMBER_KEY)
             if type(number) is not int:
                 number = None
             elif self._parsed_number is None or number > self._parsed_number:
@@ -476,7 +476,7 @@ class StreamRewriter:
         """The highest number the provider gave an event so far: every numbered event was
         parsed in full or is its channel's last plain event (its frame or template)."""
         found = [number_of(head) for head, _ in self._frames.values()]
-        found += [template.get("sequence_number") for _, template in self._templates.values()]
+        found += [template.get(NUMBER_KEY) for _, template in self._templates.values()]
         found.append(self._parsed_number)
         return max((n for n in found if type(n) is int), default=-1)
 

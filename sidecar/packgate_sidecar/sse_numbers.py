@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import re
 
-_NUMBER = re.compile(rb'("sequence_number"[ \t\r\n]*:[ \t\r\n]*)(0|[1-9][0-9]*)')
+# The member that numbers an event, and how it is spelled in the event's JSON.
+NUMBER_KEY = "sequence_number"
+_NUMBER = re.compile(rb'("%s"[ \t\r\n]*:[ \t\r\n]*)(0|[1-9][0-9]*)' % NUMBER_KEY.encode())
 
 
 def renumber(data: bytes, shift: int) -> bytes:
